@@ -1,0 +1,90 @@
+"""Shared fixtures: a tiny BPE tokenizer trained on the fly and tiny random decoder models per architecture.
+
+Nothing here downloads anything; every model is built from a config and saved to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+POLISH = REPO.parent / "shared" / "data" / "polish"
+TINY_VOCAB = 384
+
+# Per-architecture tiny configs: GQA (4 heads over 2 KV heads), 4 layers, untied except llama.
+TINY = {
+    "llama": dict(tie_word_embeddings=True),
+    "mistral": dict(tie_word_embeddings=False, sliding_window=None),
+    "qwen2": dict(tie_word_embeddings=False),
+    "qwen3": dict(tie_word_embeddings=False),
+}
+
+
+def tiny_config(model_type: str, **overrides):
+    from transformers import AutoConfig
+
+    kw = dict(
+        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=None,
+    )
+    kw.update(TINY[model_type])
+    kw.update(overrides)
+    cfg = AutoConfig.for_model(model_type, **kw)
+    cfg.architectures = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                          "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model_type]]
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A byte-level BPE tokenizer (vocab 384) trained in well under a second on CPython's pydoc text."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(topics.values()), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    path = tmp_path_factory.mktemp("tokenizer")
+    fast.save_pretrained(path)
+    return fast
+
+
+def make_tiny_model(model_type: str, folder: Path, tokenizer, seed: int = 0, **overrides) -> Path:
+    """Save a randomly initialised tiny `model_type` model plus tokenizer to `folder`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides))
+    # Random init is near-uniform; scale weights up a little so layers differ measurably in importance.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
+@pytest.fixture(scope="session", params=sorted(TINY))
+def tiny_model_dir(request, tmp_path_factory, tiny_tokenizer):
+    """A local HF folder with a tiny random model, once per supported architecture."""
+    return make_tiny_model(request.param, tmp_path_factory.mktemp(f"tiny-{request.param}"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
+    return make_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer)
