@@ -351,7 +351,7 @@ class CompactLMConfig:
     runs_root: str = "runs"
     run_dir: str = "${runs_root}/${run_name}"
     """Where every stage writes `<run_dir>/<stage>/`; made absolute by the launcher."""
-    cache_dir: str = "${oc.env:COMPACTLM_CACHE,~/.cache/compactlm}"
+    cache_dir: str = "${oc.env:COMPACTLM_CACHE,'~/.cache/compactlm'}"
     """Materialized models (e.g. the GGUF demo model saved as safetensors) live here."""
     seed: int = 1234
     dryrun: bool = False

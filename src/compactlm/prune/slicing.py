@@ -1,0 +1,248 @@
+"""Structured slicing of Hugging Face decoders to a Minitron `export_config`, in place.
+
+Every dimension keeps its top-k units by importance in their ORIGINAL order (sorted indices through
+`index_select`), so an export_config equal to the model's own sizes returns the same function. ModelOpt
+instead permutes units by importance before trimming; both give the same function because
+attention heads, FFN neurons and hidden channels are permutation-symmetric.
+
+What each export_config key slices:
+* hidden_size: embedding columns, every RMSNorm over hidden (input/post-attention/final), q/k/v and
+  gate/up input columns, o_proj and down_proj output rows, lm_head columns (tied: the shared matrix).
+  RMSNorm then averages over fewer channels; like ModelOpt, weights are not rescaled for that.
+* ffn_hidden_size: gate/up output rows (+ biases), down_proj input columns, per layer.
+* num_attention_heads: q_proj output rows (+ bias) and o_proj input columns, head by head; KV heads are
+  kept (ModelOpt no longer prunes query groups), every KV group keeps the same number of query heads,
+  chosen by score within the group. Qwen3's q_norm/k_norm act on head_dim, which never changes.
+* num_layers: the kept layers (see `importance.select_layers`), renumbered (`layer_idx`, `layer_types`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from compactlm.arch import Adapter, decoder_layers
+from compactlm.config import EXPORT_KEYS, EXPORT_TO_HF, ConfigError
+from compactlm.manifest import publish_dir
+from compactlm.prune.importance import ImportanceScores, select_layers
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def validate_export_config(export_config: dict[str, Any], hf_config) -> None:
+    """Raise ConfigError (naming `prune.export_config.<key>`) unless `export_config` can prune `hf_config`.
+
+    Keys: hidden_size, ffn_hidden_size, num_attention_heads, num_layers; None means unchanged.
+    """
+    for key, value in export_config.items():
+        name = f"prune.export_config.{key}"
+        if key not in EXPORT_KEYS:
+            raise ConfigError(f"{name} is not a known size; allowed keys: {', '.join(EXPORT_KEYS)}")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}={value!r} must be an integer >= 1")
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be an integer >= 1")
+        have = getattr(hf_config, EXPORT_TO_HF[key])
+        if value > have:
+            raise ConfigError(f"{name}={value} exceeds the model's {have}")
+    heads = export_config.get("num_attention_heads")
+    kv = getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
+    if heads is not None and heads % kv:
+        raise ConfigError(
+            f"prune.export_config.num_attention_heads={heads} is not divisible by the model's "
+            f"num_key_value_heads={kv}: KV heads are kept and every KV group keeps the same number of query heads"
+        )
+
+
+def top_k_sorted(scores: Tensor, k: int) -> Tensor:
+    """Indices of the `k` highest `scores` [n], ascending (original order); ties keep the lower index."""
+    order = torch.argsort(scores.float(), descending=True, stable=True)
+    return order[:k].sort().values
+
+
+def top_heads_per_group(scores: Tensor, num_kv_heads: int, k_total: int) -> Tensor:
+    """Indices of `k_total` query heads, the best `k_total / num_kv_heads` of each KV group, ascending.
+
+    scores: [num_attention_heads]; query head h belongs to KV group h // (num_attention_heads / num_kv_heads)
+    (HF `repeat_kv` layout).
+    """
+    n = scores.numel()
+    per_group, keep = n // num_kv_heads, k_total // num_kv_heads
+    order = torch.argsort(scores.float().view(num_kv_heads, per_group), dim=1, descending=True, stable=True)
+    picked = order[:, :keep] + torch.arange(0, n, per_group)[:, None]
+    return picked.flatten().sort().values
+
+
+def _slice_param(module: nn.Module, name: str, dim: int, idx: Tensor) -> None:
+    p = getattr(module, name, None)
+    if p is None:  # no bias
+        return
+    new = p.detach().index_select(dim, idx.to(p.device)).contiguous()
+    setattr(module, name, nn.Parameter(new, requires_grad=p.requires_grad))
+
+
+def _slice_linear(lin: nn.Linear, out_idx: Optional[Tensor] = None, in_idx: Optional[Tensor] = None) -> None:
+    if out_idx is not None:
+        _slice_param(lin, "weight", 0, out_idx)
+        _slice_param(lin, "bias", 0, out_idx)
+        lin.out_features = out_idx.numel()
+    if in_idx is not None:
+        _slice_param(lin, "weight", 1, in_idx)
+        lin.in_features = in_idx.numel()
+
+
+def _channel_index(heads: Tensor, head_dim: int) -> Tensor:
+    """Head indices [k] -> their channel indices [k * head_dim] in a [heads * head_dim] projection."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).flatten()
+
+
+def _drop_layers(model, adapter: Adapter, keep: list[int]) -> None:
+    backbone = getattr(model, adapter.backbone)
+    layers = getattr(backbone, adapter.layers)
+    new = nn.ModuleList([layers[i] for i in keep])
+    setattr(backbone, adapter.layers, new)
+    for new_idx, layer in enumerate(new):
+        # KV caches are indexed by layer_idx: it must be the layer's new position.
+        for m in layer.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = new_idx
+    cfg = model.config
+    types = getattr(cfg, "layer_types", None)
+    if isinstance(types, (list, tuple)):
+        cfg.layer_types = [types[i] for i in keep]
+    cfg.num_hidden_layers = len(keep)
+
+
+def _check_scores(scores: ImportanceScores, cfg, num_layers: int) -> None:
+    want = {
+        "hidden": (cfg.hidden_size,),
+        "ffn": (num_layers, cfg.intermediate_size),
+        "heads": (num_layers, cfg.num_attention_heads),
+        "depth": (num_layers,),
+    }
+    for name, shape in want.items():
+        got = tuple(getattr(scores, name).shape)
+        if got != shape:
+            raise ValueError(f"importance scores `{name}` have shape {got} but this model needs {shape}; "
+                             "were they collected on a different model?")
+
+
+@torch.no_grad()
+def prune_model(model, adapter: Adapter, scores: ImportanceScores, export_config: dict[str, Any],
+                depth_method: str = "block_influence"):
+    """Slice `model` in place to the sizes in `export_config` and return it.
+
+    Args:
+        model: the `*ForCausalLM` the `scores` were collected on (unpruned).
+        scores: from :func:`compactlm.prune.importance.collect_importance`.
+        export_config: any subset of hidden_size, ffn_hidden_size, num_attention_heads, num_layers;
+            a missing key (or None) keeps that size.
+        depth_method: block_influence or lm_loss (see :func:`select_layers`).
+
+    The config gets the new hidden_size / intermediate_size / num_attention_heads / num_hidden_layers
+    and an explicit, unchanged head_dim (hidden_size need no longer equal heads * head_dim).
+    """
+    cfg = model.config
+    export_config = {k: v for k, v in export_config.items() if v is not None}
+    validate_export_config(export_config, cfg)
+    layers = decoder_layers(model, adapter)
+    L = len(layers)
+    _check_scores(scores, cfg, L)
+    backbone = getattr(model, adapter.backbone)
+    embed, lm_head = getattr(backbone, adapter.embed), getattr(model, adapter.lm_head)
+    tied = lm_head.weight is embed.weight
+    head_dim = _head_dim(cfg)
+    kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+    keep_layers = list(range(L))
+    n_layers = export_config.get("num_layers", L)
+    if n_layers < L:
+        keep_layers = select_layers(scores, n_layers, depth_method)
+        _drop_layers(model, adapter, keep_layers)
+        layers = decoder_layers(model, adapter)
+
+    ffn = export_config.get("ffn_hidden_size", cfg.intermediate_size)
+    if ffn < cfg.intermediate_size:
+        for orig, layer in zip(keep_layers, layers):
+            mlp = getattr(layer, adapter.mlp)
+            idx = top_k_sorted(scores.ffn[orig], ffn)
+            _slice_linear(getattr(mlp, adapter.gate_proj), out_idx=idx)
+            _slice_linear(getattr(mlp, adapter.up_proj), out_idx=idx)
+            _slice_linear(getattr(mlp, adapter.down_proj), in_idx=idx)
+            if hasattr(mlp, "intermediate_size"):
+                mlp.intermediate_size = ffn
+        cfg.intermediate_size = ffn
+
+    heads = export_config.get("num_attention_heads", cfg.num_attention_heads)
+    if heads < cfg.num_attention_heads:
+        for orig, layer in zip(keep_layers, layers):
+            attn = getattr(layer, adapter.attn)
+            ch = _channel_index(top_heads_per_group(scores.heads[orig], kv, heads), head_dim)
+            _slice_linear(getattr(attn, adapter.q_proj), out_idx=ch)
+            _slice_linear(getattr(attn, adapter.o_proj), in_idx=ch)
+            # eager/sdpa attention repeat each KV head this many times
+            attn.num_key_value_groups = heads // kv
+            if hasattr(attn, "num_heads"):
+                attn.num_heads = heads
+        cfg.num_attention_heads = heads
+
+    hidden = export_config.get("hidden_size", cfg.hidden_size)
+    if hidden < cfg.hidden_size:
+        idx = top_k_sorted(scores.hidden, hidden)
+        _slice_param(embed, "weight", 1, idx)
+        embed.embedding_dim = hidden
+        for layer in layers:
+            attn, mlp = getattr(layer, adapter.attn), getattr(layer, adapter.mlp)
+            for norm in (adapter.input_norm, adapter.post_attn_norm):
+                _slice_param(getattr(layer, norm), "weight", 0, idx)
+                _slice_param(getattr(layer, norm), "bias", 0, idx)
+            for proj in (adapter.q_proj, adapter.k_proj, adapter.v_proj):
+                _slice_linear(getattr(attn, proj), in_idx=idx)
+            _slice_linear(getattr(attn, adapter.o_proj), out_idx=idx)
+            for proj in (adapter.gate_proj, adapter.up_proj):
+                _slice_linear(getattr(mlp, proj), in_idx=idx)
+            _slice_linear(getattr(mlp, adapter.down_proj), out_idx=idx)
+            for m in (layer, mlp):
+                if hasattr(m, "hidden_size"):
+                    m.hidden_size = hidden
+        final = getattr(backbone, adapter.final_norm)
+        _slice_param(final, "weight", 0, idx)
+        _slice_param(final, "bias", 0, idx)
+        if tied:
+            lm_head.weight = embed.weight
+        else:
+            _slice_param(lm_head, "weight", 1, idx)
+        lm_head.in_features = hidden
+        cfg.hidden_size = hidden
+
+    # Pin head_dim: HF would otherwise derive it as hidden_size // num_attention_heads on reload.
+    cfg.head_dim = head_dim
+    return model
+
+
+def save_pruned(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save `model` (safetensors, with its config) and `tokenizer` to `out_dir` atomically; returns `out_dir`.
+
+    Written into a temporary sibling folder first, then moved into place, so `out_dir` is never half-written.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        publish_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,88 @@
+"""Checks across config groups, run by the launcher before anything is written or submitted.
+
+Single-group checks live in the dataclasses' `__post_init__`; here are the ones that need two groups
+(a prune preset against the model's sizes) or the file system (a local model folder, a data file).
+No torch: it runs on the submit side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from compactlm.arch import adapter_for
+from compactlm.config import EXPORT_TO_HF, CompactLMConfig, ConfigError, ModelShape
+from compactlm.data import check_sources
+from compactlm.models import read_hf_config
+
+PRUNE_STAGES = ("importance", "prune")
+
+
+def to_config(cfg) -> CompactLMConfig:
+    """The one `OmegaConf.to_object` of a run; OmegaConf's errors are re-raised naming the key."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key} is required but was not set (??? in the YAML); set it on the command line") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{getattr(e, 'full_key', '') or 'config'}: {e.msg if hasattr(e, 'msg') else e}") from None
+
+
+def model_shape(conf: CompactLMConfig) -> dict[str, Any]:
+    """The teacher's sizes: config.json of a local folder wins over the YAML's `model.shape`."""
+    shape = conf.model.shape.known()
+    m = conf.model
+    if m.source == "hf" and m.is_local():
+        folder = Path(m.path).expanduser()
+        if not folder.exists():
+            raise ConfigError(f"model.path={m.path!r} does not exist (a local Hugging Face folder was expected)")
+        local = read_hf_config(folder)
+        adapter_for(local.get("model_type", "<missing>"), key=f"model_type in {folder}/config.json")
+        names = [f for f in ModelShape.__dataclass_fields__ if f in local]
+        shape.update({k: local[k] for k in names})
+    return shape
+
+
+def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, Any]:
+    """Raise ConfigError on anything that cannot work; return the model shape used for the checks."""
+    for stage in conf.recipe.stages:
+        if stage not in known_stages:
+            raise ConfigError(f"recipe.stages contains {stage!r}; known stages: {', '.join(known_stages)}")
+    for stage in conf.force_stages:
+        if stage not in conf.recipe.stages:
+            raise ConfigError(f"force_stages contains {stage!r}, which recipe={conf.recipe.name} does not run; "
+                              f"its stages: {', '.join(conf.recipe.stages)}")
+    shape = model_shape(conf)
+    if any(s in PRUNE_STAGES for s in conf.recipe.stages):
+        check_prune(conf, shape)
+    if "data" in conf.recipe.stages:
+        check_sources(conf.data)
+    return shape
+
+
+def check_prune(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
+    p = conf.prune
+    if p.model is not None and p.model != conf.model.name:
+        raise ConfigError(
+            f"prune={p.name} is a preset for model={p.model}, not model={conf.model.name}; "
+            f"pick a preset made for {conf.model.name} or set prune.model=null"
+        )
+    export = p.export_config.known()
+    if not export:
+        raise ConfigError(
+            f"prune.export_config is empty for prune={p.name}; set at least one of "
+            + ", ".join(f"prune.export_config.{k}" for k in EXPORT_TO_HF)
+        )
+    for key, value in export.items():
+        have = shape.get(EXPORT_TO_HF[key])
+        if have is not None and value > have:
+            raise ConfigError(f"prune.export_config.{key}={value} exceeds the model's {have} ({conf.model.name})")
+    heads, kv = export.get("num_attention_heads"), shape.get("num_key_value_heads")
+    if heads is not None and kv and heads % kv:
+        raise ConfigError(
+            f"prune.export_config.num_attention_heads={heads} is not divisible by the model's "
+            f"num_key_value_heads={kv}: every KV group must keep the same number of query heads"
+        )
