@@ -35,7 +35,7 @@ def quality(models: dict[str, Any], teacher: str, sequences: np.ndarray, batch_s
     batches = range(0, len(sequences), batch_size)
     with torch.no_grad():
         for start in tqdm(batches, desc="[evaluate] validation", unit="batch", disable=not progress, mininterval=2):
-            ids = torch.as_tensor(np.asarray(sequences[start : start + batch_size]), dtype=torch.long, device=device)
+            ids = torch.from_numpy(np.array(sequences[start : start + batch_size], dtype=np.int64)).to(device)
             targets = ids[:, 1:].reshape(-1)
             tokens += targets.numel()
             t_logp = None

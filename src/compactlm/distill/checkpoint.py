@@ -93,7 +93,8 @@ def load_checkpoint(out_dir: Path, map_location: str = "cpu") -> tuple[dict[str,
     if folder is None:
         return None
     trainer_state = json.loads((folder / TRAINER_STATE).read_text())
-    state = torch.load(folder / STATE, map_location=map_location, weights_only=True)
+    # mmap: every process of a large run reads the file without holding a private copy in RAM.
+    state = torch.load(folder / STATE, map_location=map_location, weights_only=True, mmap=True)
     return state, trainer_state
 
 

@@ -1,0 +1,34 @@
+"""Helpers shared by tests: compose configs with the real Hydra, run launch.py as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def compose(overrides: list[str] | None = None):
+    """Compose conf/config.yaml with `overrides` exactly as launch.py does (Hydra's compose API)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from compactlm.conf_store import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides or [])
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def run_launch(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 900, **kw):
+    """`python launch.py ARGS` in a subprocess; returns CompletedProcess with text output."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, **kw)

@@ -1,0 +1,125 @@
+"""Every shipped configuration composes and validates; bad input fails before anything runs, naming the key."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from helpers import REPO, compose, group_options, run_launch
+
+from compactlm.config import CompactLMConfig, ConfigError
+from compactlm.pipeline import STAGE_NAMES
+from compactlm.validate import to_config, validate
+
+# Groups whose shipped options leave a required key open (???): what a user must add on the command line.
+REQUIRED = {
+    ("model", "local"): None,  # filled per test with a tiny local folder
+    ("data", "jsonl"): None,
+    ("data", "hf"): ["data.hf_dataset=allenai/c4"],
+}
+
+
+def _prune_for(model: str) -> str:
+    return {"smollm2_135m": "smollm2_33pct", "bielik_11b_v3": "exp_010", "local": "smollm2_33pct"}[model]
+
+
+@pytest.fixture(scope="module")
+def jsonl_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("jsonl") / "docs.jsonl"
+    p.write_text("\n".join(json.dumps({"text": f"Dokument numer {i}: zażółć gęślą jaźń."}) for i in range(50)))
+    return p
+
+
+def test_every_shipped_combination_composes_and_validates(tiny_llama_dir, jsonl_file):
+    combos = list(itertools.product(group_options("recipe"), group_options("model"),
+                                    group_options("data"), group_options("cluster")))
+    assert len(combos) >= 2 * 3 * 4 * 1
+    for recipe, model, data, cluster in combos:
+        ov = [f"recipe={recipe}", f"model={model}", f"data={data}", f"cluster={cluster}", f"prune={_prune_for(model)}"]
+        if model == "local":
+            ov += [f"model.path={tiny_llama_dir}", "prune.model=null", "prune.export_config.ffn_hidden_size=64",
+                   "prune.export_config.num_layers=2"]
+        if data == "jsonl":
+            ov.append(f"data.paths=[{jsonl_file}]")
+        ov += REQUIRED.get(("data", data)) or []
+        conf = to_config(compose(ov))
+        assert isinstance(conf, CompactLMConfig)
+        validate(conf, STAGE_NAMES)
+        assert conf.recipe.name == recipe and conf.model.name == model and conf.data.name == data
+
+
+def test_every_yaml_starts_with_a_comment_naming_its_command():
+    for path in sorted((REPO / "conf").rglob("*.yaml")):
+        first = path.read_text().lstrip().splitlines()[0]
+        assert first.startswith("#"), path
+        assert "python launch.py" in path.read_text(), f"{path} does not say which command runs it"
+
+
+def test_precedence_schema_group_recipe_command_line():
+    conf = to_config(compose([]))
+    assert conf.data.validation_sequences == 24  # schema default
+    assert conf.data.kind == "pydoc"  # group YAML
+    conf = to_config(compose(["data=polish_text"]))
+    assert conf.data.seq_len == 128  # group YAML over schema (256)
+    conf = to_config(compose(["data=polish_text", "data.seq_len=64"]))
+    assert conf.data.seq_len == 64  # command line over group YAML
+
+
+def _error(overrides: list[str]) -> str:
+    with pytest.raises((ConfigError, Exception)) as exc:
+        validate(to_config(compose(overrides)), STAGE_NAMES)
+    cause = exc.value.__cause__
+    return str(exc.value) + (f" {cause}" if cause else "")
+
+
+BAD = [
+    (["data.seq_len=-5"], "data.seq_len=-5"),
+    (["data.seq_len=abc"], "data.seq_len"),
+    (["data.validation_sequences=0"], "data.validation_sequences=0"),
+    (["engine.device=tpu"], "engine.device='tpu'"),
+    (["engine.dtype=float8"], "engine.dtype='float8'"),
+    (["model.shape.num_attention_heads=10"], "model.shape.num_attention_heads=10"),
+    (["model.shape.hidden_size=-1"], "model.shape.hidden_size=-1"),
+    (["model.shape.model_type=gpt2"], "model.shape.model_type='gpt2'"),
+    (["model=local", "model.path=/nonexistent/model"], "model.path='/nonexistent/model' does not exist"),
+    (["model=local"], "model.path is required"),
+    (["data=text_missing_group"], "data/text_missing_group"),
+    (["data=polish_text", "data.paths=[/nonexistent/*.txt]"], "data.paths: '/nonexistent/*.txt' matches no file"),
+    (["data=jsonl"], "data.paths is empty; data.kind=jsonl needs at least one local file"),
+    (["run_name=a/b"], "run_name='a/b'"),
+    (["force_stages=[distill]"], "force_stages contains 'distill'"),
+    (["recipe.stages=[model,train_everything]"], "recipe.stages contains 'train_everything'"),
+    (["distill.global_batch_size=6", "distill.micro_batch_size=4"], "distill.global_batch_size=6"),
+    (["distill.temperature=0"], "distill.temperature=0"),
+]
+
+
+@pytest.mark.parametrize("overrides,needle", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_input_names_the_key(overrides, needle):
+    assert needle in _error(overrides)
+
+
+def test_empty_data_file_is_rejected(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    assert f"data.paths: '{empty}' is empty" in _error(["data=polish_text", f"data.paths=[{empty}]"])
+
+
+def test_unknown_architecture_in_local_folder(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
+    msg = _error(["model=local", f"model.path={tmp_path}"])
+    assert "'gpt2' is not a supported architecture" in msg and "llama, mistral, qwen2, qwen3" in msg
+
+
+def test_cli_rejects_bad_input_before_writing_anything(tmp_path):
+    proc = run_launch(["data.seq_len=-1", f"runs_root={tmp_path}"])
+    assert proc.returncode == 2
+    assert "data.seq_len=-1 must be an integer >= 8" in proc.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written for an invalid config"
+
+
+def test_cli_unknown_group_option_lists_the_choices(tmp_path):
+    proc = run_launch(["model=gpt5", f"runs_root={tmp_path}"])
+    assert proc.returncode != 0
+    assert "Could not find 'model/gpt5'" in proc.stderr and "smollm2_135m" in proc.stderr

@@ -1,0 +1,94 @@
+"""launch.py end to end through NeMo-Run's local executor: real stages, real processes, kill and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import POLISH
+from helpers import REPO
+
+from compactlm.manifest import read_manifest
+
+pytestmark = pytest.mark.slow
+
+
+def _args(tmp_path, model_dir, data_file):
+    return ["model=local", f"model.path={model_dir}", "data=polish_text", f"data.paths=[{data_file}]",
+            "data.seq_len=32", "data.validation_sequences=4", "data.calibration_sequences=4",
+            "data.max_train_sequences=8", "evaluate.generate_tokens=4", f"runs_root={tmp_path}", "run_name=tiny"]
+
+
+def _launch(args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    kids = [int(p) for p in out]
+    return kids + [d for k in kids for d in _descendants(k)]
+
+
+def test_dryrun_prints_tasks_and_writes_nothing(tmp_path, tiny_llama_dir):
+    proc = _launch(_args(tmp_path, tiny_llama_dir, POLISH / "pud.txt") + ["dryrun=true"])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "# resolved config" in out and "LocalExecutor" in out
+    for stage in ("model", "data", "evaluate"):
+        assert f"recipes/{stage}.py --config {tmp_path}/tiny/config.yaml" in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_kill_mid_stage_then_rerun_resumes(tmp_path, tiny_llama_dir):
+    # ~12 MB of real Polish text: tokenizing it takes long enough to kill the data stage mid-way.
+    big = tmp_path / "big.txt"
+    big.write_text((POLISH / "pud.txt").read_text(encoding="utf-8") * 100, encoding="utf-8")
+    args = _args(tmp_path / "runs", tiny_llama_dir, big)
+    proc = _launch(args)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "[data] running" in line:
+            break
+    else:
+        pytest.fail("the data stage never started:\n" + "".join(seen))
+    time.sleep(1.0)
+    victims = [proc.pid] + _descendants(proc.pid)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert read_manifest(run_dir / "model") is not None
+    assert read_manifest(run_dir / "data") is None, "the killed stage must not look finished"
+    (run_dir / "data" / "partial.npy").write_bytes(b"left by the killed attempt")
+    model_manifest = (run_dir / "model" / "manifest.json").read_text()
+
+    proc = _launch(args)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    assert "[model] up to date" in out
+    assert "[data] running" in out and "[evaluate] running" in out
+    assert not (run_dir / "data" / "partial.npy").exists()
+    assert (run_dir / "model" / "manifest.json").read_text() == model_manifest
+    assert "compactlm summary" in out and "reused (up to date)" in out and "perplexity" in out
+
+
+def test_demo_command_on_smollm2(tmp_path):
+    """The README's main command, on the embedded SmolLM2-135M (materialized from its GGUF package)."""
+    proc = _launch([f"runs_root={tmp_path}", "evaluate.generate_tokens=8"])
+    out, _ = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, out[-5000:]
+    m = read_manifest(tmp_path / "eval_smollm2_135m" / "evaluate")["metrics"]["models"]["teacher"]
+    assert m["params"]["total"] == 134_515_008
+    assert 5 < m["perplexity"] < 60, m["perplexity"]  # pydoc English prose; measured ~18.6
+    assert "Paris" in m["sample"]
+    assert "teacher" in out and f"{m['perplexity']:.3f}" in out

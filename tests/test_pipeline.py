@@ -1,0 +1,102 @@
+"""Stages in-process on a tiny model: manifests, skipping, forcing, and clean restarts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import POLISH
+from helpers import compose
+
+from compactlm.launcher import write_run_dir
+from compactlm.manifest import MANIFEST, read_manifest
+from compactlm.pipeline import CONFIG_FILE, run_stage
+from compactlm.validate import to_config
+
+STAGES = ["model", "data", "evaluate"]
+
+
+def _conf(tmp_path, model_dir, *extra):
+    conf = to_config(compose([
+        "model=local", f"model.path={model_dir}", "data=polish_text", f"data.paths=[{POLISH / 'pud.txt'}]",
+        "data.seq_len=32", "data.validation_sequences=4", "data.calibration_sequences=4",
+        "data.max_train_sequences=8", "evaluate.generate_tokens=4", f"runs_root={tmp_path}", *extra,
+    ]))
+    conf.run_dir = str(tmp_path / conf.run_name)
+    return conf
+
+
+def _run_all(conf):
+    run_dir = write_run_dir(conf)
+    for stage in STAGES:
+        assert run_stage(stage, run_dir / CONFIG_FILE) == 0
+    return run_dir
+
+
+def test_stages_write_manifests_last_with_hashes_metrics_and_versions(tmp_path, tiny_llama_dir, capsys):
+    run_dir = _run_all(_conf(tmp_path, tiny_llama_dir))
+    for stage in STAGES:
+        m = read_manifest(run_dir / stage)
+        assert m["stage"] == stage and len(m["config_hash"]) == 64
+        assert set(m["input_hashes"]) == set(STAGES[: STAGES.index(stage)])
+        assert set(m["output_digests"]) == set(m["outputs"])
+        assert "torch" in m["versions"] and m["wall_time_s"] >= 0
+    assert sorted(read_manifest(run_dir / "data")["outputs"]) == ["calibration", "train", "validation"]
+    ev = read_manifest(run_dir / "evaluate")["metrics"]["models"]["teacher"]
+    assert ev["perplexity"] > 1 and ev["tokens"] == 4 * 31 and ev["output_tokens_per_s"] > 0
+    launch = json.loads((run_dir / "launch.json").read_text())
+    assert launch["git_sha"] and "compactlm" in launch["versions"]
+
+
+def test_rerun_skips_up_to_date_stages_and_force_reruns(tmp_path, tiny_llama_dir, capsys):
+    conf = _conf(tmp_path, tiny_llama_dir)
+    run_dir = _run_all(conf)
+    before = {s: (run_dir / s / MANIFEST).stat().st_mtime_ns for s in STAGES}
+    capsys.readouterr()
+    _run_all(conf)
+    out = capsys.readouterr().out
+    assert out.count("up to date") == 3
+    assert before == {s: (run_dir / s / MANIFEST).stat().st_mtime_ns for s in STAGES}
+
+    # A changed data setting re-runs data and, because its outputs changed, evaluate; not the model stage.
+    changed = _conf(tmp_path, tiny_llama_dir, "data.seq_len=16")
+    _run_all(changed)
+    after = {s: (run_dir / s / MANIFEST).stat().st_mtime_ns for s in STAGES}
+    assert after["model"] == before["model"] and after["data"] != before["data"] and after["evaluate"] != before["evaluate"]
+
+    capsys.readouterr()
+    _run_all(_conf(tmp_path, tiny_llama_dir, "data.seq_len=16", "force_stages=[evaluate]"))
+    out = capsys.readouterr().out
+    assert "[model] up to date" in out and "[data] up to date" in out and "[evaluate] running" in out
+
+
+def test_a_crashed_stage_leaves_no_manifest_and_restarts_clean(tmp_path, tiny_llama_dir, monkeypatch):
+    conf = _conf(tmp_path, tiny_llama_dir)
+    run_dir = write_run_dir(conf)
+    assert run_stage("model", run_dir / CONFIG_FILE) == 0
+    import compactlm.data as data_mod
+
+    def boom(*a, **k):
+        (run_dir / "data" / "train.npy").write_bytes(b"half-written")
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(data_mod, "save_splits", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("data", run_dir / CONFIG_FILE)
+    assert read_manifest(run_dir / "data") is None
+    # evaluate refuses to start on an unfinished upstream stage
+    assert run_stage("evaluate", run_dir / CONFIG_FILE) == 3
+    monkeypatch.undo()
+    (run_dir / "data" / "leftover.tmp").write_text("junk from the killed attempt")
+    assert run_stage("data", run_dir / CONFIG_FILE) == 0
+    assert not (run_dir / "data" / "leftover.tmp").exists()
+    assert read_manifest(run_dir / "data") is not None
+
+
+def test_missing_output_invalidates_the_manifest(tmp_path, tiny_llama_dir, capsys):
+    run_dir = _run_all(_conf(tmp_path, tiny_llama_dir))
+    (run_dir / "data" / "train.npy").unlink()
+    capsys.readouterr()
+    assert run_stage("data", run_dir / CONFIG_FILE) == 0
+    assert "[data] running" in capsys.readouterr().out
+    assert (run_dir / "data" / "train.npy").is_file()
