@@ -92,6 +92,18 @@ BAD = [
     (["recipe.stages=[model,train_everything]"], "recipe.stages contains 'train_everything'"),
     (["distill.global_batch_size=6", "distill.micro_batch_size=4"], "distill.global_batch_size=6"),
     (["distill.temperature=0"], "distill.temperature=0"),
+    (["recipe=prune", "prune.export_config.ffn_hidden_size=20000"],
+     "prune.export_config.ffn_hidden_size=20000 exceeds the model's 1536"),
+    (["recipe=prune", "prune.export_config.num_attention_heads=8"],
+     "prune.export_config.num_attention_heads=8 is not divisible by the model's num_key_value_heads=3"),
+    (["recipe=prune", "prune.export_config.num_layers=0"], "prune.export_config.num_layers=0 must be an integer >= 1"),
+    (["recipe=prune", "prune.export_config.hidden_size=-64"], "prune.export_config.hidden_size=-64"),
+    (["recipe=prune", "prune=exp_010"], "prune=exp_010 is a preset for model=bielik_11b_v3, not model=smollm2_135m"),
+    (["recipe=prune", "prune.export_config.num_layers=null", "prune.export_config.ffn_hidden_size=null"],
+     "prune.export_config is empty"),
+    (["recipe=prune", "prune.depth_method=random"], "prune.depth_method='random'"),
+    (["recipe=prune", "model=bielik_11b_v3", "prune=exp_001", "prune.export_config.hidden_size=8192"],
+     "prune.export_config.hidden_size=8192 exceeds the model's 4096"),
 ]
 
 

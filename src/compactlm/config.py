@@ -193,6 +193,21 @@ class PruneConfig:
             _positive(f"prune.export_config.{k}", getattr(self.export_config, k))
 
 
+# ------------------------------------------------------------------------------------------ importance
+@dataclass
+class ImportanceConfig:
+    """Forward-only activation statistics over the calibration split (Minitron scoring)."""
+
+    batch_size: int = 8
+    """Calibration sequences per forward pass."""
+    max_sequences: Optional[int] = None
+    """Use at most this many calibration sequences (None: the whole split)."""
+
+    def __post_init__(self) -> None:
+        _positive("importance.batch_size", self.batch_size)
+        _positive("importance.max_sequences", self.max_sequences)
+
+
 # --------------------------------------------------------------------------------------------- distill
 DISTILL_STRATEGIES = ("ddp", "fsdp2")
 
@@ -345,6 +360,7 @@ class CompactLMConfig:
     cluster: ClusterConfig = MISSING
     engine: EngineConfig = MISSING
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     run_name: str = "${recipe.name}_${model.name}"
     """Folder name of the run under runs_root; the same name resumes the same run."""

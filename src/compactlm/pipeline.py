@@ -36,6 +36,8 @@ from compactlm.manifest import (
 STAGES: dict[str, str] = {
     "model": "compactlm.stages:ModelStage",
     "data": "compactlm.stages:DataStage",
+    "importance": "compactlm.stages:ImportanceStage",
+    "prune": "compactlm.stages:PruneStage",
     "evaluate": "compactlm.stages:EvaluateStage",
 }
 STAGE_NAMES = tuple(STAGES)

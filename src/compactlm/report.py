@@ -32,10 +32,19 @@ def summary_table(conf: CompactLMConfig, launched_at: float) -> str:
     return "\n".join(lines)
 
 
+# Pipeline order, whatever order the manifest's JSON (sorted keys) stored them in.
+MODEL_ORDER = ("teacher", "pruned", "distilled", "quantized")
+
+
+def ordered(models: dict[str, dict]) -> list[tuple[str, dict]]:
+    rank = {k: i for i, k in enumerate(MODEL_ORDER)}
+    return sorted(models.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+
+
 def model_table(models: dict[str, dict]) -> str:
     head = f"  {'model':<10}{'params':>10}{'perplexity':>12}{'KL':>9}{'top-1':>8}{'fwd tok/s':>11}{'decode tok/s':>14}{'TPOT ms':>9}"
     rows = [head, "  " + "-" * (len(head) - 2)]
-    for label, r in models.items():
+    for label, r in ordered(models):
         kl = f"{r['kl_to_teacher']:.4f}" if "kl_to_teacher" in r else "-"
         agree = f"{r['top1_agreement'] * 100:.1f}%" if "top1_agreement" in r else "-"
         dec = f"{r['output_tokens_per_s']:.1f}" if "output_tokens_per_s" in r else "-"

@@ -9,6 +9,8 @@ from __future__ import annotations
 from compactlm.pipeline import StageContext, StageResult
 
 TEACHER = "teacher"
+# stage that produced a model -> its label in evaluation tables
+MODEL_LABELS = {"model": TEACHER, "prune": "pruned", "distill": "distilled", "quantize": "quantized"}
 
 
 class ModelStage:
@@ -81,7 +83,7 @@ class EvaluateStage:
         folders = {TEACHER: ctx.upstream_output("model", "checkpoint")}
         for stage, manifest in ctx.upstream.items():  # every later stage that produced a model
             if stage != "model" and "checkpoint" in manifest["outputs"]:
-                folders[stage] = ctx.upstream_output(stage, "checkpoint")
+                folders[MODEL_LABELS.get(stage, stage)] = ctx.upstream_output(stage, "checkpoint")
         models = {label: load_model(path, device, dtype) for label, path in folders.items()}
         val = load_split(ctx.upstream_output("data", "validation").parent, "validation")
         if cfg.max_sequences:
@@ -100,3 +102,103 @@ class EvaluateStage:
             speed = f", {r['output_tokens_per_s']:.1f} tok/s decode" if "output_tokens_per_s" in r else ""
             print(f"[evaluate] {label}: perplexity {r['perplexity']:.3f}{extra}{speed}", flush=True)
         return StageResult(metrics=metrics)
+
+
+def _batches(sequences, batch_size: int):
+    """LongTensor batches [batch_size, seq_len] over an int32 array of sequences."""
+    import numpy as np
+    import torch
+
+    for start in range(0, len(sequences), batch_size):
+        yield torch.from_numpy(np.array(sequences[start : start + batch_size], dtype=np.int64))
+
+
+class ImportanceStage:
+    """Minitron activation importance of the teacher over the calibration split, plus plots.
+
+    Independent of the pruning target, so trying another preset reuses these scores.
+    """
+
+    name = "importance"
+    sections = ("importance", "engine")
+    keep = ()
+
+    def run(self, ctx: StageContext) -> StageResult:
+        import time
+
+        from compactlm.arch import adapter_for
+        from compactlm.data import load_split
+        from compactlm.models import load_model, setup_engine
+        from compactlm.prune import collect_importance, plot_depth, plot_width
+
+        device, dtype = setup_engine(ctx.cfg.engine)
+        folder = ctx.upstream_output("model", "checkpoint")
+        model = load_model(folder, device, dtype)
+        calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
+        if ctx.cfg.importance.max_sequences:
+            calib = calib[: ctx.cfg.importance.max_sequences]
+        t0 = time.perf_counter()
+        scores = collect_importance(model, adapter_for(model.config.model_type), _batches(calib, ctx.cfg.importance.batch_size))
+        seconds = time.perf_counter() - t0
+        scores.save(ctx.stage_dir / "scores.safetensors")
+        plot_depth(scores, ctx.stage_dir / "depth.png")
+        plot_width(scores, ctx.stage_dir / "width.png")
+        metrics = {
+            "calibration_sequences": int(len(calib)),
+            "calibration_tokens_per_s": calib.size / seconds,
+            "depth_block_influence": [round(float(v), 6) for v in scores.depth],
+        }
+        print(f"[importance] {len(calib)} calibration sequences in {seconds:.1f} s; "
+              f"least important layers: {scores.depth.argsort()[:5].tolist()}", flush=True)
+        return StageResult(outputs={"scores": "scores.safetensors", "depth_plot": "depth.png", "width_plot": "width.png"},
+                           metrics=metrics)
+
+
+class PruneStage:
+    """Slice the teacher to `prune.export_config` by importance and save a plain HF checkpoint."""
+
+    name = "prune"
+    sections = ("prune",)
+    keep = ()
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from compactlm.arch import adapter_for
+        from compactlm.data import load_split
+        from compactlm.models import count_parameters, load_model, load_tokenizer, setup_engine
+        from compactlm.params import count_on_meta
+        from compactlm.prune import ImportanceScores, add_lm_loss_scores, prune_model, save_pruned, select_layers
+
+        p = ctx.cfg.prune
+        device, dtype = setup_engine(ctx.cfg.engine)
+        folder = ctx.upstream_output("model", "checkpoint")
+        model = load_model(folder, device, dtype)
+        adapter = adapter_for(model.config.model_type)
+        scores = ImportanceScores.load(ctx.upstream_output("importance", "scores"))
+        export = p.export_config.known()
+        before = count_parameters(model)
+        num_layers = model.config.num_hidden_layers
+        if p.depth_method == "lm_loss" and export.get("num_layers", num_layers) < num_layers:
+            # Scored on the calibration split so the validation split stays held out for the evaluate stage.
+            calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
+            add_lm_loss_scores(scores, model, adapter, _batches(calib, ctx.cfg.importance.batch_size),
+                               block_size=num_layers - export["num_layers"])
+        kept_layers = select_layers(scores, export.get("num_layers", num_layers), p.depth_method)
+        prune_model(model, adapter, scores, export, p.depth_method)
+        after = count_parameters(model)
+        accounted = count_on_meta(model.config)
+        if accounted != after:  # the checkpoint must hold exactly what recipe=params promised
+            raise RuntimeError(f"pruned model has {after} parameters but accounting says {accounted}")
+        save_pruned(model, load_tokenizer(folder), ctx.stage_dir / "checkpoint")
+        metrics = {
+            "export_config": export,
+            "depth_method": p.depth_method,
+            "kept_layers": kept_layers,
+            "params_before": before,
+            "params_after": after,
+            "params_change": after["without_lm_head"] / before["without_lm_head"] - 1.0,
+        }
+        if scores.depth_lm_loss:
+            metrics["depth_lm_loss"] = {str(k): v for k, v in scores.depth_lm_loss.items()}
+        print(f"[prune] {before['total'] / 1e6:.1f}M -> {after['total'] / 1e6:.1f}M parameters "
+              f"({metrics['params_change'] * 100:+.1f}%), kept layers {kept_layers}", flush=True)
+        return StageResult(outputs={"checkpoint": "checkpoint"}, metrics=metrics)
