@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from compactlm.config import CompactLMConfig, ConfigError, PruneConfig
 from compactlm.manifest import atomic_write_json, atomic_write_text, read_manifest, versions
 from compactlm.pipeline import CONFIG_FILE, STAGE_NAMES
-from compactlm.report import summary_table
+from compactlm.report import summary_table, write_report
 from compactlm.validate import to_config, validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,6 +122,8 @@ def submit(conf: CompactLMConfig) -> int:
         exp.run(tail_logs=True)
     states = {job.id: str(job.state) for job in exp.jobs}
     print(summary_table(conf, t0))
+    md, page = write_report(conf)
+    print(f"  report: {page}  ({md.name} beside it)")
     failed = [stage for stage in conf.recipe.stages if read_manifest(run_dir / stage) is None]
     if failed:
         print(f"compactlm: stage {failed[0]!r} did not finish (states: {states}); its log is under "

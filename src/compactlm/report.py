@@ -1,39 +1,28 @@
-"""The terminal summary at the end of `launch.py`, read from the stage manifests (one source of truth)."""
+"""The run report: terminal summary, `report.md` and a self-contained `report.html`, all from the manifests.
+
+Every figure shown is read from a stage's `manifest.json` (one source of truth); the markdown and HTML
+files are rendered from the same list of blocks, so they cannot disagree. Plots found in the stage
+folders are embedded in the HTML as base64 PNGs.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from compactlm.config import CompactLMConfig
-from compactlm.manifest import read_manifest
-
-
-def summary_table(conf: CompactLMConfig, launched_at: float) -> str:
-    """Stages (ran / reused, wall time) and, when the evaluate stage ran, its per-model table."""
-    run_dir = Path(conf.run_dir)
-    lines = ["", f"== compactlm summary: {conf.run_name} (recipe={conf.recipe.name}) =="]
-    evaluation = None
-    for stage in conf.recipe.stages:
-        m = read_manifest(run_dir / stage)
-        if m is None:
-            lines.append(f"  {stage:<10} NOT FINISHED")
-            continue
-        finished = datetime.fromisoformat(m["finished_at"]).timestamp()
-        how = "ran" if finished >= int(launched_at) else "reused (up to date)"
-        lines.append(f"  {stage:<10} {how:<20} {m['wall_time_s']:>8.1f} s")
-        if stage == "evaluate":
-            evaluation = m["metrics"]
-    if evaluation:
-        lines.append("")
-        lines.append(f"  evaluated on {evaluation['validation_sequences']} validation sequences, "
-                     f"device={evaluation['device']} dtype={evaluation['dtype']} threads={evaluation['threads']}")
-        lines.append(model_table(evaluation["models"]))
-    return "\n".join(lines)
-
+from compactlm.manifest import atomic_write_text, read_manifest
 
 # Pipeline order, whatever order the manifest's JSON (sorted keys) stored them in.
 MODEL_ORDER = ("teacher", "pruned", "distilled", "quantized")
+PLOTS = {  # stage -> (file, caption)
+    "importance": [("depth.png", "Per-layer depth importance"), ("width.png", "Per-layer width importance")],
+    "distill": [("loss_curve.png", "Distillation loss and validation curves")],
+}
 
 
 def ordered(models: dict[str, dict]) -> list[tuple[str, dict]]:
@@ -41,14 +30,201 @@ def ordered(models: dict[str, dict]) -> list[tuple[str, dict]]:
     return sorted(models.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
 
 
-def model_table(models: dict[str, dict]) -> str:
-    head = f"  {'model':<10}{'params':>10}{'perplexity':>12}{'KL':>9}{'top-1':>8}{'fwd tok/s':>11}{'decode tok/s':>14}{'TPOT ms':>9}"
-    rows = [head, "  " + "-" * (len(head) - 2)]
+def manifests(conf: CompactLMConfig) -> dict[str, dict | None]:
+    return {stage: read_manifest(Path(conf.run_dir) / stage) for stage in conf.recipe.stages}
+
+
+# ------------------------------------------------------------------------------------------- terminal
+def summary_table(conf: CompactLMConfig, launched_at: float) -> str:
+    """Stages (ran / reused, wall time) and, when the evaluate stage ran, its per-model table."""
+    lines = ["", f"== compactlm summary: {conf.run_name} (recipe={conf.recipe.name}) =="]
+    ms = manifests(conf)
+    for stage, m in ms.items():
+        if m is None:
+            lines.append(f"  {stage:<10} NOT FINISHED")
+            continue
+        finished = datetime.fromisoformat(m["finished_at"]).timestamp()
+        how = "ran" if finished >= int(launched_at) else "reused (up to date)"
+        lines.append(f"  {stage:<10} {how:<20} {m['wall_time_s']:>8.1f} s")
+    evaluation = (ms.get("evaluate") or {}).get("metrics")
+    if evaluation:
+        lines.append("")
+        lines.append(f"  evaluated on {evaluation['validation_sequences']} validation sequences, "
+                     f"device={evaluation['device']} dtype={evaluation['dtype']} threads={evaluation['threads']}")
+        for row in text_table(*quality_rows(evaluation["models"])):
+            lines.append("  " + row)
+    return "\n".join(lines)
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return [fmt(header), "-" * len(fmt(header))] + [fmt(r) for r in rows]
+
+
+# ------------------------------------------------------------------------------------------ contents
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def recovery(teacher: dict, model: dict) -> dict[str, float]:
+    """Recovery of each metric, student relative to teacher (1.0 = as good as the teacher).
+
+    Perplexity is lower-is-better, so its recovery is teacher / student; top-1 agreement is already a
+    fraction of the teacher's own predictions. The aggregate is their mean.
+    """
+    out = {"perplexity": teacher["perplexity"] / model["perplexity"]}
+    if "top1_agreement" in model:
+        out["top1_agreement"] = model["top1_agreement"]
+    out["aggregate"] = sum(out.values()) / len(out)
+    return out
+
+
+def quality_rows(models: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "params", "perplexity", "KL to teacher", "top-1 agreement", "recovery (ppl)", "recovery (aggregate)",
+              "decode tok/s", "TPOT ms"]
+    teacher = models.get("teacher")
+    rows = []
     for label, r in ordered(models):
-        kl = f"{r['kl_to_teacher']:.4f}" if "kl_to_teacher" in r else "-"
-        agree = f"{r['top1_agreement'] * 100:.1f}%" if "top1_agreement" in r else "-"
-        dec = f"{r['output_tokens_per_s']:.1f}" if "output_tokens_per_s" in r else "-"
-        tpot = f"{r['tpot_ms']:.1f}" if "tpot_ms" in r else "-"
-        rows.append(f"  {label:<10}{r['params']['total'] / 1e6:>9.1f}M{r['perplexity']:>12.3f}{kl:>9}{agree:>8}"
-                    f"{r['forward_tokens_per_s']:>11.0f}{dec:>14}{tpot:>9}")
-    return "\n".join(rows)
+        rec = recovery(teacher, r) if teacher and label != "teacher" else {}
+        rows.append([
+            label, f"{r['params']['total'] / 1e6:.1f}M", f"{r['perplexity']:.3f}",
+            f"{r['kl_to_teacher']:.4f}" if "kl_to_teacher" in r else "-", _pct(r.get("top1_agreement")),
+            _pct(rec.get("perplexity")), _pct(rec.get("aggregate")),
+            f"{r['output_tokens_per_s']:.1f}" if "output_tokens_per_s" in r else "-",
+            f"{r['tpot_ms']:.1f}" if "tpot_ms" in r else "-",
+        ])
+    return header, rows
+
+
+def speed_rows(models: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "params", "decode tok/s", "TTFT ms", "TPOT ms", "speed vs teacher", "ideal (param ratio)"]
+    teacher = models.get("teacher")
+    rows = []
+    for label, r in ordered(models):
+        if "output_tokens_per_s" not in r:
+            continue
+        speed = r["output_tokens_per_s"] / teacher["output_tokens_per_s"] if teacher else None
+        ideal = teacher["params"]["total"] / r["params"]["total"] if teacher else None
+        rows.append([label, f"{r['params']['total'] / 1e6:.1f}M", f"{r['output_tokens_per_s']:.1f}",
+                     f"{r['ttft_ms']:.1f}", f"{r['tpot_ms']:.1f}",
+                     f"{speed:.2f}x" if speed else "-", f"{ideal:.2f}x" if ideal else "-"])
+    return header, rows
+
+
+ARCH_KEYS = ("model_type", "hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_key_value_heads")
+
+
+def architecture_rows(ms: dict[str, dict | None]) -> tuple[list[str], list[list[str]]] | None:
+    cols = {}
+    if ms.get("model"):
+        cols["teacher"] = ms["model"]["metrics"]
+    if ms.get("prune"):
+        cols["pruned"] = ms["prune"]["metrics"].get("architecture", {})
+    if not cols:
+        return None
+    header = ["", *cols]
+    rows = [[k, *[str(c.get(k, "-")) for c in cols.values()]] for k in ARCH_KEYS]
+    params = {"teacher": ms["model"]["metrics"]["params"] if ms.get("model") else None,
+              "pruned": ms["prune"]["metrics"]["params_after"] if ms.get("prune") else None}
+    for key in ("total", "embedding", "without_lm_head"):
+        rows.append([f"params ({key})", *[f"{params[c][key]:,}" if params.get(c) else "-" for c in cols]])
+    return header, rows
+
+
+@dataclass
+class Block:
+    kind: str  # "h1" | "h2" | "p" | "table" | "image"
+    content: Any
+
+
+def build_blocks(conf: CompactLMConfig) -> list[Block]:
+    run_dir = Path(conf.run_dir)
+    ms = manifests(conf)
+    blocks = [Block("h1", f"compactlm run {conf.run_name}"),
+              Block("p", f"recipe={conf.recipe.name} ({' → '.join(conf.recipe.stages)}), model={conf.model.name}, "
+                         f"data={conf.data.name}" + (f", prune={conf.prune.name}" if "prune" in ms else ""))]
+    arch = architecture_rows(ms)
+    if arch:
+        blocks += [Block("h2", "Architecture"), Block("table", arch)]
+    evaluation = (ms.get("evaluate") or {}).get("metrics")
+    if evaluation:
+        blocks += [Block("h2", "Quality and recovery"),
+                   Block("p", f"Held-out validation split: {evaluation['validation_sequences']} sequences. Recovery = "
+                              "teacher perplexity / model perplexity; aggregate = mean of that and top-1 agreement."),
+                   Block("table", quality_rows(evaluation["models"]))]
+        speed = speed_rows(evaluation["models"])
+        if speed[1]:
+            blocks += [Block("h2", "Speed"),
+                       Block("p", f"Greedy decoding at batch 1 on {evaluation['device']} ({evaluation['dtype']}, "
+                                  f"{evaluation['threads']} threads); the ideal ratio is the parameter ratio."),
+                       Block("table", speed)]
+    stage_rows = [[s, f"{m['wall_time_s']:.1f} s" if m else "-", m["finished_at"] if m else "not finished"]
+                  for s, m in ms.items()]
+    blocks += [Block("h2", "Stages"), Block("table", (["stage", "wall time", "finished"], stage_rows))]
+    images = [(run_dir / stage / f, cap) for stage, plots in PLOTS.items() if ms.get(stage) for f, cap in plots]
+    images = [(p, c) for p, c in images if p.is_file()]
+    if images:
+        blocks.append(Block("h2", "Plots"))
+        blocks += [Block("image", (p, c)) for p, c in images]
+    return blocks
+
+
+# ------------------------------------------------------------------------------------------ renderers
+def to_markdown(blocks: list[Block], run_dir: Path) -> str:
+    out = []
+    for b in blocks:
+        if b.kind == "h1":
+            out.append(f"# {b.content}\n")
+        elif b.kind == "h2":
+            out.append(f"## {b.content}\n")
+        elif b.kind == "p":
+            out.append(f"{b.content}\n")
+        elif b.kind == "table":
+            header, rows = b.content
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            out += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+            out.append("")
+        elif b.kind == "image":
+            path, caption = b.content
+            out.append(f"![{caption}]({path.relative_to(run_dir)})\n")
+    return "\n".join(out)
+
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+       "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+       "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%}")
+
+
+def to_html(blocks: list[Block]) -> str:
+    title = next((b.content for b in blocks if b.kind == "h1"), "compactlm report")
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{CSS}</style></head><body>"]
+    for b in blocks:
+        if b.kind in ("h1", "h2"):
+            out.append(f"<{b.kind}>{html.escape(b.content)}</{b.kind}>")
+        elif b.kind == "p":
+            out.append(f"<p>{html.escape(b.content)}</p>")
+        elif b.kind == "table":
+            header, rows = b.content
+            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
+            out.append("</tbody></table>")
+        elif b.kind == "image":
+            path, caption = b.content
+            data = base64.b64encode(path.read_bytes()).decode()
+            out.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(conf: CompactLMConfig) -> tuple[Path, Path]:
+    """Write `<run_dir>/report.md` and `<run_dir>/report.html` (atomically) and return their paths."""
+    run_dir = Path(conf.run_dir)
+    blocks = build_blocks(conf)
+    md, page = run_dir / "report.md", run_dir / "report.html"
+    atomic_write_text(md, to_markdown(blocks, run_dir))
+    atomic_write_text(page, to_html(blocks))
+    return md, page

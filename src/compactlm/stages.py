@@ -13,6 +13,19 @@ TEACHER = "teacher"
 MODEL_LABELS = {"model": TEACHER, "prune": "pruned", "distill": "distilled", "quantize": "quantized"}
 
 
+def arch_metrics(hf) -> dict:
+    """Sizes of a transformers config under the names used in reports and prune presets."""
+    return {
+        "model_type": hf.model_type,
+        "hidden_size": hf.hidden_size,
+        "ffn_hidden_size": hf.intermediate_size,
+        "num_layers": hf.num_hidden_layers,
+        "num_attention_heads": hf.num_attention_heads,
+        "num_key_value_heads": hf.num_key_value_heads,
+        "vocab_size": hf.vocab_size,
+    }
+
+
 class ModelStage:
     """Resolve the teacher to a local Hugging Face folder (materializing packaged GGUF models once)."""
 
@@ -28,16 +41,7 @@ class ModelStage:
 
         folder = materialize(ctx.cfg.model, ctx.cfg.cache_dir)
         hf = AutoConfig.from_pretrained(folder)
-        metrics = {
-            "model_type": hf.model_type,
-            "hidden_size": hf.hidden_size,
-            "ffn_hidden_size": hf.intermediate_size,
-            "num_layers": hf.num_hidden_layers,
-            "num_attention_heads": hf.num_attention_heads,
-            "num_key_value_heads": hf.num_key_value_heads,
-            "vocab_size": hf.vocab_size,
-            "params": count_on_meta(hf),
-        }
+        metrics = {**arch_metrics(hf), "params": count_on_meta(hf)}
         print(f"[model] {ctx.cfg.model.name}: {hf.model_type}, {metrics['params']['total'] / 1e6:.1f}M parameters, "
               f"folder {folder}", flush=True)
         return StageResult(outputs={"checkpoint": str(folder)}, metrics=metrics)
@@ -193,6 +197,7 @@ class PruneStage:
             "export_config": export,
             "depth_method": p.depth_method,
             "kept_layers": kept_layers,
+            "architecture": arch_metrics(model.config),
             "params_before": before,
             "params_after": after,
             "params_change": after["without_lm_head"] / before["without_lm_head"] - 1.0,
