@@ -109,10 +109,14 @@ def _sq_mean_abs(a: Tensor) -> Tensor:
     """[batch, seq, channels] -> [channels]: Σ over samples of (mean over seq of |a|)^2, in fp32."""
     if a.dim() == 2:  # [tokens, channels]: no batch dimension, treat as one sample (as ModelOpt does)
         a = a.unsqueeze(0)
-    # One fp32 temporary: upcast (a copy) then abs in place; for fp32 input abs() is the only copy.
-    # Measured on CPU, this is ~8x faster than vector_norm(ord=1) or sum(dtype=float32) over dim 1.
-    b = a.abs() if a.dtype == torch.float32 else a.float().abs_()
-    m = b.sum(dim=1).div_(a.shape[1])  # [batch, channels] mean over the sequence
+    # |a| is exact in any dtype, so bf16/fp16 inputs are summed with fp32 accumulation from a half-size
+    # temporary instead of an fp32 copy. For fp32, plain abs().sum() is ~8x faster on CPU than
+    # vector_norm(ord=1) or sum(dtype=float32) over a middle dimension (measured).
+    if a.dtype == torch.float32:
+        m = a.abs().sum(dim=1)
+    else:
+        m = a.abs().sum(dim=1, dtype=torch.float32)
+    m.div_(a.shape[1])  # [batch, channels]: mean over the sequence
     return m.square_().sum(dim=0)
 
 

@@ -6,12 +6,10 @@ import os
 import tempfile
 from pathlib import Path
 
-import matplotlib
+# Figure objects without pyplot render through Agg and never touch the global backend or a display.
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402  (after selecting the backend)
-
-from compactlm.prune.importance import ImportanceScores  # noqa: E402
+from compactlm.prune.importance import ImportanceScores
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -42,10 +40,15 @@ def plot_depth(scores: ImportanceScores, path: str | Path) -> Path:
     if lm:
         starts = sorted(lm)
         ax = axes[1]
-        ax.bar(starts, [lm[s] for s in starts], color="tab:orange")
+        # Points, not bars from 0: the differences between blocks are small next to the loss itself.
+        losses = [lm[s] for s in starts]
+        ax.plot(starts, losses, marker="o", color="tab:orange", label="block skipped")
+        best = min(starts, key=lambda s: (lm[s], s))
+        ax.plot([best], [lm[best]], marker="*", ms=14, color="tab:red", ls="none", label="lowest (dropped)")
         if "lm_loss_full" in scores.extra:
             ax.axhline(scores.extra["lm_loss_full"], color="k", ls="--", lw=1, label="no layer skipped")
-            ax.legend(loc="upper right")
+        ax.set_xticks(starts)
+        ax.legend(loc="best")
         ax.set_xlabel(f"first skipped layer (block of {scores.depth_lm_loss_block_size})")
         ax.set_ylabel("LM loss (nats/token)")
         ax.set_title("LM loss with the block skipped (lower = safer to drop)")
