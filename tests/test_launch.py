@@ -41,7 +41,7 @@ def test_dryrun_prints_tasks_and_writes_nothing(tmp_path, tiny_llama_dir):
     assert proc.returncode == 0, out
     assert "# resolved config" in out and "LocalExecutor" in out
     for stage in ("model", "data", "evaluate"):
-        assert f"recipes/{stage}.py --config {tmp_path}/tiny/config.yaml" in out
+        assert f"python {REPO}/recipes/{stage}.py --config {tmp_path}/tiny/config.yaml" in out
     assert not any(tmp_path.iterdir())
 
 

@@ -82,20 +82,14 @@ def build_experiment(conf: CompactLMConfig, config_path: Path):
     from compactlm.executors import make_executor
 
     set_nemorun_home(os.environ["NEMORUN_HOME"])
-    executor = make_executor(conf, run)
-    exp = run.Experiment(conf.run_name, executor=executor, log_level="WARN")
+    exp = run.Experiment(conf.run_name, log_level="WARN")
     with exp:
         previous = None
         for stage in conf.recipe.stages:
-            task = run.Script(path=str(stage_script(stage)), entrypoint=executor_python(conf),
-                              args=["--config", str(config_path)])
-            previous = exp.add(task, name=stage, tail_logs=True, dependencies=[previous] if previous else None)
+            task = run.Script(path=str(stage_script(stage)), entrypoint="python", args=["--config", str(config_path)])
+            previous = exp.add(task, executor=make_executor(conf, run, stage), name=stage, tail_logs=True,
+                               dependencies=[previous] if previous else None)
     return exp
-
-
-def executor_python(conf: CompactLMConfig) -> str:
-    # On this machine, the interpreter running the launcher (its venv); on a cluster, the container's python.
-    return sys.executable if conf.cluster.executor == "local" else "python"
 
 
 def dryrun(conf: CompactLMConfig) -> int:
@@ -107,7 +101,7 @@ def dryrun(conf: CompactLMConfig) -> int:
     print("# tasks (each depends on the one before)")
     config_path = Path(conf.run_dir) / CONFIG_FILE
     for stage in conf.recipe.stages:
-        print(f"  {stage:<10} {executor_python(conf)} {stage_script(stage)} --config {config_path}")
+        print(f"  {stage:<10} python {stage_script(stage)} --config {config_path}")
     print("dryrun=true: nothing was written or submitted")
     return 0
 

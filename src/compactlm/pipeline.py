@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
+import os
 import shutil
 import sys
 import time
@@ -38,10 +40,12 @@ STAGES: dict[str, str] = {
     "data": "compactlm.stages:DataStage",
     "importance": "compactlm.stages:ImportanceStage",
     "prune": "compactlm.stages:PruneStage",
+    "distill": "compactlm.stages:DistillStage",
     "evaluate": "compactlm.stages:EvaluateStage",
 }
 STAGE_NAMES = tuple(STAGES)
 CONFIG_FILE = "config.yaml"
+RESUME_KEY = "resume_key.json"
 
 
 @dataclass
@@ -121,14 +125,20 @@ def run_stage(name: str, config_path: Path) -> int:
     config_hash = stage_config_hash(cfg, stage)
     input_hashes = {up: fingerprint(m) for up, m in upstream.items()}
     forced = cfg.force or name in cfg.force_stages
+    # Under torchrun every rank runs this function; every rank reaches the same skip decision (read-only),
+    # and only rank 0 touches the folder and writes the manifest.
+    rank = int(os.environ.get("RANK", "0"))
     if not forced and is_current(stage_dir, config_hash, input_hashes):
         print(f"[{name}] up to date (manifest matches config and inputs), skipped", flush=True)
         return 0
-    _clean(stage_dir, stage.keep)
-    print(f"[{name}] running in {stage_dir}", flush=True)
+    if rank == 0:
+        _clean(stage_dir, stage.keep, {"config_hash": config_hash, "input_hashes": input_hashes}, fresh=forced)
+        print(f"[{name}] running in {stage_dir}", flush=True)
     t0 = time.time()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = stage.run(StageContext(cfg=cfg, run_dir=run_dir, stage_dir=stage_dir, upstream=upstream))
+    if rank != 0:
+        return 0
     manifest = {
         "stage": name,
         "config_hash": config_hash,
@@ -146,17 +156,25 @@ def run_stage(name: str, config_path: Path) -> int:
     return 0
 
 
-def _clean(stage_dir: Path, keep: tuple[str, ...]) -> None:
-    """Start a stage from a clean folder: whatever a killed attempt left behind is removed."""
+def _clean(stage_dir: Path, keep: tuple[str, ...], resume_key: dict[str, Any], fresh: bool) -> None:
+    """Start a stage from a clean folder: whatever a killed attempt left behind is removed.
+
+    Entries in `keep` (resumable checkpoints) survive only when the previous attempt had the same
+    config and inputs, as recorded in `resume_key.json`; `fresh` (a forced re-run) removes them too.
+    """
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / MANIFEST).unlink(missing_ok=True)
+    key_file = stage_dir / RESUME_KEY
+    resumable = bool(keep) and not fresh and key_file.is_file() and json.loads(key_file.read_text()) == resume_key
     for entry in stage_dir.iterdir():
-        if entry.name in keep:
+        if resumable and entry.name in keep:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
+    if keep:
+        atomic_write_json(key_file, resume_key)
 
 
 def main(name: str, argv: list[str] | None = None) -> int:

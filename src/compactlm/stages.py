@@ -207,3 +207,24 @@ class PruneStage:
         print(f"[prune] {before['total'] / 1e6:.1f}M -> {after['total'] / 1e6:.1f}M parameters "
               f"({metrics['params_change'] * 100:+.1f}%), kept layers {kept_layers}", flush=True)
         return StageResult(outputs={"checkpoint": "checkpoint"}, metrics=metrics)
+
+
+class DistillStage:
+    """Logit distillation of the pruned student from the teacher; resumable, torchrun-aware.
+
+    `checkpoint/` and `teacher_cache/` survive a restart of this stage so that a killed or preempted run
+    resumes, but only while the stage's config and inputs are unchanged (`resume_key.json`).
+    """
+
+    name = "distill"
+    sections = ("distill", "engine", "seed")
+    keep = ("checkpoint", "teacher_cache")
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from compactlm.distill import distill
+
+        data_dir = ctx.upstream_output("data", "train").parent
+        metrics = distill(ctx.upstream_output("model", "checkpoint"), ctx.upstream_output("prune", "checkpoint"),
+                          data_dir, ctx.stage_dir, ctx.cfg.distill, ctx.cfg.engine, ctx.cfg.seed)
+        outputs = {"checkpoint": "student", "loss_curve": "loss_curve.png", "history": "history.json"}
+        return StageResult(outputs=outputs, metrics=metrics)
