@@ -1,0 +1,391 @@
+"""Post-training quantization with NVIDIA ModelOpt and export to its unified Hugging Face checkpoint.
+
+    spec = QuantizeSpec(format="fp8", kv_cache_fp8=True, exclude=["model.layers.0.*"])
+    model = quantize_from_spec(model, load_split(data_dir, "calibration"), spec, device)  # fake-quant model
+    sizes = export(model, tokenizer, out_dir)        # ModelOpt unified checkpoint, published atomically
+
+The exported folder is what TensorRT-LLM loads directly (LLM API, `trtllm-serve`): safetensors with quantized
+weights and scales, `hf_quant_config.json` and `config.json["quantization_config"]`.
+
+Which format runs where (facts measured with nvidia-modelopt 0.47.0, see DESIGN.md):
+- the fake-quantized forward of fp8, int8_sq and int4_awq runs on CPU and CUDA; nvfp4's asserts CUDA
+  tensors, so on CPU an nvfp4 model can be calibrated and exported but not evaluated;
+- serving: FP8 needs Ada/Hopper or later (sm_89+), NVFP4 needs Blackwell (sm_100+); H100/H200 are sm_90,
+  so they serve FP8, not NVFP4. INT8 SmoothQuant and INT4-AWQ need Ampere (sm_80+).
+
+torch and modelopt are imported inside functions, so this module (format tables, :class:`QuantizeSpec`,
+:func:`check_deploy_support`) is cheap to import from config validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from compactlm.config import ConfigError
+from compactlm.manifest import publish_dir
+
+
+# ---------------------------------------------------------------------------------------------- formats
+@dataclass(frozen=True)
+class Format:
+    """One quantization format: the ModelOpt recipe, how the export names it, where it runs."""
+
+    name: str
+    modelopt_cfg: str
+    """Attribute of `modelopt.torch.quantization` holding the recipe."""
+    quant_algo: str
+    """`quantization.quant_algo` in the exported hf_quant_config.json."""
+    min_sm: int
+    """Lowest compute capability (major*10 + minor) that serves it in TensorRT-LLM."""
+    needs: str
+    """The GPU generation `min_sm` stands for, for messages."""
+    forward_devices: tuple[str, ...]
+    """Device types on which ModelOpt's fake-quantized forward runs."""
+    group_size: Optional[int] = None
+    """Elements per weight scale along the input dimension (block formats)."""
+
+
+FORMATS: dict[str, Format] = {
+    "fp8": Format("fp8", "FP8_DEFAULT_CFG", "FP8", 89, "Ada or Hopper (sm_89) or later", ("cpu", "cuda")),
+    "nvfp4": Format("nvfp4", "NVFP4_DEFAULT_CFG", "NVFP4", 100, "Blackwell (sm_100) or later", ("cuda",), 16),
+    "int8_sq": Format("int8_sq", "INT8_SMOOTHQUANT_CFG", "W8A8_SQ_PER_CHANNEL", 80, "Ampere (sm_80) or later",
+                      ("cpu", "cuda")),
+    "int4_awq": Format("int4_awq", "INT4_AWQ_CFG", "W4A16_AWQ", 80, "Ampere (sm_80) or later", ("cpu", "cuda"), 128),
+}
+EXPORT_DTYPES = ("bfloat16", "float16")
+
+# Compute capability (major*10 + minor) of GPUs a checkpoint is commonly served on.
+GPU_SM: dict[str, int] = {
+    "v100": 70, "t4": 75, "a100": 80, "a800": 80, "a30": 80, "a10": 86, "a10g": 86, "a40": 86, "a6000": 86,
+    "rtx 3090": 86, "l4": 89, "l40": 89, "l40s": 89, "rtx 4090": 89, "rtx 6000 ada": 89,
+    "h100": 90, "h800": 90, "h200": 90, "h20": 90, "gh200": 90,
+    "b100": 100, "b200": 100, "gb200": 100, "b300": 103, "gb300": 103,
+    "rtx 5090": 120, "rtx pro 6000": 120, "gb10": 121,
+}
+
+
+def _format(fmt: str, key: str = "quantize.format") -> Format:
+    if fmt not in FORMATS:
+        raise ConfigError(f"{key}={fmt!r} is not allowed; choose one of: {', '.join(FORMATS)}")
+    return FORMATS[fmt]
+
+
+def parse_sm(gpu: Any, key: str = "quantize.deploy_gpu") -> tuple[int, str]:
+    """(compute capability as major*10+minor, label) of a GPU given by name or capability.
+
+    Accepts 90, "sm_90", "sm90a", "9.0", (9, 0) (as `torch.cuda.get_device_capability()` returns),
+    and names as `torch.cuda.get_device_name()` or cluster names spell them: "NVIDIA H100 80GB HBM3",
+    "h200", "dgx_b200".
+    """
+    if isinstance(gpu, tuple) and len(gpu) == 2:
+        return int(gpu[0]) * 10 + int(gpu[1]), f"sm_{gpu[0]}{gpu[1]}"
+    if isinstance(gpu, int) and not isinstance(gpu, bool):
+        return gpu, f"sm_{gpu}"
+    text = str(gpu).strip().lower()
+    m = re.fullmatch(r"(?:sm_?)?(\d{2,3})[af]?", text)
+    if m:
+        return int(m.group(1)), f"sm_{m.group(1)}"
+    m = re.fullmatch(r"(\d{1,2})\.(\d)", text)
+    if m:
+        sm = int(m.group(1)) * 10 + int(m.group(2))
+        return sm, f"sm_{sm}"
+    words = re.sub(r"[_\-/]+", " ", text)
+    for name in sorted(GPU_SM, key=len, reverse=True):  # "gb200" before "b200", "l40s" before "l4"
+        if re.search(r"(?<![a-z0-9])" + re.escape(name) + r"(?![0-9])", words):
+            return GPU_SM[name], name.upper()
+    raise ConfigError(
+        f"{key}={gpu!r} is not a GPU compactlm knows; give a name ({', '.join(sorted(GPU_SM))}) "
+        f"or a compute capability (sm_90, 9.0)"
+    )
+
+
+def check_deploy_support(fmt: str, gpu_name_or_sm: Any, key: str = "quantize.deploy_gpu") -> int:
+    """Raise ConfigError when TensorRT-LLM cannot serve `fmt` on that GPU; returns the GPU's sm.
+
+    `check_deploy_support("fp8", "H100")` returns 90; `check_deploy_support("nvfp4", "H200")` raises
+    (NVFP4 needs Blackwell, sm_100 or later; the message suggests fp8). The GPU is anything :func:`parse_sm` reads.
+    """
+    f = _format(fmt)
+    sm, label = parse_sm(gpu_name_or_sm, key)
+    if sm < f.min_sm:
+        hint = ""
+        if fmt == "nvfp4" and sm >= FORMATS["fp8"].min_sm:
+            hint = "; serve quantize.format=fp8 on this GPU (NVFP4 checkpoints need B200/GB200-class GPUs)"
+        elif fmt == "fp8" and sm >= FORMATS["int8_sq"].min_sm:
+            hint = "; use quantize.format=int8_sq or int4_awq on this GPU"
+        raise ConfigError(
+            f"quantize.format={fmt} cannot be served on {key}={gpu_name_or_sm!r} ({label}, sm_{sm}): "
+            f"{f.quant_algo} needs {f.needs}{hint}"
+        )
+    return sm
+
+
+def forward_supported(fmt: str, device: str) -> bool:
+    """Whether ModelOpt's fake-quantized forward of `fmt` runs on `device` ("cpu", "cuda", "cuda:1")."""
+    return str(device).split(":")[0] in _format(fmt).forward_devices
+
+
+def check_forward_support(fmt: str, device: str) -> None:
+    """Raise ConfigError when the fake-quantized model cannot run a forward pass on `device`."""
+    if not forward_supported(fmt, device):
+        raise ConfigError(
+            f"quantize.format={fmt}: the fake-quantized forward needs "
+            f"{' or '.join(_format(fmt).forward_devices)}, not {device!r} (ModelOpt's NVFP4 kernels assert CUDA "
+            f"tensors); calibration and export still work here, evaluate the quantized model on a GPU"
+        )
+
+
+# ------------------------------------------------------------------------------------------------- spec
+@dataclass
+class QuantizeSpec:
+    """What to quantize and how; mirrors the proposed `QuantizeConfig` of compactlm.config field for field."""
+
+    name: str = "fp8"
+    """Preset name (conf/quantize/<name>.yaml)."""
+    format: str = "fp8"
+    """fp8 (W8A8 FP8, per-tensor), nvfp4 (W4A4, 16-element FP8-scaled blocks), int8_sq or int4_awq."""
+    kv_cache_fp8: bool = True
+    """Also calibrate FP8 scales for the KV cache (kv_cache_quant_algo=FP8)."""
+    exclude: list[str] = field(default_factory=list)
+    """fnmatch patterns of module names kept in high precision, on top of ModelOpt's own (lm_head, embeddings)."""
+    calibration_sequences: Optional[int] = None
+    """Use at most this many sequences of the calibration split (None: all)."""
+    batch_size: int = 4
+    """Sequences per calibration forward."""
+    export_dtype: str = "bfloat16"
+    """dtype of the tensors left in high precision in the export (bfloat16 or float16)."""
+    deploy_gpu: Optional[str] = None
+    """GPU the checkpoint will be served on (h100, h200, b200, sm_90, ...); checked against the format."""
+    evaluate: bool = True
+    """Measure the fake-quantized model's perplexity before export where its forward runs (not nvfp4 on CPU)."""
+
+    def __post_init__(self) -> None:
+        _format(self.format)
+        if self.export_dtype not in EXPORT_DTYPES:
+            raise ConfigError(f"quantize.export_dtype={self.export_dtype!r} is not allowed; choose one of: "
+                              f"{', '.join(EXPORT_DTYPES)}")
+        for key in ("batch_size", "calibration_sequences"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"quantize.{key}={v!r} must be an integer >= 1")
+        for p in self.exclude:
+            if not isinstance(p, str) or not p.strip():
+                raise ConfigError(f"quantize.exclude: {p!r} is not a module name pattern (e.g. 'model.layers.0.*')")
+        if self.deploy_gpu is not None:
+            check_deploy_support(self.format, self.deploy_gpu)
+
+
+# ---------------------------------------------------------------------------------------------- exclude
+def check_exclude(model, patterns: list[str]) -> dict[str, list[str]]:
+    """Every pattern must match at least one module name; returns pattern -> matched module names.
+
+    Patterns are fnmatch-style and matched against `model.named_modules()` names, e.g. "*lm_head*",
+    "model.layers.0.*", "model.layers.*.mlp.down_proj". Raises ConfigError naming `quantize.exclude`.
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    out = {}
+    for p in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, p)]
+        if not hits:
+            example = ", ".join(repr(n) for n in ([n for n in names if n.count(".") == 4][:3] or names[:3]))
+            raise ConfigError(
+                f"quantize.exclude: pattern {p!r} matches no module of {type(model).__name__}; "
+                f"module names look like {example}, 'lm_head'"
+            )
+        out[p] = hits
+    return out
+
+
+def excluded_weight_modules(model, patterns: list[str]) -> list[str]:
+    """Names of modules owning a weight that a pattern matches, directly or through an ancestor."""
+    matched = {n for hits in check_exclude(model, patterns).values() for n in hits}
+    out = []
+    for name, module in model.named_modules():
+        if "weight" not in getattr(module, "_parameters", {}):
+            continue
+        parts = name.split(".")
+        if any(".".join(parts[:i]) in matched for i in range(1, len(parts) + 1)):
+            out.append(name)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- quantize
+def build_quant_cfg(fmt: str, kv_cache_fp8: bool, excluded_modules: list[str] = ()) -> dict[str, Any]:
+    """A deep copy of ModelOpt's recipe for `fmt`, plus FP8 KV-cache entries and exclusions.
+
+    Exclusions disable the weight/input/output quantizers of each named module; the KV-cache
+    quantizers (attention `k_bmm_quantizer`/`v_bmm_quantizer`) stay on, because TensorRT-LLM keeps one
+    KV-cache dtype for all layers and needs a k/v scale in every layer.
+    """
+    import modelopt.torch.quantization as mtq
+
+    cfg = copy.deepcopy(getattr(mtq, _format(fmt).modelopt_cfg))
+    entries = list(cfg.get("quant_cfg") or [{"quantizer_name": "*", "enable": False}])
+    if kv_cache_fp8:
+        entries += copy.deepcopy(mtq.FP8_KV_CFG["quant_cfg"])
+    # later entries win, so exclusions go last; "*_quantizer" under a weight-owning leaf module only
+    # reaches its weight/input/output quantizers
+    entries += [{"quantizer_name": f"{name}.*_quantizer", "enable": False} for name in excluded_modules]
+    cfg["quant_cfg"] = entries
+    cfg.setdefault("algorithm", "max")
+    return cfg
+
+
+def calibration_loop(sequences: np.ndarray, batch_size: int, device: str, progress: bool = True):
+    """A ModelOpt `forward_loop(model)` over int token ids [num_sequences, seq_len], in batches."""
+    import torch
+    from tqdm import tqdm
+
+    def forward_loop(model) -> None:
+        starts = range(0, len(sequences), batch_size)
+        with torch.no_grad():
+            for s in tqdm(starts, desc="[quantize] calibrating", unit="batch", disable=not progress, mininterval=2):
+                ids = torch.from_numpy(np.array(sequences[s : s + batch_size], dtype=np.int64)).to(device)
+                model(input_ids=ids, use_cache=False)
+
+    return forward_loop
+
+
+def quantize(model, calib_sequences: np.ndarray, fmt: str, kv_cache_fp8: bool, exclude: list[str],
+             batch_size: int, device: str, progress: bool = True):
+    """Calibrate and insert ModelOpt quantizers into `model` in place; returns the fake-quantized model.
+
+    Args:
+        model: a `*ForCausalLM` in eval mode on `device` (bf16 on GPU, fp32 on CPU).
+        calib_sequences: int token ids [num_sequences, seq_len] (the data stage's calibration split).
+        fmt: "fp8" | "nvfp4" | "int8_sq" | "int4_awq" (ModelOpt's FP8_DEFAULT_CFG, NVFP4_DEFAULT_CFG,
+            INT8_SMOOTHQUANT_CFG, INT4_AWQ_CFG).
+        kv_cache_fp8: also calibrate FP8 scales of the attention K and V (ModelOpt's FP8_KV_CFG).
+        exclude: fnmatch patterns of module names kept in high precision (see :func:`check_exclude`),
+            in addition to the recipe's own exclusions (lm_head, embeddings, MoE routers).
+    The result runs fake-quantized where :func:`forward_supported` says so; :func:`export` consumes it.
+    """
+    import modelopt.torch.quantization as mtq
+
+    _format(fmt)
+    if batch_size < 1:
+        raise ConfigError(f"quantize.batch_size={batch_size} must be an integer >= 1")
+    calib = np.asarray(calib_sequences) if not isinstance(calib_sequences, np.ndarray) else calib_sequences
+    if calib.ndim != 2 or len(calib) == 0 or not np.issubdtype(calib.dtype, np.integer):
+        raise ValueError(f"calibration sequences must be a non-empty int array [n, seq_len], got "
+                         f"{calib.dtype} {calib.shape}")
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab is not None and int(calib.max()) >= vocab:
+        raise ValueError(f"calibration token id {int(calib.max())} >= the model's vocab_size {vocab}: "
+                         f"the calibration split was tokenized for another model")
+    cfg = build_quant_cfg(fmt, kv_cache_fp8, excluded_weight_modules(model, exclude))
+    if not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]  # the exporter reads it (config-built models lack it)
+    return mtq.quantize(model, cfg, calibration_loop(calib, batch_size, device, progress))
+
+
+def quantize_from_spec(model, calib_sequences: np.ndarray, spec: QuantizeSpec, device: str, progress: bool = True):
+    """:func:`quantize` with the settings of a `QuantizeSpec` (or the `QuantizeConfig` that replaces it)."""
+    calib = calib_sequences[: spec.calibration_sequences] if spec.calibration_sequences else calib_sequences
+    return quantize(model, calib, spec.format, spec.kv_cache_fp8, list(spec.exclude), spec.batch_size, device,
+                    progress)
+
+
+# ----------------------------------------------------------------------------------------------- export
+def _param_count(model) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def _cast_high_precision(folder: Path, dtype) -> None:
+    """Rewrite float32 weight tensors as `dtype`; scales (`*_scale`, `*_scale_2`) keep their dtype.
+
+    ModelOpt exports unquantized layers in the dtype the model was loaded in; a model calibrated in fp32
+    on CPU would otherwise ship fp32 embeddings and norms where TensorRT-LLM expects bf16/fp16.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = list(f.keys())
+            todo = [k for k in keys if not k.endswith("scale") and not k.endswith("scale_2")
+                    and f.get_slice(k).get_dtype() in ("F32", "F64")]
+            if not todo:
+                continue
+            tensors = {k: f.get_tensor(k) for k in keys}
+        for k in todo:
+            tensors[k] = tensors[k].to(dtype)
+        save_file(tensors, str(path), metadata={**meta, "format": "pt"})
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():  # shard sizes changed; loaders only read weight_map, keep total_size honest
+        import json
+
+        idx = json.loads(index.read_text())
+        idx.setdefault("metadata", {})["total_size"] = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+        index.write_text(json.dumps(idx, indent=2) + "\n")
+    cfg_path = folder / "config.json"
+    if cfg_path.is_file():
+        import json
+
+        cfg = json.loads(cfg_path.read_text())
+        name = str(dtype).replace("torch.", "")
+        cfg["dtype"] = name
+        if "torch_dtype" in cfg:
+            cfg["torch_dtype"] = name
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def export(model, tokenizer, out_dir: str | Path, dtype: str = "bfloat16") -> dict[str, Any]:
+    """Write the ModelOpt unified HF checkpoint of a quantized model to `out_dir`, atomically.
+
+    `modelopt.torch.export.export_hf_checkpoint` writes into a temporary sibling folder, float32 tensors
+    left in high precision are cast to `dtype`, the tokenizer is saved next to them, and the folder is
+    renamed into place (an older `out_dir` is replaced). The export converts the model's weights in
+    place: measure the fake-quantized model before calling this, and do not use it afterwards.
+
+    Returns:
+        {"safetensors_bytes": bytes of all *.safetensors, "parameters": unique parameter count,
+         "bf16_bytes": 2 × parameters, "ratio_to_bf16": safetensors_bytes / bf16_bytes, "files": [...]}.
+    """
+    import torch
+    from modelopt.torch.export import export_hf_checkpoint
+
+    if dtype not in EXPORT_DTYPES:
+        raise ConfigError(f"quantize.export_dtype={dtype!r} is not allowed; choose one of: {', '.join(EXPORT_DTYPES)}")
+    out_dir = Path(out_dir)
+    params = _param_count(model)
+    if not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        # quantize from the weights as loaded (fp32 on CPU): passing bf16 here would round twice
+        compute_dtype = next(model.parameters()).dtype
+        with torch.inference_mode():
+            export_hf_checkpoint(model, dtype=compute_dtype, export_dir=tmp)
+        _cast_high_precision(tmp, getattr(torch, dtype))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        publish_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in out_dir.glob("*.safetensors"))
+    return {
+        "safetensors_bytes": size,
+        "parameters": params,
+        "bf16_bytes": 2 * params,
+        "ratio_to_bf16": size / (2 * params),
+        "files": sorted(p.name for p in out_dir.iterdir()),
+    }
