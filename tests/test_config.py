@@ -102,6 +102,10 @@ BAD = [
     (["recipe=prune", "prune.export_config.num_layers=null", "prune.export_config.ffn_hidden_size=null"],
      "prune.export_config is empty"),
     (["recipe=prune", "prune.depth_method=random"], "prune.depth_method='random'"),
+    (["recipe=quantize", "quantize.format=fp6"], "quantize.format='fp6' is not allowed"),
+    (["recipe=quantize", "quantize=nvfp4", "quantize.deploy_gpu=h100"],
+     "quantize.format=nvfp4 cannot be served on quantize.deploy_gpu='h100'"),
+    (["recipe=quantize", "quantize.exclude=[model.layers.30.*]"], "quantize.exclude: pattern 'model.layers.30.*' matches no module"),
     (["recipe=prune", "model=bielik_11b_v3", "prune=exp_001", "prune.export_config.hidden_size=8192"],
      "prune.export_config.hidden_size=8192 exceeds the model's 4096"),
 ]

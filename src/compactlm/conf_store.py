@@ -11,6 +11,7 @@ from compactlm.config import (
     EngineConfig,
     ModelConfig,
     PruneConfig,
+    QuantizeConfig,
     RecipeConfig,
 )
 
@@ -20,6 +21,7 @@ GROUPS = {
     "prune": PruneConfig,
     "cluster": ClusterConfig,
     "engine": EngineConfig,
+    "quantize": QuantizeConfig,
     "recipe": RecipeConfig,
 }
 

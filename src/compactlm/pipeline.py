@@ -41,6 +41,7 @@ STAGES: dict[str, str] = {
     "importance": "compactlm.stages:ImportanceStage",
     "prune": "compactlm.stages:PruneStage",
     "distill": "compactlm.stages:DistillStage",
+    "quantize": "compactlm.stages:QuantizeStage",
     "evaluate": "compactlm.stages:EvaluateStage",
 }
 STAGE_NAMES = tuple(STAGES)

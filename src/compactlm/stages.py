@@ -99,9 +99,25 @@ class EvaluateStage:
             results[label]["checkpoint"] = str(folders[label])
             if cfg.generate_tokens:
                 results[label].update(decode_speed(model, tokenizer, cfg.prompt, cfg.generate_tokens, device))
+        quantized = ctx.upstream.get("quantize", {}).get("metrics", {})
+        if quantized.get("quality"):  # measured by the quantize stage on the fake-quantized model
+            source_label = MODEL_LABELS.get(quantized["source_stage"], quantized["source_stage"])
+            q = quantized["quality"]["quantized"]
+            results["quantized"] = {
+                "perplexity": q["perplexity"], "loss": q["loss"], "tokens": q["tokens"],
+                "kl_to_source": q.get("kl_to_teacher"), "top1_agreement_to_source": q.get("top1_agreement"),
+                "source": source_label, "format": quantized["format"], "forward": "ModelOpt fake-quant",
+                "params": results[source_label]["params"],
+                "forward_tokens_per_s": q["forward_tokens_per_s"],
+                "size_bytes": quantized["export"]["safetensors_bytes"],
+            }
         metrics = {"device": device, "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
                    "validation_sequences": int(len(val)), "models": results}
         for label, r in results.items():
+            if label == "quantized":
+                print(f"[evaluate] quantized ({r['format']}, from {r['source']}): perplexity {r['perplexity']:.3f}",
+                      flush=True)
+                continue
             extra = f", KL {r['kl_to_teacher']:.4f}" if "kl_to_teacher" in r else ""
             speed = f", {r['output_tokens_per_s']:.1f} tok/s decode" if "output_tokens_per_s" in r else ""
             print(f"[evaluate] {label}: perplexity {r['perplexity']:.3f}{extra}{speed}", flush=True)
@@ -228,3 +244,77 @@ class DistillStage:
                           data_dir, ctx.stage_dir, ctx.cfg.distill, ctx.cfg.engine, ctx.cfg.seed)
         outputs = {"checkpoint": "student", "loss_curve": "loss_curve.png", "history": "history.json"}
         return StageResult(outputs=outputs, metrics=metrics)
+
+
+def latest_model_stage(ctx: StageContext) -> str:
+    """The last upstream stage that produced a model checkpoint (distill, else prune, else model)."""
+    return [s for s, m in ctx.upstream.items() if "checkpoint" in m["outputs"]][-1]
+
+
+class QuantizeStage:
+    """ModelOpt PTQ of the run's latest model, export to the unified HF checkpoint, and its verification.
+
+    The export is verified here, on any machine: its layout is checked against what TensorRT-LLM reads,
+    and every quantized weight is dequantized from the files and compared with the high-precision source.
+    Plain transformers cannot run the export (it drops the scales), so the quantized model's perplexity
+    is measured on ModelOpt's fake-quantized model before export, where that forward runs.
+    """
+
+    name = "quantize"
+    sections = ("quantize", "engine", "evaluate")
+    keep = ()
+
+    def run(self, ctx: StageContext) -> StageResult:
+        import copy
+
+        from compactlm.data import load_split
+        from compactlm.models import load_model, load_tokenizer, setup_engine
+        from compactlm.quantize.ptq import check_exclude, export, forward_supported, quantize
+        from compactlm.quantize.verify import check_layout, compare, fake_quant_quality
+
+        q = ctx.cfg.quantize
+        device, dtype = setup_engine(ctx.cfg.engine)
+        source_stage = latest_model_stage(ctx)
+        source = ctx.upstream_output(source_stage, "checkpoint")
+        model = load_model(source, device, dtype)
+        check_exclude(model, q.exclude)
+        data_dir = ctx.upstream_output("data", "calibration").parent
+        calib = load_split(data_dir, "calibration")
+        if q.calibration_sequences:
+            calib = calib[: q.calibration_sequences]
+        measure = q.evaluate and forward_supported(q.format, device)
+        reference = copy.deepcopy(model) if measure else None
+        quantize(model, calib, q.format, q.kv_cache_fp8, list(q.exclude), q.batch_size, device)
+        metrics: dict = {"format": q.format, "kv_cache_fp8": q.kv_cache_fp8, "exclude": list(q.exclude),
+                         "source_stage": source_stage, "source": str(source)}
+        if measure:
+            val = load_split(data_dir, "validation")
+            if ctx.cfg.evaluate.max_sequences:
+                val = val[: ctx.cfg.evaluate.max_sequences]
+            res = fake_quant_quality(model, val, q.format, ctx.cfg.evaluate.batch_size, device, reference)
+            metrics["quality"] = {"reference": res["reference"], "quantized": res["quantized"]}
+            del reference
+        else:
+            metrics["quality"] = None
+            print(f"[quantize] perplexity not measured: the {q.format} fake-quant forward does not run on {device} "
+                  "(ModelOpt's NVFP4 kernels need CUDA)" if q.evaluate else "[quantize] quantize.evaluate=false",
+                  flush=True)
+        out = ctx.stage_dir / "export"
+        metrics["export"] = export(model, load_tokenizer(source), out, dtype=q.export_dtype)
+        metrics["layout"] = check_layout(out, q.format, kv_cache_fp8=q.kv_cache_fp8)
+        verified = compare(out, source)
+        metrics["verify"] = verified
+        if not verified["passed"]:
+            rows = {r["name"]: r for r in verified["rows"]}
+            bad = "; ".join(f"{n}: rel err {rows[n]['rel_err']:.3g} > {rows[n]['bound']:.3g}" for n in verified["failures"][:5])
+            raise RuntimeError(f"dequantized export of {source_stage} differs from its weights beyond the "
+                               f"{q.format} bound: {bad}")
+        e = metrics["export"]
+        worst = ", ".join(f"{k} {v:.4f}" for k, v in verified["max_rel_err"].items())
+        print(f"[quantize] {q.format} export: {e['safetensors_bytes'] / 2**20:.1f} MiB on disk, "
+              f"{e['ratio_to_bf16']:.3f}x of bf16; max relative weight error per stored format: {worst}", flush=True)
+        if metrics["quality"]:
+            r = metrics["quality"]
+            print(f"[quantize] perplexity {r['reference']['perplexity']:.3f} ({source_stage}, {dtype}) -> "
+                  f"{r['quantized']['perplexity']:.3f} ({q.format} fake-quant)", flush=True)
+        return StageResult(outputs={"export": "export"}, metrics=metrics)

@@ -3,13 +3,14 @@
 Layout of one split's cache folder (`<cache_dir>/<split>/`):
     values.npy    [num_sequences, seq_len, k] float16 or float32: log softmax(teacher logits / T) at the ids
     indices.npy   [num_sequences, seq_len, k] int32: the teacher's k most likely token ids, most likely first
+    tail.npy      [num_sequences, seq_len] float32: log of the teacher's probability mass outside those ids
     meta.json     what it was computed from (teacher and data digests, k, T, dtype, shape); written last
 
 Row i of the cache belongs to row i of the split, so the trainer looks teacher outputs up by the same
 sequence index it reads tokens with. A folder is reused only when its meta.json matches exactly;
 otherwise it is rebuilt under a temporary name and renamed into place. Every process runs the teacher
 on its share of each chunk (FSDP-sharded teachers need all ranks in every forward); rank 0 gathers the
-results and is the only writer. Size: num_sequences × seq_len × k × (2 or 4 + 4) bytes.
+results and is the only writer. Size: num_sequences × seq_len × (k × (2 or 4 + 4) + 4) bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from compactlm.manifest import atomic_write_json, publish_dir
 
 CACHE_DTYPES = {"float16": np.float16, "float32": np.float32}
 META = "meta.json"
+FORMAT = 1
+"""Bumped whenever the files change meaning; a cache of another format is rebuilt."""
 
 
 @dataclass
@@ -41,20 +44,23 @@ class TeacherCache:
     """[num_sequences, seq_len, k] teacher log-probs at `temperature`."""
     indices: np.ndarray
     """[num_sequences, seq_len, k] int32 token ids."""
+    tail: np.ndarray
+    """[num_sequences, seq_len] float32 log of the teacher's mass outside `indices`."""
     meta: dict
 
-    def lookup(self, rows: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-probs [B, S, k] float32, ids [B, S, k] int64) of sequence `rows`, on `device`."""
-        v = torch.from_numpy(np.ascontiguousarray(self.values[rows])).to(device, torch.float32)
-        i = torch.from_numpy(np.ascontiguousarray(self.indices[rows])).to(device, torch.int64)
-        return v, i
+    def lookup(self, rows: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-probs [B, S, k] float32, ids [B, S, k] int64, tail [B, S] float32) of sequence `rows`."""
+        def get(a, dtype):
+            return torch.from_numpy(np.ascontiguousarray(a[rows])).to(device, dtype)
+
+        return get(self.values, torch.float32), get(self.indices, torch.int64), get(self.tail, torch.float32)
 
 
 def open_cache(folder: Path) -> TeacherCache:
     folder = Path(folder)
     meta = json.loads((folder / META).read_text())
-    return TeacherCache(np.load(folder / "values.npy", mmap_mode="r"),
-                        np.load(folder / "indices.npy", mmap_mode="r"), meta)
+    return TeacherCache(*(np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("values", "indices", "tail")),
+                        meta)
 
 
 def _read_meta(folder: Path) -> dict | None:
@@ -84,6 +90,7 @@ def build_cache(teacher, tokens: np.ndarray, folder: Path, meta: dict, *, micro_
         tmp.mkdir(parents=True)
         values = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=np_dtype, shape=(n, seq_len, k))
         indices = np.lib.format.open_memmap(tmp / "indices.npy", mode="w+", dtype=np.int32, shape=(n, seq_len, k))
+        tail = np.lib.format.open_memmap(tmp / "tail.npy", mode="w+", dtype=np.float32, shape=(n, seq_len))
     chunk = env.world * micro_batch_size
     teacher.eval()
     bar = tqdm(total=n, desc=f"[distill] teacher cache {folder.name}", unit="seq", mininterval=2,
@@ -95,23 +102,23 @@ def build_cache(teacher, tokens: np.ndarray, folder: Path, meta: dict, *, micro_
         ids = torch.from_numpy(np.ascontiguousarray(tokens[rows])).to(env.device, torch.long)
         with autocast():
             logits = teacher(input_ids=ids, use_cache=False).logits
-        v, i = teacher_topk(logits, k, temperature)
-        v = v.to(torch_dtype)
+        parts = list(teacher_topk(logits, k, temperature))
+        parts[0] = parts[0].to(torch_dtype)
         if env.distributed:
-            vs, is_ = [torch.empty_like(v) for _ in range(env.world)], [torch.empty_like(i) for _ in range(env.world)]
-            dist.all_gather(vs, v)
-            dist.all_gather(is_, i)
-            v, i = torch.cat(vs), torch.cat(is_)
+            for j, x in enumerate(parts):
+                got = [torch.empty_like(x) for _ in range(env.world)]
+                dist.all_gather(got, x)
+                parts[j] = torch.cat(got)
         if env.is_main:
             stop = min(start + chunk, n)
-            values[start:stop] = v[: stop - start].cpu().numpy()
-            indices[start:stop] = i[: stop - start].cpu().numpy()
+            for out, x in zip((values, indices, tail), parts):
+                out[start:stop] = x[: stop - start].cpu().numpy()
         bar.update(min(chunk, n - start))
     bar.close()
     if env.is_main:
-        values.flush()
-        indices.flush()
-        del values, indices
+        for out in (values, indices, tail):
+            out.flush()
+        del values, indices, tail
         atomic_write_json(tmp / META, meta)
         publish_dir(tmp, folder)
     barrier(env)
@@ -123,7 +130,7 @@ def ensure_cache(teacher_loader, tokens: np.ndarray, folder: Path, meta: dict, *
 
     `teacher_loader()` is called only when a build is needed, so a valid cache never loads the teacher.
     """
-    meta = {**meta, "shape": [int(x) for x in tokens.shape] + [int(meta["topk"])]}
+    meta = {**meta, "format": FORMAT, "shape": [int(x) for x in tokens.shape] + [int(meta["topk"])]}
     fresh = broadcast_object(_read_meta(folder) == meta, env)
     if not fresh:
         teacher = teacher_loader()

@@ -38,32 +38,50 @@ class PerTokenKL(LogitsDistillationLoss):
         return super().forward(logits_s.float(), logits_t.float())
 
 
-def teacher_topk(logits_t: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The teacher's k most likely tokens: (log-probs at `temperature` [B, S, k] float32, ids [B, S, k] int32)."""
+# Log-prob given to masked-out ids: exp(-1e4) is 0 in float32, yet a fully masked row stays finite.
+_MASKED = -1e4
+
+
+def _tail_logsumexp(logp: torch.Tensor, ids: torch.Tensor, fill: float) -> torch.Tensor:
+    """log Σ_{j ∉ ids} exp(logp_j) per token, computed directly (no 1 − Σ cancellation): [B, S]."""
+    return torch.logsumexp(logp.scatter(-1, ids.long(), fill), dim=-1)
+
+
+def teacher_topk(logits_t: torch.Tensor, k: int, temperature: float):
+    """The teacher's k most likely tokens at `temperature`.
+
+    Returns:
+        values [B, S, k] float32: log-probs of the k ids, most likely first.
+        ids [B, S, k] int32.
+        tail [B, S] float32: log of the probability mass outside the k ids (-inf when k = vocab).
+    """
     logp = F.log_softmax(logits_t.float() / temperature, dim=-1)
     values, ids = logp.topk(k, dim=-1)
-    return values, ids.to(torch.int32)
+    return values, ids.to(torch.int32), _tail_logsumexp(logp, ids, float("-inf"))
 
 
 class TopKDistillationLoss(LogitsDistillationLoss):
     """KL between the teacher and the student over the teacher's top-k tokens plus one "tail" bucket.
 
     The cache holds, per token, the teacher's log-probabilities log p_i (at temperature T) of its k most
-    likely ids. The vocabulary is coarsened into k + 1 outcomes — the k ids, and "any other id" — and the
-    loss is the exact KL between the two coarsened distributions:
+    likely ids and the log of its remaining mass log p_tail. The vocabulary is coarsened into k + 1
+    outcomes — the k ids, and "any other id" — and the loss is the exact KL between the two coarsened
+    distributions:
 
         KL = Σ_{i ∈ topk} p_i (log p_i − log q_i)  +  p_tail (log p_tail − log q_tail)
-        p_tail = 1 − Σ p_i,   q_i = softmax(z_s / T)_i (over the FULL vocabulary),   q_tail = 1 − Σ q_i
+        q = softmax(z_s / T) over the FULL vocabulary,   q_tail = Σ_{j ∉ topk} q_j
 
     times T². The teacher is not renormalized: its tail mass is kept, so the student is pushed to put the
     same total mass outside the top-k, not zero. This is a lower bound of the full KL (coarsening never
-    increases KL) and equals it exactly when k is the vocabulary size (p_tail = 0).
+    increases KL) and equals it when k is the vocabulary size (p_tail = 0). Both tails are log-sum-exps
+    over the ids outside the top-k, not 1 − Σ, so a tiny tail is not lost to rounding.
 
     Args (forward):
         logits_s: student logits [B, S, V].
         teacher_logp: cached teacher log-probs [B, S, k] at the cache's temperature (fp16 or fp32).
         teacher_ids: cached teacher token ids [B, S, k] (int32 or int64).
-        temperature: temperature for the student's softmax; must equal the cache's temperature.
+        teacher_tail: cached log of the teacher's mass outside the ids [B, S] (may be -inf).
+        temperature: temperature of the student's softmax; must equal the cache's temperature.
 
     Returns:
         [B, S] float32 (times T²).
@@ -72,15 +90,13 @@ class TopKDistillationLoss(LogitsDistillationLoss):
     def __init__(self, temperature: float = 1.0):
         super().__init__(temperature=temperature, reduction="none")
 
-    def forward(self, logits_s, teacher_logp, teacher_ids, temperature: float | None = None):
+    def forward(self, logits_s, teacher_logp, teacher_ids, teacher_tail, temperature: float | None = None):
         t = self._temperature if temperature is None else temperature
+        ids = teacher_ids.long()
         log_q = F.log_softmax(logits_s.float() / t, dim=-1)
-        log_q_k = log_q.gather(-1, teacher_ids.long())
-        log_p_k = teacher_logp.float()
-        p_k = log_p_k.exp()
-        head = (p_k * (log_p_k - log_q_k)).sum(-1)
-        p_tail = (1.0 - p_k.sum(-1)).clamp_min(0.0)
-        # log(1 − Σq_i) = log(−expm1(logsumexp(log q_i))); clamped so that p_tail = 0 gives 0, not NaN.
-        log_q_tail = (-torch.expm1(torch.logsumexp(log_q_k, dim=-1))).clamp_min(1e-30).log()
-        tail = torch.xlogy(p_tail, p_tail) - p_tail * log_q_tail
+        log_p = teacher_logp.float()
+        p = log_p.exp()
+        head = (p * (log_p - log_q.gather(-1, ids))).sum(-1)
+        p_tail = teacher_tail.float().exp()
+        tail = torch.xlogy(p_tail, p_tail) - p_tail * _tail_logsumexp(log_q, ids, _MASKED)
         return (head + tail) * t**2

@@ -150,8 +150,3 @@ def no_sync(wrapped: nn.Module, sync: bool):
 def unwrap(wrapped: nn.Module) -> nn.Module:
     return getattr(wrapped, "module", wrapped) if type(wrapped).__name__ == "DistributedDataParallel" else wrapped
 
-
-def is_fsdp(module: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)

@@ -38,7 +38,7 @@ from compactlm.distill.cache import CACHE_DTYPES, ensure_cache
 from compactlm.distill.losses import PerTokenKL, TopKDistillationLoss
 from compactlm.distill.monitor import Scalars, plot_loss_curve
 from compactlm.distill.parallel import (
-    TEACHER_PREFIX, DistEnv, all_reduce_sum, barrier, gather_object, init_distributed, is_fsdp, no_sync,
+    TEACHER_PREFIX, DistEnv, all_reduce_sum, barrier, gather_object, init_distributed, no_sync,
     shard_fsdp2, unwrap, wrap_distillation_model, wrap_student,
 )
 from compactlm.distill.sampler import SequenceOrder, micro_batches, padded_shard, rank_slice
@@ -360,20 +360,22 @@ class _Trainer:
     # ----------------------------------------------------------------------------------- export
     def export(self) -> Path:
         """Save the student as a plain HF checkpoint (safetensors + the student's tokenizer) in out_dir/student."""
+        sharded = None
+        if self.fsdp:  # gather before export: export restores the student's own class, FSDP's root included
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            with self._student_only():
+                sharded = get_model_state_dict(self.root, options=StateDictOptions(
+                    full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
         if self.dm is not None:
             import modelopt.torch.distill as mtd
 
             student = mtd.export(self.model)  # unwraps DDP, removes the KD hooks and the teacher
         else:
             student = unwrap(self.model)
-        if is_fsdp(student):
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            sd = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
-                                                                        ignore_frozen_params=True))
-            if self.env.is_main:
-                student = load_model(self.student_dir, device="cpu", dtype=torch.float32)
-                student.load_state_dict(sd)
+        if sharded is not None and self.env.is_main:
+            student = load_model(self.student_dir, device="cpu", dtype=torch.float32)
+            student.load_state_dict(sharded)
         final = self.out_dir / "student"
         if self.env.is_main:
             tmp = self.out_dir / f".student.tmp{id(self)}"
@@ -418,8 +420,9 @@ class _Trainer:
                         self.save()
                     if stop and not last:
                         signum = flag.signum or signal.SIGTERM
-                        bar.write(f"[distill] {signal.Signals(signum).name}: checkpoint written at step "
-                                  f"{self.step}/{self.steps}; exiting with {128 + signum} (re-run to resume)")
+                        if env.is_main:
+                            bar.write(f"[distill] {signal.Signals(signum).name}: checkpoint written at step "
+                                      f"{self.step}/{self.steps}; exiting with {128 + signum} (re-run to resume)")
                         raise Preempted(signum, self.step)
         finally:
             bar.close()

@@ -13,7 +13,7 @@ Which format runs where (facts measured with nvidia-modelopt 0.47.0, see DESIGN.
 - serving: FP8 needs Ada/Hopper or later (sm_89+), NVFP4 needs Blackwell (sm_100+); H100/H200 are sm_90,
   so they serve FP8, not NVFP4. INT8 SmoothQuant and INT4-AWQ need Ampere (sm_80+).
 
-torch and modelopt are imported inside functions, so this module (format tables, :class:`QuantizeSpec`,
+torch and modelopt are imported inside functions, so this module (format tables, :class:`QuantizeConfig`,
 :func:`check_deploy_support`) is cheap to import from config validation.
 """
 
@@ -145,43 +145,8 @@ def check_forward_support(fmt: str, device: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- spec
-@dataclass
-class QuantizeSpec:
-    """What to quantize and how; mirrors the proposed `QuantizeConfig` of compactlm.config field for field."""
-
-    name: str = "fp8"
-    """Preset name (conf/quantize/<name>.yaml)."""
-    format: str = "fp8"
-    """fp8 (W8A8 FP8, per-tensor), nvfp4 (W4A4, 16-element FP8-scaled blocks), int8_sq or int4_awq."""
-    kv_cache_fp8: bool = True
-    """Also calibrate FP8 scales for the KV cache (kv_cache_quant_algo=FP8)."""
-    exclude: list[str] = field(default_factory=list)
-    """fnmatch patterns of module names kept in high precision, on top of ModelOpt's own (lm_head, embeddings)."""
-    calibration_sequences: Optional[int] = None
-    """Use at most this many sequences of the calibration split (None: all)."""
-    batch_size: int = 4
-    """Sequences per calibration forward."""
-    export_dtype: str = "bfloat16"
-    """dtype of the tensors left in high precision in the export (bfloat16 or float16)."""
-    deploy_gpu: Optional[str] = None
-    """GPU the checkpoint will be served on (h100, h200, b200, sm_90, ...); checked against the format."""
-    evaluate: bool = True
-    """Measure the fake-quantized model's perplexity before export where its forward runs (not nvfp4 on CPU)."""
-
-    def __post_init__(self) -> None:
-        _format(self.format)
-        if self.export_dtype not in EXPORT_DTYPES:
-            raise ConfigError(f"quantize.export_dtype={self.export_dtype!r} is not allowed; choose one of: "
-                              f"{', '.join(EXPORT_DTYPES)}")
-        for key in ("batch_size", "calibration_sequences"):
-            v = getattr(self, key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ConfigError(f"quantize.{key}={v!r} must be an integer >= 1")
-        for p in self.exclude:
-            if not isinstance(p, str) or not p.strip():
-                raise ConfigError(f"quantize.exclude: {p!r} is not a module name pattern (e.g. 'model.layers.0.*')")
-        if self.deploy_gpu is not None:
-            check_deploy_support(self.format, self.deploy_gpu)
+# The settings live in the run's typed config; the name QuantizeSpec is kept for library users.
+from compactlm.config import QuantizeConfig as QuantizeSpec  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- exclude

@@ -1,0 +1,79 @@
+"""Per-token KL (through ModelOpt's LogitsDistillationLoss) and the top-k teacher-cache KL."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from modelopt.torch.distill import LogitsDistillationLoss
+
+from compactlm.distill.losses import PerTokenKL, TopKDistillationLoss, teacher_topk
+
+B, S, V = 2, 5, 50
+
+
+def _logits(seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, S, V, generator=g) * 3
+
+
+def _manual_kl(zs, zt, t=1.0):
+    p = F.softmax(zt / t, -1)
+    return (p * (p.log() - F.log_softmax(zs / t, -1))).sum(-1) * t * t
+
+
+@pytest.mark.parametrize("t", [1.0, 2.0])
+def test_per_token_kl_matches_definition(t):
+    zs, zt = _logits(0), _logits(1)
+    kl = PerTokenKL(t)(zs, zt)
+    assert kl.shape == (B, S) and kl.dtype == torch.float32
+    torch.testing.assert_close(kl, _manual_kl(zs, zt, t), rtol=1e-5, atol=1e-6)
+    # The validation override: temperature 1 whatever the training temperature.
+    torch.testing.assert_close(PerTokenKL(t)(zs, zt, temperature=1.0), _manual_kl(zs, zt), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:reduction")
+def test_modelopt_mean_reduction_divides_by_vocab():
+    """Why we reduce ourselves: ModelOpt's default 'mean' is the per-token KL divided by the vocabulary size."""
+    zs, zt = _logits(0), _logits(1)
+    per_token = PerTokenKL()(zs, zt).mean()
+    torch.testing.assert_close(LogitsDistillationLoss()(zs, zt), per_token / V)
+
+
+@pytest.mark.parametrize("t", [1.0, 2.0])
+def test_topk_with_whole_vocab_equals_full_kl_and_gradient(t):
+    zs, zt = _logits(2).requires_grad_(), _logits(3)
+    values, ids, tail = teacher_topk(zt, V, t)
+    assert torch.isneginf(tail).all()
+    topk = TopKDistillationLoss(t)(zs, values, ids, tail)
+    full = PerTokenKL(t)(zs, zt)
+    torch.testing.assert_close(topk, full, rtol=1e-5, atol=1e-6)
+    g_topk, = torch.autograd.grad(topk.sum(), zs)
+    g_full, = torch.autograd.grad(full.sum(), zs)
+    torch.testing.assert_close(g_topk, g_full, rtol=1e-4, atol=1e-6)
+
+
+def test_topk_is_a_lower_bound_with_finite_gradients():
+    zs, zt = _logits(4).requires_grad_(), _logits(5)
+    full = PerTokenKL()(zs, zt)
+    for k in (1, 5, 20):
+        values, ids, tail = teacher_topk(zt, k, 1.0)
+        torch.testing.assert_close(values.exp().sum(-1) + tail.exp(), torch.ones(B, S))
+        loss = TopKDistillationLoss()(zs, values, ids, tail)
+        assert (loss <= full + 1e-5).all() and (loss >= -1e-6).all()
+        g, = torch.autograd.grad(loss.sum(), zs)
+        assert torch.isfinite(g).all()
+    # A student equal to the teacher has zero loss.
+    values, ids, tail = teacher_topk(zt, 7, 1.0)
+    assert TopKDistillationLoss()(zt, values, ids, tail).abs().max() < 1e-5
+
+
+def test_topk_tail_is_not_lost_to_rounding():
+    """A confident teacher has a tail far below float32 resolution of 1 − Σp; it is still counted."""
+    zt = torch.full((1, 1, V), -30.0)
+    zt[..., 0] = 0.0
+    zs = torch.zeros(1, 1, V)
+    values, ids, tail = teacher_topk(zt, 1, 1.0)
+    expected = float(_manual_kl(zs, zt))
+    got = float(TopKDistillationLoss()(zs, values, ids, tail))
+    assert math.isclose(got, expected, rel_tol=1e-5)
