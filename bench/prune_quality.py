@@ -79,12 +79,12 @@ def main() -> None:
         t0 = time.perf_counter()
         with torch.no_grad():
             for b in calib:
-                teacher(input_ids=b)
+                teacher(input_ids=b, use_cache=False)
         plain.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         with torch.no_grad():
             for b in calib:
-                body(input_ids=b)
+                body(input_ids=b, use_cache=False)
         backbone.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         scores = collect_importance(teacher, adapter, calib, progress=False)
