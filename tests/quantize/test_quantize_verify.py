@@ -194,8 +194,6 @@ def test_int4_awq_round_trip(tiny_tokenizer, tmp_path):
 
 def test_nvfp4_export_of_every_architecture(tiny_model_dir, tiny_tokenizer, tmp_path):
     """Untied heads (mistral, qwen), q/k/v biases (qwen2) and q/k norms (qwen3) keep the layout valid."""
-    if tiny_model_dir.name.startswith("tiny-llama"):
-        pytest.skip("llama is covered by the fixtures above")
     summary, report, _ = _round_trip(tiny_model_dir, tiny_tokenizer, "nvfp4", tmp_path / "nvfp4",
                                      _sequences(tiny_tokenizer, 4, 32))
     assert summary["quantized"] == {"nvfp4": 28}
