@@ -28,6 +28,8 @@ def test_per_token_kl_matches_definition(t):
     kl = PerTokenKL(t)(zs, zt)
     assert kl.shape == (B, S) and kl.dtype == torch.float32
     torch.testing.assert_close(kl, _manual_kl(zs, zt, t), rtol=1e-5, atol=1e-6)
+    # Same value as ModelOpt's own loss with reduction="none" (which sums over the vocabulary).
+    torch.testing.assert_close(kl, LogitsDistillationLoss(t, reduction="none")(zs, zt), rtol=1e-5, atol=1e-6)
     # The validation override: temperature 1 whatever the training temperature.
     torch.testing.assert_close(PerTokenKL(t)(zs, zt, temperature=1.0), _manual_kl(zs, zt), rtol=1e-5, atol=1e-6)
 

@@ -131,7 +131,8 @@ def test_outputs_and_metrics(pair, reference):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     student = AutoModelForCausalLM.from_pretrained(out / "student")
     assert student.config.num_hidden_layers == 2 and student.config.intermediate_size == 64
-    assert AutoTokenizer.from_pretrained(out / "student").vocab_size == AutoTokenizer.from_pretrained(pair[1]).vocab_size
+    tokenizer = AutoTokenizer.from_pretrained(out / "student")
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(pair[1]).get_vocab()
     assert not list(out.glob(".*tmp*"))
 
 
@@ -143,11 +144,11 @@ def test_loss_is_the_mean_kl_per_token_whatever_the_accumulation(pair, tmp_path)
     from compactlm.distill.sampler import SequenceOrder
 
     cfg = dataclasses.replace(SHORT, max_steps=3, temperature=2.0)
-    one = run(pair, tmp_path / "m4", dataclasses.replace(cfg, micro_batch_size=4))
-    four = run(pair, tmp_path / "m1", dataclasses.replace(cfg, micro_batch_size=1))
+    whole = run(pair, tmp_path / "m4", dataclasses.replace(cfg, micro_batch_size=4))  # 1 micro-batch of 4
+    accumulated = run(pair, tmp_path / "m1", dataclasses.replace(cfg, micro_batch_size=1))  # 4 of 1
     a, b = history(tmp_path / "m4")["train"], history(tmp_path / "m1")["train"]
     np.testing.assert_allclose([h["loss"] for h in a], [h["loss"] for h in b], rtol=1e-5)
-    assert one["val_kl"] == pytest.approx(four["val_kl"], rel=1e-5)
+    assert whole["val_kl"] == pytest.approx(accumulated["val_kl"], rel=1e-5)
 
     teacher, student, data = pair
     rows = SequenceOrder(48, seed=7).global_batch(0, 4)
@@ -190,6 +191,15 @@ def test_teacher_cache_with_whole_vocab_reproduces_the_live_teacher(pair, tmp_pa
     assert (train_cache / "meta.json").stat().st_mtime_ns == stamp
 
 
+def test_teacher_cache_top_k_in_float16(pair, tmp_path):
+    m = run(pair, tmp_path / "top16", dataclasses.replace(SHORT, max_steps=2, teacher_cache=True, topk=16))
+    cache = tmp_path / "top16" / "teacher_cache"
+    assert np.load(cache / "train" / "values.npy", mmap_mode="r").shape == (48, SEQ, 16)
+    assert np.load(cache / "train" / "values.npy", mmap_mode="r").dtype == np.float16
+    assert json.loads((cache / "validation" / "meta.json").read_text())["temperature"] == 1.0
+    assert m["val_kl_source"] == "teacher_cache_top16" and 0 < m["val_kl"] < 10 and m["train_loss"] > 0
+
+
 # ------------------------------------------------------------------------------------------ resume
 def test_rerun_of_a_finished_run_trains_nothing(pair, reference, tmp_path):
     import shutil
@@ -206,6 +216,15 @@ def test_resume_refuses_changed_settings(pair, reference):
     out, _ = reference
     with pytest.raises(ConfigError, match=r"distill.lr: 0.002 -> 0.001"):
         run(pair, out, dataclasses.replace(BASE, lr=1e-3))
+
+
+def test_mismatched_vocabularies_and_topk_are_refused(pair, tmp_path, tiny_tokenizer):
+    teacher, _, data = pair
+    other = make_tiny_model("llama", tmp_path / "other", tiny_tokenizer, vocab_size=400)
+    with pytest.raises(ConfigError, match="vocab_size=400 differs from the teacher's 384"):
+        distill(teacher, other, data, tmp_path / "o1", SHORT, ENGINE, seed=7, progress=False)
+    with pytest.raises(ConfigError, match="distill.topk=1000 exceeds the vocabulary size 384"):
+        run(pair, tmp_path / "o2", dataclasses.replace(SHORT, teacher_cache=True, topk=1000))
 
 
 def test_sigterm_writes_checkpoint_exits_143_and_resumes_bitwise(pair, reference, tmp_path):

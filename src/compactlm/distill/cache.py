@@ -86,7 +86,8 @@ def build_cache(teacher, tokens: np.ndarray, folder: Path, meta: dict, *, micro_
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     if env.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in folder.parent.glob(f".{folder.name}.tmp*"):  # left by a killed build; can be large
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         values = np.lib.format.open_memmap(tmp / "values.npy", mode="w+", dtype=np_dtype, shape=(n, seq_len, k))
         indices = np.lib.format.open_memmap(tmp / "indices.npy", mode="w+", dtype=np.int32, shape=(n, seq_len, k))

@@ -98,7 +98,8 @@ def load_checkpoint(out_dir: Path, map_location: str = "cpu") -> tuple[dict[str,
     return state, trainer_state
 
 
-def remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete half-written checkpoint folders left by a killed process."""
-    for p in Path(out_dir).glob(f".{CHECKPOINT}.tmp*"):
-        shutil.rmtree(p, ignore_errors=True)
+def remove_stale_temporaries(out_dir: Path, names: tuple[str, ...] = (CHECKPOINT, "student")) -> None:
+    """Delete half-written `.<name>.tmp*` folders (checkpoint, exported student) left by a killed process."""
+    for name in names:
+        for p in Path(out_dir).glob(f".{name}.tmp*"):
+            shutil.rmtree(p, ignore_errors=True)

@@ -99,6 +99,19 @@ def shard_fsdp2(model: nn.Module) -> None:
     fully_shard(model)
 
 
+def _ddp(module: nn.Module, env: DistEnv) -> nn.Module:
+    """DDP without per-forward buffer broadcasts (the only buffers are RoPE tables, equal on every rank)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [env.local_rank] if env.device.startswith("cuda") else None
+    # torch 2.13 renamed broadcast_buffers (deprecated) to forward_sync_buffers.
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return DDP(module, device_ids=ids, forward_sync_buffers=False)
+    return DDP(module, device_ids=ids, broadcast_buffers=False)
+
+
 def wrap_distillation_model(dm: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
     """Wrap a ModelOpt `DistillationModel` (student with its teacher inside) for `strategy`.
 
@@ -115,8 +128,7 @@ def wrap_distillation_model(dm: nn.Module, strategy: str, env: DistEnv) -> nn.Mo
         frozen = [n for n, _ in dm.named_parameters() if n.startswith(TEACHER_PREFIX)]
         frozen += [n for n, _ in dm.named_buffers() if n.startswith(TEACHER_PREFIX)]
         DDP._set_params_and_buffers_to_ignore_for_model(dm, frozen)
-        ids = [env.local_rank] if env.device.startswith("cuda") else None
-        return DDP(dm, device_ids=ids, broadcast_buffers=False)
+        return _ddp(dm, env)
     from torch.distributed.fsdp import fully_shard
 
     teacher = dm.teacher_model
@@ -132,10 +144,7 @@ def wrap_student(student: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
     if not env.distributed:
         return student
     if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [env.local_rank] if env.device.startswith("cuda") else None
-        return DDP(student, device_ids=ids, broadcast_buffers=False)
+        return _ddp(student, env)
     shard_fsdp2(student)
     return student
 

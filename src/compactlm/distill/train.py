@@ -43,7 +43,7 @@ from compactlm.distill.parallel import (
 )
 from compactlm.distill.sampler import SequenceOrder, micro_batches, padded_shard, rank_slice
 from compactlm.manifest import atomic_write_json, file_digest, path_digest, publish_dir
-from compactlm.models import load_model, setup_engine
+from compactlm.models import load_model, read_hf_config, setup_engine
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Changing these between an interrupted run and its resumption does not change what is optimized.
@@ -165,6 +165,13 @@ class _Trainer:
         self.steps = total_steps(cfg, self.seq_len)
         self.order = SequenceOrder(len(self.train_tokens), self.seed)
         self.fsdp = env.distributed and cfg.strategy == "fsdp2"
+        vocab_t = read_hf_config(self.teacher_dir).get("vocab_size")
+        vocab_s = read_hf_config(self.student_dir).get("vocab_size")
+        if vocab_t != vocab_s:
+            raise ConfigError(f"the student's vocab_size={vocab_s} differs from the teacher's {vocab_t} "
+                              f"({self.student_dir}); logit distillation needs the same vocabulary")
+        if cfg.teacher_cache and vocab_t is not None and cfg.topk > vocab_t:
+            raise ConfigError(f"distill.topk={cfg.topk} exceeds the vocabulary size {vocab_t}")
         self.state_format = "fsdp2" if self.fsdp else "plain"
 
         if env.is_main:
@@ -176,10 +183,12 @@ class _Trainer:
             _check_resumable(resume[1], cfg, self.seed, self.out_dir)
             if resume[1]["state_format"] != self.state_format:
                 raise ConfigError(
-                    f"{self.out_dir}/checkpoint holds {resume[1]['state_format']} optimizer state but this run "
-                    f"uses {self.state_format}; resume with the same distill.strategy and process count kind"
+                    f"{self.out_dir}/checkpoint holds {resume[1]['state_format']} optimizer state, this run would "
+                    f"need {self.state_format}: an FSDP2 checkpoint resumes only with distill.strategy=fsdp2 under "
+                    f"torchrun, a single-process or DDP one only without FSDP2"
                 )
 
+        self.train_cache = self.val_cache = None
         if cfg.teacher_cache:
             self._open_caches()
         load_device = "cpu" if self.fsdp else self.device
@@ -217,7 +226,8 @@ class _Trainer:
             ckpt.set_rng_state(rngs[env.rank] if len(rngs) == env.world else rngs[0])
             self.step, self.history, self.evals = meta["step"], meta["history"], meta["evals"]
             if meta["samples"] != self.step * cfg.global_batch_size:
-                raise RuntimeError(f"{self.out_dir}/checkpoint is inconsistent: samples={meta['samples']} at step {self.step}")
+                raise RuntimeError(f"{self.out_dir}/checkpoint is inconsistent: "
+                                   f"samples={meta['samples']} at step {self.step}")
         self.start_step = self.step
         self.scalars = Scalars(self.out_dir / "tensorboard" if env.is_main else None,
                                purge_step=self.step if resume is not None else None)
@@ -274,7 +284,7 @@ class _Trainer:
         chunks = micro_batches(mine, cfg.micro_batch_size)
         for i, rows in enumerate(chunks):
             with no_sync(self.model, sync=i == len(chunks) - 1):
-                ids, logits, kl = self._forward(rows, self.train_tokens, getattr(self, "train_cache", None))
+                ids, logits, kl = self._forward(rows, self.train_tokens, self.train_cache)
                 kl_sum = kl.sum()
                 loss = kl_sum / kl_norm
                 if cfg.lm_loss_weight > 0:
@@ -310,7 +320,7 @@ class _Trainer:
         for start in range(0, len(rows_all), cfg.micro_batch_size):
             rows = rows_all[start : start + cfg.micro_batch_size]
             w = torch.from_numpy(weights_all[start : start + cfg.micro_batch_size]).to(self.device, torch.float64)
-            ids, logits, kl = self._forward(rows, self.val_tokens, getattr(self, "val_cache", None), temperature=1.0)
+            ids, logits, kl = self._forward(rows, self.val_tokens, self.val_cache, temperature=1.0)
             nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), ids[:, 1:], reduction="none")
             sums[0] += (nll.sum(-1).double() * w).sum()
             sums[1] += w.sum() * (self.seq_len - 1)
@@ -370,7 +380,7 @@ class _Trainer:
         if self.dm is not None:
             import modelopt.torch.distill as mtd
 
-            student = mtd.export(self.model)  # unwraps DDP, removes the KD hooks and the teacher
+            student = mtd.export(unwrap(self.model))  # removes the KD hooks and the teacher
         else:
             student = unwrap(self.model)
         if sharded is not None and self.env.is_main:
@@ -378,7 +388,7 @@ class _Trainer:
             student.load_state_dict(sharded)
         final = self.out_dir / "student"
         if self.env.is_main:
-            tmp = self.out_dir / f".student.tmp{id(self)}"
+            tmp = self.out_dir / f".student.tmp{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             student.to(self.dtype).save_pretrained(tmp, safe_serialization=True)
             for name in TOKENIZER_FILES:
@@ -408,9 +418,8 @@ class _Trainer:
                     rec["tokens"] = self.step * tokens_per_step
                     self.history.append(rec)
                     tok_s = (self.step - self.start_step) * tokens_per_step / max(self.train_time, 1e-9)
-                    self.scalars.add(self.step, {"train/loss": rec["loss"], "train/kl": rec["kl"], "train/ce": rec["ce"],
-                                                 "train/lr": rec["lr"], "train/grad_norm": rec["grad_norm"],
-                                                 "train/tokens_per_s": tok_s})
+                    self.scalars.add(self.step, {f"train/{k}": rec[k] for k in ("loss", "kl", "ce", "lr", "grad_norm")}
+                                     | {"train/tokens_per_s": tok_s})
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
                     last = self.step == self.steps
