@@ -92,3 +92,22 @@ def test_demo_command_on_smollm2(tmp_path):
     assert 5 < m["perplexity"] < 60, m["perplexity"]  # pydoc English prose; measured ~18.6
     assert "Paris" in m["sample"]
     assert "teacher" in out and f"{m['perplexity']:.3f}" in out
+
+
+def test_prune_distill_with_two_torchrun_processes(tmp_path, tiny_llama_dir):
+    """The launcher runs the distill stage under torchrun (gloo on CPU) when distill.nproc_per_node=2."""
+    args = _args(tmp_path, tiny_llama_dir, POLISH / "pud.txt") + [
+        "recipe=prune_distill", "prune.model=null", "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64",
+        "data.max_train_sequences=32",
+        "distill.nproc_per_node=2", "distill.max_steps=4", "distill.micro_batch_size=2", "distill.global_batch_size=8",
+        "distill.eval_every=2", "distill.checkpoint_every=2", "engine.threads=1",
+    ]
+    proc = _launch(args)
+    out, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, out[-5000:]
+    m = read_manifest(tmp_path / "tiny" / "distill")["metrics"]
+    assert m["world_size"] == 2 and m["steps"] == 4
+    assert "torchrun" in out or "[default1]" in out
+    models = read_manifest(tmp_path / "tiny" / "evaluate")["metrics"]["models"]
+    assert set(models) == {"teacher", "pruned", "distilled", "quantized"}
+    assert (tmp_path / "tiny" / "report.html").is_file()
