@@ -21,7 +21,7 @@ demo: install
 	$(PY) launch.py
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 clean:
 	rm -rf $(VENV) runs
