@@ -62,8 +62,8 @@ def tiny_tokenizer(tmp_path_factory):
     return fast
 
 
-def make_tiny_model(model_type: str, folder: Path, tokenizer, seed: int = 0, **overrides) -> Path:
-    """Save a randomly initialised tiny `model_type` model plus tokenizer to `folder`."""
+def build_tiny_model(model_type: str, seed: int = 0, **overrides):
+    """A randomly initialised tiny `model_type` model in eval mode (in memory)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -74,6 +74,12 @@ def make_tiny_model(model_type: str, folder: Path, tokenizer, seed: int = 0, **o
         for p in model.parameters():
             if p.dim() == 2:
                 p.mul_(4.0)
+    return model.eval()
+
+
+def make_tiny_model(model_type: str, folder: Path, tokenizer, seed: int = 0, **overrides) -> Path:
+    """Save a randomly initialised tiny `model_type` model plus tokenizer to `folder`."""
+    model = build_tiny_model(model_type, seed, **overrides)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return Path(folder)

@@ -13,9 +13,10 @@ import os
 import platform
 import shutil
 import tempfile
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 MANIFEST = "manifest.json"
 # Files above this size are fingerprinted by size plus a head and tail sample, not read whole:
@@ -98,6 +99,21 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
     else:
         final_dir.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp_dir, final_dir)
+
+
+@contextmanager
+def staging_dir(final_dir: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `final_dir` to write into; published with :func:`publish_dir` on
+    success, removed on any failure, so a half-written folder never appears under the final name."""
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        publish_dir(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from compactlm.arch import adapter_for
 from compactlm.config import ConfigError, EngineConfig, ModelConfig
-from compactlm.manifest import publish_dir, sha256_json
+from compactlm.manifest import sha256_json, staging_dir
 
 
 def read_hf_config(folder: Path) -> dict[str, Any]:
@@ -71,15 +70,13 @@ def materialize(model: ModelConfig, cache_dir: str | Path) -> Path:
     gguf = gguf_package_file(model)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     print(f"[model] materializing {gguf.name} from package {model.gguf_package} into {final} (once)", flush=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     lm.config.architectures = [type(lm).__name__]
-    lm.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    publish_dir(tmp, final)
+    with staging_dir(final) as tmp:
+        lm.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     return final
 
 

@@ -6,8 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY, tiny_config
-from transformers import AutoModelForCausalLM
+from conftest import TINY, build_tiny_model
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from compactlm.arch import adapter_for, decoder_layers
@@ -25,13 +24,7 @@ ARCHS = sorted(TINY)
 
 def tiny_model(model_type: str, seed: int = 0, **overrides):
     """A random tiny model in eval mode, weights scaled like conftest's so layers differ measurably."""
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(4.0)
-    return model.eval()
+    return build_tiny_model(model_type, seed, **overrides)
 
 
 def random_batches(shapes=((2, 12), (3, 12), (1, 20)), seed: int = 1):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, tiny_config
+from conftest import TINY, build_tiny_model, tiny_config
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from compactlm.arch import adapter_for, decoder_layers
@@ -25,13 +25,8 @@ SMALLER = {"hidden_size": 48, "ffn_hidden_size": 64, "num_attention_heads": 2, "
 
 
 def tiny_model(model_type: str, seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(4.0)
-    return model.eval()
+    """A random tiny model in eval mode, weights scaled like conftest's so layers differ measurably."""
+    return build_tiny_model(model_type, seed, **overrides)
 
 
 def batches(n: int = 2, shape=(2, 16), seed: int = 1):

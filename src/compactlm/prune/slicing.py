@@ -18,8 +18,6 @@ What each export_config key slices:
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,7 +26,7 @@ from torch import Tensor, nn
 
 from compactlm.arch import Adapter, decoder_layers
 from compactlm.config import EXPORT_KEYS, EXPORT_TO_HF, ConfigError
-from compactlm.manifest import publish_dir
+from compactlm.manifest import staging_dir
 from compactlm.prune.importance import ImportanceScores, select_layers
 
 
@@ -235,14 +233,8 @@ def save_pruned(model, tokenizer, out_dir: str | Path) -> Path:
     Written into a temporary sibling folder first, then moved into place, so `out_dir` is never half-written.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    with staging_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        publish_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

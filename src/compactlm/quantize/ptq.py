@@ -22,16 +22,14 @@ from __future__ import annotations
 import copy
 import fnmatch
 import re
-import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from compactlm.config import ConfigError
-from compactlm.manifest import publish_dir
+from compactlm.manifest import staging_dir
 
 
 # ---------------------------------------------------------------------------------------------- formats
@@ -276,7 +274,6 @@ def _cast_high_precision(folder: Path, dtype) -> None:
     ModelOpt exports unquantized layers in the dtype the model was loaded in; a model calibrated in fp32
     on CPU would otherwise ship fp32 embeddings and norms where TensorRT-LLM expects bf16/fp16.
     """
-    import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -333,8 +330,7 @@ def export(model, tokenizer, out_dir: str | Path, dtype: str = "bfloat16") -> di
     if not getattr(model.config, "architectures", None):
         model.config.architectures = [type(model).__name__]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with staging_dir(out_dir) as tmp:
         # quantize from the weights as loaded (fp32 on CPU): passing bf16 here would round twice
         compute_dtype = next(model.parameters()).dtype
         with torch.inference_mode():
@@ -342,10 +338,6 @@ def export(model, tokenizer, out_dir: str | Path, dtype: str = "bfloat16") -> di
         _cast_high_precision(tmp, getattr(torch, dtype))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        publish_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     size = sum(p.stat().st_size for p in out_dir.glob("*.safetensors"))
     return {
         "safetensors_bytes": size,
