@@ -88,7 +88,7 @@ BAD = [
     (["data=polish_text", "data.paths=[/nonexistent/*.txt]"], "data.paths: '/nonexistent/*.txt' matches no file"),
     (["data=jsonl"], "data.paths is empty; data.kind=jsonl needs at least one local file"),
     (["run_name=a/b"], "run_name='a/b'"),
-    (["force_stages=[distill]"], "force_stages contains 'distill'"),
+    (["recipe=eval", "force_stages=[distill]"], "force_stages contains 'distill', which recipe=eval does not run"),
     (["recipe.stages=[model,train_everything]"], "recipe.stages contains 'train_everything'"),
     (["distill.global_batch_size=6", "distill.micro_batch_size=4"], "distill.global_batch_size=6"),
     (["distill.temperature=0"], "distill.temperature=0"),

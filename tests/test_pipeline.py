@@ -18,7 +18,7 @@ STAGES = ["model", "data", "evaluate"]
 
 def _conf(tmp_path, model_dir, *extra):
     conf = to_config(compose([
-        "model=local", f"model.path={model_dir}", "data=polish_text", f"data.paths=[{POLISH / 'pud.txt'}]",
+        "recipe=eval", "model=local", f"model.path={model_dir}", "data=polish_text", f"data.paths=[{POLISH / 'pud.txt'}]",
         "data.seq_len=32", "data.validation_sequences=4", "data.calibration_sequences=4",
         "data.max_train_sequences=8", "evaluate.generate_tokens=4", f"runs_root={tmp_path}", *extra,
     ]))
