@@ -16,9 +16,10 @@ from typing import Any
 
 from compactlm.config import CompactLMConfig
 from compactlm.manifest import atomic_write_text, read_manifest
+from compactlm.stages import MODEL_LABELS
 
 # Pipeline order, whatever order the manifest's JSON (sorted keys) stored them in.
-MODEL_ORDER = ("teacher", "pruned", "distilled", "quantized")
+MODEL_ORDER = tuple(MODEL_LABELS.values())
 PLOTS = {  # stage -> (file, caption)
     "importance": [("depth.png", "Per-layer depth importance"), ("width.png", "Per-layer width importance")],
     "distill": [("loss_curve.png", "Distillation loss and validation curves")],
