@@ -4,12 +4,17 @@
     python launch.py recipe=params model=bielik_11b_v3  # parameter table of the EXP presets
     python launch.py recipe=prune_distill model=bielik_11b_v3 prune=exp_010 cluster=dgx_h200
     python launch.py dryrun=true ...                   # print what would run, submit nothing
+    python launch.py list | status | logs | cancel | report ...   # operate on runs (see `launch.py list --help`)
 """
+
+import sys
 
 import hydra
 
 from compactlm.conf_store import register_configs
 from compactlm.launcher import launch
+from compactlm.ops import COMMANDS
+from compactlm.ops import main as ops_main
 
 register_configs()
 
@@ -20,4 +25,6 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
+        raise SystemExit(ops_main(sys.argv[1:]))
     main()

@@ -17,6 +17,7 @@ REQUIRED = {
     ("model", "local"): None,  # filled per test with a tiny local folder
     ("data", "jsonl"): None,
     ("data", "hf"): ["data.hf_dataset=allenai/c4"],
+    ("cluster", "slurm"): ["cluster.slurm.account=compactlm"],
 }
 
 
@@ -43,6 +44,7 @@ def test_every_shipped_combination_composes_and_validates(tiny_llama_dir, jsonl_
         if data == "jsonl":
             ov.append(f"data.paths=[{jsonl_file}]")
         ov += REQUIRED.get(("data", data)) or []
+        ov += REQUIRED.get(("cluster", cluster)) or []
         conf = to_config(compose(ov))
         assert isinstance(conf, CompactLMConfig)
         validate(conf, STAGE_NAMES)

@@ -9,6 +9,7 @@ must be >= 1`). Checks that need two groups at once (a prune preset against the 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -241,8 +242,8 @@ class DistillConfig:
     """Validate (student perplexity, KL to teacher) every N steps."""
     checkpoint_every: int = 8
     """Write a resumable checkpoint every N steps (also on SIGTERM/SIGUSR1)."""
-    nproc_per_node: int = 1
-    """Processes per node (torchrun) for this stage."""
+    nproc_per_node: Optional[int] = None
+    """Processes per node (torchrun) for this stage; None: one per GPU (cluster.gpus_per_node), 1 on CPU."""
     strategy: str = "ddp"
     """ddp or fsdp2 when running multi-process."""
     teacher_cache: bool = False
@@ -315,26 +316,225 @@ class QuantizeConfig:
 
 
 # --------------------------------------------------------------------------------------------- cluster
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "slurm", "dgxc", "lepton")
+TUNNELS = ("local", "ssh")
+MAX_GPUS_PER_NODE = 8
+# Lepton resource shapes offered on DGX Cloud Lepton for the GPUs we target (gpu.<count>x<gpu>), plus CPU shapes.
+LEPTON_SHAPES = tuple(f"gpu.{n}x{g}" for g in ("h200", "h100-sxm", "b200") for n in (1, 2, 4, 8)) + (
+    "cpu.small", "cpu.medium", "cpu.large")
+_SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
+
+
+@dataclass
+class SlurmOptions:
+    """cluster.executor=slurm: sbatch options (one job per stage, chained with afterok)."""
+
+    account: Optional[str] = None
+    """Slurm account charged for the jobs (required)."""
+    partition: Optional[str] = None
+    """Partition; None: the cluster's default."""
+    time: str = "04:00:00"
+    """Time limit per stage job ([D-]HH:MM:SS)."""
+    tunnel: str = "local"
+    """local: submit from a login node of the cluster; ssh: submit from elsewhere through SSH."""
+    host: Optional[str] = None
+    """Login node for tunnel=ssh."""
+    user: Optional[str] = None
+    """SSH user for tunnel=ssh (None: $USER)."""
+    identity: Optional[str] = None
+    """Path of the SSH private key for tunnel=ssh (a path, never the key; None: ssh-agent / ~/.ssh)."""
+    job_dir: Optional[str] = None
+    """Where NeMo-Run puts packaged code, sbatch scripts and logs on the cluster (shared file system).
+    None: <run_dir>/nemo_run (tunnel=local only)."""
+    max_retries: int = 3
+    """A stage that exits non-zero (preempted, time limit) is requeued up to this many times and resumes."""
+    signal_before_limit: int = 120
+    """Seconds before the time limit at which Slurm sends SIGUSR1; the stage checkpoints and is requeued (0: off)."""
+    exclusive: bool = False
+    """Request whole nodes."""
+    mem: Optional[str] = None
+    """Memory per node (e.g. 0 for all of it, 200G)."""
+    cpus_per_task: Optional[int] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    setup_lines: list[str] = field(default_factory=list)
+    """Shell lines run in the job before the stage (e.g. 'source /opt/venv/bin/activate'); not with containers."""
+    srun_args: list[str] = field(default_factory=list)
+    """Extra srun flags (e.g. --mpi=pmix)."""
+
+    def check(self) -> None:
+        if not self.account:
+            raise ConfigError("cluster.slurm.account is required for cluster.executor=slurm "
+                              "(the Slurm account to charge, e.g. cluster.slurm.account=my_project)")
+        if not _SLURM_TIME.match(self.time):
+            raise ConfigError(f"cluster.slurm.time={self.time!r} is not a Slurm time limit; use [D-]HH:MM:SS, e.g. 04:00:00")
+        _choice("cluster.slurm.tunnel", self.tunnel, TUNNELS)
+        if self.tunnel == "ssh":
+            if not self.host:
+                raise ConfigError("cluster.slurm.host is required for cluster.slurm.tunnel=ssh (the login node)")
+            if not self.job_dir:
+                raise ConfigError("cluster.slurm.job_dir is required for cluster.slurm.tunnel=ssh "
+                                  "(a folder on the cluster's shared file system)")
+        _positive("cluster.slurm.max_retries", self.max_retries, 0)
+        _positive("cluster.slurm.signal_before_limit", self.signal_before_limit, 0)
+        _positive("cluster.slurm.cpus_per_task", self.cpus_per_task)
+
+
+@dataclass
+class PVC:
+    """A Kubernetes persistent volume claim mounted into every DGX Cloud (Run:ai) pod."""
+
+    claim_name: str = MISSING
+    path: str = MISSING
+    """Mount path inside the container."""
+
+
+@dataclass
+class DGXCOptions:
+    """cluster.executor=dgxc: DGX Cloud (Run:ai) distributed workloads through its REST API."""
+
+    base_url: Optional[str] = None
+    """Run:ai API root, e.g. https://<tenant>.run.ai/api/v1 (required)."""
+    kube_apiserver_url: Optional[str] = None
+    """Kubernetes API of the cluster (NeMo-Run uses it for logs)."""
+    project_name: Optional[str] = None
+    """Run:ai project the workloads run in (required)."""
+    pvcs: list[PVC] = field(default_factory=list)
+    """Volumes mounted in every pod; the run folder and code must be on one of them."""
+    pvc_nemo_run_dir: Optional[str] = None
+    """Folder on a PVC where NeMo-Run stores the packaged code and job files (required)."""
+    app_id_env: str = "RUNAI_APP_ID"
+    """Environment variable holding the Run:ai application id (credentials never go in the config)."""
+    app_secret_env: str = "RUNAI_APP_SECRET"
+    """Environment variable holding the Run:ai application secret."""
+
+    def check(self) -> None:
+        for key in ("base_url", "project_name", "pvc_nemo_run_dir"):
+            if not getattr(self, key):
+                raise ConfigError(f"cluster.dgxc.{key} is required for cluster.executor=dgxc")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"cluster.dgxc.base_url={self.base_url!r} must be an http(s) URL ending in /api/v1")
+        if not self.pvcs:
+            raise ConfigError("cluster.dgxc.pvcs is empty; mount at least the PVC holding cluster.dgxc.pvc_nemo_run_dir")
+
+
+@dataclass
+class LeptonMount:
+    """A storage volume mounted into every DGX Cloud Lepton replica."""
+
+    path: str = MISSING
+    """Path on the storage (e.g. /shared/compactlm)."""
+    mount_path: str = MISSING
+    """Path inside the container."""
+    source: str = "node-nfs:lepton-shared-fs"
+    """Lepton storage source (the job spec's 'from')."""
+
+
+@dataclass
+class LeptonOptions:
+    """cluster.executor=lepton: DGX Cloud Lepton batch jobs (leptonai's own login: `lep login`)."""
+
+    resource_shape: str = "gpu.8xh200"
+    """Lepton resource shape per replica (gpu.<n>x<gpu>)."""
+    node_group: Optional[str] = None
+    """Node group (dedicated capacity) to run in (required)."""
+    mounts: list[LeptonMount] = field(default_factory=list)
+    """Storage mounted in every replica; the run folder and code must be on one of them."""
+    nemo_run_dir: Optional[str] = None
+    """Folder on a mount where NeMo-Run stores the packaged code and job files (required)."""
+    shared_memory_size: int = 65536
+    """/dev/shm size in MiB (NCCL and data loaders need a large one)."""
+    image_pull_secrets: list[str] = field(default_factory=list)
+    """Lepton secrets used to pull a private container image (names, not values)."""
+
+    def check(self) -> None:
+        _choice("cluster.lepton.resource_shape", self.resource_shape, LEPTON_SHAPES)
+        for key in ("node_group", "nemo_run_dir"):
+            if not getattr(self, key):
+                raise ConfigError(f"cluster.lepton.{key} is required for cluster.executor=lepton")
+        if not self.mounts:
+            raise ConfigError("cluster.lepton.mounts is empty; mount the storage holding cluster.lepton.nemo_run_dir")
+        _positive("cluster.lepton.shared_memory_size", self.shared_memory_size)
+
+    def gpus(self) -> int:
+        """GPUs per replica implied by the resource shape (0 for CPU shapes)."""
+        m = re.match(r"gpu\.(\d+)x", self.resource_shape)
+        return int(m.group(1)) if m else 0
+
+
+# Stages that use every node of the cluster; all others run on one node.
+MULTI_NODE_STAGES = ("distill",)
 
 
 @dataclass
 class ClusterConfig:
-    """Where the stages run and with how many processes."""
+    """Where the stages run: this machine, a Slurm cluster, DGX Cloud (Run:ai) or DGX Cloud Lepton."""
 
     name: str = MISSING
     executor: str = "local"
-    """NeMo-Run executor: local."""
+    """NeMo-Run executor: local, slurm, dgxc (DGX Cloud Run:ai) or lepton (DGX Cloud Lepton)."""
     nodes: int = 1
+    """Nodes the multi-node stages (distill) use; every other stage runs on one node."""
     gpus_per_node: int = 0
-    """0 runs on CPU."""
+    """GPUs per node (0 runs on CPU); distill runs one process per GPU with torchrun."""
+    stage_nodes: dict[str, int] = field(default_factory=dict)
+    """Per-stage node count overriding the default (distill: all nodes, others: 1), e.g. {distill: 1}."""
+    container_image: Optional[str] = None
+    """Training image for every stage but deploy (containers/train.Dockerfile); None: no container (Slurm only)."""
+    deploy_image: Optional[str] = None
+    """TensorRT-LLM image for the deploy stage (containers/deploy.Dockerfile)."""
+    container_mounts: list[str] = field(default_factory=list)
+    """src:dst mounts (Slurm/pyxis); the run folder and cache are mounted automatically."""
+    runs_root: Optional[str] = None
+    """runs_root on the cluster's shared file system (None: the root runs_root)."""
+    cache_dir: Optional[str] = None
+    """cache_dir on the cluster's shared file system (None: the root cache_dir)."""
+    detach: bool = False
+    """Return after submitting (follow with `launch.py status/logs`); False waits and prints the summary."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment variables for every stage (never put credentials here)."""
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    dgxc: DGXCOptions = field(default_factory=DGXCOptions)
+    lepton: LeptonOptions = field(default_factory=LeptonOptions)
 
     def __post_init__(self) -> None:
         _choice("cluster.executor", self.executor, EXECUTORS)
         _positive("cluster.nodes", self.nodes)
         _positive("cluster.gpus_per_node", self.gpus_per_node, 0)
+        if self.gpus_per_node > MAX_GPUS_PER_NODE:
+            raise ConfigError(f"cluster.gpus_per_node={self.gpus_per_node} exceeds {MAX_GPUS_PER_NODE}, the most GPUs "
+                              "one node has (DGX H100/H200/B200); use more cluster.nodes instead")
+        for stage, n in self.stage_nodes.items():
+            _positive(f"cluster.stage_nodes.{stage}", n)
+            if n > self.nodes:
+                raise ConfigError(f"cluster.stage_nodes.{stage}={n} asks more nodes than the cluster has "
+                                  f"(cluster.nodes={self.nodes})")
+        for key in self.env:
+            if _looks_secret(key):
+                raise ConfigError(f"cluster.env.{key}: credentials must not be in the config (it is written to the "
+                                  "run folder); export them in the environment or use the provider's login")
+        if self.executor == "local":
+            if self.nodes != 1:
+                raise ConfigError(f"cluster.nodes={self.nodes} with cluster.executor=local: this machine is one node")
+            return
+        getattr(self, self.executor).check()
+        if self.executor == "lepton":
+            shape_gpus = self.lepton.gpus()
+            if self.gpus_per_node != shape_gpus:
+                raise ConfigError(f"cluster.gpus_per_node={self.gpus_per_node} does not match "
+                                  f"cluster.lepton.resource_shape={self.lepton.resource_shape} ({shape_gpus} GPUs per replica)")
+        if self.executor in ("dgxc", "lepton") and not self.container_image:
+            raise ConfigError(f"cluster.container_image is required for cluster.executor={self.executor} "
+                              "(the training image, see containers/README.md)")
+
+    def nodes_for(self, stage: str) -> int:
+        """Nodes `stage` runs on."""
+        return self.stage_nodes.get(stage, self.nodes if stage in MULTI_NODE_STAGES else 1)
+
+
+def _looks_secret(key: str) -> bool:
+    k = key.upper()
+    return any(w in k for w in ("SECRET", "TOKEN", "PASSWORD", "API_KEY", "APIKEY", "CREDENTIAL")) or k.endswith("_KEY")
 
 
 # ---------------------------------------------------------------------------------------------- engine

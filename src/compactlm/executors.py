@@ -1,4 +1,9 @@
-"""`cluster=` -> NeMo-Run executors, one per stage. Plain objects, separate from the tasks they run."""
+"""`cluster=` -> NeMo-Run executors, one per stage. Plain objects, separate from the tasks they run.
+
+Resources per stage: model and data run on one node without GPUs; importance, prune, quantize, evaluate
+and bench on one GPU; distill on every node of the cluster with one torchrun process per GPU; deploy on
+one GPU in the TensorRT-LLM image. `cluster.stage_nodes` overrides the node count of any stage.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +12,195 @@ import sys
 from pathlib import Path
 
 from compactlm.config import CompactLMConfig
+from compactlm.pipeline import CONFIG_FILE
 
+REPO = Path(__file__).resolve().parents[2]
 # Every stage prints progress as it goes; Python must not hold it back in a pipe.
 BASE_ENV = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+# torchrun forwards only SIGTERM/SIGINT/SIGHUP/SIGQUIT to its workers by default; Slurm's warning signal
+# before the time limit is SIGUSR1, which must reach the workers so that they checkpoint.
+TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+# What the cluster executors package and run from: the library, the stage entry points and the configs.
+PACKAGED = ("src", "recipes", "conf", "launch.py", "pyproject.toml")
+# Inside containers NeMo-Run mounts the job folder at /nemo_run and runs from /nemo_run/code.
+CODE_DIR = "/nemo_run/code"
+CPU_STAGES = ("model", "data")
 
 
 def stage_processes(conf: CompactLMConfig, stage: str) -> int:
     """Processes per node for `stage`: distillation is the only data-parallel stage."""
-    return conf.distill.nproc_per_node if stage == "distill" else 1
+    if stage != "distill":
+        return 1
+    return conf.distill.nproc_per_node or max(conf.cluster.gpus_per_node, 1)
 
 
-def stage_env(conf: CompactLMConfig) -> dict[str, str]:
-    env = {**BASE_ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    if conf.cluster.executor == "local":
+def stage_gpus(conf: CompactLMConfig, stage: str) -> int:
+    """GPUs per node `stage` asks for (0 on CPU clusters and for the CPU-only stages)."""
+    if conf.cluster.gpus_per_node == 0 or stage in CPU_STAGES:
+        return 0
+    return conf.cluster.gpus_per_node if stage == "distill" else 1
+
+
+def stage_image(conf: CompactLMConfig, stage: str) -> str | None:
+    return conf.cluster.deploy_image if stage == "deploy" else conf.cluster.container_image
+
+
+def stage_env(conf: CompactLMConfig, remote: bool = False) -> dict[str, str]:
+    """Environment of every stage process; `remote`: on a cluster, running from the packaged code."""
+    env = {**BASE_ENV, "TORCHELASTIC_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS}
+    if remote:
+        # NeMo-Run runs the job from its code folder; /nemo_run is rewritten to the job folder without containers.
+        env["PYTHONPATH"] = f"{CODE_DIR}/src"
+    else:
+        env["PYTHONPATH"] = str(REPO / "src")
         # `python` (and torchrun's workers) must be the interpreter running the launcher, e.g. its venv.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**env, **conf.cluster.env}
 
 
-def make_executor(conf: CompactLMConfig, run, stage: str):
-    """The executor for `stage` on `conf.cluster`; `run` is the imported nemo_run module."""
-    nproc = stage_processes(conf, stage)
+def stage_args(conf: CompactLMConfig, stage: str, config_path: Path) -> tuple[str, list[str]]:
+    """(script, args) of a stage task: absolute paths here, relative to the packaged code on a cluster."""
     if conf.cluster.executor == "local":
-        executor = run.LocalExecutor(ntasks_per_node=nproc, packager=run.Packager(), env_vars=stage_env(conf))
-    else:  # rejected earlier by ClusterConfig.__post_init__
-        raise ValueError(f"cluster.executor={conf.cluster.executor!r} has no executor")
-    if nproc > 1:
+        return str(REPO / "recipes" / f"{stage}.py"), ["--config", str(config_path)]
+    return f"recipes/{stage}.py", ["--config", config_path.name]
+
+
+def packager(conf: CompactLMConfig, run, local_dir: Path):
+    """The code as it is on disk (not only what is committed) plus the run's resolved config.
+
+    The config lands at the root of the job's code folder, where `stage_args` points the stage.
+    """
+    if conf.cluster.executor == "local":
+        return run.Packager()
+    patterns = [str(REPO / p) for p in PACKAGED] + [str(local_dir / CONFIG_FILE)]
+    return run.PatternPackager(include_pattern=patterns, relative_path=[str(REPO)] * len(PACKAGED) + [str(local_dir)])
+
+
+def container_mounts(conf: CompactLMConfig) -> list[str]:
+    """User mounts plus the run folder and the model cache, which every stage reads or writes."""
+    mounts = list(conf.cluster.container_mounts)
+    for path in (str(Path(conf.run_dir).parent), conf.cache_dir):
+        if not any(m.split(":")[0] == path or m.split(":")[1:2] == [path] for m in mounts):
+            mounts.append(f"{path}:{path}")
+    return mounts
+
+
+def make_executor(conf: CompactLMConfig, run, stage: str, local_dir: Path):
+    """The executor for `stage` on `conf.cluster`; `run` is the imported nemo_run module."""
+    builder = {"local": _local, "slurm": _slurm, "dgxc": _dgxc, "lepton": _lepton}[conf.cluster.executor]
+    executor = builder(conf, run, stage, local_dir)
+    if stage_processes(conf, stage) > 1 or conf.cluster.nodes_for(stage) > 1:
         executor.launcher = "torchrun"
     return executor
 
 
+def _local(conf, run, stage, local_dir):
+    return run.LocalExecutor(ntasks_per_node=stage_processes(conf, stage), packager=run.Packager(),
+                             env_vars=stage_env(conf))
+
+
+def _slurm(conf, run, stage, local_dir):
+    c, s = conf.cluster, conf.cluster.slurm
+    if s.tunnel == "ssh":
+        tunnel = run.SSHTunnel(host=s.host, user=s.user or os.environ.get("USER", ""), job_dir=s.job_dir,
+                               identity=s.identity)
+    else:
+        tunnel = run.LocalTunnel(job_dir=s.job_dir or "")
+    image = stage_image(conf, stage)
+    gpus = stage_gpus(conf, stage)
+    executor = run.SlurmExecutor(
+        account=s.account, partition=s.partition, time=s.time, nodes=c.nodes_for(stage),
+        ntasks_per_node=stage_processes(conf, stage), gpus_per_node=gpus or None,
+        cpus_per_task=s.cpus_per_task, mem=s.mem, qos=s.qos, constraint=s.constraint,
+        exclusive=True if s.exclusive else None,
+        signal=f"USR1@{s.signal_before_limit}" if s.signal_before_limit else None,
+        container_image=image, container_mounts=container_mounts(conf) if image else [],
+        setup_lines="\n".join(s.setup_lines) or None, srun_args=list(s.srun_args) or None,
+        job_name_prefix="compactlm-", env_vars=stage_env(conf, remote=True), tunnel=tunnel,
+        packager=packager(conf, run, local_dir),
+    )
+    executor.retries = s.max_retries
+    return executor
+
+
+def _dgxc(conf, run, stage, local_dir):
+    from compactlm.cloud import dgxc_executor
+
+    return dgxc_executor(conf, run, stage, packager(conf, run, local_dir))
+
+
+def _lepton(conf, run, stage, local_dir):
+    from compactlm.cloud import lepton_executor
+
+    return lepton_executor(conf, run, stage, packager(conf, run, local_dir))
+
+
 def describe_executor(conf: CompactLMConfig) -> str:
-    """What `dryrun=true` prints about where the tasks would run."""
+    """What `dryrun=true` prints about where the tasks run (the generated scripts or specs follow it)."""
     c = conf.cluster
-    env = " ".join(f"{k}={v}" for k, v in stage_env(conf).items() if k != "PATH")
-    lines = [f"NeMo-Run LocalExecutor (cluster={c.name}): stages run one after another on this machine", f"  env: {env}"]
+    where = {
+        "local": "NeMo-Run LocalExecutor: stages run one after another on this machine",
+        "slurm": f"NeMo-Run SlurmExecutor: one sbatch job per stage, chained with afterok "
+                 f"(account {c.slurm.account}, partition {c.slurm.partition or 'default'}, tunnel {c.slurm.tunnel})",
+        "dgxc": f"NeMo-Run DGXCloudExecutor: one Run:ai distributed workload per stage ({c.dgxc.base_url}, "
+                f"project {c.dgxc.project_name})",
+        "lepton": f"NeMo-Run LeptonExecutor: one DGX Cloud Lepton job per stage (node group {c.lepton.node_group}, "
+                  f"shape {c.lepton.resource_shape})",
+    }[c.executor]
+    env = " ".join(f"{k}={v}" for k, v in stage_env(conf, remote=c.executor != "local").items() if k != "PATH")
+    lines = [f"{where} (cluster={c.name})", f"  env: {env}"]
     for stage in conf.recipe.stages:
-        if stage_processes(conf, stage) > 1:
-            lines.append(f"  {stage}: torchrun --nproc-per-node {stage_processes(conf, stage)}")
+        nodes, nproc, gpus = c.nodes_for(stage), stage_processes(conf, stage), stage_gpus(conf, stage)
+        launch = f"torchrun {nodes} node(s) x {nproc} process(es)" if nodes > 1 or nproc > 1 else "python"
+        image = stage_image(conf, stage) if c.executor != "local" else None
+        lines.append(f"  {stage:<10} {launch}, {gpus} GPU(s)/node" + (f", image {image}" if image else ""))
     return "\n".join(lines)
+
+
+def render_submission(conf: CompactLMConfig, local_dir: Path) -> list[tuple[str, str]]:
+    """(stage, what would be submitted) for `dryrun=true`: command lines, sbatch scripts or job specs.
+
+    Rendered by NeMo-Run's own dry run in a temporary folder, so the text is what a real submission
+    writes; nothing is contacted and the run folder is not touched.
+    """
+    import contextlib
+    import copy
+    import io
+    import tempfile
+
+    from compactlm.launcher import build_experiment, resolved_yaml
+
+    if conf.cluster.executor == "local":
+        lines = []
+        for stage in conf.recipe.stages:
+            path, args = stage_args(conf, stage, local_dir / CONFIG_FILE)
+            lines.append((stage, " ".join(["python", path, *args])))
+        return lines
+    saved = os.environ.get("NEMORUN_HOME")
+    conf = copy.deepcopy(conf)
+    out = []
+    # NeMo-Run's console chatter (entering experiment, launcher notes) is not part of the answer.
+    with tempfile.TemporaryDirectory(prefix="compactlm-dryrun-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+        tmp_dir = Path(tmp) / conf.run_name
+        tmp_dir.mkdir()
+        (tmp_dir / CONFIG_FILE).write_text(resolved_yaml(conf))
+        try:
+            exp = build_experiment(conf, tmp_dir)
+            with exp:
+                exp.dryrun(log=False, delete_exp_dir=False)
+                for stage, job in zip(conf.recipe.stages, exp.jobs):
+                    out.append((stage, _rendered(conf, job).replace(str(tmp_dir), str(local_dir))))
+        finally:
+            if saved is None:
+                os.environ.pop("NEMORUN_HOME", None)
+            else:
+                os.environ["NEMORUN_HOME"] = saved
+    return out
+
+
+def _rendered(conf: CompactLMConfig, job) -> str:
+    if conf.cluster.executor == "slurm":
+        return Path(job.executor.experiment_dir, f"{job.executor.job_name}_sbatch.sh").read_text()
+    from compactlm.cloud import rendered_spec
+
+    return rendered_spec(conf, job)

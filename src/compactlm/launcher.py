@@ -23,6 +23,7 @@ from compactlm.report import summary_table, write_report
 from compactlm.validate import to_config, validate
 
 REPO = Path(__file__).resolve().parents[2]
+NEMORUN_DIR = "nemorun"
 
 
 def launch(cfg) -> int:
@@ -30,33 +31,70 @@ def launch(cfg) -> int:
     try:
         conf = to_config(cfg)
         validate(conf, STAGE_NAMES)
+        local_dir = place_run(conf)
     except ConfigError as e:
         print(f"compactlm: configuration error: {e}", file=sys.stderr)
         return 2
-    conf.run_dir = str(Path(conf.run_dir).expanduser().resolve())
     if not conf.recipe.stages:
         return print_params(conf)
     if conf.dryrun:
-        return dryrun(conf)
-    return submit(conf)
+        return dryrun(conf, local_dir)
+    return submit(conf, local_dir)
+
+
+def is_remote(conf: CompactLMConfig) -> bool:
+    """True when the stages write to a file system this machine does not see."""
+    c = conf.cluster
+    return c.executor in ("dgxc", "lepton") or (c.executor == "slurm" and c.slurm.tunnel == "ssh")
+
+
+def place_run(conf: CompactLMConfig) -> Path:
+    """Fix where the stages write (`conf.run_dir`, `conf.cache_dir`) and return the local run folder.
+
+    The local folder holds config.yaml, launch.json and NeMo-Run's records. On this machine and on a
+    Slurm login node (tunnel=local) the stages write there too; elsewhere they write under
+    `cluster.runs_root` on the cluster's shared file system.
+    """
+    local_dir = Path(conf.run_dir).expanduser().resolve()
+    c = conf.cluster
+    if c.cache_dir:
+        conf.cache_dir = c.cache_dir
+    if is_remote(conf):
+        if not c.runs_root or not c.runs_root.startswith("/"):
+            raise ConfigError(f"cluster.runs_root={c.runs_root!r}: cluster.executor={c.executor} needs an absolute "
+                              "folder on the cluster's shared storage where the stages write their outputs")
+        if not conf.cache_dir.startswith("/"):
+            raise ConfigError(f"cache_dir={conf.cache_dir!r} is not an absolute path on the cluster; "
+                              "set cluster.cache_dir to a folder on its shared storage")
+        conf.run_dir = f"{c.runs_root.rstrip('/')}/{conf.run_name}"
+    elif c.runs_root:
+        conf.run_dir = str(Path(c.runs_root).expanduser().resolve() / conf.run_name)
+    else:
+        conf.run_dir = str(local_dir)
+    if not is_remote(conf):
+        conf.cache_dir = str(Path(conf.cache_dir).expanduser())
+    return local_dir
 
 
 def resolved_yaml(conf: CompactLMConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(conf))
 
 
-def write_run_dir(conf: CompactLMConfig) -> Path:
-    """config.yaml (resolved), launch.json (git SHA, versions, command) into the run folder."""
-    run_dir = Path(conf.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, resolved_yaml(conf))
-    atomic_write_json(run_dir / "launch.json", {
+def write_run_dir(conf: CompactLMConfig, local_dir: Path | None = None) -> Path:
+    """config.yaml (resolved), launch.json (git SHA, versions, command) into the local run folder
+    (`conf.run_dir` unless the stages write on a cluster's storage)."""
+    local_dir = Path(conf.run_dir) if local_dir is None else local_dir
+    local_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(local_dir / CONFIG_FILE, resolved_yaml(conf))
+    atomic_write_json(local_dir / "launch.json", {
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "git_sha": git_sha(),
         "versions": versions(),
+        "cluster": conf.cluster.executor,
+        "run_dir": conf.run_dir,
         "launched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
-    return run_dir
+    return local_dir
 
 
 def git_sha() -> str | None:
@@ -73,55 +111,78 @@ def stage_script(stage: str) -> Path:
     return REPO / "recipes" / f"{stage}.py"
 
 
-def build_experiment(conf: CompactLMConfig, config_path: Path):
+def nemorun_home(local_dir: Path) -> Path:
+    # Not ".../nemo_run": NeMo-Run rewrites every "/nemo_run" in container-less sbatch scripts.
+    return local_dir / NEMORUN_DIR
+
+
+def build_experiment(conf: CompactLMConfig, local_dir: Path):
     """A NeMo-Run Experiment with one `run.Script` task per stage, each depending on the one before."""
-    os.environ["NEMORUN_HOME"] = str(Path(conf.run_dir) / "nemo_run")
+    os.environ["NEMORUN_HOME"] = str(nemorun_home(local_dir))
     import nemo_run as run
     from nemo_run.config import set_nemorun_home
 
-    from compactlm.executors import make_executor
+    from compactlm.executors import make_executor, stage_args
 
     set_nemorun_home(os.environ["NEMORUN_HOME"])
     exp = run.Experiment(conf.run_name, log_level="WARN")
     with exp:
         previous = None
         for stage in conf.recipe.stages:
-            task = run.Script(path=str(stage_script(stage)), entrypoint="python", args=["--config", str(config_path)])
-            previous = exp.add(task, executor=make_executor(conf, run, stage), name=stage, tail_logs=True,
-                               dependencies=[previous] if previous else None)
+            path, args = stage_args(conf, stage, local_dir / CONFIG_FILE)
+            task = run.Script(path=path, entrypoint="python", args=args)
+            previous = exp.add(task, executor=make_executor(conf, run, stage, local_dir), name=stage,
+                               tail_logs=not conf.cluster.detach, dependencies=[previous] if previous else None)
     return exp
 
 
-def dryrun(conf: CompactLMConfig) -> int:
-    """Print the resolved config and the tasks and executor that would run; write and submit nothing."""
-    from compactlm.executors import describe_executor
+def dryrun(conf: CompactLMConfig, local_dir: Path) -> int:
+    """Print the resolved config, the executors and what would be submitted (sbatch scripts, job specs).
+
+    Nothing is written to the run folder and nothing is contacted: scripts and specs are rendered in a
+    temporary folder by the same code that submits them.
+    """
+    from compactlm.executors import describe_executor, render_submission
 
     print("# resolved config\n" + resolved_yaml(conf))
     print(f"# executor\n{describe_executor(conf)}")
     print("# tasks (each depends on the one before)")
-    config_path = Path(conf.run_dir) / CONFIG_FILE
-    for stage in conf.recipe.stages:
-        print(f"  {stage:<10} python {stage_script(stage)} --config {config_path}")
+    for stage, text in render_submission(conf, local_dir):
+        print(f"## {stage}\n{text.rstrip()}")
     print("dryrun=true: nothing was written or submitted")
     return 0
 
 
-def submit(conf: CompactLMConfig) -> int:
-    run_dir = write_run_dir(conf)
-    print(f"compactlm: run {conf.run_name} -> {run_dir}  (recipe={conf.recipe.name}: {' -> '.join(conf.recipe.stages)})",
-          flush=True)
+def submit(conf: CompactLMConfig, local_dir: Path) -> int:
+    write_run_dir(conf, local_dir)
+    where = f"{local_dir}" if conf.run_dir == str(local_dir) else f"{conf.run_dir} on the cluster (records in {local_dir})"
+    print(f"compactlm: run {conf.run_name} -> {where}  (recipe={conf.recipe.name}: {' -> '.join(conf.recipe.stages)}, "
+          f"cluster={conf.cluster.name})", flush=True)
     t0 = time.time()
-    exp = build_experiment(conf, run_dir / CONFIG_FILE)
+    exp = build_experiment(conf, local_dir)
+    detach = conf.cluster.detach and conf.cluster.executor != "local"
     with exp:
-        exp.run(tail_logs=True)
+        exp.run(detach=detach, tail_logs=not detach)
     states = {job.id: str(job.state) for job in exp.jobs}
+    if detach:
+        print(f"compactlm: submitted {len(exp.jobs)} stage job(s) of experiment {exp._id}; follow them with\n"
+              f"  python launch.py status run_name={conf.run_name}\n"
+              f"  python launch.py logs run_name={conf.run_name} stage=<stage>\n"
+              f"  python launch.py cancel run_name={conf.run_name}")
+        return 0
+    if is_remote(conf):
+        print(f"compactlm: jobs ended with states {states}; outputs and report are in {conf.run_dir} on the cluster "
+              f"(python launch.py report runs={conf.run_name} runs_root={conf.cluster.runs_root} there)")
+        return 0 if all(s.endswith("SUCCEEDED") for s in states.values()) else 1
+    run_dir = Path(conf.run_dir)
     print(summary_table(conf, t0))
     md, page = write_report(conf)
     print(f"  report: {page}  ({md.name} beside it)")
     failed = [stage for stage in conf.recipe.stages if read_manifest(run_dir / stage) is None]
     if failed:
         print(f"compactlm: stage {failed[0]!r} did not finish (states: {states}); its log is under "
-              f"{run_dir / 'nemo_run'}. Re-run the same command to resume from it.", file=sys.stderr)
+              f"{nemorun_home(local_dir)} (python launch.py logs run_name={conf.run_name} stage={failed[0]}). "
+              "Re-run the same command to resume from it.", file=sys.stderr)
         return 1
     print(f"compactlm: run finished; artifacts in {run_dir}")
     return 0
