@@ -47,6 +47,13 @@ def test_every_shipped_combination_composes_and_validates(tiny_llama_dir, jsonl_
         ov += REQUIRED.get(("cluster", cluster)) or []
         conf = to_config(compose(ov))
         assert isinstance(conf, CompactLMConfig)
+        if "deploy" in conf.recipe.stages and cluster == "local":
+            with pytest.raises(ConfigError, match="no TensorRT-LLM"):  # tested in test_deploy_stage.py
+                validate(conf, STAGE_NAMES)
+            continue
+        if "deploy" in conf.recipe.stages:
+            ov.append("cluster.deploy_image=nvcr.io/nvidia/tensorrt-llm/release:1.2.0")
+            conf = to_config(compose(ov))
         validate(conf, STAGE_NAMES)
         assert conf.recipe.name == recipe and conf.model.name == model and conf.data.name == data
 

@@ -43,6 +43,7 @@ STAGES: dict[str, str] = {
     "distill": "compactlm.stages:DistillStage",
     "quantize": "compactlm.stages:QuantizeStage",
     "evaluate": "compactlm.stages:EvaluateStage",
+    "deploy": "compactlm.stages:DeployStage",
 }
 STAGE_NAMES = tuple(STAGES)
 CONFIG_FILE = "config.yaml"

@@ -6,6 +6,9 @@ A stage is any object with `name`, `sections`, `keep` and `run(ctx) -> StageResu
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from compactlm.pipeline import StageContext, StageResult
 
 TEACHER = "teacher"
@@ -318,3 +321,38 @@ class QuantizeStage:
             print(f"[quantize] perplexity {r['reference']['perplexity']:.3f} ({source_stage}, {dtype}) -> "
                   f"{r['quantized']['perplexity']:.3f} ({q.format} fake-quant)", flush=True)
         return StageResult(outputs={"export": "export"}, metrics=metrics)
+
+
+class DeployStage:
+    """Serve the run's models with TensorRT-LLM and measure them with trtllm-bench (GPU, TensorRT-LLM image).
+
+    Deploys the teacher, the final student (distilled, else pruned) and the quantized export. Where
+    TensorRT-LLM is not installed the stage stops with a message saying where it runs (exit code 4).
+    """
+
+    name = "deploy"
+    sections = ("deploy",)
+    keep = ()
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from compactlm.deploy import DeployUnavailable, run_deploy
+
+        models = deploy_targets(ctx)
+        print(f"[deploy] {', '.join(f'{k}: {v}' for k, v in models.items())}", flush=True)
+        try:
+            metrics = run_deploy({k: str(v) for k, v in models.items()}, ctx.stage_dir, ctx.cfg.deploy)
+        except DeployUnavailable as e:
+            print(f"[deploy] cannot run here: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(4) from None
+        return StageResult(outputs={label: label for label in metrics}, metrics={"models": metrics})
+
+
+def deploy_targets(ctx: StageContext) -> dict[str, Path]:
+    """label -> checkpoint folder of every model the deploy stage serves, in report order."""
+    out = {TEACHER: ctx.upstream_output("model", "checkpoint")}
+    student = next((s for s in ("distill", "prune") if s in ctx.upstream), None)
+    if student:
+        out[MODEL_LABELS[student]] = ctx.upstream_output(student, "checkpoint")
+    if "quantize" in ctx.upstream:
+        out[MODEL_LABELS["quantize"]] = ctx.upstream_output("quantize", "export")
+    return out

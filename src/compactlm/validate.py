@@ -66,7 +66,26 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
         if "prune" in conf.recipe.stages:
             layers = conf.prune.export_config.num_layers or layers
         check_exclude_patterns(conf.quantize.exclude, shape.get("model_type"), layers)
+    if "deploy" in conf.recipe.stages:
+        check_deploy(conf)
     return shape
+
+
+def check_deploy(conf: CompactLMConfig) -> None:
+    """The deploy stage needs TensorRT-LLM where it runs, and a GPU that can serve the quantized format."""
+    from compactlm.deploy import WHERE_IT_RUNS, tensorrt_llm_available
+    from compactlm.quantize.ptq import check_deploy_support
+
+    c = conf.cluster
+    if c.executor == "local" and tensorrt_llm_available() is None:
+        raise ConfigError(f"recipe={conf.recipe.name} has a deploy stage but cluster=local has no TensorRT-LLM: "
+                          f"{WHERE_IT_RUNS} (cluster.deploy_image), or pick a recipe without deploy")
+    if c.executor != "local" and not c.deploy_image:
+        raise ConfigError(f"recipe={conf.recipe.name} has a deploy stage: set cluster.deploy_image to NVIDIA's "
+                          "TensorRT-LLM image (see containers/README.md)")
+    if c.executor == "lepton" and "quantize" in conf.recipe.stages:
+        gpu = c.lepton.resource_shape.split("x", 1)[1].split("-")[0]
+        check_deploy_support(conf.quantize.format, gpu, key=f"cluster.lepton.resource_shape={c.lepton.resource_shape}: GPU")
 
 
 def module_names(model_type: str, num_layers: int) -> list[str]:
