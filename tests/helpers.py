@@ -31,4 +31,4 @@ def run_launch(args: list[str], cwd: Path = REPO, env: dict | None = None, timeo
     """`python launch.py ARGS` in a subprocess; returns CompletedProcess with text output."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout, **kw)
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)

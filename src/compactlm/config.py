@@ -478,7 +478,7 @@ class ClusterConfig:
     gpus_per_node: int = 0
     """GPUs per node (0 runs on CPU); distill runs one process per GPU with torchrun."""
     stage_nodes: dict[str, int] = field(default_factory=dict)
-    """Per-stage node count overriding the default (distill: all nodes, others: 1), e.g. {distill: 1}."""
+    """Per-stage node count overriding the default (distill: all nodes, others: 1), e.g. +cluster.stage_nodes.distill=1."""
     container_image: Optional[str] = None
     """Training image for every stage but deploy (containers/train.Dockerfile); None: no container (Slurm only)."""
     deploy_image: Optional[str] = None
@@ -680,6 +680,8 @@ class CompactLMConfig:
     seed: int = 1234
     dryrun: bool = False
     """Print the resolved config and what would be submitted, then exit."""
+    prepare_only: bool = False
+    """Write the run folder (config.yaml, launch.json) and stop: for hand submission with launchers/slurm/."""
     force: bool = False
     """Re-run every stage even when its manifest matches."""
     force_stages: list[str] = field(default_factory=list)

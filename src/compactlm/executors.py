@@ -176,7 +176,8 @@ def render_submission(conf: CompactLMConfig, local_dir: Path) -> list[tuple[str,
             path, args = stage_args(conf, stage, local_dir / CONFIG_FILE)
             lines.append((stage, " ".join(["python", path, *args])))
         return lines
-    saved = os.environ.get("NEMORUN_HOME")
+    saved, stdin = os.environ.get("NEMORUN_HOME"), sys.stdin
+    sys.stdin = io.StringIO()  # NeMo-Run's shell calls (invoke) must not wait on, or read, our stdin
     conf = copy.deepcopy(conf)
     out = []
     # NeMo-Run's console chatter (entering experiment, launcher notes) is not part of the answer.
@@ -191,6 +192,7 @@ def render_submission(conf: CompactLMConfig, local_dir: Path) -> list[tuple[str,
                 for stage, job in zip(conf.recipe.stages, exp.jobs):
                     out.append((stage, _rendered(conf, job).replace(str(tmp_dir), str(local_dir))))
         finally:
+            sys.stdin = stdin
             if saved is None:
                 os.environ.pop("NEMORUN_HOME", None)
             else:

@@ -39,6 +39,11 @@ def launch(cfg) -> int:
         return print_params(conf)
     if conf.dryrun:
         return dryrun(conf, local_dir)
+    if conf.prepare_only:
+        write_run_dir(conf, local_dir)
+        print(f"compactlm: wrote {local_dir / CONFIG_FILE} (stages: {' '.join(conf.recipe.stages)}); submit by hand with\n"
+              f"  launchers/slurm/submit.sh {local_dir / CONFIG_FILE} --account=<account> [--partition=<p>]")
+        return 0
     return submit(conf, local_dir)
 
 
@@ -161,8 +166,15 @@ def submit(conf: CompactLMConfig, local_dir: Path) -> int:
     t0 = time.time()
     exp = build_experiment(conf, local_dir)
     detach = conf.cluster.detach and conf.cluster.executor != "local"
-    with exp:
-        exp.run(detach=detach, tail_logs=not detach)
+    try:
+        with exp:
+            exp.run(detach=detach, tail_logs=not detach)
+    except Exception as e:  # the scheduler refused (sbatch error, HTTP error): say so without a traceback
+        detail = " ".join(str(e).split())[-1500:]
+        print(f"compactlm: submitting to cluster={conf.cluster.name} failed: {type(e).__name__}: {detail}\n"
+              f"  nothing is lost: fix the cause and re-run the same command (finished stages are skipped)",
+              file=sys.stderr)
+        return 1
     states = {job.id: str(job.state) for job in exp.jobs}
     if detach:
         print(f"compactlm: submitted {len(exp.jobs)} stage job(s) of experiment {exp._id}; follow them with\n"

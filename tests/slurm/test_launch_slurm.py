@@ -1,0 +1,121 @@
+"""`launch.py cluster=slurm` on the real Slurm started by conftest: the pipeline as dependent sbatch jobs,
+preemption (SIGUSR1) mid-distillation with requeue and resume, and the run operations on it."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from compactlm.manifest import read_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+POLISH = REPO.parent / "shared" / "data" / "polish"
+sys.path.insert(0, str(REPO / "tests"))
+from helpers import run_launch  # noqa: E402
+
+pytestmark = pytest.mark.slow
+STAGES = ["model", "data", "importance", "prune", "distill", "quantize", "evaluate"]
+
+
+def _args(slurm, tmp_path, model_dir, run_name, *extra, cluster="slurm"):
+    venv_bin = Path(sys.executable).parent
+    return [
+        "recipe=prune_distill", "model=local", f"model.path={model_dir}", "data=polish_text",
+        f"data.paths=[{POLISH / 'pud.txt'}]", "data.seq_len=32", "data.validation_sequences=4",
+        "data.calibration_sequences=4", "data.max_train_sequences=32", "evaluate.generate_tokens=4",
+        "prune.model=null", "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64",
+        "distill.micro_batch_size=2", "distill.global_batch_size=4", "engine.threads=1",
+        f"cluster={cluster}", f"cluster.slurm.account={slurm.account}", f"cluster.slurm.partition={slurm.partition}",
+        "cluster.slurm.time=00:20:00", f"cluster.slurm.setup_lines=['export PATH={venv_bin}:$PATH']",
+        f"runs_root={tmp_path}", f"run_name={run_name}", f"cache_dir={tmp_path / 'cache'}", *extra,
+    ]
+
+
+def _job_ids(slurm, run_dir: Path) -> dict[str, str]:
+    """stage -> Slurm job id, from the NeMo-Run records through `launch.py status`."""
+    r = run_launch(["status", f"run_name={run_dir.name}", f"runs_root={run_dir.parent}"], env=slurm.env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ids = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0] in STAGES:
+            ids[parts[0]] = parts[-1]
+    return ids
+
+
+def test_prune_distill_as_dependent_slurm_jobs(slurm_cluster, tmp_path, tiny_llama_dir):
+    r = run_launch(_args(slurm_cluster, tmp_path, tiny_llama_dir, "slurm_e2e", "distill.max_steps=4"),
+                   env=slurm_cluster.env, timeout=1200)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
+    run_dir = tmp_path / "slurm_e2e"
+    for stage in STAGES:
+        assert read_manifest(run_dir / stage) is not None, stage
+    assert "compactlm summary" in r.stdout and (run_dir / "report.html").is_file()
+
+    ids = _job_ids(slurm_cluster, run_dir)
+    assert set(ids) == set(STAGES) and all(i.isdigit() for i in ids.values()), ids
+    rows = {}
+    for stage, job in ids.items():
+        (state, start, end, name, account), = slurm_cluster.sacct(job, "State,Start,End,JobName,Account")
+        assert state == "COMPLETED" and name == f"compactlm-{stage}" and account == slurm_cluster.account
+        rows[stage] = (start, end)
+    # afterok: every stage started only after the one before it ended (sacct times are ISO strings)
+    for before, after in zip(STAGES, STAGES[1:]):
+        assert rows[after][0] >= rows[before][1], (before, after, rows)
+    # the sbatch scripts ask for requeue on failure and for SIGUSR1 before the time limit
+    scripts = list((run_dir / "nemorun").rglob("distill_sbatch.sh"))
+    assert scripts and "#SBATCH --signal=USR1@120" in scripts[0].read_text()
+    assert "scontrol requeue" in scripts[0].read_text()
+
+    logs = run_launch(["logs", "run_name=slurm_e2e", f"runs_root={tmp_path}", "stage=distill", "lines=200"],
+                      env=slurm_cluster.env, timeout=120)
+    assert logs.returncode == 0 and "[distill] done" in logs.stdout, logs.stdout[-3000:] + logs.stderr
+    listed = run_launch(["list", f"runs_root={tmp_path}"], timeout=120)
+    assert "slurm_e2e" in listed.stdout and "7/7" in listed.stdout
+
+
+def test_preempted_distill_job_requeues_and_resumes_to_the_same_result(slurm_cluster, tmp_path, tiny_llama_dir):
+    budget = ["distill.max_steps=300", "distill.checkpoint_every=10", "distill.eval_every=100",
+              "recipe.stages=[model,data,importance,prune,distill]"]
+    r = run_launch(_args(slurm_cluster, tmp_path, tiny_llama_dir, "preempt", *budget, "cluster.detach=true"),
+                   env=slurm_cluster.env, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
+    run_dir = tmp_path / "preempt"
+    job = _job_ids(slurm_cluster, run_dir)["distill"]
+    state_file = run_dir / "distill" / "checkpoint" / "trainer_state.json"
+    deadline = time.monotonic() + 600
+    while not state_file.exists():
+        assert time.monotonic() < deadline, "distill never wrote its first checkpoint"
+        assert slurm_cluster.state(job) not in ("FAILED", "CANCELLED", "COMPLETED"), slurm_cluster.state(job)
+        time.sleep(0.2)
+    # what Slurm sends before the time limit (--signal=USR1@120), delivered now to the job's steps
+    slurm_cluster.run("scancel", "--signal=USR1", job)
+    slurm_cluster.wait_state(job, "COMPLETED", timeout=900)
+    (restarts,) = slurm_cluster.sacct(job, "Restarts")[0]
+    assert int(restarts) >= 1, "the job was not requeued"
+    m = read_manifest(run_dir / "distill")["metrics"]
+    assert m["steps"] == 300
+    assert 0 < m["resumed_from_step"] < 300, m["resumed_from_step"]
+    preempted = _state_dict(run_dir / "distill" / "student")
+
+    # the same stage uninterrupted (same config and inputs), on this machine
+    again = run_launch(_args(slurm_cluster, tmp_path, tiny_llama_dir, "preempt", *budget, "force_stages=[distill]",
+                             cluster="local"), env=slurm_cluster.env, timeout=900)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    plain = _state_dict(run_dir / "distill" / "student")
+    assert preempted.keys() == plain.keys()
+    for k in plain:
+        assert torch.equal(preempted[k], plain[k]), k
+
+
+def _state_dict(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
