@@ -18,6 +18,11 @@ REQUIRED = {
     ("data", "jsonl"): None,
     ("data", "hf"): ["data.hf_dataset=allenai/c4"],
     ("cluster", "slurm"): ["cluster.slurm.account=compactlm"],
+    ("cluster", "dgxc"): ["cluster.dgxc.base_url=https://acme.run.ai/api/v1", "cluster.dgxc.project_name=compactlm",
+                          "cluster.dgxc.pvcs.0.claim_name=compactlm-ws",
+                          "cluster.container_image=nvcr.io/acme/compactlm-train:1.0"],
+    ("cluster", "dgx_h200"): ["cluster.lepton.node_group=h200-pool",
+                              "cluster.container_image=nvcr.io/acme/compactlm-train:1.0"],
 }
 
 
@@ -33,9 +38,13 @@ def jsonl_file(tmp_path_factory):
 
 
 def test_every_shipped_combination_composes_and_validates(tiny_llama_dir, jsonl_file):
-    combos = list(itertools.product(group_options("recipe"), group_options("model"),
-                                    group_options("data"), group_options("cluster")))
-    assert len(combos) >= 2 * 3 * 4 * 1
+    # every recipe x model x data on this machine, and every cluster with every recipe (the cluster does not
+    # interact with the model or data choice: those pairs would only multiply the composing time)
+    combos = [(r, m, d, "local") for r, m, d in itertools.product(group_options("recipe"), group_options("model"),
+                                                                  group_options("data"))]
+    combos += [(r, "smollm2_135m", "pydoc", c) for r in group_options("recipe") for c in group_options("cluster")
+               if c != "local"]
+    assert len(combos) >= 6 * 3 * 4 + 6 * 3
     for recipe, model, data, cluster in combos:
         ov = [f"recipe={recipe}", f"model={model}", f"data={data}", f"cluster={cluster}", f"prune={_prune_for(model)}"]
         if model == "local":

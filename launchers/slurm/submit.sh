@@ -31,4 +31,4 @@ for stage in $STAGES; do
         "${res[@]}" "${dep[@]}" "$@" "$HERE/stage.sbatch" "$stage" "$CONFIG")
     echo "$stage: job $prev"
 done
-echo "logs: $LOGS   status: sacct -j <job> or squeue -u $USER"
+echo "logs: $LOGS   status: sacct -j <job> or squeue -u ${USER:-$(id -un)}"

@@ -384,38 +384,72 @@ class SlurmOptions:
 class PVC:
     """A Kubernetes persistent volume claim mounted into every DGX Cloud (Run:ai) pod."""
 
-    claim_name: str = MISSING
-    path: str = MISSING
-    """Mount path inside the container."""
+    claim_name: Optional[str] = None
+    """Name of an existing PVC of the Run:ai project (required)."""
+    path: Optional[str] = None
+    """Mount path inside the container (required), e.g. /workspace."""
 
 
 @dataclass
 class DGXCOptions:
-    """cluster.executor=dgxc: DGX Cloud (Run:ai) distributed workloads through its REST API."""
+    """cluster.executor=dgxc: DGX Cloud (Run:ai) workloads through its REST API, one per stage."""
 
     base_url: Optional[str] = None
     """Run:ai API root, e.g. https://<tenant>.run.ai/api/v1 (required)."""
     kube_apiserver_url: Optional[str] = None
-    """Kubernetes API of the cluster (NeMo-Run uses it for logs)."""
+    """Kubernetes API of the cluster (NeMo-Run asks for it; nothing compactlm does uses it)."""
     project_name: Optional[str] = None
     """Run:ai project the workloads run in (required)."""
     pvcs: list[PVC] = field(default_factory=list)
-    """Volumes mounted in every pod; the run folder and code must be on one of them."""
+    """Volumes mounted in every pod; cluster.runs_root, cluster.cache_dir and pvc_nemo_run_dir must be on one."""
     pvc_nemo_run_dir: Optional[str] = None
-    """Folder on a PVC where NeMo-Run stores the packaged code and job files (required)."""
-    app_id_env: str = "RUNAI_APP_ID"
-    """Environment variable holding the Run:ai application id (credentials never go in the config)."""
-    app_secret_env: str = "RUNAI_APP_SECRET"
-    """Environment variable holding the Run:ai application secret."""
+    """Folder on a PVC where NeMo-Run puts each stage's job folder (run config, scripts, logs) (required)."""
+    client_id_env: str = "RUNAI_CLIENT_ID"
+    """Environment variable holding the Run:ai application's client id (credentials never go in the config)."""
+    client_secret_env: str = "RUNAI_CLIENT_SECRET"
+    """Environment variable holding the Run:ai application's client secret."""
+    poll_seconds: float = 10.0
+    """Seconds between status polls of the short-lived workspace that copies a job folder onto the PVC."""
 
     def check(self) -> None:
         for key in ("base_url", "project_name", "pvc_nemo_run_dir"):
             if not getattr(self, key):
                 raise ConfigError(f"cluster.dgxc.{key} is required for cluster.executor=dgxc")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"cluster.dgxc.base_url={self.base_url!r} must be an http(s) URL ending in /api/v1")
+        if not self.base_url.startswith(("http://", "https://")) or not self.base_url.rstrip("/").endswith("/api/v1"):
+            raise ConfigError(f"cluster.dgxc.base_url={self.base_url!r} must be an http(s) URL ending in /api/v1, "
+                              "e.g. https://<tenant>.run.ai/api/v1")
         if not self.pvcs:
-            raise ConfigError("cluster.dgxc.pvcs is empty; mount at least the PVC holding cluster.dgxc.pvc_nemo_run_dir")
+            raise ConfigError("cluster.dgxc.pvcs is empty; mount at least the PVC holding cluster.dgxc.pvc_nemo_run_dir, "
+                              "e.g. cluster.dgxc.pvcs='[{claim_name: <pvc>, path: /workspace}]'")
+        for i, pvc in enumerate(self.pvcs):
+            for key in ("claim_name", "path"):
+                if not getattr(pvc, key):
+                    raise ConfigError(f"cluster.dgxc.pvcs.{i}.{key} is required (the PVC's name in the Run:ai project "
+                                      f"and its mount path), e.g. cluster.dgxc.pvcs.{i}.{key}=" +
+                                      ("my-pvc" if key == "claim_name" else "/workspace"))
+            if not pvc.path.startswith("/"):
+                raise ConfigError(f"cluster.dgxc.pvcs.{i}.path={pvc.path!r} must be an absolute path in the container")
+        _on_mount("cluster.dgxc.pvc_nemo_run_dir", self.pvc_nemo_run_dir, self.mount_paths(), "cluster.dgxc.pvcs")
+        for key in ("client_id_env", "client_secret_env"):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", getattr(self, key)):
+                raise ConfigError(f"cluster.dgxc.{key}={getattr(self, key)!r} must be the NAME of an environment "
+                                  "variable (export the value; never put it in the config)")
+        if self.poll_seconds <= 0:
+            raise ConfigError(f"cluster.dgxc.poll_seconds={self.poll_seconds} must be > 0")
+
+    def mount_paths(self) -> list[str]:
+        return [p.path for p in self.pvcs]
+
+
+def _on_mount(key: str, path: Optional[str], mounts: list[str], mounts_key: str) -> None:
+    """`path` must lie on one of the mounted volumes, else the pods cannot see it."""
+    if path is None:
+        return
+    norm = os.path.normpath(path)
+    if not path.startswith("/") or not any(norm == os.path.normpath(m) or norm.startswith(os.path.normpath(m).rstrip("/") + "/")
+                                           for m in mounts):
+        raise ConfigError(f"{key}={path!r} is not on a mounted volume ({mounts_key} mount paths: "
+                          f"{', '.join(mounts) or 'none'}); the pods could not see it")
 
 
 @dataclass
@@ -446,15 +480,31 @@ class LeptonOptions:
     """/dev/shm size in MiB (NCCL and data loaders need a large one)."""
     image_pull_secrets: list[str] = field(default_factory=list)
     """Lepton secrets used to pull a private container image (names, not values)."""
+    poll_seconds: float = 5.0
+    """Seconds between status polls of the short-lived job that copies a job folder onto the storage."""
 
     def check(self) -> None:
         _choice("cluster.lepton.resource_shape", self.resource_shape, LEPTON_SHAPES)
+        if self.resource_shape.startswith("cpu."):
+            raise ConfigError(f"cluster.lepton.resource_shape={self.resource_shape}: the stages need GPUs; "
+                              f"choose one of: {', '.join(s for s in LEPTON_SHAPES if s.startswith('gpu.'))}")
         for key in ("node_group", "nemo_run_dir"):
             if not getattr(self, key):
-                raise ConfigError(f"cluster.lepton.{key} is required for cluster.executor=lepton")
+                raise ConfigError(f"cluster.lepton.{key} is required for cluster.executor=lepton"
+                                  + (" (the name of your dedicated node group, e.g. cluster.lepton.node_group=h200-pool)"
+                                     if key == "node_group" else ""))
         if not self.mounts:
             raise ConfigError("cluster.lepton.mounts is empty; mount the storage holding cluster.lepton.nemo_run_dir")
+        for i, m in enumerate(self.mounts):
+            if not m.mount_path.startswith("/"):
+                raise ConfigError(f"cluster.lepton.mounts.{i}.mount_path={m.mount_path!r} must be an absolute path")
+        _on_mount("cluster.lepton.nemo_run_dir", self.nemo_run_dir, self.mount_paths(), "cluster.lepton.mounts")
         _positive("cluster.lepton.shared_memory_size", self.shared_memory_size)
+        if self.poll_seconds <= 0:
+            raise ConfigError(f"cluster.lepton.poll_seconds={self.poll_seconds} must be > 0")
+
+    def mount_paths(self) -> list[str]:
+        return [m.mount_path for m in self.mounts]
 
     def gpus(self) -> int:
         """GPUs per replica implied by the resource shape (0 for CPU shapes)."""
@@ -523,9 +573,20 @@ class ClusterConfig:
             if self.gpus_per_node != shape_gpus:
                 raise ConfigError(f"cluster.gpus_per_node={self.gpus_per_node} does not match "
                                   f"cluster.lepton.resource_shape={self.lepton.resource_shape} ({shape_gpus} GPUs per replica)")
-        if self.executor in ("dgxc", "lepton") and not self.container_image:
-            raise ConfigError(f"cluster.container_image is required for cluster.executor={self.executor} "
-                              "(the training image, see containers/README.md)")
+        if self.executor in ("dgxc", "lepton"):
+            if not self.container_image:
+                raise ConfigError(f"cluster.container_image is required for cluster.executor={self.executor} "
+                                  "(the training image, see containers/README.md)")
+            for key in ("container_image", "deploy_image"):
+                image = getattr(self, key)
+                if image and ("<" in image or ">" in image):
+                    raise ConfigError(f"cluster.{key}={image!r} is a placeholder: build and push "
+                                      f"containers/{'train' if key == 'container_image' else 'deploy'}.Dockerfile "
+                                      f"(containers/README.md), then set cluster.{key}=<your registry>/<image>:<tag>")
+            opts = getattr(self, self.executor)
+            mounts_key = "cluster.dgxc.pvcs" if self.executor == "dgxc" else "cluster.lepton.mounts"
+            _on_mount("cluster.runs_root", self.runs_root, opts.mount_paths(), mounts_key)
+            _on_mount("cluster.cache_dir", self.cache_dir, opts.mount_paths(), mounts_key)
 
     def nodes_for(self, stage: str) -> int:
         """Nodes `stage` runs on."""
@@ -574,11 +635,50 @@ class EvaluateConfig:
     generate_tokens: int = 32
     """New tokens generated (greedy, batch 1) to measure decoding tokens/s; 0 skips it."""
     prompt: str = "The capital of France is"
+    tasks: list[str] = field(default_factory=lambda: ["polish_continuation"])
+    """lm-eval tasks (EleutherAI harness, HF backend) run on every model: the project's local tasks
+    (polish_continuation, text_continuation: sentence completion built from evaluate.task_text) and, with
+    network, any lm-eval hub task (hellaswag, arc_easy, ...). Empty: no task accuracy."""
+    task_text: Optional[str] = None
+    """Folder of .txt files the local tasks are built from; None: the Polish sample shipped with compactlm
+    (src/compactlm/lm_eval_tasks/polish, UD Polish PUD, CC BY-SA 4.0)."""
+    task_examples: int = 200
+    """Examples per local task (multiple choice, 4 endings; chance is 25%)."""
+    task_batch_size: int = 8
 
     def __post_init__(self) -> None:
+        _positive("evaluate.task_examples", self.task_examples)
+        _positive("evaluate.task_batch_size", self.task_batch_size)
+        if "text_continuation" in self.tasks and not self.task_text:
+            raise ConfigError("evaluate.tasks has text_continuation, which is built from your own text: set "
+                              "evaluate.task_text=<folder of .txt files>")
         _positive("evaluate.batch_size", self.batch_size)
         _positive("evaluate.max_sequences", self.max_sequences)
         _positive("evaluate.generate_tokens", self.generate_tokens, 0)
+
+
+# ----------------------------------------------------------------------------------------------- bench
+@dataclass
+class BenchConfig:
+    """Inference speed of the teacher vs the final student (transformers generate, or the deploy stage's trtllm-bench)."""
+
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    """Concurrent sequences per measurement: 1 is the single-user latency the Bielik report quotes."""
+    prompt_tokens: int = 64
+    new_tokens: int = 32
+    """Generated tokens per sequence (exactly this many: EOS cannot stop a run early)."""
+    repeats: int = 2
+    """Timed runs per measurement; the fastest is reported (the stable statistic on a shared machine)."""
+    static_cache: Optional[bool] = None
+    """transformers' static KV cache; None: on CUDA (where decoding is compiled), not on CPU."""
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes:
+            raise ConfigError("bench.batch_sizes is empty; e.g. bench.batch_sizes=[1,8]")
+        for b in self.batch_sizes:
+            _positive("bench.batch_sizes", b)
+        for k in ("prompt_tokens", "new_tokens", "repeats"):
+            _positive(f"bench.{k}", getattr(self, k))
 
 
 # ---------------------------------------------------------------------------------------------- deploy
@@ -670,6 +770,7 @@ class CompactLMConfig:
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     run_name: str = "${recipe.name}_${model.name}"
     """Folder name of the run under runs_root; the same name resumes the same run."""
     runs_root: str = "runs"

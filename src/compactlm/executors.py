@@ -25,6 +25,11 @@ PACKAGED = ("src", "recipes", "conf", "launch.py", "pyproject.toml")
 # Inside containers NeMo-Run mounts the job folder at /nemo_run and runs from /nemo_run/code.
 CODE_DIR = "/nemo_run/code"
 CPU_STAGES = ("model", "data")
+# DGX Cloud and Lepton copy each job folder onto the cluster through the scheduler's API (base64 in a busybox
+# command, a few KB per call), so only the run's config travels; the code is the one containers/*.Dockerfile
+# installs here (pip install -e), and a code change there means rebuilding the image.
+CLOUD_EXECUTORS = ("dgxc", "lepton")
+IMAGE_CODE_DIR = "/opt/compactlm"
 
 
 def stage_processes(conf: CompactLMConfig, stage: str) -> int:
@@ -49,8 +54,9 @@ def stage_env(conf: CompactLMConfig, remote: bool = False) -> dict[str, str]:
     """Environment of every stage process; `remote`: on a cluster, running from the packaged code."""
     env = {**BASE_ENV, "TORCHELASTIC_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS}
     if remote:
-        # NeMo-Run runs the job from its code folder; /nemo_run is rewritten to the job folder without containers.
-        env["PYTHONPATH"] = f"{CODE_DIR}/src"
+        if conf.cluster.executor not in CLOUD_EXECUTORS:  # on DGX Cloud / Lepton the image's install is used
+            # NeMo-Run runs the job from its code folder; /nemo_run is rewritten to the job folder without containers.
+            env["PYTHONPATH"] = f"{CODE_DIR}/src"
     else:
         env["PYTHONPATH"] = str(REPO / "src")
         # `python` (and torchrun's workers) must be the interpreter running the launcher, e.g. its venv.
@@ -62,6 +68,8 @@ def stage_args(conf: CompactLMConfig, stage: str, config_path: Path) -> tuple[st
     """(script, args) of a stage task: absolute paths here, relative to the packaged code on a cluster."""
     if conf.cluster.executor == "local":
         return str(REPO / "recipes" / f"{stage}.py"), ["--config", str(config_path)]
+    if conf.cluster.executor in CLOUD_EXECUTORS:
+        return f"{IMAGE_CODE_DIR}/recipes/{stage}.py", ["--config", f"{CODE_DIR}/{config_path.name}"]
     return f"recipes/{stage}.py", ["--config", config_path.name]
 
 
@@ -72,6 +80,8 @@ def packager(conf: CompactLMConfig, run, local_dir: Path):
     """
     if conf.cluster.executor == "local":
         return run.Packager()
+    if conf.cluster.executor in CLOUD_EXECUTORS:  # the code is in the image (IMAGE_CODE_DIR)
+        return run.PatternPackager(include_pattern=[str(local_dir / CONFIG_FILE)], relative_path=[str(local_dir)])
     patterns = [str(REPO / p) for p in PACKAGED] + [str(local_dir / CONFIG_FILE)]
     return run.PatternPackager(include_pattern=patterns, relative_path=[str(REPO)] * len(PACKAGED) + [str(local_dir)])
 
@@ -135,6 +145,21 @@ def _lepton(conf, run, stage, local_dir):
     return lepton_executor(conf, run, stage, packager(conf, run, local_dir))
 
 
+def check_credentials(conf: CompactLMConfig) -> None:
+    """Before anything is written or submitted: the credentials a cluster needs are in the environment (only
+    their variable names are in the config)."""
+    from compactlm.config import ConfigError
+
+    if conf.cluster.executor != "dgxc":
+        return  # Lepton: leptonai's own login (`lep login` or LEPTON_WORKSPACE_ID/_TOKEN) answers at submission
+    d = conf.cluster.dgxc
+    missing = [name for name in (d.client_id_env, d.client_secret_env) if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(f"cluster=dgxc needs the Run:ai application's client id and secret in the environment: "
+                          f"export {' and '.join('$' + m for m in missing)} (cluster.dgxc.client_id_env / "
+                          "client_secret_env name the variables; the values never go in the config)")
+
+
 def describe_executor(conf: CompactLMConfig) -> str:
     """What `dryrun=true` prints about where the tasks run (the generated scripts or specs follow it)."""
     c = conf.cluster
@@ -142,10 +167,12 @@ def describe_executor(conf: CompactLMConfig) -> str:
         "local": "NeMo-Run LocalExecutor: stages run one after another on this machine",
         "slurm": f"NeMo-Run SlurmExecutor: one sbatch job per stage, chained with afterok "
                  f"(account {c.slurm.account}, partition {c.slurm.partition or 'default'}, tunnel {c.slurm.tunnel})",
-        "dgxc": f"NeMo-Run DGXCloudExecutor: one Run:ai distributed workload per stage ({c.dgxc.base_url}, "
-                f"project {c.dgxc.project_name})",
-        "lepton": f"NeMo-Run LeptonExecutor: one DGX Cloud Lepton job per stage (node group {c.lepton.node_group}, "
-                  f"shape {c.lepton.resource_shape})",
+        "dgxc": f"NeMo-Run DGXCloudExecutor: one Run:ai workload per stage, each submitted after the one before "
+                f"succeeded ({c.dgxc.base_url}, project {c.dgxc.project_name}; credentials from "
+                f"${c.dgxc.client_id_env} and ${c.dgxc.client_secret_env}; code from the image's {IMAGE_CODE_DIR})",
+        "lepton": f"NeMo-Run LeptonExecutor: one DGX Cloud Lepton job per stage, each submitted after the one before "
+                  f"succeeded (node group {c.lepton.node_group}, shape {c.lepton.resource_shape}; credentials from "
+                  f"`lep login` or $LEPTON_WORKSPACE_ID/$LEPTON_WORKSPACE_TOKEN; code from the image's {IMAGE_CODE_DIR})",
     }[c.executor]
     env = " ".join(f"{k}={v}" for k, v in stage_env(conf, remote=c.executor != "local").items() if k != "PATH")
     lines = [f"{where} (cluster={c.name})", f"  env: {env}"]

@@ -32,6 +32,10 @@ def launch(cfg) -> int:
         conf = to_config(cfg)
         validate(conf, STAGE_NAMES)
         local_dir = place_run(conf)
+        if conf.recipe.stages and not (conf.dryrun or conf.prepare_only):
+            from compactlm.executors import check_credentials
+
+            check_credentials(conf)
     except ConfigError as e:
         print(f"compactlm: configuration error: {e}", file=sys.stderr)
         return 2

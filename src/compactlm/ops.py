@@ -95,6 +95,9 @@ def experiment(folder: Path):
     from nemo_run.config import set_nemorun_home
 
     set_nemorun_home(str(home))
+    from compactlm.cloud import register
+
+    register()  # DGX Cloud / Lepton runs: NeMo-Run must know compactlm's executor classes and their job records
     with contextlib.redirect_stdout(io.StringIO()):
         return run.Experiment.from_title(folder.name)
 

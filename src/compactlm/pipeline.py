@@ -44,6 +44,7 @@ STAGES: dict[str, str] = {
     "quantize": "compactlm.stages:QuantizeStage",
     "evaluate": "compactlm.stages:EvaluateStage",
     "deploy": "compactlm.stages:DeployStage",
+    "bench": "compactlm.stages:BenchStage",
 }
 STAGE_NAMES = tuple(STAGES)
 CONFIG_FILE = "config.yaml"

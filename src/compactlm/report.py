@@ -54,6 +54,10 @@ def summary_table(conf: CompactLMConfig, launched_at: float) -> str:
                      f"device={evaluation['device']} dtype={evaluation['dtype']} threads={evaluation['threads']}")
         for row in text_table(*quality_rows(evaluation["models"])):
             lines.append("  " + row)
+    bench = (ms.get("bench") or {}).get("metrics")
+    if bench:
+        lines += ["", f"  speed ({bench['source']}" + (f", {bench['device']}" if "device" in bench else "") + ")"]
+        lines += ["  " + row for row in text_table(*bench_rows(bench))]
     return "\n".join(lines)
 
 
@@ -77,21 +81,32 @@ def recovery(teacher: dict, model: dict) -> dict[str, float]:
     out = {"perplexity": teacher["perplexity"] / model["perplexity"]}
     if "top1_agreement" in model:
         out["top1_agreement"] = model["top1_agreement"]
+    for task, scores in model.get("tasks", {}).items():
+        base = teacher.get("tasks", {}).get(task, {}).get("acc")
+        if base and "acc" in scores:
+            out[f"{task} acc"] = scores["acc"] / base
     out["aggregate"] = sum(out.values()) / len(out)
     return out
 
 
+def task_names(models: dict[str, dict]) -> list[str]:
+    return sorted({t for r in models.values() for t, v in r.get("tasks", {}).items() if "acc" in v})
+
+
 def quality_rows(models: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["model", "params", "perplexity", "KL to teacher", "top-1 agreement", "recovery (ppl)", "recovery (aggregate)",
-              "decode tok/s", "TPOT ms"]
+    tasks = task_names(models)
+    header = ["model", "params", "perplexity", "KL to teacher", "top-1 agreement", *[f"{t} acc" for t in tasks],
+              "recovery (ppl)", *[f"recovery ({t})" for t in tasks], "recovery (aggregate)", "decode tok/s", "TPOT ms"]
     teacher = models.get("teacher")
     rows = []
     for label, r in ordered(models):
         rec = recovery(teacher, r) if teacher and label != "teacher" else {}
+        acc = [r.get("tasks", {}).get(t, {}).get("acc") for t in tasks]
         rows.append([
             label, f"{r['params']['total'] / 1e6:.1f}M", f"{r['perplexity']:.3f}",
             f"{r['kl_to_teacher']:.4f}" if "kl_to_teacher" in r else "-", _pct(r.get("top1_agreement")),
-            _pct(rec.get("perplexity")), _pct(rec.get("aggregate")),
+            *["-" if a is None else f"{a:.3f}" for a in acc],
+            _pct(rec.get("perplexity")), *[_pct(rec.get(f"{t} acc")) for t in tasks], _pct(rec.get("aggregate")),
             f"{r['output_tokens_per_s']:.1f}" if "output_tokens_per_s" in r else "-",
             f"{r['tpot_ms']:.1f}" if "tpot_ms" in r else "-",
         ])
@@ -110,6 +125,29 @@ def speed_rows(models: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
         rows.append([label, f"{r['params']['total'] / 1e6:.1f}M", f"{r['output_tokens_per_s']:.1f}",
                      f"{r['ttft_ms']:.1f}", f"{r['tpot_ms']:.1f}",
                      f"{speed:.2f}x" if speed else "-", f"{ideal:.2f}x" if ideal else "-"])
+    return header, rows
+
+
+def _num(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def bench_rows(bench: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per (batch size, model): tokens/s, TTFT, TPOT, peak memory, and the student's ratios."""
+    header = ["batch", "model", "output tok/s", "TTFT ms", "TPOT ms", "peak memory MiB", "tok/s vs teacher",
+              "decode speed-up", "ideal (param ratio)"]
+    rows = []
+    for run in bench["runs"]:
+        c = run["compare"]
+        for label, r in ordered(run["models"]):
+            student = label != "teacher"
+            mem = r.get("peak_memory_bytes")
+            rows.append([str(run["batch_size"]), label, _num(r.get("output_tokens_per_s"), ".1f"),
+                         _num(r.get("ttft_ms"), ".1f"), _num(r.get("tpot_ms"), ".1f"),
+                         _num(mem / 2**20 if mem else None, ".0f"),
+                         f"{c['tokens_per_s_ratio']:.2f}x" if student and c.get("tokens_per_s_ratio") else "-",
+                         f"{c['decode_speedup']:.2f}x" if student and c.get("decode_speedup") else "-",
+                         f"{c['ideal_speedup']:.2f}x" if student and c.get("ideal_speedup") else "-"])
     return header, rows
 
 
@@ -155,11 +193,19 @@ def build_blocks(conf: CompactLMConfig) -> list[Block]:
                               "teacher perplexity / model perplexity; aggregate = mean of that and top-1 agreement."),
                    Block("table", quality_rows(evaluation["models"]))]
         speed = speed_rows(evaluation["models"])
-        if speed[1]:
+        if speed[1] and not (ms.get("bench") or {}).get("metrics"):
             blocks += [Block("h2", "Speed"),
                        Block("p", f"Greedy decoding at batch 1 on {evaluation['device']} ({evaluation['dtype']}, "
                                   f"{evaluation['threads']} threads); the ideal ratio is the parameter ratio."),
                        Block("table", speed)]
+    bench = (ms.get("bench") or {}).get("metrics")
+    if bench:
+        where = (f"{bench['source']} on {bench['device']} ({bench['dtype']}, {bench['threads']} threads)"
+                 if "device" in bench else bench["source"])
+        blocks += [Block("h2", "Speed"),
+                   Block("p", f"Teacher vs {bench['student']}, {where}. Ideal = weights read per decoded token, "
+                              "teacher / student (decoding is memory-bound)."),
+                   Block("table", bench_rows(bench))]
     stage_rows = [[s, f"{m['wall_time_s']:.1f} s" if m else "-", m["finished_at"] if m else "not finished"]
                   for s, m in ms.items()]
     blocks += [Block("h2", "Stages"), Block("table", (["stage", "wall time", "finished"], stage_rows))]
@@ -227,5 +273,63 @@ def write_report(conf: CompactLMConfig) -> tuple[Path, Path]:
     blocks = build_blocks(conf)
     md, page = run_dir / "report.md", run_dir / "report.html"
     atomic_write_text(md, to_markdown(blocks, run_dir))
+    atomic_write_text(page, to_html(blocks))
+    return md, page
+
+
+# ------------------------------------------------------------------------------------------- compare
+def comparison_blocks(confs: list[CompactLMConfig]) -> list[Block]:
+    """Runs side by side (e.g. EXP candidates): architecture, parameters, quality, recovery and speed of
+    each run's final student, every figure read from that run's manifests."""
+    header = ["", *[c.run_name for c in confs]]
+    rows: dict[str, list[str]] = {}
+
+    def put(key: str, i: int, value: str) -> None:
+        rows.setdefault(key, ["-"] * len(confs))[i] = value
+
+    for i, conf in enumerate(confs):
+        ms = manifests(conf)
+        put("recipe", i, conf.recipe.name)
+        put("prune preset", i, conf.prune.name if "prune" in conf.recipe.stages else "-")
+        arch = (ms.get("prune") or {}).get("metrics", {}).get("architecture") or (ms.get("model") or {}).get("metrics", {})
+        for k in ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads"):
+            if k in arch:
+                put(k, i, str(arch[k]))
+        models = ((ms.get("evaluate") or {}).get("metrics") or {}).get("models", {})
+        final = [label for label, _ in ordered(models) if label not in ("teacher", "quantized")]
+        if "teacher" in models:
+            put("teacher perplexity", i, f"{models['teacher']['perplexity']:.3f}")
+        if final:
+            label, r = final[-1], models[final[-1]]
+            put("student", i, label)
+            put("student params", i, f"{r['params']['total'] / 1e6:.1f}M")
+            put("student perplexity", i, f"{r['perplexity']:.3f}")
+            if "kl_to_teacher" in r:
+                put("KL to teacher", i, f"{r['kl_to_teacher']:.4f}")
+            for task, v in r.get("tasks", {}).items():
+                if "acc" in v:
+                    put(f"{task} acc", i, f"{v['acc']:.3f}")
+            if "teacher" in models:
+                for k, v in recovery(models["teacher"], r).items():
+                    put(f"recovery ({k})", i, _pct(v))
+        if "quantized" in models:
+            q = models["quantized"]
+            put("quantized perplexity", i, f"{q['perplexity']:.3f} ({q['format']})")
+        bench = (ms.get("bench") or {}).get("metrics")
+        for run in (bench or {}).get("runs", []):
+            c = run["compare"]
+            put(f"tok/s vs teacher (batch {run['batch_size']})", i,
+                f"{c['tokens_per_s_ratio']:.2f}x (ideal {c['ideal_speedup']:.2f}x)" if c.get("ideal_speedup") else
+                f"{c['tokens_per_s_ratio']:.2f}x")
+    return [Block("h1", "compactlm comparison: " + ", ".join(c.run_name for c in confs)),
+            Block("p", "Each column is one run; every figure is read from that run's stage manifests."),
+            Block("table", (header, [[k, *v] for k, v in rows.items()]))]
+
+
+def write_comparison(confs: list[CompactLMConfig], out_dir: Path) -> tuple[Path, Path]:
+    """`<out_dir>/report.md` and `report.html` comparing `confs` side by side."""
+    blocks = comparison_blocks(confs)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    atomic_write_text(md, to_markdown(blocks, out_dir))
     atomic_write_text(page, to_html(blocks))
     return md, page

@@ -102,6 +102,9 @@ class EvaluateStage:
             results[label]["checkpoint"] = str(folders[label])
             if cfg.generate_tokens:
                 results[label].update(decode_speed(model, tokenizer, cfg.prompt, cfg.generate_tokens, device))
+        if cfg.tasks:
+            for label, scores in task_accuracy(ctx, models, tokenizer).items():
+                results[label]["tasks"] = scores
         quantized = ctx.upstream.get("quantize", {}).get("metrics", {})
         if quantized.get("quality"):  # measured by the quantize stage on the fake-quantized model
             source_label = MODEL_LABELS.get(quantized["source_stage"], quantized["source_stage"])
@@ -122,9 +125,33 @@ class EvaluateStage:
                       flush=True)
                 continue
             extra = f", KL {r['kl_to_teacher']:.4f}" if "kl_to_teacher" in r else ""
+            extra += "".join(f", {t} acc {v['acc']:.3f}" for t, v in r.get("tasks", {}).items() if "acc" in v)
             speed = f", {r['output_tokens_per_s']:.1f} tok/s decode" if "output_tokens_per_s" in r else ""
             print(f"[evaluate] {label}: perplexity {r['perplexity']:.3f}{extra}{speed}", flush=True)
         return StageResult(metrics=metrics)
+
+
+LOCAL_TASKS = ("polish_continuation", "text_continuation")
+
+
+def task_accuracy(ctx: StageContext, models: dict, tokenizer) -> dict[str, dict]:
+    """lm-eval (HF backend) accuracy of every model on `evaluate.tasks`; the local tasks' examples are built
+    first from `evaluate.task_text` (default: the shipped Polish sample) into `<stage>/lm_eval_data/`."""
+    from compactlm.lmeval import TASK_DIR, build_task_data, run_tasks
+
+    cfg = ctx.cfg.evaluate
+    data_dir = ctx.stage_dir / "lm_eval_data"
+    source = Path(cfg.task_text).expanduser() if cfg.task_text else TASK_DIR / "polish"
+    for task in cfg.tasks:
+        if task in LOCAL_TASKS:
+            path = build_task_data(source, data_dir, name=task, num_examples=cfg.task_examples, seed=ctx.cfg.seed)
+            print(f"[evaluate] lm-eval task {task}: {sum(1 for _ in path.open())} examples from {source}", flush=True)
+    out = {}
+    for label, model in models.items():
+        print(f"[evaluate] lm-eval {', '.join(cfg.tasks)} on {label}", flush=True)
+        out[label] = run_tasks(model, tokenizer, list(cfg.tasks), data_dir=data_dir, batch_size=cfg.task_batch_size,
+                               seed=ctx.cfg.seed, samples_dir=ctx.stage_dir / "lm_eval_samples" / label)
+    return out
 
 
 def _batches(sequences, batch_size: int):
@@ -356,3 +383,72 @@ def deploy_targets(ctx: StageContext) -> dict[str, Path]:
     if "quantize" in ctx.upstream:
         out[MODEL_LABELS["quantize"]] = ctx.upstream_output("quantize", "export")
     return out
+
+
+class BenchStage:
+    """Speed of the teacher vs the final student: TTFT, TPOT, output tokens/s and peak memory at every
+    `bench.batch_sizes`, next to the speed-up their parameter counts promise.
+
+    Measured with transformers' generate on the run's device, or taken from the deploy stage's
+    trtllm-bench results when that stage ran before this one.
+    """
+
+    name = "bench"
+    sections = ("bench", "engine")
+    keep = ()
+
+    def run(self, ctx: StageContext) -> StageResult:
+        if "deploy" in ctx.upstream:
+            return StageResult(metrics=bench_from_deploy(ctx))
+        import torch
+
+        from compactlm.bench import compare, generation_speed
+        from compactlm.models import count_parameters, load_model, load_tokenizer, setup_engine
+
+        cfg = ctx.cfg.bench
+        device, dtype = setup_engine(ctx.cfg.engine)
+        static = cfg.static_cache if cfg.static_cache is not None else device.startswith("cuda")
+        student_stage = next(s for s in ("distill", "prune", "quantize") if s in ctx.upstream and
+                             "checkpoint" in ctx.upstream[s]["outputs"])
+        folders = {TEACHER: ctx.upstream_output("model", "checkpoint"),
+                   MODEL_LABELS[student_stage]: ctx.upstream_output(student_stage, "checkpoint")}
+        tokenizer = load_tokenizer(folders[TEACHER])
+        params, runs = {}, []
+        results: dict[int, dict] = {b: {} for b in cfg.batch_sizes}
+        for label, folder in folders.items():  # one model resident at a time: peak memory is its own
+            model = load_model(folder, device, dtype)
+            params[label] = count_parameters(model)
+            for b in cfg.batch_sizes:
+                print(f"[bench] {label}: batch {b}, {cfg.prompt_tokens} prompt + {cfg.new_tokens} new tokens", flush=True)
+                results[b][label] = generation_speed(model, tokenizer, prompt_tokens=cfg.prompt_tokens,
+                                                     new_tokens=cfg.new_tokens, batch_size=b, device=device,
+                                                     repeats=cfg.repeats, static_cache=static)
+            del model
+        student = MODEL_LABELS[student_stage]
+        for b in cfg.batch_sizes:
+            ratio = compare(results[b][TEACHER], results[b][student], params[TEACHER], params[student])
+            runs.append({"batch_size": b, "models": results[b], "compare": ratio})
+            print(f"[bench] batch {b}: {student} {ratio['tokens_per_s_ratio']:.2f}x teacher tokens/s, decode "
+                  f"{ratio['decode_speedup']:.2f}x, ideal (parameters read per token) {ratio['ideal_speedup']:.2f}x",
+                  flush=True)
+        return StageResult(metrics={"source": "transformers generate", "device": device,
+                                    "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+                                    "student": student, "params": params, "runs": runs})
+
+
+def bench_from_deploy(ctx: StageContext) -> dict:
+    """The bench table from trtllm-bench (deploy stage): one row per concurrency, teacher vs student."""
+    from compactlm.bench import params_read_per_token
+
+    deployed = ctx.upstream["deploy"]["metrics"]["models"]
+    student = next(label for label in ("distilled", "pruned") if label in deployed)
+    params = {label: ctx.upstream["evaluate"]["metrics"]["models"][label]["params"]
+              for label in (TEACHER, student)} if "evaluate" in ctx.upstream else {}
+    runs = []
+    for t_row, s_row in zip(deployed[TEACHER]["throughput"], deployed[student]["throughput"]):
+        ideal = (params_read_per_token(params[TEACHER]) / params_read_per_token(params[student])) if params else None
+        speed = s_row["output_tokens_per_s"] / t_row["output_tokens_per_s"]
+        runs.append({"batch_size": t_row["concurrency"], "models": {TEACHER: t_row, student: s_row},
+                     "compare": {"tokens_per_s_ratio": speed, "ideal_speedup": ideal,
+                                 "decode_speedup": t_row["tpot_ms"] / s_row["tpot_ms"] if s_row.get("tpot_ms") else None}})
+    return {"source": "trtllm-bench (deploy stage)", "student": student, "params": params, "runs": runs}

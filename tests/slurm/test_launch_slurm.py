@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from helpers import run_launch  # noqa: E402
 
 pytestmark = pytest.mark.slow
-STAGES = ["model", "data", "importance", "prune", "distill", "quantize", "evaluate"]
+STAGES = ["model", "data", "importance", "prune", "distill", "quantize", "evaluate", "bench"]
 
 
 def _args(slurm, tmp_path, model_dir, run_name, *extra, cluster="slurm"):
@@ -28,7 +28,8 @@ def _args(slurm, tmp_path, model_dir, run_name, *extra, cluster="slurm"):
         f"data.paths=[{POLISH / 'pud.txt'}]", "data.seq_len=32", "data.validation_sequences=4",
         "data.calibration_sequences=4", "data.max_train_sequences=32", "evaluate.generate_tokens=4",
         "prune.model=null", "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64",
-        "distill.micro_batch_size=2", "distill.global_batch_size=4", "engine.threads=1",
+        "distill.micro_batch_size=2", "distill.global_batch_size=4", "engine.threads=1", "evaluate.task_examples=40",
+        "bench.batch_sizes=[1,2]", "bench.prompt_tokens=8", "bench.new_tokens=4", "bench.repeats=1",
         f"cluster={cluster}", f"cluster.slurm.account={slurm.account}", f"cluster.slurm.partition={slurm.partition}",
         "cluster.slurm.time=00:20:00", f"cluster.slurm.setup_lines=['export PATH={venv_bin}:$PATH']",
         f"runs_root={tmp_path}", f"run_name={run_name}", f"cache_dir={tmp_path / 'cache'}", *extra,
@@ -60,8 +61,9 @@ def test_prune_distill_as_dependent_slurm_jobs(slurm_cluster, tmp_path, tiny_lla
     assert set(ids) == set(STAGES) and all(i.isdigit() for i in ids.values()), ids
     rows = {}
     for stage, job in ids.items():
-        (state, start, end, name, account), = slurm_cluster.sacct(job, "State,Start,End,JobName,Account")
-        assert state == "COMPLETED" and name == f"compactlm-{stage}" and account == slurm_cluster.account
+        slurm_cluster.wait_state(job, "COMPLETED", timeout=60)  # accounting lags the controller by seconds
+        (start, end, account), = slurm_cluster.sacct(job, "Start,End,Account")
+        assert account == slurm_cluster.account
         rows[stage] = (start, end)
     # afterok: every stage started only after the one before it ended (sacct times are ISO strings)
     for before, after in zip(STAGES, STAGES[1:]):
@@ -75,11 +77,11 @@ def test_prune_distill_as_dependent_slurm_jobs(slurm_cluster, tmp_path, tiny_lla
                       env=slurm_cluster.env, timeout=120)
     assert logs.returncode == 0 and "[distill] done" in logs.stdout, logs.stdout[-3000:] + logs.stderr
     listed = run_launch(["list", f"runs_root={tmp_path}"], timeout=120)
-    assert "slurm_e2e" in listed.stdout and "7/7" in listed.stdout
+    assert "slurm_e2e" in listed.stdout and "8/8" in listed.stdout
 
 
 def test_preempted_distill_job_requeues_and_resumes_to_the_same_result(slurm_cluster, tmp_path, tiny_llama_dir):
-    budget = ["distill.max_steps=300", "distill.checkpoint_every=10", "distill.eval_every=100",
+    budget = ["distill.max_steps=200", "distill.checkpoint_every=10", "distill.eval_every=100",
               "recipe.stages=[model,data,importance,prune,distill]"]
     r = run_launch(_args(slurm_cluster, tmp_path, tiny_llama_dir, "preempt", *budget, "cluster.detach=true"),
                    env=slurm_cluster.env, timeout=600)
@@ -95,11 +97,11 @@ def test_preempted_distill_job_requeues_and_resumes_to_the_same_result(slurm_clu
     # what Slurm sends before the time limit (--signal=USR1@120), delivered now to the job's steps
     slurm_cluster.run("scancel", "--signal=USR1", job)
     slurm_cluster.wait_state(job, "COMPLETED", timeout=900)
-    (restarts,) = slurm_cluster.sacct(job, "Restarts")[0]
-    assert int(restarts) >= 1, "the job was not requeued"
+    runs = slurm_cluster.runs(job)  # every run of the job, oldest first (sacct --duplicates)
+    assert runs[0] == "REQUEUED" and runs[-1] == "COMPLETED", runs
     m = read_manifest(run_dir / "distill")["metrics"]
-    assert m["steps"] == 300
-    assert 0 < m["resumed_from_step"] < 300, m["resumed_from_step"]
+    assert m["steps"] == 200
+    assert 0 < m["resumed_from_step"] < 200, m["resumed_from_step"]
     preempted = _state_dict(run_dir / "distill" / "student")
 
     # the same stage uninterrupted (same config and inputs), on this machine
