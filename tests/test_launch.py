@@ -101,6 +101,15 @@ def test_demo_command_on_smollm2(tmp_path):
     for label in ("teacher", "pruned", "distilled", "quantized"):
         assert f"{models[label]['perplexity']:.3f}" in out
     assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
+    for label in ("teacher", "pruned", "distilled"):  # lm-eval's HF backend on the shipped Polish task, offline
+        task = models[label]["tasks"]["polish_continuation"]
+        assert task["num_examples"] == 200 and 0 <= task["acc"] <= 1
+    bench = read_manifest(run_dir / "bench")["metrics"]
+    assert bench["student"] == "distilled" and [r["batch_size"] for r in bench["runs"]] == [1, 8]
+    for run in bench["runs"]:  # the speed ratio is reported next to the parameter ratio (not asserted: timing)
+        assert run["compare"]["ideal_speedup"] == pytest.approx(134_515_008 / 89_386_560, rel=1e-6)
+        assert run["compare"]["tokens_per_s_ratio"] > 0
+    assert "speed (transformers generate" in out and "ideal (param ratio)" in out
 
 
 def test_prune_distill_with_two_torchrun_processes(tmp_path, tiny_llama_dir):
