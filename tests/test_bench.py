@@ -41,7 +41,7 @@ def test_generation_speed_static_cache(model_type, batch_size, tiny_tokenizer):
     assert r["output_tokens"] == batch_size * SHAPE["new_tokens"]
     assert (r["batch_size"], r["prompt_tokens"], r["new_tokens"]) == (batch_size, 12, 5)
     assert len(r["runs"]) == 2 and r["warmup"] == 1
-    assert r["ttft_ms"] > 0 and r["tpot_ms"] > 0 and r["output_tokens_per_s"] > 0
+    assert r["ttft_ms"] > 0 and r["tpot_ms"] > 0 and r["output_tokens_per_s"] > 0 and r["cpu_ms"] > 0
     assert r["ttft_ms"] + r["tpot_ms"] * (SHAPE["new_tokens"] - 1) <= r["total_ms"] * 1.0001
     assert r["output_tokens_per_s"] == pytest.approx(r["output_tokens"] / (r["total_ms"] / 1e3))
     best = min(r["runs"], key=lambda x: x["total_ms"])

@@ -140,5 +140,5 @@ def test_a_model_that_learned_the_text_beats_a_random_one(tiny_tokenizer, tmp_pa
 
     acc = {label: run_tasks(m, tiny_tokenizer, ["polish_continuation"], data_dir=data)["polish_continuation"]["acc"]
            for label, m in {"trained": trained, "random": random_model}.items()}
-    assert acc["trained"] >= 0.75, acc
-    assert acc["trained"] - acc["random"] >= 0.4, acc
+    # 7 of 8 by chance has probability 8 * 0.75 * 0.25**7 < 1e-3; a label / choice mix-up scores at chance
+    assert acc["trained"] >= 7 / 8 > acc["random"], acc

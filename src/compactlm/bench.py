@@ -184,7 +184,7 @@ def _generate_once(model, ids, new_tokens: int, pad_token_id: int, cache_impleme
 
     clock = _token_clock()
     mask = torch.ones_like(ids)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     out = model.generate(  # generate runs under no_grad itself
         input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1,
         max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_token_id,
@@ -192,7 +192,7 @@ def _generate_once(model, ids, new_tokens: int, pad_token_id: int, cache_impleme
         # Greedy decoding: drop any sampling defaults of the checkpoint's generation_config (no warnings).
         temperature=None, top_p=None, top_k=None,
     )
-    t_end = time.perf_counter()
+    t_end, c_end = time.perf_counter(), time.process_time()
     batch, prompt_len = ids.shape
     if tuple(out.sequences.shape) != (batch, prompt_len + new_tokens) or clock.steps != new_tokens + 1:
         raise RuntimeError(f"generate produced {tuple(out.sequences.shape)} with {clock.steps - 1} token steps, "
@@ -202,6 +202,7 @@ def _generate_once(model, ids, new_tokens: int, pad_token_id: int, cache_impleme
         "ttft_ms": (first - t0) * 1e3,
         "tpot_ms": (last - first) / (new_tokens - 1) * 1e3 if new_tokens > 1 else None,
         "total_ms": (t_end - t0) * 1e3,
+        "cpu_ms": (c_end - c0) * 1e3,
         "output_tokens_per_s": batch * new_tokens / (t_end - t0),
         "cache_type": type(out.past_key_values).__name__,
         "kv_cache_bytes": _cache_bytes(out.past_key_values),
@@ -226,11 +227,13 @@ def generation_speed(model, tokenizer, *, prompt_tokens: int, new_tokens: int, b
         warmup: untimed calls first; default 2 when the decode step gets compiled (CUDA + static), else 1.
         text: source of the prompt ids (default: CPython's pydoc text).
     Returns:
-        {"ttft_ms", "tpot_ms" (None when new_tokens == 1), "total_ms", "output_tokens_per_s",
+        {"ttft_ms", "tpot_ms" (None when new_tokens == 1), "total_ms", "output_tokens_per_s", "cpu_ms" (CPU
+         time of the whole process during the call, all threads: near total_ms x threads on an idle machine,
+         far below it when other processes hold the cores — a contention check, not a speed figure),
          "output_tokens" (= batch_size * new_tokens), "peak_memory_bytes", "peak_memory_increase_bytes",
          "memory_method", "kv_cache_bytes", "weights_bytes", "cache" ("static" | "dynamic"),
          "cache_fallback_reason" (None unless static was asked for and not used), "runs" (every timed call:
-         ttft_ms, tpot_ms, total_ms, output_tokens_per_s), shape and environment fields, "wall_s" (the whole
+         ttft_ms, tpot_ms, total_ms, cpu_ms, output_tokens_per_s), shape and environment fields, "wall_s" (the whole
          measurement, warm-up included)}.
     """
     import torch
@@ -269,7 +272,7 @@ def generation_speed(model, tokenizer, *, prompt_tokens: int, new_tokens: int, b
         del model._cache  # free the static KV cache so it does not count against the next model measured
 
     return {
-        "ttft_ms": best["ttft_ms"], "tpot_ms": best["tpot_ms"], "total_ms": best["total_ms"],
+        "ttft_ms": best["ttft_ms"], "tpot_ms": best["tpot_ms"], "total_ms": best["total_ms"], "cpu_ms": best["cpu_ms"],
         "output_tokens_per_s": best["output_tokens_per_s"],
         "output_tokens": batch_size * new_tokens,
         "peak_memory_bytes": peak, "peak_memory_increase_bytes": increase, "memory_method": method,
@@ -278,7 +281,7 @@ def generation_speed(model, tokenizer, *, prompt_tokens: int, new_tokens: int, b
         "batch_size": batch_size, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
         "device": device, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(), "repeats": repeats, "warmup": max(n_warm, 1),
-        "runs": [{k: r[k] for k in ("ttft_ms", "tpot_ms", "total_ms", "output_tokens_per_s")} for r in runs],
+        "runs": [{k: r[k] for k in ("ttft_ms", "tpot_ms", "total_ms", "cpu_ms", "output_tokens_per_s")} for r in runs],
         "wall_s": time.perf_counter() - started,
     }
 
