@@ -32,3 +32,19 @@ def run_launch(args: list[str], cwd: Path = REPO, env: dict | None = None, timeo
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+
+
+def config_error(overrides: list[str]) -> str:
+    """The ConfigError message `launch.py <overrides>` would stop with (composition, validation, placement)."""
+    import pytest
+
+    from compactlm.config import ConfigError
+    from compactlm.launcher import place_run
+    from compactlm.pipeline import STAGE_NAMES
+    from compactlm.validate import to_config, validate
+
+    with pytest.raises(ConfigError) as e:
+        conf = to_config(compose(overrides))
+        validate(conf, STAGE_NAMES)
+        place_run(conf)
+    return str(e.value)

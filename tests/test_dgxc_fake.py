@@ -18,12 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 from fake_runai import FakeRunAI
-from helpers import compose, run_launch
+from helpers import compose, config_error, run_launch
 
-from compactlm.config import ConfigError
-from compactlm.launcher import place_run
-from compactlm.pipeline import STAGE_NAMES
-from compactlm.validate import to_config, validate
 
 CLIENT_ID = "compactlm-client-3f9a1c"
 SECRET = "runai-secret-7Qm2vX9pL4"  # neither may reach the config, the run folder, the PVC, payloads or output
@@ -231,14 +227,6 @@ def test_dryrun_prints_the_workloads_and_contacts_nothing(tmp_path):
     assert "python /opt/compactlm/recipes/quantize.py --config /nemo_run/code/config.yaml" in out
 
 
-def _config_error(overrides: list[str]) -> str:
-    with pytest.raises(ConfigError) as e:
-        conf = to_config(compose(overrides))
-        validate(conf, STAGE_NAMES)
-        place_run(conf)
-    return str(e.value)
-
-
 GOOD = ["cluster=dgxc", "cluster.dgxc.base_url=https://acme.run.ai/api/v1", "cluster.dgxc.project_name=compactlm",
         f"cluster.dgxc.pvcs.0.claim_name={CLAIM}", f"cluster.container_image={IMAGE}"]
 BAD = [
@@ -257,7 +245,7 @@ BAD = [
 
 @pytest.mark.parametrize("overrides, message", BAD, ids=[o[0] for o, _ in BAD])
 def test_bad_dgxc_input_names_the_key(overrides, message):
-    assert message in _config_error([*GOOD, *overrides])
+    assert message in config_error([*GOOD, *overrides])
 
 
 def test_bad_dgxc_input_fails_in_launch_before_anything_is_written(tmp_path):

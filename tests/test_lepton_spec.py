@@ -9,9 +9,8 @@ import json
 import re
 
 import pytest
-from helpers import compose, run_launch
+from helpers import compose, config_error, run_launch
 
-from compactlm.config import ConfigError
 from compactlm.executors import render_submission
 from compactlm.launcher import place_run
 from compactlm.pipeline import STAGE_NAMES
@@ -82,14 +81,6 @@ def test_dryrun_prints_the_job_specs_without_lepton_and_writes_nothing(tmp_path)
     assert not any(tmp_path.iterdir())
 
 
-def _config_error(overrides: list[str]) -> str:
-    with pytest.raises(ConfigError) as e:
-        conf = to_config(compose(overrides))
-        validate(conf, STAGE_NAMES)
-        place_run(conf)
-    return str(e.value)
-
-
 BAD = [
     (["cluster.lepton.node_group=null"], "cluster.lepton.node_group is required"),
     (["cluster.lepton.resource_shape=gpu.8xa100"], "cluster.lepton.resource_shape='gpu.8xa100' is not allowed; choose one of: gpu.1xh200"),
@@ -105,7 +96,7 @@ BAD = [
 
 @pytest.mark.parametrize("overrides, message", BAD, ids=[o[0] for o, _ in BAD])
 def test_bad_lepton_input_names_the_key(overrides, message):
-    assert message in _config_error([*H200, *overrides])
+    assert message in config_error([*H200, *overrides])
 
 
 def test_bad_lepton_input_fails_in_launch_before_anything_is_written(tmp_path):
