@@ -103,7 +103,7 @@ def test_demo_command_on_smollm2(tmp_path):
     assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
     for label in ("teacher", "pruned", "distilled"):  # lm-eval's HF backend on the shipped Polish task, offline
         task = models[label]["tasks"]["polish_continuation"]
-        assert task["num_examples"] == 200 and 0 <= task["acc"] <= 1
+        assert task["num_examples"] == 100 and 0 <= task["acc"] <= 1
     bench = read_manifest(run_dir / "bench")["metrics"]
     assert bench["student"] == "distilled" and [r["batch_size"] for r in bench["runs"]] == [1, 8]
     for run in bench["runs"]:  # the speed ratio is reported next to the parameter ratio (not asserted: timing)

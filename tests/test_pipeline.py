@@ -45,7 +45,7 @@ def test_stages_write_manifests_last_with_hashes_metrics_and_versions(tmp_path, 
     ev = read_manifest(run_dir / "evaluate")["metrics"]["models"]["teacher"]
     assert ev["perplexity"] > 1 and ev["tokens"] == 4 * 31 and ev["output_tokens_per_s"] > 0
     task = ev["tasks"]["polish_continuation"]  # lm-eval on the shipped Polish sample, offline
-    assert task["num_examples"] == 200 and 0 <= task["acc"] <= 1 and "acc_norm" in task
+    assert task["num_examples"] == 100 and 0 <= task["acc"] <= 1
     assert (run_dir / "evaluate" / "lm_eval_samples" / "teacher" / "polish_continuation.jsonl").is_file()
     launch = json.loads((run_dir / "launch.json").read_text())
     assert launch["git_sha"] and "compactlm" in launch["versions"]

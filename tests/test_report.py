@@ -23,7 +23,7 @@ def _conf(tmp_path, model_dir, run_name, *extra):
     conf = to_config(compose([
         "recipe=prune", "model=local", f"model.path={model_dir}", "data=polish_text", f"data.paths=[{POLISH / 'pud.txt'}]",
         "data.seq_len=32", "data.validation_sequences=4", "data.calibration_sequences=8", "data.max_train_sequences=8",
-        "evaluate.generate_tokens=4", "evaluate.task_examples=40", "prune.model=null", "prune.export_config.num_layers=2",
+        "evaluate.generate_tokens=4", "evaluate.task_examples=20", "prune.model=null", "prune.export_config.num_layers=2",
         "prune.export_config.ffn_hidden_size=64", "bench.batch_sizes=[1,2]", "bench.prompt_tokens=8",
         "bench.new_tokens=4", "bench.repeats=1", f"runs_root={tmp_path}", f"run_name={run_name}", *extra,
     ]))

@@ -640,10 +640,10 @@ class EvaluateConfig:
     (polish_continuation, text_continuation: sentence completion built from evaluate.task_text) and, with
     network, any lm-eval hub task (hellaswag, arc_easy, ...). Empty: no task accuracy."""
     task_text: Optional[str] = None
-    """Folder of .txt files the local tasks are built from; None: the Polish sample shipped with compactlm
-    (src/compactlm/lm_eval_tasks/polish, UD Polish PUD, CC BY-SA 4.0)."""
-    task_examples: int = 200
-    """Examples per local task (multiple choice, 4 endings; chance is 25%)."""
+    """Folder of .txt files the local tasks are built from; None: for polish_continuation the Polish sample
+    beside the repository (../shared/data/polish, UD Polish PUD + MPDT, CC BY-SA 4.0)."""
+    task_examples: int = 100
+    """Examples per local task: an ending and 2 sentence beginnings of equal length (chance is 50%)."""
     task_batch_size: int = 8
 
     def __post_init__(self) -> None:

@@ -136,12 +136,12 @@ LOCAL_TASKS = ("polish_continuation", "text_continuation")
 
 def task_accuracy(ctx: StageContext, models: dict, tokenizer) -> dict[str, dict]:
     """lm-eval (HF backend) accuracy of every model on `evaluate.tasks`; the local tasks' examples are built
-    first from `evaluate.task_text` (default: the shipped Polish sample) into `<stage>/lm_eval_data/`."""
-    from compactlm.lmeval import TASK_DIR, build_task_data, run_tasks
+    first from `evaluate.task_text` (default: the Polish sample beside the repository) into `<stage>/lm_eval_data/`."""
+    from compactlm.lmeval import POLISH_TEXT, build_task_data, run_tasks
 
     cfg = ctx.cfg.evaluate
     data_dir = ctx.stage_dir / "lm_eval_data"
-    source = Path(cfg.task_text).expanduser() if cfg.task_text else TASK_DIR / "polish"
+    source = Path(cfg.task_text).expanduser() if cfg.task_text else POLISH_TEXT
     for task in cfg.tasks:
         if task in LOCAL_TASKS:
             path = build_task_data(source, data_dir, name=task, num_examples=cfg.task_examples, seed=ctx.cfg.seed)

@@ -68,7 +68,22 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
         check_exclude_patterns(conf.quantize.exclude, shape.get("model_type"), layers)
     if "deploy" in conf.recipe.stages:
         check_deploy(conf)
+    if "evaluate" in conf.recipe.stages and conf.cluster.executor == "local":
+        check_task_text(conf)
     return shape
+
+
+def check_task_text(conf: CompactLMConfig) -> None:
+    """The local lm-eval tasks need their text folder on the machine that runs the evaluate stage."""
+    from compactlm.lmeval import POLISH_TEXT
+
+    e = conf.evaluate
+    local = [t for t in e.tasks if t in ("polish_continuation", "text_continuation")]
+    folder = Path(e.task_text).expanduser() if e.task_text else POLISH_TEXT
+    if local and not any(folder.glob("*.txt")):
+        raise ConfigError(f"evaluate.tasks={list(e.tasks)} builds {local[0]} from .txt files, but "
+                          f"{'evaluate.task_text=' + repr(e.task_text) if e.task_text else 'the Polish sample ' + str(folder)} "
+                          "has none: set evaluate.task_text=<folder of .txt files> or evaluate.tasks=[]")
 
 
 def check_deploy(conf: CompactLMConfig) -> None:
