@@ -190,7 +190,8 @@ def build_blocks(conf: CompactLMConfig) -> list[Block]:
     if evaluation:
         blocks += [Block("h2", "Quality and recovery"),
                    Block("p", f"Held-out validation split: {evaluation['validation_sequences']} sequences. Recovery = "
-                              "teacher perplexity / model perplexity; aggregate = mean of that and top-1 agreement."),
+                              "teacher perplexity / model perplexity, model / teacher task accuracy; aggregate = "
+                              "mean of those and top-1 agreement."),
                    Block("table", quality_rows(evaluation["models"]))]
         speed = speed_rows(evaluation["models"])
         if speed[1] and not (ms.get("bench") or {}).get("metrics"):
