@@ -105,7 +105,7 @@ def make_executor(conf: CompactLMConfig, run, stage: str, local_dir: Path):
 
 
 def _local(conf, run, stage, local_dir):
-    return run.LocalExecutor(ntasks_per_node=stage_processes(conf, stage), packager=run.Packager(),
+    return run.LocalExecutor(ntasks_per_node=stage_processes(conf, stage), packager=packager(conf, run, local_dir),
                              env_vars=stage_env(conf))
 
 
