@@ -7,7 +7,7 @@ import os
 import re
 
 import pytest
-from helpers import REPO, compose, run_launch
+from helpers import REPO, compose, config_error, run_launch
 
 from compactlm.config import ConfigError
 from compactlm.executors import render_submission
@@ -111,3 +111,79 @@ def test_resources_per_stage():
     assert stage_processes(conf, "distill") == 8 and stage_processes(conf, "prune") == 1
     with pytest.raises(ConfigError):
         to_config(compose([*SLURM_2X8, "+cluster.stage_nodes.prune=3"]))
+
+
+SSH_SLURM = ["cluster=slurm", "cluster.slurm.account=a", "cluster.slurm.tunnel=ssh", "cluster.slurm.host=h",
+             "cluster.slurm.job_dir=/j", "cluster.runs_root=/lustre/runs", "cluster.cache_dir=/lustre/cache"]
+
+
+def _placed(overrides):
+    conf = to_config(compose(overrides))
+    validate(conf, STAGE_NAMES)
+    return conf, place_run(conf)
+
+
+def test_local_inputs_become_absolute_paths_the_stages_can_read_from_anywhere(tmp_path, monkeypatch):
+    """Slurm runs each stage from NeMo-Run's copy of the code: a relative path, or the Polish sample found
+    beside the checkout, would point at nothing there (the evaluate stage failed so on a real Slurm)."""
+    from compactlm.lmeval import POLISH_TEXT
+
+    monkeypatch.chdir(REPO)
+    conf, _ = _placed(["cluster=slurm", "cluster.slurm.account=a", "data=polish_text", f"runs_root={tmp_path}"])
+    assert conf.data.paths == [str(REPO.parent / "shared" / "data" / "polish" / "*.txt")]
+    assert conf.evaluate.task_text == str(POLISH_TEXT) and POLISH_TEXT.is_absolute()
+    conf, _ = _placed([f"runs_root={tmp_path}", "evaluate.task_text=../shared/data/polish"])
+    assert conf.evaluate.task_text == str(POLISH_TEXT)
+
+
+def test_a_container_mounts_the_folders_of_local_inputs():
+    from compactlm.executors import container_mounts
+
+    conf, _ = _placed(["cluster=slurm", "cluster.slurm.account=a", "cluster.container_image=/c/train.sqsh",
+                       "cluster.runs_root=/tmp/runs", "data=polish_text", "cluster.container_mounts=[/tmp:/tmp]"])
+    polish = str(REPO.parent / "shared" / "data" / "polish")
+    mounts = container_mounts(conf)
+    assert f"{polish}:{polish}" in mounts
+    assert not any(m.startswith("/tmp/runs") for m in mounts), mounts  # already inside the user's /tmp mount
+
+
+def test_remote_slurm_ships_the_polish_sample_with_the_job(tmp_path, monkeypatch):
+    import io
+    import sys
+    import tarfile
+
+    import nemo_run as run
+
+    from compactlm.executors import SHIPPED_TASK_TEXT, packager
+
+    conf, local_dir = _placed([*SSH_SLURM, f"run_name={tmp_path.name}"])
+    assert conf.evaluate.task_text == SHIPPED_TASK_TEXT  # relative to the job's code folder, the stages' cwd
+    local_dir.mkdir(parents=True, exist_ok=True)
+    (local_dir / "config.yaml").write_text("x: 1\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO())  # the packager shells out through invoke, which reads stdin
+    tar = packager(conf, run, local_dir).package(REPO, str(tmp_path), "job")
+    names = tarfile.open(tar).getnames()
+    assert {f"{SHIPPED_TASK_TEXT}/pud.txt", f"{SHIPPED_TASK_TEXT}/mpdt.txt", "config.yaml"} <= set(names)
+    assert any(n.startswith("src/compactlm/") for n in names)
+
+
+def test_dgx_cloud_reads_the_polish_sample_from_the_image():
+    from compactlm.executors import IMAGE_TASK_TEXT
+
+    conf, _ = _placed(["cluster=dgx_h200", "cluster.lepton.node_group=g", "cluster.container_image=nvcr.io/o/t:1"])
+    assert conf.evaluate.task_text == IMAGE_TASK_TEXT
+    assert f"--from=polish . {IMAGE_TASK_TEXT}" in (REPO / "containers" / "train.Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("extra, key", [
+    (["data=polish_text"], "data.paths='../shared/data/polish/*.txt' is relative"),
+    (["evaluate.task_text=texts"], "evaluate.task_text='texts' is relative"),
+    (["recipe=eval", "model=local", "model.path=./models/teacher"], "model.path='./models/teacher' is relative"),
+])
+def test_relative_inputs_on_a_remote_cluster_are_refused(extra, key):
+    assert key in config_error([*SSH_SLURM, *extra])
+
+
+def test_a_stage_that_fails_cancels_the_stages_waiting_on_it():
+    text = (GOLDEN / "slurm_2x8_pyxis_importance.sbatch").read_text()
+    assert "#SBATCH --kill-on-invalid-dep=yes" in text  # (the afterok dependency is added at submission)

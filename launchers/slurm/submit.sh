@@ -26,7 +26,8 @@ for stage in $STAGES; do
         distill) res=(--nodes="$NODES"); [ "$GPUS" -gt 0 ] && res+=(--gpus-per-node="$GPUS") ;;
         *) [ "$GPUS" -gt 0 ] && res+=(--gpus-per-node=1) ;;
     esac
-    dep=(); [ -n "$prev" ] && dep=(--dependency=afterok:"$prev")
+    # a stage that failed for good cancels the ones after it instead of leaving them pending forever
+    dep=(); [ -n "$prev" ] && dep=(--dependency=afterok:"$prev" --kill-on-invalid-dep=yes)
     prev=$(sbatch --parsable --job-name="compactlm-$stage" --time="$TIME" --output="$LOGS/$stage-%j.out" \
         "${res[@]}" "${dep[@]}" "$@" "$HERE/stage.sbatch" "$stage" "$CONFIG")
     echo "$stage: job $prev"

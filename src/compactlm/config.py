@@ -588,6 +588,10 @@ class ClusterConfig:
             _on_mount("cluster.runs_root", self.runs_root, opts.mount_paths(), mounts_key)
             _on_mount("cluster.cache_dir", self.cache_dir, opts.mount_paths(), mounts_key)
 
+    def is_remote(self) -> bool:
+        """True when the stages read and write a file system that the submitting machine does not see."""
+        return self.executor in ("dgxc", "lepton") or (self.executor == "slurm" and self.slurm.tunnel == "ssh")
+
     def nodes_for(self, stage: str) -> int:
         """Nodes `stage` runs on."""
         return self.stage_nodes.get(stage, self.nodes if stage in MULTI_NODE_STAGES else 1)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from compactlm.config import CompactLMConfig
+from compactlm.lmeval import POLISH_TEXT
 from compactlm.pipeline import CONFIG_FILE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,6 +31,11 @@ CPU_STAGES = ("model", "data")
 # installs here (pip install -e), and a code change there means rebuilding the image.
 CLOUD_EXECUTORS = ("dgxc", "lepton")
 IMAGE_CODE_DIR = "/opt/compactlm"
+# Where the stages of a cluster that does not see this machine's files find the Polish sample the default
+# lm-eval task is built from: on Slurm it travels in the job's code folder (the stages' working directory),
+# on DGX Cloud and Lepton it is in the image (containers/train.Dockerfile copies it there).
+SHIPPED_TASK_TEXT = POLISH_TEXT.name
+IMAGE_TASK_TEXT = f"{IMAGE_CODE_DIR}/data/{POLISH_TEXT.name}"
 
 
 def stage_processes(conf: CompactLMConfig, stage: str) -> int:
@@ -73,6 +79,11 @@ def stage_args(conf: CompactLMConfig, stage: str, config_path: Path) -> tuple[st
     return f"recipes/{stage}.py", ["--config", config_path.name]
 
 
+def remote_task_text(conf: CompactLMConfig) -> str:
+    """`evaluate.task_text` of the Polish sample on a cluster that does not see this machine's files."""
+    return IMAGE_TASK_TEXT if conf.cluster.executor in CLOUD_EXECUTORS else SHIPPED_TASK_TEXT
+
+
 def packager(conf: CompactLMConfig, run, local_dir: Path):
     """The code as it is on disk (not only what is committed) plus the run's resolved config.
 
@@ -83,14 +94,33 @@ def packager(conf: CompactLMConfig, run, local_dir: Path):
     if conf.cluster.executor in CLOUD_EXECUTORS:  # the code is in the image (IMAGE_CODE_DIR)
         return run.PatternPackager(include_pattern=[str(local_dir / CONFIG_FILE)], relative_path=[str(local_dir)])
     patterns = [str(REPO / p) for p in PACKAGED] + [str(local_dir / CONFIG_FILE)]
-    return run.PatternPackager(include_pattern=patterns, relative_path=[str(REPO)] * len(PACKAGED) + [str(local_dir)])
+    relative = [str(REPO)] * len(PACKAGED) + [str(local_dir)]
+    if conf.evaluate.task_text == SHIPPED_TASK_TEXT:
+        patterns.append(str(POLISH_TEXT))
+        relative.append(str(POLISH_TEXT.parent))
+    return run.PatternPackager(include_pattern=patterns, relative_path=relative)
+
+
+def input_folders(conf: CompactLMConfig) -> list[str]:
+    """Absolute folders the stages read inputs from: a local model, the data files, the lm-eval task text."""
+    paths = [conf.model.path] if conf.model.is_local() else []
+    if "data" in conf.recipe.stages and conf.data.kind in ("text", "jsonl"):
+        for pattern in conf.data.paths:  # the folder above the first wildcard
+            parts = Path(pattern).parts
+            fixed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts) - 1)
+            paths.append(str(Path(*parts[:fixed])))
+    if "evaluate" in conf.recipe.stages and conf.evaluate.task_text:
+        paths.append(conf.evaluate.task_text)
+    return [p for p in paths if p and p.startswith("/")]
 
 
 def container_mounts(conf: CompactLMConfig) -> list[str]:
-    """User mounts plus the run folder and the model cache, which every stage reads or writes."""
+    """User mounts plus the run folder and the model cache, which every stage reads or writes, and the
+    folders of local inputs (model, data, task text) where the container does not see them already."""
     mounts = list(conf.cluster.container_mounts)
-    for path in (str(Path(conf.run_dir).parent), conf.cache_dir):
-        if not any(m.split(":")[0] == path or m.split(":")[1:2] == [path] for m in mounts):
+    for path in (str(Path(conf.run_dir).parent), conf.cache_dir, *input_folders(conf)):
+        inside = [m.split(":")[1] if ":" in m else m for m in mounts]
+        if not any(path == dest or path.startswith(dest.rstrip("/") + "/") for dest in inside):
             mounts.append(f"{path}:{path}")
     return mounts
 
@@ -128,6 +158,9 @@ def _slurm(conf, run, stage, local_dir):
         setup_lines="\n".join(s.setup_lines) or None, srun_args=list(s.srun_args) or None,
         job_name_prefix="compactlm-", env_vars=stage_env(conf, remote=True), tunnel=tunnel,
         packager=packager(conf, run, local_dir),
+        # a stage that failed for good cancels the stages waiting on it (afterok); without this they stay
+        # PENDING (DependencyNeverSatisfied) forever and the launcher, which waits for every job, with them
+        additional_parameters={"kill_on_invalid_dep": "yes"},
     )
     executor.retries = s.max_retries
     return executor

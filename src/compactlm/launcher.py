@@ -53,8 +53,7 @@ def launch(cfg) -> int:
 
 def is_remote(conf: CompactLMConfig) -> bool:
     """True when the stages write to a file system this machine does not see."""
-    c = conf.cluster
-    return c.executor in ("dgxc", "lepton") or (c.executor == "slurm" and c.slurm.tunnel == "ssh")
+    return conf.cluster.is_remote()
 
 
 def place_run(conf: CompactLMConfig) -> Path:
@@ -80,9 +79,64 @@ def place_run(conf: CompactLMConfig) -> Path:
         conf.run_dir = str(Path(c.runs_root).expanduser().resolve() / conf.run_name)
     else:
         conf.run_dir = str(local_dir)
-    if not is_remote(conf):
+    if is_remote(conf):
+        place_remote_inputs(conf)
+    else:
         conf.cache_dir = str(Path(conf.cache_dir).expanduser())
+        pin_local_paths(conf)
     return local_dir
+
+
+def _text_tasks(conf: CompactLMConfig) -> list[str]:
+    """The local lm-eval tasks the evaluate stage builds from .txt files (none when it does not run)."""
+    if "evaluate" not in conf.recipe.stages:
+        return []
+    return [t for t in conf.evaluate.tasks if t in ("polish_continuation", "text_continuation")]
+
+
+def pin_local_paths(conf: CompactLMConfig) -> None:
+    """Make every input path of the config absolute, as seen from where launch.py runs.
+
+    The stages run elsewhere (NeMo-Run's copy of the code on Slurm, another working directory), so a
+    relative `data.paths`, `model.path` or `evaluate.task_text` - or the default Polish sample beside the
+    repository - would point at nothing there. config.yaml then records the files the run really read.
+    """
+    from compactlm.lmeval import POLISH_TEXT
+
+    def pinned(path: str) -> str:
+        return os.path.abspath(os.path.expanduser(path))
+
+    if conf.model.is_local():
+        conf.model.path = pinned(conf.model.path)
+    conf.data.paths = [pinned(p) for p in conf.data.paths]
+    if conf.evaluate.task_text:
+        conf.evaluate.task_text = pinned(conf.evaluate.task_text)
+    elif _text_tasks(conf):
+        conf.evaluate.task_text = str(POLISH_TEXT)
+
+
+def place_remote_inputs(conf: CompactLMConfig) -> None:
+    """On a cluster that does not see this machine's files: input paths must be absolute paths over there,
+    and the Polish sample of the default lm-eval task is the copy that travels with the job (Slurm) or the
+    one in the image (DGX Cloud, Lepton; containers/train.Dockerfile)."""
+    from compactlm.executors import remote_task_text
+
+    where = f"cluster.executor={conf.cluster.executor}" + (" with cluster.slurm.tunnel=ssh" if conf.cluster.executor == "slurm" else "")
+    named = []
+    if _text_tasks(conf):
+        if conf.evaluate.task_text:
+            named.append(("evaluate.task_text", conf.evaluate.task_text))
+        elif "polish_continuation" in conf.evaluate.tasks:
+            conf.evaluate.task_text = remote_task_text(conf)
+    if conf.model.is_local():
+        named.append(("model.path", conf.model.path))
+    if "data" in conf.recipe.stages and conf.data.kind in ("text", "jsonl"):
+        named += [("data.paths", p) for p in conf.data.paths]
+    for key, path in named:
+        if not path.startswith("/"):
+            raise ConfigError(f"{key}={path!r} is relative, but the stages run on the cluster ({where}), where it "
+                              "would be read from an unknown working directory: give an absolute path on the "
+                              "cluster's storage")
 
 
 def resolved_yaml(conf: CompactLMConfig) -> str:
@@ -199,9 +253,22 @@ def submit(conf: CompactLMConfig, local_dir: Path) -> int:
         print(f"compactlm: stage {failed[0]!r} did not finish (states: {states}); its log is under "
               f"{nemorun_home(local_dir)} (python launch.py logs run_name={conf.run_name} stage={failed[0]}). "
               "Re-run the same command to resume from it.", file=sys.stderr)
+        print(failed_log_tail(local_dir, failed[0]), file=sys.stderr)
         return 1
     print(f"compactlm: run finished; artifacts in {run_dir}")
     return 0
+
+
+def failed_log_tail(local_dir: Path, stage: str, lines: int = 30) -> str:
+    """The last lines of the newest log of `stage` (its latest attempt), where the cause of a failure is."""
+    from compactlm.ops import stage_logs
+
+    logs = stage_logs(local_dir, stage)
+    logs = [p for p in logs if p.name not in ("stdout.log", "stderr.log")] or logs
+    if not logs:
+        return f"  (no log of stage {stage!r} was written)"
+    text = logs[-1].read_text(errors="replace").splitlines()
+    return f"==> {logs[-1]} (last {min(lines, len(text))} lines) <==\n" + "\n".join(text[-lines:])
 
 
 def prune_presets(model_name: str) -> list[PruneConfig]:

@@ -6,9 +6,11 @@ A stage is any object with `name`, `sections`, `keep` and `run(ctx) -> StageResu
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
+from compactlm.config import ConfigError
 from compactlm.pipeline import StageContext, StageResult
 
 TEACHER = "teacher"
@@ -142,6 +144,10 @@ def task_accuracy(ctx: StageContext, models: dict, tokenizer) -> dict[str, dict]
     cfg = ctx.cfg.evaluate
     data_dir = ctx.stage_dir / "lm_eval_data"
     source = Path(cfg.task_text).expanduser() if cfg.task_text else POLISH_TEXT
+    if any(t in LOCAL_TASKS for t in cfg.tasks) and not any(source.rglob("*.txt")):
+        raise ConfigError(f"evaluate.task_text={cfg.task_text!r}: no .txt file under {source.resolve()} on "
+                          f"{socket.gethostname()}, where the evaluate stage runs; point it at a folder of .txt "
+                          "files there, or set evaluate.tasks=[]")
     for task in cfg.tasks:
         if task in LOCAL_TASKS:
             path = build_task_data(source, data_dir, name=task, num_examples=cfg.task_examples, seed=ctx.cfg.seed)

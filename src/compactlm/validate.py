@@ -38,6 +38,8 @@ def model_shape(conf: CompactLMConfig) -> dict[str, Any]:
     m = conf.model
     if m.source == "hf" and m.is_local():
         folder = Path(m.path).expanduser()
+        if conf.cluster.is_remote() and not folder.exists():
+            return shape  # a path on the cluster's storage: the YAML's model.shape is what can be checked here
         if not folder.exists():
             raise ConfigError(f"model.path={m.path!r} does not exist (a local Hugging Face folder was expected)")
         local = read_hf_config(folder)
@@ -59,7 +61,7 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
     shape = model_shape(conf)
     if any(s in PRUNE_STAGES for s in conf.recipe.stages):
         check_prune(conf, shape)
-    if "data" in conf.recipe.stages:
+    if "data" in conf.recipe.stages and not conf.cluster.is_remote():
         check_sources(conf.data)
     if "quantize" in conf.recipe.stages and conf.quantize.exclude:
         layers = shape.get("num_hidden_layers")
@@ -68,7 +70,7 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
         check_exclude_patterns(conf.quantize.exclude, shape.get("model_type"), layers)
     if "deploy" in conf.recipe.stages:
         check_deploy(conf)
-    if "evaluate" in conf.recipe.stages and conf.cluster.executor == "local":
+    if "evaluate" in conf.recipe.stages and not conf.cluster.is_remote():
         check_task_text(conf)
     return shape
 

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.slow
 STAGES = ["model", "data", "importance", "prune", "distill", "quantize", "evaluate", "bench"]
 
 
-def _args(slurm, tmp_path, model_dir, run_name, *extra, cluster="slurm"):
+def _args(slurm, tmp_path, model_dir, run_name, *extra, cluster="slurm", setup=""):
     venv_bin = Path(sys.executable).parent
+    setup_lines = f"['export PATH={venv_bin}:$PATH'{setup}]"
     return [
         "recipe=prune_distill", "model=local", f"model.path={model_dir}", "data=polish_text",
         f"data.paths=[{POLISH / 'pud.txt'}]", "data.seq_len=32", "data.validation_sequences=4",
@@ -31,7 +32,7 @@ def _args(slurm, tmp_path, model_dir, run_name, *extra, cluster="slurm"):
         "distill.micro_batch_size=2", "distill.global_batch_size=4", "engine.threads=1", "evaluate.task_examples=40",
         "bench.batch_sizes=[1,2]", "bench.prompt_tokens=8", "bench.new_tokens=4", "bench.repeats=1",
         f"cluster={cluster}", f"cluster.slurm.account={slurm.account}", f"cluster.slurm.partition={slurm.partition}",
-        "cluster.slurm.time=00:20:00", f"cluster.slurm.setup_lines=['export PATH={venv_bin}:$PATH']",
+        "cluster.slurm.time=00:20:00", f"cluster.slurm.setup_lines={setup_lines}",
         f"runs_root={tmp_path}", f"run_name={run_name}", f"cache_dir={tmp_path / 'cache'}", *extra,
     ]
 
@@ -78,6 +79,21 @@ def test_prune_distill_as_dependent_slurm_jobs(slurm_cluster, tmp_path, tiny_lla
     assert logs.returncode == 0 and "[distill] done" in logs.stdout, logs.stdout[-3000:] + logs.stderr
     listed = run_launch(["list", f"runs_root={tmp_path}"], timeout=120)
     assert "slurm_e2e" in listed.stdout and "8/8" in listed.stdout
+
+
+def test_a_failed_stage_ends_the_run_and_cancels_the_stages_after_it(slurm_cluster, tmp_path, tiny_llama_dir):
+    """Without --kill-on-invalid-dep the stages after a failed one stay PENDING forever, and so did launch.py."""
+    fail_data = ", '[ \"$SLURM_JOB_NAME\" != compactlm-data ] || exit 7'"
+    r = run_launch(_args(slurm_cluster, tmp_path, tiny_llama_dir, "fails", "recipe.stages=[model,data,importance,prune]",
+                         "cluster.slurm.max_retries=0", setup=fail_data), env=slurm_cluster.env, timeout=600)
+    assert r.returncode == 1, (r.stdout + r.stderr)[-4000:]
+    assert "stage 'data' did not finish" in r.stderr and "exit 7" in r.stderr, r.stderr[-4000:]
+    ids = _job_ids(slurm_cluster, tmp_path / "fails")
+    slurm_cluster.wait_state(ids["model"], "COMPLETED", timeout=60)
+    slurm_cluster.wait_state(ids["data"], "FAILED", timeout=60)
+    for stage in ("importance", "prune"):
+        slurm_cluster.wait_state(ids[stage], "CANCELLED", timeout=60)
+    assert read_manifest(tmp_path / "fails" / "model") is not None and read_manifest(tmp_path / "fails" / "data") is None
 
 
 def test_preempted_distill_job_requeues_and_resumes_to_the_same_result(slurm_cluster, tmp_path, tiny_llama_dir):
