@@ -140,11 +140,11 @@ def test_a_container_mounts_the_folders_of_local_inputs():
     from compactlm.executors import container_mounts
 
     conf, _ = _placed(["cluster=slurm", "cluster.slurm.account=a", "cluster.container_image=/c/train.sqsh",
-                       "cluster.runs_root=/tmp/runs", "data=polish_text", "cluster.container_mounts=[/tmp:/tmp]"])
+                       "cluster.runs_root=/lustre/runs", "data=polish_text", "cluster.container_mounts=[/lustre:/lustre]"])
     polish = str(REPO.parent / "shared" / "data" / "polish")
     mounts = container_mounts(conf)
     assert f"{polish}:{polish}" in mounts
-    assert not any(m.startswith("/tmp/runs") for m in mounts), mounts  # already inside the user's /tmp mount
+    assert not any(m.startswith("/lustre/runs") for m in mounts), mounts  # already inside the user's /lustre mount
 
 
 def test_remote_slurm_ships_the_polish_sample_with_the_job(tmp_path, monkeypatch):

@@ -108,7 +108,8 @@ def pin_local_paths(conf: CompactLMConfig) -> None:
 
     if conf.model.is_local():
         conf.model.path = pinned(conf.model.path)
-    conf.data.paths = [pinned(p) for p in conf.data.paths]
+    if conf.data.kind in ("text", "jsonl"):
+        conf.data.paths = [pinned(p) for p in conf.data.paths]
     if conf.evaluate.task_text:
         conf.evaluate.task_text = pinned(conf.evaluate.task_text)
     elif _text_tasks(conf):
