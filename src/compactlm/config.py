@@ -629,6 +629,10 @@ class EngineConfig:
 
 
 # -------------------------------------------------------------------------------------------- evaluate
+# The project's local lm-eval tasks, built from a folder of .txt files (evaluate.task_text).
+TEXT_TASKS = ("polish_continuation", "text_continuation")
+
+
 @dataclass
 class EvaluateConfig:
     """Held-out perplexity and speed measured by the evaluate stage."""
@@ -649,6 +653,10 @@ class EvaluateConfig:
     task_examples: int = 100
     """Examples per local task: an ending and 2 sentence beginnings of equal length (chance is 50%)."""
     task_batch_size: int = 8
+
+    def text_tasks(self) -> list[str]:
+        """The tasks of `tasks` built from the .txt files of `task_text` (the project's local lm-eval tasks)."""
+        return [t for t in self.tasks if t in TEXT_TASKS]
 
     def __post_init__(self) -> None:
         _positive("evaluate.task_examples", self.task_examples)

@@ -91,7 +91,7 @@ def _text_tasks(conf: CompactLMConfig) -> list[str]:
     """The local lm-eval tasks the evaluate stage builds from .txt files (none when it does not run)."""
     if "evaluate" not in conf.recipe.stages:
         return []
-    return [t for t in conf.evaluate.tasks if t in ("polish_continuation", "text_continuation")]
+    return conf.evaluate.text_tasks()
 
 
 def pin_local_paths(conf: CompactLMConfig) -> None:

@@ -133,9 +133,6 @@ class EvaluateStage:
         return StageResult(metrics=metrics)
 
 
-LOCAL_TASKS = ("polish_continuation", "text_continuation")
-
-
 def task_accuracy(ctx: StageContext, models: dict, tokenizer) -> dict[str, dict]:
     """lm-eval (HF backend) accuracy of every model on `evaluate.tasks`; the local tasks' examples are built
     first from `evaluate.task_text` (default: the Polish sample beside the repository) into `<stage>/lm_eval_data/`."""
@@ -144,14 +141,13 @@ def task_accuracy(ctx: StageContext, models: dict, tokenizer) -> dict[str, dict]
     cfg = ctx.cfg.evaluate
     data_dir = ctx.stage_dir / "lm_eval_data"
     source = Path(cfg.task_text).expanduser() if cfg.task_text else POLISH_TEXT
-    if any(t in LOCAL_TASKS for t in cfg.tasks) and not any(source.rglob("*.txt")):
+    if cfg.text_tasks() and not any(source.rglob("*.txt")):
         raise ConfigError(f"evaluate.task_text={cfg.task_text!r}: no .txt file under {source.resolve()} on "
                           f"{socket.gethostname()}, where the evaluate stage runs; point it at a folder of .txt "
                           "files there, or set evaluate.tasks=[]")
-    for task in cfg.tasks:
-        if task in LOCAL_TASKS:
-            path = build_task_data(source, data_dir, name=task, num_examples=cfg.task_examples, seed=ctx.cfg.seed)
-            print(f"[evaluate] lm-eval task {task}: {sum(1 for _ in path.open())} examples from {source}", flush=True)
+    for task in cfg.text_tasks():
+        path = build_task_data(source, data_dir, name=task, num_examples=cfg.task_examples, seed=ctx.cfg.seed)
+        print(f"[evaluate] lm-eval task {task}: {sum(1 for _ in path.open())} examples from {source}", flush=True)
     out = {}
     for label, model in models.items():
         print(f"[evaluate] lm-eval {', '.join(cfg.tasks)} on {label}", flush=True)

@@ -80,7 +80,7 @@ def check_task_text(conf: CompactLMConfig) -> None:
     from compactlm.lmeval import POLISH_TEXT
 
     e = conf.evaluate
-    local = [t for t in e.tasks if t in ("polish_continuation", "text_continuation")]
+    local = e.text_tasks()
     folder = Path(e.task_text).expanduser() if e.task_text else POLISH_TEXT
     if local and not any(folder.glob("*.txt")):
         raise ConfigError(f"evaluate.tasks={list(e.tasks)} builds {local[0]} from .txt files, but "
