@@ -138,6 +138,10 @@ class DataConfig:
     max_train_sequences: Optional[int] = None
     """Cap on training sequences (None: all remaining text)."""
 
+    def reads_files(self) -> bool:
+        """True for the kinds read from the local files of `paths` (text, jsonl)."""
+        return self.kind in ("text", "jsonl")
+
     def __post_init__(self) -> None:
         _choice("data.kind", self.kind, DATA_KINDS)
         _positive("data.seq_len", self.seq_len, 8)
@@ -145,7 +149,7 @@ class DataConfig:
         _positive("data.calibration_sequences", self.calibration_sequences)
         _positive("data.max_train_sequences", self.max_train_sequences)
         _positive("data.max_documents", self.max_documents)
-        if self.kind in ("text", "jsonl") and not self.paths:
+        if self.reads_files() and not self.paths:
             raise ConfigError(f"data.paths is empty; data.kind={self.kind} needs at least one local file")
         if self.kind == "hf" and not self.hf_dataset:
             raise ConfigError("data.hf_dataset is required for data.kind=hf")

@@ -34,7 +34,7 @@ def expand_paths(cfg: DataConfig) -> list[Path]:
 
 def check_sources(cfg: DataConfig) -> None:
     """Fail before anything runs when a local data file is missing or holds no text."""
-    if cfg.kind not in ("text", "jsonl"):
+    if not cfg.reads_files():
         return
     for path in expand_paths(cfg):
         if not path.is_file():

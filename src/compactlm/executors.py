@@ -104,7 +104,7 @@ def packager(conf: CompactLMConfig, run, local_dir: Path):
 def input_folders(conf: CompactLMConfig) -> list[str]:
     """Absolute folders the stages read inputs from: a local model, the data files, the lm-eval task text."""
     paths = [conf.model.path] if conf.model.is_local() else []
-    if "data" in conf.recipe.stages and conf.data.kind in ("text", "jsonl"):
+    if "data" in conf.recipe.stages and conf.data.reads_files():
         for pattern in conf.data.paths:  # the folder above the first wildcard
             parts = Path(pattern).parts
             fixed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts) - 1)

@@ -51,11 +51,6 @@ def launch(cfg) -> int:
     return submit(conf, local_dir)
 
 
-def is_remote(conf: CompactLMConfig) -> bool:
-    """True when the stages write to a file system this machine does not see."""
-    return conf.cluster.is_remote()
-
-
 def place_run(conf: CompactLMConfig) -> Path:
     """Fix where the stages write (`conf.run_dir`, `conf.cache_dir`) and return the local run folder.
 
@@ -67,7 +62,7 @@ def place_run(conf: CompactLMConfig) -> Path:
     c = conf.cluster
     if c.cache_dir:
         conf.cache_dir = c.cache_dir
-    if is_remote(conf):
+    if c.is_remote():
         if not c.runs_root or not c.runs_root.startswith("/"):
             raise ConfigError(f"cluster.runs_root={c.runs_root!r}: cluster.executor={c.executor} needs an absolute "
                               "folder on the cluster's shared storage where the stages write their outputs")
@@ -79,7 +74,7 @@ def place_run(conf: CompactLMConfig) -> Path:
         conf.run_dir = str(Path(c.runs_root).expanduser().resolve() / conf.run_name)
     else:
         conf.run_dir = str(local_dir)
-    if is_remote(conf):
+    if c.is_remote():
         place_remote_inputs(conf)
     else:
         conf.cache_dir = str(Path(conf.cache_dir).expanduser())
@@ -108,7 +103,7 @@ def pin_local_paths(conf: CompactLMConfig) -> None:
 
     if conf.model.is_local():
         conf.model.path = pinned(conf.model.path)
-    if conf.data.kind in ("text", "jsonl"):
+    if conf.data.reads_files():
         conf.data.paths = [pinned(p) for p in conf.data.paths]
     if conf.evaluate.task_text:
         conf.evaluate.task_text = pinned(conf.evaluate.task_text)
@@ -131,7 +126,7 @@ def place_remote_inputs(conf: CompactLMConfig) -> None:
             conf.evaluate.task_text = remote_task_text(conf)
     if conf.model.is_local():
         named.append(("model.path", conf.model.path))
-    if "data" in conf.recipe.stages and conf.data.kind in ("text", "jsonl"):
+    if "data" in conf.recipe.stages and conf.data.reads_files():
         named += [("data.paths", p) for p in conf.data.paths]
     for key, path in named:
         if not path.startswith("/"):
@@ -241,7 +236,7 @@ def submit(conf: CompactLMConfig, local_dir: Path) -> int:
               f"  python launch.py logs run_name={conf.run_name} stage=<stage>\n"
               f"  python launch.py cancel run_name={conf.run_name}")
         return 0
-    if is_remote(conf):
+    if conf.cluster.is_remote():
         print(f"compactlm: jobs ended with states {states}; outputs and report are in {conf.run_dir} on the cluster "
               f"(python launch.py report runs={conf.run_name} runs_root={conf.cluster.runs_root} there)")
         return 0 if all(s.endswith("SUCCEEDED") for s in states.values()) else 1

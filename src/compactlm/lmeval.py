@@ -38,6 +38,11 @@ POLISH_TEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "polish"
 DEFAULT_EXAMPLES = 100
 DEFAULT_CHOICES = 2
 
+
+def task_text_folder(task_text: str | None) -> Path:
+    """The folder the local tasks are built from: `evaluate.task_text`, or the Polish sample when unset."""
+    return Path(task_text).expanduser() if task_text else POLISH_TEXT
+
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
 

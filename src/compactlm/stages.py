@@ -136,11 +136,11 @@ class EvaluateStage:
 def task_accuracy(ctx: StageContext, models: dict, tokenizer) -> dict[str, dict]:
     """lm-eval (HF backend) accuracy of every model on `evaluate.tasks`; the local tasks' examples are built
     first from `evaluate.task_text` (default: the Polish sample beside the repository) into `<stage>/lm_eval_data/`."""
-    from compactlm.lmeval import POLISH_TEXT, build_task_data, run_tasks
+    from compactlm.lmeval import build_task_data, run_tasks, task_text_folder
 
     cfg = ctx.cfg.evaluate
     data_dir = ctx.stage_dir / "lm_eval_data"
-    source = Path(cfg.task_text).expanduser() if cfg.task_text else POLISH_TEXT
+    source = task_text_folder(cfg.task_text)
     if cfg.text_tasks() and not any(source.rglob("*.txt")):
         raise ConfigError(f"evaluate.task_text={cfg.task_text!r}: no .txt file under {source.resolve()} on "
                           f"{socket.gethostname()}, where the evaluate stage runs; point it at a folder of .txt "

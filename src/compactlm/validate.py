@@ -77,11 +77,11 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
 
 def check_task_text(conf: CompactLMConfig) -> None:
     """The local lm-eval tasks need their text folder on the machine that runs the evaluate stage."""
-    from compactlm.lmeval import POLISH_TEXT
+    from compactlm.lmeval import task_text_folder
 
     e = conf.evaluate
     local = e.text_tasks()
-    folder = Path(e.task_text).expanduser() if e.task_text else POLISH_TEXT
+    folder = task_text_folder(e.task_text)
     if local and not any(folder.glob("*.txt")):
         raise ConfigError(f"evaluate.tasks={list(e.tasks)} builds {local[0]} from .txt files, but "
                           f"{'evaluate.task_text=' + repr(e.task_text) if e.task_text else 'the Polish sample ' + str(folder)} "
