@@ -11,10 +11,10 @@ import sys
 
 import hydra
 
-from compactlm.conf_store import register_configs
-from compactlm.launcher import launch
-from compactlm.ops import COMMANDS
-from compactlm.ops import main as ops_main
+from compactlm.launch.conf_store import register_configs
+from compactlm.launch.launcher import launch
+from compactlm.launch.ops import COMMANDS
+from compactlm.launch.ops import main as ops_main
 
 register_configs()
 

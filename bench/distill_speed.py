@@ -66,7 +66,7 @@ def make_data(root: Path, vocab: int, seq_len: int, n_train: int) -> Path:
 
 def run_ours(a: dict) -> dict:
     from compactlm.config import DistillConfig, EngineConfig
-    from compactlm.distill import distill
+    from compactlm.distill.train import distill
 
     cfg = DistillConfig(max_steps=a["steps"], micro_batch_size=a["micro"], global_batch_size=a["global_batch"],
                         eval_every=a["steps"], checkpoint_every=a["steps"], warmup_steps=1, lr=1e-4)
@@ -83,7 +83,7 @@ def run_bare(a: dict) -> dict:
     import torch.nn.functional as F
 
     from compactlm.config import EngineConfig
-    from compactlm.models import load_model, setup_engine
+    from compactlm.model.loading import load_model, setup_engine
 
     device, dtype = setup_engine(EngineConfig(name="bench", device=a["device"], threads=a["threads"]))
     teacher = load_model(a["teacher"], device, dtype).requires_grad_(False)

@@ -23,10 +23,11 @@ from omegaconf import OmegaConf
 
 from compactlm.arch import adapter_for
 from compactlm.config import DataConfig, ModelConfig, PruneConfig
-from compactlm.data import build_splits
-from compactlm.evaluate import quality
-from compactlm.models import load_model, load_tokenizer, materialize
-from compactlm.prune import ImportanceScores, collect_importance, prune_model
+from compactlm.data.splits import build_splits
+from compactlm.evaluate.quality import quality
+from compactlm.model.loading import load_model, load_tokenizer, materialize
+from compactlm.prune.importance import ImportanceScores, collect_importance
+from compactlm.prune.slicing import prune_model
 
 REPO = Path(__file__).resolve().parents[1]
 

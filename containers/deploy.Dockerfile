@@ -14,7 +14,7 @@ COPY conf /opt/compactlm/conf
 COPY launch.py /opt/compactlm/
 RUN pip install --no-cache-dir --no-deps -e /opt/compactlm \
  && pip install --no-cache-dir "omegaconf>=2.3,<2.4" \
- && python -c "import compactlm.deploy as d, tensorrt_llm; print('compactlm deploy ok, TensorRT-LLM', d.tensorrt_llm_available())"
+ && python -c "import compactlm.deploy.trtllm as d, tensorrt_llm; print('compactlm deploy ok, TensorRT-LLM', d.tensorrt_llm_available())"
 
 ENV PYTHONUNBUFFERED=1
 WORKDIR /opt/compactlm

@@ -1,9 +1,7 @@
 # compactlm training image: every stage but deploy (model, data, importance, prune, distill, quantize,
 # evaluate, bench), on NVIDIA's NeMo framework container (PyTorch, NCCL, Transformer Engine, Megatron-Bridge,
 # ModelOpt come with the base). Build and import it for Slurm/pyxis as containers/README.md says:
-#   docker build -f containers/train.Dockerfile --build-context polish=../shared/data/polish -t compactlm-train:latest .
-# (the named context `polish` is the Polish text sample the default lm-eval task is built from on DGX Cloud and
-# Lepton, where the stages see only the image and the shared storage; any folder of .txt files will do)
+#   docker build -f containers/train.Dockerfile -t compactlm-train:latest .
 #   python launch.py cluster=slurm cluster.container_image=<registry>/compactlm-train:latest ...
 ARG BASE_IMAGE=nvcr.io/nvidia/nemo:25.11
 FROM ${BASE_IMAGE}
@@ -15,7 +13,6 @@ COPY src /opt/compactlm/src
 COPY recipes /opt/compactlm/recipes
 COPY conf /opt/compactlm/conf
 COPY launch.py /opt/compactlm/
-COPY --from=polish . /opt/compactlm/data/polish
 RUN pip install --no-cache-dir --no-deps -e /opt/compactlm \
  && pip install --no-cache-dir "hydra-core==1.3.8" "omegaconf>=2.3,<2.4" "nemo-run==0.11.1" "leptonai==0.27.3" \
         "nvidia-modelopt==0.47.0" "transformers>=4.56,<5.15" "lm-eval==0.4.13" gguf safetensors matplotlib tensorboard \

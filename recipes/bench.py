@@ -1,5 +1,5 @@
 """The bench stage (teacher vs student inference speed), run on the compute node:
-python recipes/bench.py --config <run_dir>/config.yaml"""
+python recipes/bench.py config=<run_dir>/config.yaml"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""The data stage, run on the compute node: python recipes/data.py --config <run_dir>/config.yaml"""
+"""The data stage, run on the compute node: python recipes/data.py config=<run_dir>/config.yaml"""
 
 import sys
 

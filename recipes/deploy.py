@@ -1,5 +1,5 @@
 """The deploy stage, run on a GPU node inside NVIDIA's TensorRT-LLM container (cluster.deploy_image):
-python recipes/deploy.py --config <run_dir>/config.yaml"""
+python recipes/deploy.py config=<run_dir>/config.yaml"""
 
 import sys
 

@@ -1,5 +1,5 @@
 """The distill stage, run on the compute node (torchrun when distill.nproc_per_node > 1):
-python recipes/distill.py --config <run_dir>/config.yaml"""
+python recipes/distill.py config=<run_dir>/config.yaml"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""The evaluate stage, run on the compute node: python recipes/evaluate.py --config <run_dir>/config.yaml"""
+"""The evaluate stage, run on the compute node: python recipes/evaluate.py config=<run_dir>/config.yaml"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""The importance stage, run on the compute node: python recipes/importance.py --config <run_dir>/config.yaml"""
+"""The importance stage, run on the compute node: python recipes/importance.py config=<run_dir>/config.yaml"""
 
 import sys
 

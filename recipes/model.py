@@ -1,4 +1,4 @@
-"""The model stage, run on the compute node: python recipes/model.py --config <run_dir>/config.yaml"""
+"""The model stage, run on the compute node: python recipes/model.py config=<run_dir>/config.yaml"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""The prune stage, run on the compute node: python recipes/prune.py --config <run_dir>/config.yaml"""
+"""The prune stage, run on the compute node: python recipes/prune.py config=<run_dir>/config.yaml"""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""The quantize stage, run on the compute node: python recipes/quantize.py --config <run_dir>/config.yaml"""
+"""The quantize stage, run on the compute node: python recipes/quantize.py config=<run_dir>/config.yaml"""
 
 import sys
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +17,30 @@ def compose(overrides: list[str] | None = None):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from compactlm.conf_store import register_configs
+    from compactlm.launch.conf_store import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=overrides or [])
+
+
+def plain_clone(dest: Path) -> Path:
+    """A copy of this repository's files alone (tracked, and untracked ones git does not ignore) at `dest`, with
+    no ../shared beside it: what a user has after `git clone`. Run it with `clone_env(dest)`."""
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    assert not (dest.parent / "shared").exists()
+    return dest
+
+
+def clone_env(clone: Path) -> dict:
+    """Environment that makes `python` import compactlm from `clone` rather than from this checkout."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(clone / "src")}
 
 
 def group_options(group: str) -> list[str]:
@@ -39,9 +59,9 @@ def config_error(overrides: list[str]) -> str:
     import pytest
 
     from compactlm.config import ConfigError
-    from compactlm.launcher import place_run
+    from compactlm.launch.launcher import place_run
+    from compactlm.launch.validate import to_config, validate
     from compactlm.pipeline import STAGE_NAMES
-    from compactlm.validate import to_config, validate
 
     with pytest.raises(ConfigError) as e:
         conf = to_config(compose(overrides))

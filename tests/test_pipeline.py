@@ -5,20 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import POLISH
+from conftest import POLISH, needs_polish
 from helpers import compose
 
-from compactlm.launcher import write_run_dir
+from compactlm.launch.launcher import write_run_dir
+from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, read_manifest
 from compactlm.pipeline import CONFIG_FILE, run_stage
-from compactlm.validate import to_config
+from compactlm.results import EvaluateResult, read_result
 
 STAGES = ["model", "data", "evaluate"]
 
 
 def _conf(tmp_path, model_dir, *extra):
     conf = to_config(compose([
-        "recipe=eval", "model=local", f"model.path={model_dir}", "data=polish_text", f"data.paths=[{POLISH / 'pud.txt'}]",
+        "recipe=eval", "model=local", f"model.path={model_dir}", "data=pydoc", "data.max_documents=20",
         "data.seq_len=32", "data.validation_sequences=4", "data.calibration_sequences=4",
         "data.max_train_sequences=8", "evaluate.generate_tokens=4", f"runs_root={tmp_path}", *extra,
     ]))
@@ -41,12 +42,17 @@ def test_stages_write_manifests_last_with_hashes_metrics_and_versions(tmp_path, 
         assert set(m["input_hashes"]) == set(STAGES[: STAGES.index(stage)])
         assert set(m["output_digests"]) == set(m["outputs"])
         assert "torch" in m["versions"] and m["wall_time_s"] >= 0
-    assert sorted(read_manifest(run_dir / "data")["outputs"]) == ["calibration", "train", "validation"]
-    ev = read_manifest(run_dir / "evaluate")["metrics"]["models"]["teacher"]
-    assert ev["perplexity"] > 1 and ev["tokens"] == 4 * 31 and ev["output_tokens_per_s"] > 0
-    task = ev["tasks"]["polish_continuation"]  # lm-eval on the shipped Polish sample, offline
+    assert sorted(read_manifest(run_dir / "data")["outputs"]) == ["calibration", "heldout", "train", "validation"]
+    evaluation = read_result(run_dir, "evaluate")
+    assert isinstance(evaluation, EvaluateResult)
+    ev = evaluation.models["teacher"]
+    assert ev.perplexity > 1 and ev.tokens == 4 * 31 and ev.output_tokens_per_s > 0
+    # lm-eval, offline, on sentences of the run's own held-out documents (never trained or calibrated on)
+    task = ev.tasks["heldout_continuation"]
     assert task["num_examples"] == 100 and 0 <= task["acc"] <= 1
-    assert (run_dir / "evaluate" / "lm_eval_samples" / "teacher" / "polish_continuation.jsonl").is_file()
+    assert (run_dir / "evaluate" / "lm_eval_samples" / "teacher" / "heldout_continuation.jsonl").is_file()
+    heldout = (run_dir / "data" / "heldout" / "documents.txt").read_text()
+    assert read_result(run_dir, "data").heldout_documents >= 1 and len(heldout) > 1000
     launch = json.loads((run_dir / "launch.json").read_text())
     assert launch["git_sha"] and "compactlm" in launch["versions"]
 
@@ -77,7 +83,7 @@ def test_a_crashed_stage_leaves_no_manifest_and_restarts_clean(tmp_path, tiny_ll
     conf = _conf(tmp_path, tiny_llama_dir)
     run_dir = write_run_dir(conf)
     assert run_stage("model", run_dir / CONFIG_FILE) == 0
-    import compactlm.data as data_mod
+    import compactlm.data.stage as data_mod
 
     def boom(*a, **k):
         (run_dir / "data" / "train.npy").write_bytes(b"half-written")
@@ -103,3 +109,11 @@ def test_missing_output_invalidates_the_manifest(tmp_path, tiny_llama_dir, capsy
     assert run_stage("data", run_dir / CONFIG_FILE) == 0
     assert "[data] running" in capsys.readouterr().out
     assert (run_dir / "data" / "train.npy").is_file()
+
+
+@needs_polish
+def test_polish_task_from_a_folder_the_user_names(tmp_path, tiny_llama_dir):
+    conf = _conf(tmp_path, tiny_llama_dir, "evaluate.tasks=[polish_continuation]", f"evaluate.task_text={POLISH}")
+    run_dir = _run_all(conf)
+    task = read_result(run_dir, "evaluate").models["teacher"].tasks["polish_continuation"]
+    assert task["num_examples"] == 100 and 0 <= task["acc"] <= 1

@@ -17,10 +17,10 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from compactlm.arch import SUPPORTED as SUPPORTED_ARCHITECTURES
+from compactlm.errors import ConfigError
+from compactlm.quantize.formats import check_deploy_support
 
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key, the value and what is allowed."""
+__all__ = ["ConfigError"]  # re-exported: most callers import it with the schemas
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
@@ -314,8 +314,6 @@ class QuantizeConfig:
             if not isinstance(p, str) or not p.strip():
                 raise ConfigError(f"quantize.exclude: {p!r} is not a module name pattern (e.g. 'model.layers.0.*')")
         if self.deploy_gpu is not None:
-            from compactlm.quantize.ptq import check_deploy_support  # no torch: format tables only
-
             check_deploy_support(self.format, self.deploy_gpu)
 
 
@@ -633,13 +631,17 @@ class EngineConfig:
 
 
 # -------------------------------------------------------------------------------------------- evaluate
-# The project's local lm-eval tasks, built from a folder of .txt files (evaluate.task_text).
-TEXT_TASKS = ("polish_continuation", "text_continuation")
+# The project's local lm-eval tasks ("which beginning does this ending continue", compactlm.evaluate.lmeval):
+# heldout_continuation is built from the run's own held-out documents (the data stage's validation split),
+# so it works for any data= offline; the others from a folder of .txt files the user names (evaluate.task_text).
+HELDOUT_TASK = "heldout_continuation"
+FOLDER_TASKS = ("polish_continuation", "text_continuation")
+TEXT_TASKS = (HELDOUT_TASK, *FOLDER_TASKS)
 
 
 @dataclass
 class EvaluateConfig:
-    """Held-out perplexity and speed measured by the evaluate stage."""
+    """Held-out perplexity, task accuracy and speed measured by the evaluate stage."""
 
     batch_size: int = 8
     max_sequences: Optional[int] = None
@@ -647,27 +649,33 @@ class EvaluateConfig:
     generate_tokens: int = 32
     """New tokens generated (greedy, batch 1) to measure decoding tokens/s; 0 skips it."""
     prompt: str = "The capital of France is"
-    tasks: list[str] = field(default_factory=lambda: ["polish_continuation"])
-    """lm-eval tasks (EleutherAI harness, HF backend) run on every model: the project's local tasks
-    (polish_continuation, text_continuation: sentence completion built from evaluate.task_text) and, with
-    network, any lm-eval hub task (hellaswag, arc_easy, ...). Empty: no task accuracy."""
+    tasks: list[str] = field(default_factory=lambda: [HELDOUT_TASK])
+    """lm-eval tasks (EleutherAI harness, HF backend) run on every model: heldout_continuation (sentence
+    completion over the run's held-out documents, any language, offline), polish_continuation and
+    text_continuation (the same task over the .txt files of evaluate.task_text), and, with network, any
+    lm-eval hub task (hellaswag, arc_easy, ...). Empty: no task accuracy."""
     task_text: Optional[str] = None
-    """Folder of .txt files the local tasks are built from; None: for polish_continuation the Polish sample
-    beside the repository (../shared/data/polish, UD Polish PUD + MPDT, CC BY-SA 4.0)."""
+    """Folder of .txt files polish_continuation / text_continuation are built from (e.g. a folder of Polish
+    text such as UD Polish PUD + MPDT sentences); required by those two tasks."""
     task_examples: int = 100
     """Examples per local task: an ending and 2 sentence beginnings of equal length (chance is 50%)."""
     task_batch_size: int = 8
 
     def text_tasks(self) -> list[str]:
-        """The tasks of `tasks` built from the .txt files of `task_text` (the project's local lm-eval tasks)."""
+        """The tasks of `tasks` the evaluate stage builds itself (the project's local lm-eval tasks)."""
         return [t for t in self.tasks if t in TEXT_TASKS]
+
+    def folder_tasks(self) -> list[str]:
+        """The local tasks built from the .txt files of `task_text`."""
+        return [t for t in self.tasks if t in FOLDER_TASKS]
 
     def __post_init__(self) -> None:
         _positive("evaluate.task_examples", self.task_examples)
         _positive("evaluate.task_batch_size", self.task_batch_size)
-        if "text_continuation" in self.tasks and not self.task_text:
-            raise ConfigError("evaluate.tasks has text_continuation, which is built from your own text: set "
-                              "evaluate.task_text=<folder of .txt files>")
+        if self.folder_tasks() and not self.task_text:
+            raise ConfigError(f"evaluate.tasks has {self.folder_tasks()[0]}, which is built from a folder of .txt "
+                              "files you name: set evaluate.task_text=<folder> (or use heldout_continuation, built "
+                              "from the run's own held-out documents)")
         _positive("evaluate.batch_size", self.batch_size)
         _positive("evaluate.max_sequences", self.max_sequences)
         _positive("evaluate.generate_tokens", self.generate_tokens, 0)

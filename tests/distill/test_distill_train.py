@@ -23,8 +23,7 @@ from conftest import make_tiny_model
 from safetensors.torch import load_file
 
 from compactlm.config import ConfigError, DistillConfig, EngineConfig
-from compactlm.distill import Preempted, distill, lr_at, total_steps
-from compactlm.distill.train import _parse_overrides, accumulation_steps
+from compactlm.distill.train import Preempted, accumulation_steps, distill, lr_at, total_steps
 
 SEQ = 32
 ENGINE = EngineConfig(name="test", device="cpu", threads=1)
@@ -69,11 +68,16 @@ def history(out) -> dict:
     return json.loads((Path(out) / "history.json").read_text())
 
 
-def cli_args(pair, out, cfg: DistillConfig) -> list[str]:
+WORKER = Path(__file__).with_name("distill_worker.py")
+
+
+def worker_args(pair, out, cfg: DistillConfig, cache_dtype: str = "float16") -> list[str]:
+    """`distill_worker.py` and its one argument: distill() with the same settings as `run` (seed 7, 1 thread)."""
     teacher, student, data = pair
-    sets = [f"{f.name}={json.dumps(getattr(cfg, f.name))}" for f in dataclasses.fields(cfg)]
-    return ["--teacher", str(teacher), "--student", str(student), "--data", str(data), "--out", str(out),
-            "--seed", "7", "--no-progress", "--set", *sets, "--engine", "device=cpu", "threads=1"]
+    spec = {"teacher": str(teacher), "student": str(student), "data": str(data), "out": str(out), "seed": 7,
+            "distill": dataclasses.asdict(cfg), "engine": {"name": "test", "device": "cpu", "threads": 1},
+            "cache_dtype": cache_dtype}
+    return [str(WORKER), json.dumps(spec)]
 
 
 def assert_bitwise_equal_runs(a: Path, b: Path) -> None:
@@ -111,8 +115,6 @@ def test_schedule_and_batch_arithmetic():
     assert accumulation_steps(DistillConfig(micro_batch_size=2, global_batch_size=8), world=2) == 2
     with pytest.raises(ConfigError, match="distill.global_batch_size=8 is not a multiple"):
         accumulation_steps(DistillConfig(micro_batch_size=4, global_batch_size=8), world=4)
-    assert _parse_overrides(["max_steps=5", "lr=1e-3", "teacher_cache=true", "strategy=fsdp2"], DistillConfig) == {
-        "max_steps": 5, "lr": 1e-3, "teacher_cache": True, "strategy": "fsdp2"}
 
 
 # ------------------------------------------------------------------------------------------- outputs
@@ -256,11 +258,11 @@ def test_sigterm_writes_checkpoint_exits_143_and_resumes_bitwise(pair, reference
 
 
 def test_sigkill_mid_run_then_rerun_is_bitwise_identical(pair, reference, tmp_path):
-    """kill -9 the CLI right after its first checkpoint appears; re-running resumes to the very same weights."""
+    """kill -9 the distilling process right after its first checkpoint appears; re-running resumes to the very same weights."""
     out = tmp_path / "killed"
     log = tmp_path / "killed.log"
     with log.open("w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "compactlm.distill.train", *cli_args(pair, out, BASE)],
+        proc = subprocess.Popen([sys.executable, *worker_args(pair, out, BASE)],
                                 stdout=f, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
@@ -282,7 +284,7 @@ def test_sigkill_mid_run_then_rerun_is_bitwise_identical(pair, reference, tmp_pa
 # ------------------------------------------------------------------------------------------ torchrun
 def torchrun(pair, out, cfg, nproc=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "compactlm.distill.train", *cli_args(pair, out, cfg), "--cache-dtype", "float32"]
+           *worker_args(pair, out, cfg, cache_dtype="float32")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return json.loads((out / "metrics.json").read_text())

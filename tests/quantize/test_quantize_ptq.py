@@ -6,24 +6,15 @@ import numpy as np
 import pytest
 
 from compactlm.config import ConfigError
-from compactlm.quantize.ptq import (
-    QuantizeSpec,
-    build_quant_cfg,
-    check_deploy_support,
-    check_exclude,
-    check_forward_support,
-    excluded_weight_modules,
-    forward_supported,
-    parse_sm,
-    quantize,
-)
+from compactlm.quantize.formats import check_deploy_support, check_forward_support, forward_supported, parse_sm
+from compactlm.quantize.ptq import QuantizeSpec, build_quant_cfg, check_exclude, excluded_weight_modules, quantize
 
 
 def _sequences(tokenizer, n: int, seq_len: int) -> np.ndarray:
     """n packed sequences of real text (CPython's pydoc topics) tokenized with the tiny tokenizer."""
     from pydoc_data.topics import topics
 
-    from compactlm.data import pack
+    from compactlm.data.splits import pack
 
     docs = (tokenizer(topics[k], add_special_tokens=False)["input_ids"] for k in sorted(topics))
     return pack(docs, seq_len, [n])[0]
@@ -31,7 +22,7 @@ def _sequences(tokenizer, n: int, seq_len: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def llama(tiny_llama_dir):
-    from compactlm.models import load_model
+    from compactlm.model.loading import load_model
 
     return load_model(tiny_llama_dir)
 
@@ -106,7 +97,7 @@ def test_spec_validation():
 
 
 def test_fp8_fake_quant_perplexity_close_to_unquantized(tiny_llama_dir, tiny_tokenizer):
-    from compactlm.models import load_model
+    from compactlm.model.loading import load_model
     from compactlm.quantize.verify import fake_quant_quality
 
     calib, valid = _sequences(tiny_tokenizer, 24, 64)[:16], _sequences(tiny_tokenizer, 24, 64)[16:]
@@ -129,7 +120,7 @@ def test_nvfp4_fake_quant_perplexity_on_cuda(tiny_llama_dir, tiny_tokenizer):
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from compactlm.models import load_model
+    from compactlm.model.loading import load_model
     from compactlm.quantize.verify import fake_quant_quality
 
     seqs = _sequences(tiny_tokenizer, 24, 64)

@@ -30,7 +30,7 @@ CASES = {
 def _sequences(tokenizer, n: int, seq_len: int) -> np.ndarray:
     from pydoc_data.topics import topics
 
-    from compactlm.data import pack
+    from compactlm.data.splits import pack
 
     docs = (tokenizer(topics[k], add_special_tokens=False)["input_ids"] for k in sorted(topics))
     return pack(docs, seq_len, [n])[0]
@@ -39,7 +39,7 @@ def _sequences(tokenizer, n: int, seq_len: int) -> np.ndarray:
 @pytest.fixture(scope="module", params=sorted(CASES))
 def exported(request, tiny_llama_dir, tiny_tokenizer, tmp_path_factory):
     """(format, kv_cache_fp8, exclude, export folder, reference state dict, export() result)."""
-    from compactlm.models import load_model
+    from compactlm.model.loading import load_model
 
     fmt, kv, exclude = CASES[request.param]
     model = load_model(tiny_llama_dir)
@@ -159,7 +159,7 @@ def test_nvfp4_decoding_agrees_with_modelopt():
 
 
 def _round_trip(model_dir, tokenizer, fmt, out, calib):
-    from compactlm.models import load_model
+    from compactlm.model.loading import load_model
 
     model = load_model(model_dir)
     reference = {k: v.detach().clone() for k, v in model.state_dict().items()}  # before SmoothQuant/AWQ rescale

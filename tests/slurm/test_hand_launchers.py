@@ -11,7 +11,6 @@ import pytest
 from compactlm.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
-POLISH = REPO.parent / "shared" / "data" / "polish"
 sys.path.insert(0, str(REPO / "tests"))
 from helpers import run_launch  # noqa: E402
 
@@ -21,8 +20,7 @@ pytestmark = pytest.mark.slow
 def test_submit_sh_runs_a_prepared_recipe_as_dependent_jobs(slurm_cluster, tmp_path, tiny_llama_dir):
     import subprocess
 
-    r = run_launch(["recipe=eval", "model=local", f"model.path={tiny_llama_dir}", "data=polish_text",
-                    f"data.paths=[{POLISH / 'pud.txt'}]", "data.seq_len=32", "data.validation_sequences=4",
+    r = run_launch(["recipe=eval", "model=local", f"model.path={tiny_llama_dir}", "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=4",
                     "data.calibration_sequences=4", "data.max_train_sequences=8", "evaluate.generate_tokens=4",
                     "evaluate.task_examples=20", f"runs_root={tmp_path}", "run_name=by_hand", "prepare_only=true",
                     f"cache_dir={tmp_path / 'cache'}"], timeout=300)

@@ -14,7 +14,6 @@ import torch
 from compactlm.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
-POLISH = REPO.parent / "shared" / "data" / "polish"
 sys.path.insert(0, str(REPO / "tests"))
 from helpers import run_launch  # noqa: E402
 
@@ -26,8 +25,7 @@ def _args(slurm, tmp_path, model_dir, run_name, *extra, cluster="slurm", setup="
     venv_bin = Path(sys.executable).parent
     setup_lines = f"['export PATH={venv_bin}:$PATH'{setup}]"
     return [
-        "recipe=prune_distill", "model=local", f"model.path={model_dir}", "data=polish_text",
-        f"data.paths=[{POLISH / 'pud.txt'}]", "data.seq_len=32", "data.validation_sequences=4",
+        "recipe=prune_distill", "model=local", f"model.path={model_dir}", "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=4",
         "data.calibration_sequences=4", "data.max_train_sequences=32", "evaluate.generate_tokens=4",
         "prune.model=null", "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64",
         "distill.micro_batch_size=2", "distill.global_batch_size=4", "engine.threads=1", "evaluate.task_examples=40",
@@ -70,9 +68,9 @@ def test_demo_pipeline_as_dependent_slurm_jobs(slurm_cluster, tmp_path):
     for stage in STAGES:
         assert read_manifest(run_dir / stage) is not None, stage
     assert "compactlm summary" in r.stdout and (run_dir / "report.html").is_file()
-    models = read_manifest(run_dir / "evaluate")["metrics"]["models"]
+    models = read_manifest(run_dir / "evaluate")["result"]["models"]
     assert models["teacher"]["params"]["total"] == 134_515_008 and models["pruned"]["params"]["total"] == 89_386_560
-    assert models["teacher"]["tasks"]["polish_continuation"]["num_examples"] == 40  # built from the Polish sample
+    assert models["teacher"]["tasks"]["heldout_continuation"]["num_examples"] == 40  # built from the Polish sample
     assert models["quantized"]["format"] == "fp8"
 
     ids = _job_ids(slurm_cluster, run_dir)
@@ -132,7 +130,7 @@ def test_preempted_distill_job_requeues_and_resumes_to_the_same_result(slurm_clu
     slurm_cluster.wait_state(job, "COMPLETED", timeout=900)
     runs = slurm_cluster.runs(job)  # every run of the job, oldest first (sacct --duplicates)
     assert runs[0] == "REQUEUED" and runs[-1] == "COMPLETED", runs
-    m = read_manifest(run_dir / "distill")["metrics"]
+    m = read_manifest(run_dir / "distill")["result"]
     assert m["steps"] == 200
     assert 0 < m["resumed_from_step"] < 200, m["resumed_from_step"]
     preempted = _state_dict(run_dir / "distill" / "student")

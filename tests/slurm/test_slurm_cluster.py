@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 
-
 def _wait_text(path: Path, text: str, timeout: float = 30.0) -> str:
     """Wait until the file exists and contains `text`; return its content."""
     deadline = time.monotonic() + timeout

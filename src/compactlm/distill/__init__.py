@@ -1,18 +1,8 @@
-"""Logit distillation of a pruned student from its teacher (engine=torch).
+"""Logit distillation of a pruned student from its teacher (engine=torch), and the distill stage
+(`compactlm.distill.stage`).
 
-`distill()` trains with ModelOpt's `modelopt.torch.distill` KL loss (or from a cached top-k of the
-teacher's logits), under one process or torchrun (DDP / FSDP2), resumable after any interruption, and
-exports the student as a plain Hugging Face checkpoint. CLI: `python -m compactlm.distill.train --help`.
-
-Attributes are imported lazily: `import compactlm.distill` does not import torch or ModelOpt.
+`compactlm.distill.train.distill()` trains with ModelOpt's `modelopt.torch.distill` KL loss (or from a cached
+top-k of the teacher's logits), under one process or torchrun (DDP / FSDP2), resumable after any interruption,
+and exports the student as a plain Hugging Face checkpoint. Users run it through `launch.py` (recipe=prune_distill);
+from Python, call `distill()` directly.
 """
-
-__all__ = ["Preempted", "distill", "lr_at", "total_steps"]
-
-
-def __getattr__(name):
-    if name in __all__:
-        from compactlm.distill import train
-
-        return getattr(train, name)
-    raise AttributeError(f"module 'compactlm.distill' has no attribute {name!r}")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from compactlm.distill.losses import teacher_topk
 from compactlm.distill.parallel import DistEnv, barrier, broadcast_object
@@ -78,8 +79,6 @@ def build_cache(teacher, tokens: np.ndarray, folder: Path, meta: dict, *, micro_
     `meta` must hold `topk`, `temperature` and `dtype` (a key of CACHE_DTYPES); it is stored as meta.json.
     All ranks must call this; each computes `micro_batch_size` rows per chunk of `world × micro` rows.
     """
-    from tqdm import tqdm
-
     n, seq_len = tokens.shape
     k, temperature, np_dtype = meta["topk"], meta["temperature"], CACHE_DTYPES[meta["dtype"]]
     torch_dtype = torch.float16 if np_dtype == np.float16 else torch.float32

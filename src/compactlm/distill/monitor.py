@@ -16,7 +16,7 @@ class Scalars:
     def __init__(self, log_dir: Path | None, purge_step: int | None = None):
         self._writer = None
         if log_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard (slow): only when logging
 
             self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
@@ -35,10 +35,10 @@ class Scalars:
 
 def plot_loss_curve(history: list[dict], evals: list[dict], path: Path, title: str = "distillation") -> None:
     """Train loss per step (left) and validation perplexity and KL (right), saved atomically as PNG."""
-    import matplotlib
+    import matplotlib  # the backend is chosen before pyplot is imported
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is set
 
     fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(11, 4))
     if history:

@@ -8,6 +8,7 @@ mix with the student's gradients.
 
 from __future__ import annotations
 
+import inspect
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from compactlm.arch import adapter_for, decoder_layers
 
@@ -92,8 +95,6 @@ def gather_object(obj, env: DistEnv) -> list:
 
 def shard_fsdp2(model: nn.Module) -> None:
     """`fully_shard` every decoder layer of a `*ForCausalLM`, then the model itself."""
-    from torch.distributed.fsdp import fully_shard
-
     for layer in decoder_layers(model, adapter_for(model.config.model_type)):
         fully_shard(layer)
     fully_shard(model)
@@ -101,10 +102,6 @@ def shard_fsdp2(model: nn.Module) -> None:
 
 def _ddp(module: nn.Module, env: DistEnv) -> nn.Module:
     """DDP without per-forward buffer broadcasts (the only buffers are RoPE tables, equal on every rank)."""
-    import inspect
-
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     ids = [env.local_rank] if env.device.startswith("cuda") else None
     # torch 2.13 renamed broadcast_buffers (deprecated) to forward_sync_buffers.
     if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
@@ -123,13 +120,10 @@ def wrap_distillation_model(dm: nn.Module, strategy: str, env: DistEnv) -> nn.Mo
     if not env.distributed:
         return dm
     if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         frozen = [n for n, _ in dm.named_parameters() if n.startswith(TEACHER_PREFIX)]
         frozen += [n for n, _ in dm.named_buffers() if n.startswith(TEACHER_PREFIX)]
         DDP._set_params_and_buffers_to_ignore_for_model(dm, frozen)
         return _ddp(dm, env)
-    from torch.distributed.fsdp import fully_shard
 
     teacher = dm.teacher_model
     for layer in decoder_layers(dm, adapter_for(dm.config.model_type)):

@@ -12,38 +12,52 @@ top-k log-probabilities instead. Outputs in `out_dir`: student/ (plain HF checkp
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
 import random
 import shutil
 import signal
-import sys
 import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import modelopt.torch.distill as mtd
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_optimizer_state_dict,
+)
+from tqdm import tqdm
 
 from compactlm.config import ConfigError, DistillConfig, EngineConfig
-from compactlm.data import load_split
+from compactlm.data.splits import load_split
 from compactlm.distill import checkpoint as ckpt
 from compactlm.distill.cache import CACHE_DTYPES, ensure_cache
 from compactlm.distill.losses import PerTokenKL, TopKDistillationLoss
 from compactlm.distill.monitor import Scalars, plot_loss_curve
 from compactlm.distill.parallel import (
-    TEACHER_PREFIX, DistEnv, all_reduce_sum, barrier, gather_object, init_distributed, no_sync,
-    shard_fsdp2, unwrap, wrap_distillation_model, wrap_student,
+    TEACHER_PREFIX,
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    gather_object,
+    init_distributed,
+    no_sync,
+    shard_fsdp2,
+    unwrap,
+    wrap_distillation_model,
+    wrap_student,
 )
 from compactlm.distill.sampler import SequenceOrder, micro_batches, padded_shard, rank_slice
 from compactlm.manifest import atomic_write_json, file_digest, path_digest, publish_dir
-from compactlm.models import load_model, read_hf_config, setup_engine
+from compactlm.model.loading import load_model, read_hf_config, setup_engine
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Changing these between an interrupted run and its resumption does not change what is optimized.
@@ -202,8 +216,6 @@ class _Trainer:
             self.model = wrap_student(student, cfg.strategy, env)
             self.topk_loss = TopKDistillationLoss(cfg.temperature)
         else:
-            import modelopt.torch.distill as mtd
-
             teacher = load_model(self.teacher_dir, device=load_device, dtype=self.dtype).requires_grad_(False)
             criterion = {("lm_head", "lm_head"): PerTokenKL(cfg.temperature)}
             self.dm = mtd.convert(student, mode=[("kd_loss", {"teacher_model": teacher, "criterion": criterion})])
@@ -334,8 +346,6 @@ class _Trainer:
     # ------------------------------------------------------------------------------ checkpoints
     def _load_optimizer(self, osd) -> None:
         if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
             with self._student_only():
                 set_optimizer_state_dict(self.root, self.optimizer, osd,
                                          options=StateDictOptions(full_state_dict=True, ignore_frozen_params=True))
@@ -349,8 +359,6 @@ class _Trainer:
     def _full_state(self) -> tuple[dict, dict]:
         """(model, optimizer) state dicts with full tensors; complete on rank 0 (a collective under FSDP2)."""
         if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
             with self._student_only():
                 return get_state_dict(self.root, self.optimizer, options=opts)
@@ -372,14 +380,11 @@ class _Trainer:
         """Save the student as a plain HF checkpoint (safetensors + the student's tokenizer) in out_dir/student."""
         sharded = None
         if self.fsdp:  # gather before export: export restores the student's own class, FSDP's root included
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             with self._student_only():
                 sharded = get_model_state_dict(self.root, options=StateDictOptions(
                     full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
         if self.dm is not None:
-            import modelopt.torch.distill as mtd
-
             student = mtd.export(unwrap(self.model))  # removes the KD hooks and the teacher
         else:
             student = unwrap(self.model)
@@ -400,8 +405,6 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------------- loop
     def run(self, wall_start: float) -> dict[str, Any]:
-        from tqdm import tqdm
-
         cfg, env = self.cfg, self.env
         tokens_per_step = cfg.global_batch_size * self.seq_len
         bar = tqdm(total=self.steps, initial=self.step, desc="[distill]", unit="step", mininterval=1,
@@ -503,44 +506,3 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data_dir: str | Pa
         return trainer.run(wall_start)
     finally:
         trainer.env.shutdown()
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def _parse_overrides(pairs: list[str], schema) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(schema)}
-    out = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or key not in names:
-            raise SystemExit(f"--set/--engine {pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(names))}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m compactlm.distill.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", required=True, help="teacher HF folder")
-    p.add_argument("--student", required=True, help="student (pruned) HF folder")
-    p.add_argument("--data", required=True, help="folder with train.npy and validation.npy")
-    p.add_argument("--out", required=True, help="run folder (resumed when it holds a checkpoint)")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="DistillConfig fields, e.g. max_steps=50")
-    p.add_argument("--engine", nargs="*", default=[], metavar="KEY=VALUE", help="EngineConfig fields, e.g. threads=1")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--cache-dtype", default="float16", choices=sorted(CACHE_DTYPES))
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    cfg = DistillConfig(**_parse_overrides(a.set, DistillConfig))
-    engine = EngineConfig(**{"name": "cli", **_parse_overrides(a.engine, EngineConfig)})
-    metrics = distill(a.teacher, a.student, a.data, a.out, cfg, engine, a.seed, progress=not a.no_progress,
-                      cache_dir=a.cache_dir, cache_dtype=a.cache_dtype)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(metrics, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

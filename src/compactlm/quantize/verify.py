@@ -28,7 +28,11 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from compactlm.quantize.ptq import FORMATS, _format, check_forward_support
+import torch
+from safetensors import safe_open
+
+from compactlm.evaluate.quality import quality
+from compactlm.quantize.formats import FORMATS, check_forward_support, format_of
 
 # Relative error bound ‖w_deq − w‖ / ‖w‖ per tensor, by stored format.
 #   fp8 (e4m3, per-tensor amax/448 scale): 3 mantissa bits, so round-to-nearest errs by at most half an ulp,
@@ -66,8 +70,6 @@ class Checkpoint:
     """Lazy tensor access to the safetensors of a folder (sharded or not), one tensor at a time."""
 
     def __init__(self, folder: str | Path):
-        from safetensors import safe_open
-
         self.folder = Path(folder)
         index = self.folder / "model.safetensors.index.json"
         if index.is_file():
@@ -111,8 +113,6 @@ def e2m1_to_float(codes):
 
     Exponent 0 is subnormal (0 or 0.5); otherwise 2^(e-1)·(1 + m/2): 1, 1.5, 2, 3, 4, 6.
     """
-    import torch
-
     c = codes.to(torch.int32)
     sign, exp, man = (c >> 3) & 1, (c >> 1) & 3, (c & 1).to(torch.float32)
     mag = torch.where(exp == 0, 0.5 * man, torch.pow(2.0, (exp - 1).to(torch.float32)) * (1.0 + 0.5 * man))
@@ -122,8 +122,6 @@ def e2m1_to_float(codes):
 def unpack_fp4(packed):
     """uint8 [..., k] -> E2M1 codes [..., 2k]: element 2j from the low nibble, 2j+1 from the high nibble
     (the order ModelOpt's NVFP4 packing writes and TensorRT-LLM's kernels read)."""
-    import torch
-
     low, high = packed & 0x0F, packed >> 4
     return torch.stack((low, high), dim=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
 
@@ -157,8 +155,6 @@ def dequantize_int8(weight, weight_scale):
 
 def dequantize_int4_awq(weight, weight_scale):
     """uint8 [out/2, in] (two signed 4-bit codes per byte along the output dim) × [out, in/block] -> [out, in]."""
-    import torch
-
     low, high = (weight & 0x0F).to(torch.int8), (weight >> 4).to(torch.int8)
     codes = torch.stack((low, high), dim=1).reshape(weight.shape[0] * 2, weight.shape[1])
     codes = torch.where(codes >= 8, codes - 16, codes).float()
@@ -170,7 +166,7 @@ def dequantize_int4_awq(weight, weight_scale):
 _DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float32"}
 
 
-def stored_format(ckpt: Checkpoint, key: str) -> str:
+def storedformat_of(ckpt: Checkpoint, key: str) -> str:
     """How tensor `key` is stored: fp8, nvfp4, int8_sq, int4_awq, or a high-precision dtype name."""
     prefix = key[: -len(".weight")] if key.endswith(".weight") else None
     dt = ckpt.dtype(key)
@@ -192,7 +188,7 @@ def stored_format(ckpt: Checkpoint, key: str) -> str:
 
 def dequantize(ckpt: Checkpoint, key: str, group_size: Optional[int] = None):
     """(format, float32 tensor) of checkpoint tensor `key`, with `pre_quant_scale` applied when present."""
-    fmt = stored_format(ckpt, key)
+    fmt = storedformat_of(ckpt, key)
     if fmt.startswith("unknown"):
         raise LayoutError(f"{key}: cannot dequantize a {fmt.split(':')[1]} tensor")
     if fmt in _DTYPE_NAMES.values():
@@ -234,8 +230,6 @@ def compare(exported_dir: str | Path, reference_state_dict: Mapping[str, Any] | 
         "note"}], "max_rel_err": {format: worst rel_err}, "failures": [names]}. Reference tensors missing
         from the export are failures, except an lm_head tied to the embedding (the export drops the alias).
     """
-    import torch
-
     limits = {**BOUNDS, **(bounds or {})}
     ckpt = Checkpoint(exported_dir)
     hf_cfg = json.loads((Path(exported_dir) / "config.json").read_text()) if (
@@ -293,8 +287,6 @@ _NORM_FEEDS = {
 
 
 def _nonzero(t):
-    import torch
-
     return torch.where(t == 0, torch.ones_like(t), t)
 
 
@@ -306,7 +298,7 @@ def _awq_layernorm_folds(ckpt: Checkpoint, ref_keys: set[str], ref_get) -> dict[
     """
     out = {}
     for key in ckpt.keys():
-        if not key.endswith(".weight") or stored_format(ckpt, key) != "int4_awq":
+        if not key.endswith(".weight") or storedformat_of(ckpt, key) != "int4_awq":
             continue
         prefix = key[: -len(".weight")]
         if f"{prefix}.pre_quant_scale" in ckpt:
@@ -408,7 +400,7 @@ def check_layout(exported_dir: str | Path, fmt: str, kv_cache_fp8: Optional[bool
     Returns a summary: quant_algo, kv_cache_quant_algo, group_size, exclude_modules, quantized (count per
     format), high_precision (module names), files.
     """
-    f = _format(fmt)
+    f = format_of(fmt)
     folder = Path(exported_dir)
     problems: list[str] = []
     for name in ("config.json", "hf_quant_config.json"):
@@ -474,7 +466,7 @@ def check_layout(exported_dir: str | Path, fmt: str, kv_cache_fp8: Optional[bool
         if not key.endswith(".weight"):
             continue
         prefix = key[: -len(".weight")]
-        sfmt = stored_format(ckpt, key)
+        sfmt = storedformat_of(ckpt, key)
         excluded = any(fnmatch.fnmatchcase(prefix, p) for p in exclude)
         if sfmt in FORMATS:
             quantized[sfmt] = quantized.get(sfmt, 0) + 1
@@ -527,8 +519,6 @@ def fake_quant_quality(quantized, sequences, fmt: str, batch_size: int, device: 
     top-1 agreement. Raises ConfigError where the format's forward cannot run on `device` (nvfp4 on CPU).
     Returns label -> metrics for "quantized" (and "reference").
     """
-    from compactlm.evaluate import quality
-
     check_forward_support(fmt, device)
     models = {"quantized": quantized}
     if reference is not None:

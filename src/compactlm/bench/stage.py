@@ -1,0 +1,75 @@
+"""The bench stage: speed of the teacher vs the final student — TTFT, TPOT, output tokens/s and peak memory at
+every `bench.batch_sizes`, next to the speed-up their parameter counts promise.
+
+Measured with transformers' generate on the run's device, or taken from the deploy stage's trtllm-bench
+results when that stage ran before this one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from compactlm.bench.speed import compare, generation_speed, params_read_per_token
+from compactlm.model.loading import count_parameters, load_model, load_tokenizer, setup_engine
+from compactlm.pipeline import StageContext, StageOutput
+from compactlm.results import TEACHER, BenchResult, BenchRun, ParamCounts, student_label
+
+
+class BenchStage:
+    name = "bench"
+    reads = ("bench", "engine")
+    keep = ()
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        if "deploy" in ctx.upstream:
+            return StageOutput(bench_from_deploy(ctx))
+        cfg = ctx.cfg.bench
+        device, dtype = setup_engine(ctx.cfg.engine)
+        static = cfg.static_cache if cfg.static_cache is not None else device.startswith("cuda")
+        models = ctx.models()
+        student = student_label(models)
+        if student is None:
+            raise RuntimeError("the bench stage compares the teacher with a pruned or distilled student, and no "
+                               "earlier stage of this recipe made one")
+        folders = {TEACHER: models[TEACHER], student: models[student]}
+        tokenizer = load_tokenizer(folders[TEACHER])
+        params, runs = {}, []
+        results: dict[int, dict] = {b: {} for b in cfg.batch_sizes}
+        for label, folder in folders.items():  # one model resident at a time: peak memory is its own
+            model = load_model(folder, device, dtype)
+            params[label] = count_parameters(model)
+            for b in cfg.batch_sizes:
+                print(f"[bench] {label}: batch {b}, {cfg.prompt_tokens} prompt + {cfg.new_tokens} new tokens", flush=True)
+                results[b][label] = generation_speed(model, tokenizer, prompt_tokens=cfg.prompt_tokens,
+                                                     new_tokens=cfg.new_tokens, batch_size=b, device=device,
+                                                     repeats=cfg.repeats, static_cache=static)
+            del model
+        for b in cfg.batch_sizes:
+            ratio = compare(results[b][TEACHER], results[b][student], params[TEACHER], params[student])
+            runs.append(BenchRun(batch_size=b, models=results[b], compare=ratio))
+            print(f"[bench] batch {b}: {student} {ratio['tokens_per_s_ratio']:.2f}x teacher tokens/s, decode "
+                  f"{ratio['decode_speedup']:.2f}x, ideal (parameters read per token) {ratio['ideal_speedup']:.2f}x",
+                  flush=True)
+        return StageOutput(BenchResult(source="transformers generate", device=device,
+                                       dtype=str(dtype).removeprefix("torch."), threads=torch.get_num_threads(),
+                                       student=student, params={k: ParamCounts(**v) for k, v in params.items()},
+                                       runs=runs))
+
+
+def bench_from_deploy(ctx: StageContext) -> BenchResult:
+    """The bench table from trtllm-bench (deploy stage): one row per concurrency, teacher vs student."""
+    deployed = ctx.result("deploy").models
+    student = student_label(deployed)
+    evaluation = ctx.result("evaluate")
+    params = {label: evaluation.models[label].params for label in (TEACHER, student)} if evaluation else {}
+    ideal = (params_read_per_token(dataclasses.asdict(params[TEACHER]))
+             / params_read_per_token(dataclasses.asdict(params[student]))) if params else None
+    runs = []
+    for t_row, s_row in zip(deployed[TEACHER]["throughput"], deployed[student]["throughput"]):
+        speed = s_row["output_tokens_per_s"] / t_row["output_tokens_per_s"]
+        runs.append(BenchRun(batch_size=t_row["concurrency"], models={TEACHER: t_row, student: s_row},
+                             compare={"tokens_per_s_ratio": speed, "ideal_speedup": ideal,
+                                      "decode_speedup": t_row["tpot_ms"] / s_row["tpot_ms"] if s_row.get("tpot_ms") else None}))
+    return BenchResult(source="trtllm-bench (deploy stage)", student=student, params=params, runs=runs)

@@ -1,0 +1,169 @@
+"""Text sources, tokenization and packing into fixed-length train / validation / calibration splits.
+
+Splits are made at the document level after a seeded shuffle, in the order validation → calibration →
+train, so held-out perplexity never sees a document the model was calibrated or distilled on.
+Each split is saved as an int32 array of shape [num_sequences, seq_len].
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+from pathlib import Path
+from pydoc_data.topics import topics
+from typing import Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from compactlm.config import ConfigError, DataConfig
+from compactlm.manifest import atomic_write_text
+
+SPLITS = ("validation", "calibration", "train")
+
+
+def expand_paths(cfg: DataConfig) -> list[Path]:
+    """Every file named or matched by `data.paths`; errors name the pattern that matched nothing."""
+    out: list[Path] = []
+    for pattern in cfg.paths:
+        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matches:
+            raise ConfigError(f"data.paths: {pattern!r} matches no file")
+        out.extend(Path(m) for m in matches)
+    return out
+
+
+def check_sources(cfg: DataConfig) -> None:
+    """Fail before anything runs when a local data file is missing or holds no text."""
+    if not cfg.reads_files():
+        return
+    for path in expand_paths(cfg):
+        if not path.is_file():
+            raise ConfigError(f"data.paths: {str(path)!r} is not a file")
+        with path.open(encoding="utf-8", errors="replace") as f:
+            if not any(line.strip() for line in f):
+                raise ConfigError(f"data.paths: {str(path)!r} is empty (data.kind={cfg.kind} needs text)")
+
+
+def read_documents(cfg: DataConfig) -> list[str]:
+    """All documents of the source, in a stable order (shuffling happens in :func:`build_splits`)."""
+    if cfg.kind == "pydoc":
+        return [topics[k] for k in sorted(topics)]
+    if cfg.kind == "text":
+        docs = []
+        for path in expand_paths(cfg):
+            docs.extend(line.strip() for line in path.open(encoding="utf-8") if line.strip())
+        return docs
+    if cfg.kind == "jsonl":
+        docs = []
+        for path in expand_paths(cfg):
+            for n, line in enumerate(path.open(encoding="utf-8"), 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)[cfg.text_field]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ConfigError(
+                        f"data.paths: {path}:{n} is not a JSON object with key data.text_field={cfg.text_field!r} ({e})"
+                    ) from None
+                if text and str(text).strip():
+                    docs.append(str(text))
+        return docs
+    # kind == "hf": real datasets loading code; needs network or a local datasets cache.
+    import datasets  # slow to import (pyarrow, fsspec), and only data.kind=hf uses it
+
+    ds = datasets.load_dataset(cfg.hf_dataset, cfg.hf_subset, split=cfg.hf_split)
+    if cfg.text_field not in ds.column_names:
+        raise ConfigError(f"data.text_field={cfg.text_field!r} is not a column of {cfg.hf_dataset}: {ds.column_names}")
+    limit = cfg.max_documents or len(ds)
+    return [t for t in ds.select(range(min(limit, len(ds))))[cfg.text_field] if t and t.strip()]
+
+
+def pack(token_docs: Iterable[list[int]], seq_len: int, quotas: list[int | None],
+         doc_counts: list[int] | None = None) -> list[np.ndarray]:
+    """Pack tokenized documents into `len(quotas)` splits of [n, seq_len] sequences, filled in order.
+
+    A split takes whole documents until it holds its quota of sequences (None: no limit); the rest of the
+    document that completes a split is dropped, so no document straddles two splits. When `doc_counts` is
+    given, it is filled with the number of documents each split consumed (in input order).
+    """
+    splits: list[list[np.ndarray]] = [[] for _ in quotas]
+    counts = [0] * len(quotas)
+    i, buf = 0, []
+    for doc in token_docs:
+        if i >= len(quotas):
+            break
+        counts[i] += 1
+        buf.extend(doc)
+        while len(buf) >= seq_len and i < len(quotas):
+            splits[i].append(np.asarray(buf[:seq_len], dtype=np.int32))
+            buf = buf[seq_len:]
+            if quotas[i] is not None and len(splits[i]) >= quotas[i]:
+                i, buf = i + 1, []
+                break
+    if doc_counts is not None:
+        doc_counts[:] = counts
+    return [np.stack(s) if s else np.zeros((0, seq_len), np.int32) for s in splits]
+
+
+def build_splits(cfg: DataConfig, tokenizer, seed: int) -> dict[str, np.ndarray]:
+    """Read, shuffle (seeded), tokenize and pack the source into the three splits."""
+    return build_splits_with_heldout(cfg, tokenizer, seed)[0]
+
+
+def build_splits_with_heldout(cfg: DataConfig, tokenizer, seed: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """:func:`build_splits`, plus the text of the documents the validation split was packed from.
+
+    Those documents are held out: no token of them reaches the calibration or train split, so tasks built
+    from their text (the evaluate stage's heldout_continuation) measure text no model of the run trained on.
+    """
+    docs = read_documents(cfg)
+    random.Random(seed).shuffle(docs)
+    if cfg.max_documents:
+        docs = docs[: cfg.max_documents]
+    eos = tokenizer.eos_token_id
+    token_docs = (ids + ([eos] if eos is not None else []) for ids in _tokenize(tokenizer, docs))
+    quotas = [cfg.validation_sequences, cfg.calibration_sequences, cfg.max_train_sequences]
+    doc_counts: list[int] = []
+    arrays = dict(zip(SPLITS, pack(token_docs, cfg.seq_len, quotas, doc_counts)))
+    for split, want in zip(SPLITS, quotas):
+        have = len(arrays[split])
+        if (want is not None and have < want and split != "train") or have == 0:
+            raise ConfigError(
+                f"data={cfg.name}: only {have} {split} sequences of data.seq_len={cfg.seq_len} tokens could be "
+                f"packed from {len(docs)} documents (wanted {want or 'at least 1'}); add text or lower "
+                f"data.validation_sequences / data.calibration_sequences / data.seq_len"
+            )
+    return arrays, docs[: doc_counts[0]]
+
+
+def save_heldout(docs: list[str], folder: Path) -> Path:
+    """Write the held-out documents as `<folder>/heldout/documents.txt` (one line per paragraph)."""
+    out = Path(folder) / "heldout" / "documents.txt"
+    atomic_write_text(out, "\n\n".join(d.strip() for d in docs) + "\n")
+    return out
+
+
+def _tokenize(tokenizer, docs: list[str], chunk: int = 256):
+    with tqdm(total=len(docs), desc="[data] tokenizing", unit="doc", mininterval=2) as bar:
+        for start in range(0, len(docs), chunk):
+            batch = docs[start : start + chunk]
+            yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
+            bar.update(len(batch))
+
+
+def save_splits(arrays: dict[str, np.ndarray], folder: Path) -> dict[str, str]:
+    """Save each split as `<split>.npy`; returns {split: file name}."""
+    out = {}
+    for split, arr in arrays.items():
+        name = f"{split}.npy"
+        np.save(Path(folder) / name, arr)
+        out[split] = name
+    return out
+
+
+def load_split(folder: Path, split: str, mmap: bool = True) -> np.ndarray:
+    """An int32 array [num_sequences, seq_len] written by the data stage."""
+    return np.load(Path(folder) / f"{split}.npy", mmap_mode="r" if mmap else None)

@@ -1,0 +1,24 @@
+"""The distill stage: logit distillation of the pruned student from the teacher; resumable, torchrun-aware.
+
+`checkpoint/` and `teacher_cache/` survive a restart of this stage so that a killed or preempted run
+resumes, but only while the stage's config and inputs are unchanged (`resume_key.json`).
+"""
+
+from __future__ import annotations
+
+from compactlm.distill.train import distill
+from compactlm.pipeline import StageContext, StageOutput
+from compactlm.results import DistillResult
+
+
+class DistillStage:
+    name = "distill"
+    reads = ("distill", "engine", "seed")
+    keep = ("checkpoint", "teacher_cache")
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        data_dir = ctx.upstream_output("data", "train").parent
+        metrics = distill(ctx.upstream_output("model", "checkpoint"), ctx.upstream_output("prune", "checkpoint"),
+                          data_dir, ctx.stage_dir, ctx.cfg.distill, ctx.cfg.engine, ctx.cfg.seed)
+        outputs = {"checkpoint": "student", "loss_curve": "loss_curve.png", "history": "history.json"}
+        return StageOutput(DistillResult(**metrics), outputs=outputs)

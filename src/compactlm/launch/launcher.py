@@ -1,0 +1,237 @@
+"""The submit side of a run: validate, write the run folder, build the NeMo-Run experiment, run it, summarize.
+
+Never imports torch model code: everything heavy happens in `recipes/<stage>.py` on the compute node.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from compactlm.config import CompactLMConfig, ConfigError, PruneConfig
+from compactlm.launch.executors import build_experiment, check_credentials, describe_executor, render_submission
+from compactlm.launch.records import CONFIG_FILE, REPO, nemorun_home, resolved_yaml, stage_logs
+from compactlm.launch.report import summary_table, write_report
+from compactlm.launch.validate import to_config, validate
+from compactlm.manifest import atomic_write_json, atomic_write_text, read_manifest, versions
+from compactlm.model.loading import read_hf_config
+from compactlm.model.params import format_table, param_table
+from compactlm.pipeline import STAGE_NAMES
+
+
+def launch(cfg) -> int:
+    """Entry of `launch.py` (after Hydra composed `cfg`); returns the process exit code."""
+    try:
+        conf = to_config(cfg)
+        validate(conf, STAGE_NAMES)
+        local_dir = place_run(conf)
+        if conf.recipe.stages and not (conf.dryrun or conf.prepare_only):
+            check_credentials(conf)
+    except ConfigError as e:
+        print(f"compactlm: configuration error: {e}", file=sys.stderr)
+        return 2
+    if not conf.recipe.stages:
+        return print_params(conf)
+    if conf.dryrun:
+        return dryrun(conf, local_dir)
+    if conf.prepare_only:
+        write_run_dir(conf, local_dir)
+        print(f"compactlm: wrote {local_dir / CONFIG_FILE} (stages: {' '.join(conf.recipe.stages)}); submit by hand with\n"
+              f"  launchers/slurm/submit.sh {local_dir / CONFIG_FILE} --account=<account> [--partition=<p>]")
+        return 0
+    return submit(conf, local_dir)
+
+
+def place_run(conf: CompactLMConfig) -> Path:
+    """Fix where the stages write (`conf.run_dir`, `conf.cache_dir`) and return the local run folder.
+
+    The local folder holds config.yaml, launch.json and NeMo-Run's records. On this machine and on a
+    Slurm login node (tunnel=local) the stages write there too; elsewhere they write under
+    `cluster.runs_root` on the cluster's shared file system.
+    """
+    local_dir = Path(conf.run_dir).expanduser().resolve()
+    c = conf.cluster
+    if c.cache_dir:
+        conf.cache_dir = c.cache_dir
+    if c.is_remote():
+        if not c.runs_root or not c.runs_root.startswith("/"):
+            raise ConfigError(f"cluster.runs_root={c.runs_root!r}: cluster.executor={c.executor} needs an absolute "
+                              "folder on the cluster's shared storage where the stages write their outputs")
+        if not conf.cache_dir.startswith("/"):
+            raise ConfigError(f"cache_dir={conf.cache_dir!r} is not an absolute path on the cluster; "
+                              "set cluster.cache_dir to a folder on its shared storage")
+        conf.run_dir = f"{c.runs_root.rstrip('/')}/{conf.run_name}"
+    elif c.runs_root:
+        conf.run_dir = str(Path(c.runs_root).expanduser().resolve() / conf.run_name)
+    else:
+        conf.run_dir = str(local_dir)
+    if c.is_remote():
+        place_remote_inputs(conf)
+    else:
+        conf.cache_dir = str(Path(conf.cache_dir).expanduser())
+        pin_local_paths(conf)
+    return local_dir
+
+
+def pin_local_paths(conf: CompactLMConfig) -> None:
+    """Make every input path of the config absolute, as seen from where launch.py runs.
+
+    The stages run elsewhere (NeMo-Run's copy of the code on Slurm, another working directory), so a
+    relative `data.paths`, `model.path` or `evaluate.task_text` would point at nothing there. config.yaml
+    then records the files the run really read.
+    """
+    def pinned(path: str) -> str:
+        return os.path.abspath(os.path.expanduser(path))
+
+    if conf.model.is_local():
+        conf.model.path = pinned(conf.model.path)
+    if conf.data.reads_files():
+        conf.data.paths = [pinned(p) for p in conf.data.paths]
+    if conf.evaluate.task_text:
+        conf.evaluate.task_text = pinned(conf.evaluate.task_text)
+
+
+def place_remote_inputs(conf: CompactLMConfig) -> None:
+    """On a cluster that does not see this machine's files, input paths must be absolute paths over there."""
+    where = f"cluster.executor={conf.cluster.executor}" + (" with cluster.slurm.tunnel=ssh" if conf.cluster.executor == "slurm" else "")
+    named = []
+    if "evaluate" in conf.recipe.stages and conf.evaluate.folder_tasks():
+        named.append(("evaluate.task_text", conf.evaluate.task_text))
+    if conf.model.is_local():
+        named.append(("model.path", conf.model.path))
+    if "data" in conf.recipe.stages and conf.data.reads_files():
+        named += [("data.paths", p) for p in conf.data.paths]
+    for key, path in named:
+        if not path.startswith("/"):
+            raise ConfigError(f"{key}={path!r} is relative, but the stages run on the cluster ({where}), where it "
+                              "would be read from an unknown working directory: give an absolute path on the "
+                              "cluster's storage")
+
+
+def write_run_dir(conf: CompactLMConfig, local_dir: Path | None = None) -> Path:
+    """config.yaml (resolved), launch.json (git SHA, versions, command) into the local run folder
+    (`conf.run_dir` unless the stages write on a cluster's storage)."""
+    local_dir = Path(conf.run_dir) if local_dir is None else local_dir
+    local_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(local_dir / CONFIG_FILE, resolved_yaml(conf))
+    atomic_write_json(local_dir / "launch.json", {
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "git_sha": git_sha(),
+        "versions": versions(),
+        "cluster": conf.cluster.executor,
+        "run_dir": conf.run_dir,
+        "launched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    return local_dir
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def dryrun(conf: CompactLMConfig, local_dir: Path) -> int:
+    """Print the resolved config, the executors and what would be submitted (sbatch scripts, job specs).
+
+    Nothing is written to the run folder and nothing is contacted: scripts and specs are rendered in a
+    temporary folder by the same code that submits them.
+    """
+    print("# resolved config\n" + resolved_yaml(conf))
+    print(f"# executor\n{describe_executor(conf)}")
+    print("# tasks (each depends on the one before)")
+    for stage, text in render_submission(conf, local_dir):
+        print(f"## {stage}\n{text.rstrip()}")
+    print("dryrun=true: nothing was written or submitted")
+    return 0
+
+
+def submit(conf: CompactLMConfig, local_dir: Path) -> int:
+    write_run_dir(conf, local_dir)
+    where = f"{local_dir}" if conf.run_dir == str(local_dir) else f"{conf.run_dir} on the cluster (records in {local_dir})"
+    print(f"compactlm: run {conf.run_name} -> {where}  (recipe={conf.recipe.name}: {' -> '.join(conf.recipe.stages)}, "
+          f"cluster={conf.cluster.name})", flush=True)
+    t0 = time.time()
+    exp = build_experiment(conf, local_dir)
+    detach = conf.cluster.detach and conf.cluster.executor != "local"
+    try:
+        with exp:
+            exp.run(detach=detach, tail_logs=not detach)
+    except Exception as e:  # the scheduler refused (sbatch error, HTTP error): say so without a traceback
+        detail = " ".join(str(e).split())[-1500:]
+        print(f"compactlm: submitting to cluster={conf.cluster.name} failed: {type(e).__name__}: {detail}\n"
+              f"  nothing is lost: fix the cause and re-run the same command (finished stages are skipped)",
+              file=sys.stderr)
+        return 1
+    states = {job.id: str(job.state) for job in exp.jobs}
+    if detach:
+        print(f"compactlm: submitted {len(exp.jobs)} stage job(s) of experiment {exp._id}; follow them with\n"
+              f"  python launch.py status run_name={conf.run_name}\n"
+              f"  python launch.py logs run_name={conf.run_name} stage=<stage>\n"
+              f"  python launch.py cancel run_name={conf.run_name}")
+        return 0
+    if conf.cluster.is_remote():
+        print(f"compactlm: jobs ended with states {states}; outputs and report are in {conf.run_dir} on the cluster "
+              f"(python launch.py report runs={conf.run_name} runs_root={conf.cluster.runs_root} there)")
+        return 0 if all(s.endswith("SUCCEEDED") for s in states.values()) else 1
+    run_dir = Path(conf.run_dir)
+    print(summary_table(conf, t0))
+    md, page = write_report(conf)
+    print(f"  report: {page}  ({md.name} beside it)")
+    failed = [stage for stage in conf.recipe.stages if read_manifest(run_dir / stage) is None]
+    if failed:
+        print(f"compactlm: stage {failed[0]!r} did not finish (states: {states}); its log is under "
+              f"{nemorun_home(local_dir)} (python launch.py logs run_name={conf.run_name} stage={failed[0]}). "
+              "Re-run the same command to resume from it.", file=sys.stderr)
+        print(failed_log_tail(local_dir, failed[0]), file=sys.stderr)
+        return 1
+    print(f"compactlm: run finished; artifacts in {run_dir}")
+    return 0
+
+
+def failed_log_tail(local_dir: Path, stage: str, lines: int = 30) -> str:
+    """The last lines of the newest log of `stage` (its latest attempt), where the cause of a failure is."""
+    logs = stage_logs(local_dir, stage)
+    logs = [p for p in logs if p.name not in ("stdout.log", "stderr.log")] or logs
+    if not logs:
+        return f"  (no log of stage {stage!r} was written)"
+    text = logs[-1].read_text(errors="replace").splitlines()
+    return f"==> {logs[-1]} (last {min(lines, len(text))} lines) <==\n" + "\n".join(text[-lines:])
+
+
+def prune_presets(model_name: str) -> list[PruneConfig]:
+    """Every preset of conf/prune/ made for `model_name` (or for any model), as PruneConfig."""
+    out = []
+    for path in sorted(glob.glob(str(REPO / "conf" / "prune" / "*.yaml"))):
+        raw = OmegaConf.load(path)
+        raw.pop("defaults", None)
+        preset = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PruneConfig), raw))
+        if preset.model in (None, model_name):
+            out.append(preset)
+    return out
+
+
+def print_params(conf: CompactLMConfig) -> int:
+    """recipe=params: the parameter table of the model and its presets (meta device, no weights)."""
+    local = read_hf_config(Path(conf.model.path).expanduser()) if conf.model.source == "hf" and conf.model.is_local() else None
+    rows = param_table(conf.model, prune_presets(conf.model.name), local)
+    print(f"Parameters of model={conf.model.name} and its prune presets (instantiated on the meta device):")
+    print(format_table(rows))
+    if not conf.dryrun:
+        out = Path(conf.run_dir) / "params.json"
+        atomic_write_json(out, {"model": asdict(conf.model), "rows": rows})
+        print(f"written to {out}")
+    return 0
+

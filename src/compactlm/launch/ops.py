@@ -1,0 +1,217 @@
+"""Run operations: `python launch.py list | status | logs | cancel | report ...` (no Hydra, no torch).
+
+Each run's records live in `<runs_root>/<run_name>/`: config.yaml, launch.json and NeMo-Run's
+experiment records (`nemorun/`), through which status, logs and cancellation go to the cluster the run
+was submitted to. Stage completion comes from the stages' manifests where this machine sees them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import nemo_run as run
+from omegaconf.errors import OmegaConfBaseException
+
+from compactlm.cli import UsageError, parse
+from compactlm.config import ConfigError
+from compactlm.launch.cloud import use_home
+from compactlm.launch.records import CONFIG_FILE, nemorun_home, stage_logs
+from compactlm.launch.report import text_table, write_comparison
+from compactlm.manifest import read_manifest
+from compactlm.pipeline import load_config
+from compactlm.results import ResultError, read_result
+
+COMMANDS = ("list", "status", "logs", "cancel", "report")
+USAGE = """usage: python launch.py <command> [key=value ...]
+
+  list   [runs_root=runs]                                  every run under runs_root, with its progress
+  status run_name=<name> [runs_root=runs]                  per-stage state, scheduler job id and job state
+  logs   run_name=<name> stage=<stage> [lines=60] [runs_root=runs]
+                                                           the stage's log (its latest attempt)
+  cancel run_name=<name> [stage=<stage>] [runs_root=runs]  cancel the run's unfinished jobs (or one stage's)
+  report runs=<a>,<b>[,...] [runs_root=runs] [out=<dir>]   compare runs side by side (report.md + report.html)
+"""
+
+
+class OpsError(UsageError):
+    """A bad command line or a run that does not exist; the message says what is allowed."""
+
+
+def run_folder(runs_root: str, run_name: str) -> Path:
+    folder = Path(runs_root).expanduser().resolve() / run_name
+    if not (folder / "launch.json").exists():
+        known = ", ".join(sorted(p.name for p in list_runs(runs_root))) or "none"
+        raise OpsError(f"run_name={run_name!r}: no run in {folder.parent} (runs there: {known})")
+    return folder
+
+
+def list_runs(runs_root: str) -> list[Path]:
+    root = Path(runs_root).expanduser()
+    return sorted(p for p in root.glob("*") if (p / "launch.json").exists()) if root.is_dir() else []
+
+
+def run_info(folder: Path) -> tuple[dict, object]:
+    """(launch.json, typed config) of a run folder."""
+    try:
+        return json.loads((folder / "launch.json").read_text()), load_config(folder / CONFIG_FILE)
+    except (ConfigError, OmegaConfBaseException, ValueError, OSError) as e:
+        raise OpsError(f"run {folder.name}: cannot read its records ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                       "was it launched by an older compactlm?") from None
+
+
+def stage_done(conf, stage: str) -> str:
+    """done / missing / '?' (the stages write on a file system this machine does not see)."""
+    run_dir = Path(conf.run_dir)
+    if not run_dir.exists():
+        return "?"
+    return "done" if read_manifest(run_dir / stage) is not None else "-"
+
+
+def experiment(folder: Path):
+    """The run's latest NeMo-Run experiment, rebuilt from its records."""
+    home = nemorun_home(folder)
+    if not (home / "experiments" / folder.name).is_dir():
+        return None
+    use_home(home)  # also registers compactlm's DGX Cloud / Lepton executor classes and their job records
+    with contextlib.redirect_stdout(io.StringIO()):
+        return run.Experiment.from_title(folder.name)
+
+
+def job_states(exp) -> dict[str, dict]:
+    if exp is None:
+        return {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        return exp.status(return_dict=True) or {}
+
+
+def cmd_list(args: dict[str, str]) -> int:
+    rows = []
+    for folder in list_runs(args["runs_root"]):
+        try:
+            launch, conf = run_info(folder)
+        except UsageError as e:
+            rows.append([folder.name, "?", "?", "?", str(e).split(": ", 1)[1][:60]])
+            continue
+        done = sum(stage_done(conf, s) == "done" for s in conf.recipe.stages)
+        rows.append([folder.name, conf.recipe.name, launch.get("cluster", "local"), launch.get("launched_at", ""),
+                     f"{done}/{len(conf.recipe.stages)}" if Path(conf.run_dir).exists() else "remote"])
+    if not rows:
+        print(f"no runs under {Path(args['runs_root']).expanduser().resolve()}")
+        return 0
+    _print_table(["run", "recipe", "cluster", "launched (UTC)", "stages done"], rows)
+    return 0
+
+
+def cmd_status(args: dict[str, str]) -> int:
+    folder = run_folder(args["runs_root"], args["run_name"])
+    launch, conf = run_info(folder)
+    jobs = job_states(experiment(folder))
+    print(f"run {folder.name}: recipe={conf.recipe.name}, cluster={launch.get('cluster', 'local')}, "
+          f"outputs in {conf.run_dir}")
+    rows = []
+    for stage in conf.recipe.stages:
+        job = jobs.get(stage, {})
+        rows.append([stage, stage_done(conf, stage), str(job.get("status", "-")), str(job.get("job_id", "-")),
+                     stage_summary(conf, stage)])
+    _print_table(["stage", "manifest", "scheduler state", "job id", "result"], rows)
+    return 0
+
+
+def stage_summary(conf, stage: str) -> str:
+    """One line from the stage's typed result (compactlm.results), or why there is none."""
+    run_dir = Path(conf.run_dir)
+    if not run_dir.exists():
+        return "-"
+    try:
+        result = read_result(run_dir, stage)
+    except ResultError as e:
+        return f"unreadable result: {e}"
+    return result.summary() if result is not None else "-"
+
+
+def cmd_logs(args: dict[str, str]) -> int:
+    folder = run_folder(args["runs_root"], args["run_name"])
+    _, conf = run_info(folder)
+    stage = args["stage"]
+    if stage not in conf.recipe.stages:
+        raise OpsError(f"stage={stage!r} is not a stage of run {folder.name}; its stages: {', '.join(conf.recipe.stages)}")
+    if not args["lines"].isdigit():
+        raise OpsError(f"lines={args['lines']!r} must be a positive integer")
+    lines = int(args["lines"])
+    files = [p for p in stage_logs(folder, stage) if p.name not in ("stdout.log", "stderr.log")]
+    if not files:
+        exp = experiment(folder)
+        if exp is None:
+            raise OpsError(f"no logs of stage {stage!r} yet (run {folder.name} has no experiment records)")
+        exp.logs(stage)  # the cluster's own log API (DGX Cloud, Lepton)
+        return 0
+    for path in files[-2:]:
+        text = path.read_text(errors="replace").splitlines()
+        print(f"==> {path} (last {min(lines, len(text))} of {len(text)} lines) <==")
+        print("\n".join(text[-lines:]))
+    return 0
+
+
+def cmd_cancel(args: dict[str, str]) -> int:
+    folder = run_folder(args["runs_root"], args["run_name"])
+    _, conf = run_info(folder)
+    exp = experiment(folder)
+    if exp is None:
+        raise OpsError(f"run {folder.name} has no experiment records to cancel")
+    stages = [args["stage"]] if args["stage"] else list(conf.recipe.stages)
+    for stage in stages:
+        if stage not in conf.recipe.stages:
+            raise OpsError(f"stage={stage!r} is not a stage of run {folder.name}; its stages: {', '.join(conf.recipe.stages)}")
+    jobs = job_states(exp)
+    cancelled = []
+    for stage in stages:
+        state = str(jobs.get(stage, {}).get("status", ""))
+        if stage_done(conf, stage) == "done" or state.endswith(("SUCCEEDED", "FAILED", "CANCELLED")):
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            exp.cancel(stage)
+        cancelled.append(stage)
+    print(f"cancelled: {', '.join(cancelled) if cancelled else 'nothing (every job had ended)'}")
+    return 0
+
+
+def cmd_report(args: dict[str, str]) -> int:
+    names = [n for n in args["runs"].split(",") if n]
+    if len(names) < 1:
+        raise OpsError("runs=<a>,<b> names at least one run")
+    folders = [run_folder(args["runs_root"], n) for n in names]
+    confs = [run_info(f)[1] for f in folders]
+    out = Path(args["out"]).expanduser() if args["out"] else Path(args["runs_root"]).expanduser() / ("compare_" + "_vs_".join(names))
+    md, page = write_comparison(confs, out)
+    print(md.read_text())
+    print(f"  report: {page}  ({md.name} beside it)")
+    return 0
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    print("\n".join(text_table(header, rows)))
+
+
+def main(argv: list[str]) -> int:
+    """`argv` = [command, key=value, ...]; returns the exit code."""
+    command, rest = argv[0], argv[1:]
+    if any(a in ("-h", "--help") for a in rest):
+        print(USAGE)
+        return 0
+    handlers = {
+        "list": (cmd_list, {"runs_root": "runs"}),
+        "status": (cmd_status, {"run_name": None, "runs_root": "runs"}),
+        "logs": (cmd_logs, {"run_name": None, "stage": None, "lines": "60", "runs_root": "runs"}),
+        "cancel": (cmd_cancel, {"run_name": None, "stage": "", "runs_root": "runs"}),
+        "report": (cmd_report, {"runs": None, "runs_root": "runs", "out": ""}),
+    }
+    fn, allowed = handlers[command]
+    try:
+        return fn(parse(rest, allowed))
+    except UsageError as e:
+        print(f"compactlm {command}: {e}\n\n{USAGE}", file=sys.stderr)
+        return 2

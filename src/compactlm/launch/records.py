@@ -1,0 +1,41 @@
+"""Where a run's records live on the submitting machine: the repository, the run folder's NeMo-Run home and
+the stage logs NeMo-Run keeps there. The lowest module of the submit side: it imports nothing of compactlm's
+but the config file's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from compactlm.config import CompactLMConfig
+from compactlm.pipeline import CONFIG_FILE
+
+__all__ = ["CONFIG_FILE", "NEMORUN_DIR", "REPO", "nemorun_home", "resolved_yaml", "stage_logs", "stage_script"]
+
+# src/compactlm/launch/records.py -> the repository root (launch.py, conf/, recipes/)
+REPO = Path(__file__).resolve().parents[3]
+NEMORUN_DIR = "nemorun"
+
+
+def nemorun_home(local_dir: Path) -> Path:
+    # Not ".../nemo_run": NeMo-Run rewrites every "/nemo_run" in container-less sbatch scripts.
+    return Path(local_dir) / NEMORUN_DIR
+
+
+def stage_script(stage: str) -> Path:
+    return REPO / "recipes" / f"{stage}.py"
+
+
+def resolved_yaml(conf: CompactLMConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(conf))
+
+
+def stage_logs(folder: Path, stage: str) -> list[Path]:
+    """Log files NeMo-Run keeps for `stage` in the run's latest experiment, oldest first."""
+    exps = sorted((nemorun_home(folder) / "experiments" / Path(folder).name).glob("*/"))
+    if not exps:
+        return []
+    stage_dir = exps[-1] / stage
+    files = [p for p in stage_dir.rglob("*") if p.is_file() and p.suffix in (".log", ".out") and p.stat().st_size]
+    return sorted(files, key=lambda p: p.stat().st_mtime)

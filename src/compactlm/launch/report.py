@@ -1,0 +1,337 @@
+"""The run report: terminal summary, `report.md` and a self-contained `report.html`, all from the manifests.
+
+Every figure shown is read from a stage's `manifest.json` (one source of truth); the markdown and HTML
+files are rendered from the same list of blocks, so they cannot disagree. Plots found in the stage
+folders are embedded in the HTML as base64 PNGs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from compactlm.config import CompactLMConfig
+from compactlm.manifest import atomic_write_text, read_manifest
+from compactlm.results import MODEL_LABELS, TEACHER, BenchResult, ModelScores, result_of
+
+# Pipeline order, whatever order the manifest's JSON (sorted keys) stored them in.
+MODEL_ORDER = tuple(MODEL_LABELS.values())
+PLOTS = {  # stage -> (file, caption)
+    "importance": [("depth.png", "Per-layer depth importance"), ("width.png", "Per-layer width importance")],
+    "distill": [("loss_curve.png", "Distillation loss and validation curves")],
+}
+
+
+def ordered(models: dict[str, Any]) -> list[tuple[str, Any]]:
+    rank = {k: i for i, k in enumerate(MODEL_ORDER)}
+    return sorted(models.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+
+
+def manifests(conf: CompactLMConfig) -> dict[str, dict | None]:
+    return {stage: read_manifest(Path(conf.run_dir) / stage) for stage in conf.recipe.stages}
+
+
+def results(ms: dict[str, dict | None]) -> dict[str, Any]:
+    """stage -> its typed result (compactlm.results), None for a stage that has not finished."""
+    return {stage: result_of(stage, m) for stage, m in ms.items()}
+
+
+# ------------------------------------------------------------------------------------------- terminal
+def summary_table(conf: CompactLMConfig, launched_at: float) -> str:
+    """Stages (ran / reused, wall time) and, when the evaluate stage ran, its per-model table."""
+    lines = ["", f"== compactlm summary: {conf.run_name} (recipe={conf.recipe.name}) =="]
+    ms = manifests(conf)
+    for stage, m in ms.items():
+        if m is None:
+            lines.append(f"  {stage:<10} NOT FINISHED")
+            continue
+        finished = datetime.fromisoformat(m["finished_at"]).timestamp()
+        how = "ran" if finished >= int(launched_at) else "reused (up to date)"
+        lines.append(f"  {stage:<10} {how:<20} {m['wall_time_s']:>8.1f} s")
+    rs = results(ms)
+    evaluation = rs.get("evaluate")
+    if evaluation:
+        lines.append("")
+        lines.append(f"  evaluated on {evaluation.validation_sequences} validation sequences, "
+                     f"device={evaluation.device} dtype={evaluation.dtype} threads={evaluation.threads}")
+        for row in text_table(*quality_rows(evaluation.models)):
+            lines.append("  " + row)
+    bench = rs.get("bench")
+    if bench:
+        lines += ["", f"  speed ({bench.source}" + (f", {bench.device}" if bench.device else "") + ")"]
+        lines += ["  " + row for row in text_table(*bench_rows(bench))]
+    return "\n".join(lines)
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return [fmt(header), "-" * len(fmt(header))] + [fmt(r) for r in rows]
+
+
+# ------------------------------------------------------------------------------------------ contents
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def recovery(teacher: ModelScores, model: ModelScores) -> dict[str, float]:
+    """Recovery of each metric, student relative to teacher (1.0 = as good as the teacher).
+
+    Perplexity is lower-is-better, so its recovery is teacher / student; top-1 agreement is already a
+    fraction of the teacher's own predictions. The aggregate is their mean.
+    """
+    out = {"perplexity": teacher.perplexity / model.perplexity}
+    if model.top1_agreement is not None:
+        out["top1_agreement"] = model.top1_agreement
+    for task, scores in model.tasks.items():
+        base = teacher.tasks.get(task, {}).get("acc")
+        if base and "acc" in scores:
+            out[f"{task} acc"] = scores["acc"] / base
+    out["aggregate"] = sum(out.values()) / len(out)
+    return out
+
+
+def task_names(models: dict[str, ModelScores]) -> list[str]:
+    return sorted({t for r in models.values() for t, v in r.tasks.items() if "acc" in v})
+
+
+def quality_rows(models: dict[str, ModelScores]) -> tuple[list[str], list[list[str]]]:
+    tasks = task_names(models)
+    header = ["model", "params", "perplexity", "KL to teacher", "top-1 agreement", *[f"{t} acc" for t in tasks],
+              "recovery (ppl)", *[f"recovery ({t})" for t in tasks], "recovery (aggregate)", "decode tok/s", "TPOT ms"]
+    teacher = models.get(TEACHER)
+    rows = []
+    for label, r in ordered(models):
+        rec = recovery(teacher, r) if teacher and label != TEACHER else {}
+        acc = [r.tasks.get(t, {}).get("acc") for t in tasks]
+        rows.append([
+            label, f"{r.params.total / 1e6:.1f}M", f"{r.perplexity:.3f}", _num(r.kl_to_teacher, ".4f"),
+            _pct(r.top1_agreement), *[_num(a, ".3f") for a in acc],
+            _pct(rec.get("perplexity")), *[_pct(rec.get(f"{t} acc")) for t in tasks], _pct(rec.get("aggregate")),
+            _num(r.output_tokens_per_s, ".1f"), _num(r.tpot_ms, ".1f"),
+        ])
+    return header, rows
+
+
+def speed_rows(models: dict[str, ModelScores]) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "params", "decode tok/s", "TTFT ms", "TPOT ms", "speed vs teacher", "ideal (param ratio)"]
+    teacher = models.get(TEACHER)
+    rows = []
+    for label, r in ordered(models):
+        if r.output_tokens_per_s is None:
+            continue
+        speed = r.output_tokens_per_s / teacher.output_tokens_per_s if teacher and teacher.output_tokens_per_s else None
+        ideal = teacher.params.total / r.params.total if teacher else None
+        rows.append([label, f"{r.params.total / 1e6:.1f}M", f"{r.output_tokens_per_s:.1f}",
+                     _num(r.ttft_ms, ".1f"), _num(r.tpot_ms, ".1f"),
+                     f"{speed:.2f}x" if speed else "-", f"{ideal:.2f}x" if ideal else "-"])
+    return header, rows
+
+
+def _num(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def bench_rows(bench: BenchResult) -> tuple[list[str], list[list[str]]]:
+    """One row per (batch size, model): tokens/s, TTFT, TPOT, peak memory, and the student's ratios."""
+    header = ["batch", "model", "output tok/s", "TTFT ms", "TPOT ms", "peak memory MiB", "tok/s vs teacher",
+              "decode speed-up", "ideal (param ratio)"]
+    rows = []
+    for run in bench.runs:
+        c = run.compare
+        for label, r in ordered(run.models):
+            student = label != TEACHER
+            mem = r.get("peak_memory_bytes")
+            rows.append([str(run.batch_size), label, _num(r.get("output_tokens_per_s"), ".1f"),
+                         _num(r.get("ttft_ms"), ".1f"), _num(r.get("tpot_ms"), ".1f"),
+                         _num(mem / 2**20 if mem else None, ".0f"),
+                         f"{c['tokens_per_s_ratio']:.2f}x" if student and c.get("tokens_per_s_ratio") else "-",
+                         f"{c['decode_speedup']:.2f}x" if student and c.get("decode_speedup") else "-",
+                         f"{c['ideal_speedup']:.2f}x" if student and c.get("ideal_speedup") else "-"])
+    return header, rows
+
+
+ARCH_KEYS = ("model_type", "hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_key_value_heads")
+
+
+def architecture_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    cols = {}  # label -> (Architecture, ParamCounts)
+    if rs.get("model"):
+        cols[TEACHER] = (rs["model"].architecture, rs["model"].params)
+    if rs.get("prune"):
+        cols["pruned"] = (rs["prune"].architecture, rs["prune"].params_after)
+    if not cols:
+        return None
+    header = ["", *cols]
+    rows = [[k, *[str(getattr(arch, k)) for arch, _ in cols.values()]] for k in ARCH_KEYS]
+    for key in ("total", "embedding", "without_lm_head"):
+        rows.append([f"params ({key})", *[f"{getattr(params, key):,}" for _, params in cols.values()]])
+    return header, rows
+
+
+@dataclass
+class Block:
+    kind: str  # "h1" | "h2" | "p" | "table" | "image"
+    content: Any
+
+
+def build_blocks(conf: CompactLMConfig) -> list[Block]:
+    run_dir = Path(conf.run_dir)
+    ms = manifests(conf)
+    rs = results(ms)
+    blocks = [Block("h1", f"compactlm run {conf.run_name}"),
+              Block("p", f"recipe={conf.recipe.name} ({' → '.join(conf.recipe.stages)}), model={conf.model.name}, "
+                         f"data={conf.data.name}" + (f", prune={conf.prune.name}" if "prune" in ms else ""))]
+    arch = architecture_rows(rs)
+    if arch:
+        blocks += [Block("h2", "Architecture"), Block("table", arch)]
+    evaluation, bench = rs.get("evaluate"), rs.get("bench")
+    if evaluation:
+        blocks += [Block("h2", "Quality and recovery"),
+                   Block("p", f"Held-out validation split: {evaluation.validation_sequences} sequences. Recovery = "
+                              "teacher perplexity / model perplexity, model / teacher task accuracy; aggregate = "
+                              "mean of those and top-1 agreement."),
+                   Block("table", quality_rows(evaluation.models))]
+        speed = speed_rows(evaluation.models)
+        if speed[1] and not bench:
+            blocks += [Block("h2", "Speed"),
+                       Block("p", f"Greedy decoding at batch 1 on {evaluation.device} ({evaluation.dtype}, "
+                                  f"{evaluation.threads} threads); the ideal ratio is the parameter ratio."),
+                       Block("table", speed)]
+    if bench:
+        where = (f"{bench.source} on {bench.device} ({bench.dtype}, {bench.threads} threads)"
+                 if bench.device else bench.source)
+        blocks += [Block("h2", "Speed"),
+                   Block("p", f"Teacher vs {bench.student}, {where}. Ideal = weights read per decoded token, "
+                              "teacher / student (decoding is memory-bound)."),
+                   Block("table", bench_rows(bench))]
+    stage_rows = [[s, f"{m['wall_time_s']:.1f} s" if m else "-", m["finished_at"] if m else "not finished"]
+                  for s, m in ms.items()]
+    blocks += [Block("h2", "Stages"), Block("table", (["stage", "wall time", "finished"], stage_rows))]
+    images = [(run_dir / stage / f, cap) for stage, plots in PLOTS.items() if ms.get(stage) for f, cap in plots]
+    images = [(p, c) for p, c in images if p.is_file()]
+    if images:
+        blocks.append(Block("h2", "Plots"))
+        blocks += [Block("image", (p, c)) for p, c in images]
+    return blocks
+
+
+# ------------------------------------------------------------------------------------------ renderers
+def to_markdown(blocks: list[Block], run_dir: Path) -> str:
+    out = []
+    for b in blocks:
+        if b.kind == "h1":
+            out.append(f"# {b.content}\n")
+        elif b.kind == "h2":
+            out.append(f"## {b.content}\n")
+        elif b.kind == "p":
+            out.append(f"{b.content}\n")
+        elif b.kind == "table":
+            header, rows = b.content
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            out += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+            out.append("")
+        elif b.kind == "image":
+            path, caption = b.content
+            out.append(f"![{caption}]({path.relative_to(run_dir)})\n")
+    return "\n".join(out)
+
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+       "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+       "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%}")
+
+
+def to_html(blocks: list[Block]) -> str:
+    title = next((b.content for b in blocks if b.kind == "h1"), "compactlm report")
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{CSS}</style></head><body>"]
+    for b in blocks:
+        if b.kind in ("h1", "h2"):
+            out.append(f"<{b.kind}>{html.escape(b.content)}</{b.kind}>")
+        elif b.kind == "p":
+            out.append(f"<p>{html.escape(b.content)}</p>")
+        elif b.kind == "table":
+            header, rows = b.content
+            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
+            out.append("</tbody></table>")
+        elif b.kind == "image":
+            path, caption = b.content
+            data = base64.b64encode(path.read_bytes()).decode()
+            out.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(conf: CompactLMConfig) -> tuple[Path, Path]:
+    """Write `<run_dir>/report.md` and `<run_dir>/report.html` (atomically) and return their paths."""
+    run_dir = Path(conf.run_dir)
+    blocks = build_blocks(conf)
+    md, page = run_dir / "report.md", run_dir / "report.html"
+    atomic_write_text(md, to_markdown(blocks, run_dir))
+    atomic_write_text(page, to_html(blocks))
+    return md, page
+
+
+# ------------------------------------------------------------------------------------------- compare
+def comparison_blocks(confs: list[CompactLMConfig]) -> list[Block]:
+    """Runs side by side (e.g. EXP candidates): architecture, parameters, quality, recovery and speed of
+    each run's final student, every figure read from that run's manifests."""
+    header = ["", *[c.run_name for c in confs]]
+    rows: dict[str, list[str]] = {}
+
+    def put(key: str, i: int, value: str) -> None:
+        rows.setdefault(key, ["-"] * len(confs))[i] = value
+
+    for i, conf in enumerate(confs):
+        rs = results(manifests(conf))
+        put("recipe", i, conf.recipe.name)
+        put("prune preset", i, conf.prune.name if "prune" in conf.recipe.stages else "-")
+        source = rs.get("prune") or rs.get("model")
+        if source:
+            for k in ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads"):
+                put(k, i, str(getattr(source.architecture, k)))
+        models = rs["evaluate"].models if rs.get("evaluate") else {}
+        final = [label for label, _ in ordered(models) if label not in (TEACHER, "quantized")]
+        if TEACHER in models:
+            put("teacher perplexity", i, f"{models[TEACHER].perplexity:.3f}")
+        if final:
+            label, r = final[-1], models[final[-1]]
+            put("student", i, label)
+            put("student params", i, f"{r.params.total / 1e6:.1f}M")
+            put("student perplexity", i, f"{r.perplexity:.3f}")
+            if r.kl_to_teacher is not None:
+                put("KL to teacher", i, f"{r.kl_to_teacher:.4f}")
+            for task, v in r.tasks.items():
+                if "acc" in v:
+                    put(f"{task} acc", i, f"{v['acc']:.3f}")
+            if TEACHER in models:
+                for k, v in recovery(models[TEACHER], r).items():
+                    put(f"recovery ({k})", i, _pct(v))
+        if "quantized" in models:
+            q = models["quantized"]
+            put("quantized perplexity", i, f"{q.perplexity:.3f} ({q.format})")
+        for run in rs["bench"].runs if rs.get("bench") else []:
+            c = run.compare
+            put(f"tok/s vs teacher (batch {run.batch_size})", i,
+                f"{c['tokens_per_s_ratio']:.2f}x (ideal {c['ideal_speedup']:.2f}x)" if c.get("ideal_speedup") else
+                f"{c['tokens_per_s_ratio']:.2f}x")
+    return [Block("h1", "compactlm comparison: " + ", ".join(c.run_name for c in confs)),
+            Block("p", "Each column is one run; every figure is read from that run's stage manifests."),
+            Block("table", (header, [[k, *v] for k, v in rows.items()]))]
+
+
+def write_comparison(confs: list[CompactLMConfig], out_dir: Path) -> tuple[Path, Path]:
+    """`<out_dir>/report.md` and `report.html` comparing `confs` side by side."""
+    blocks = comparison_blocks(confs)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    atomic_write_text(md, to_markdown(blocks, out_dir))
+    atomic_write_text(page, to_html(blocks))
+    return md, page

@@ -1,0 +1,153 @@
+"""Checks across config groups, run by the launcher before anything is written or submitted.
+
+Single-group checks live in the dataclasses' `__post_init__`; here are the ones that need two groups
+(a prune preset against the model's sizes) or the file system (a local model folder, a data file).
+No torch: it runs on the submit side.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from compactlm.arch import adapter_for
+from compactlm.config import EXPORT_TO_HF, CompactLMConfig, ConfigError, ModelShape
+from compactlm.data.splits import check_sources
+from compactlm.deploy.trtllm import WHERE_IT_RUNS, tensorrt_llm_available
+from compactlm.model.loading import read_hf_config
+from compactlm.quantize.formats import check_deploy_support
+
+PRUNE_STAGES = ("importance", "prune")
+
+
+def to_config(cfg) -> CompactLMConfig:
+    """The one `OmegaConf.to_object` of a run; OmegaConf's errors are re-raised naming the key."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key} is required but was not set (??? in the YAML); set it on the command line") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{getattr(e, 'full_key', '') or 'config'}: {e.msg if hasattr(e, 'msg') else e}") from None
+
+
+def model_shape(conf: CompactLMConfig) -> dict[str, Any]:
+    """The teacher's sizes: config.json of a local folder wins over the YAML's `model.shape`."""
+    shape = conf.model.shape.known()
+    m = conf.model
+    if m.source == "hf" and m.is_local():
+        folder = Path(m.path).expanduser()
+        if conf.cluster.is_remote() and not folder.exists():
+            return shape  # a path on the cluster's storage: the YAML's model.shape is what can be checked here
+        if not folder.exists():
+            raise ConfigError(f"model.path={m.path!r} does not exist (a local Hugging Face folder was expected)")
+        local = read_hf_config(folder)
+        adapter_for(local.get("model_type", "<missing>"), key=f"model_type in {folder}/config.json")
+        names = [f for f in ModelShape.__dataclass_fields__ if f in local]
+        shape.update({k: local[k] for k in names})
+    return shape
+
+
+def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, Any]:
+    """Raise ConfigError on anything that cannot work; return the model shape used for the checks."""
+    for stage in conf.recipe.stages:
+        if stage not in known_stages:
+            raise ConfigError(f"recipe.stages contains {stage!r}; known stages: {', '.join(known_stages)}")
+    for stage in conf.force_stages:
+        if stage not in conf.recipe.stages:
+            raise ConfigError(f"force_stages contains {stage!r}, which recipe={conf.recipe.name} does not run; "
+                              f"its stages: {', '.join(conf.recipe.stages)}")
+    shape = model_shape(conf)
+    if any(s in PRUNE_STAGES for s in conf.recipe.stages):
+        check_prune(conf, shape)
+    if "data" in conf.recipe.stages and not conf.cluster.is_remote():
+        check_sources(conf.data)
+    if "quantize" in conf.recipe.stages and conf.quantize.exclude:
+        layers = shape.get("num_hidden_layers")
+        if "prune" in conf.recipe.stages:
+            layers = conf.prune.export_config.num_layers or layers
+        check_exclude_patterns(conf.quantize.exclude, shape.get("model_type"), layers)
+    if "deploy" in conf.recipe.stages:
+        check_deploy(conf)
+    if "evaluate" in conf.recipe.stages and not conf.cluster.is_remote():
+        check_task_text(conf)
+    return shape
+
+
+def check_task_text(conf: CompactLMConfig) -> None:
+    """The lm-eval tasks built from `evaluate.task_text` need .txt files there, on the machine that runs the
+    evaluate stage (heldout_continuation needs nothing: it is built from the run's own held-out documents)."""
+    e = conf.evaluate
+    folder_tasks = e.folder_tasks()
+    if folder_tasks and not any(Path(e.task_text).expanduser().rglob("*.txt")):
+        raise ConfigError(f"evaluate.tasks={list(e.tasks)} builds {folder_tasks[0]} from .txt files, but "
+                          f"evaluate.task_text={e.task_text!r} has none: point it at a folder of .txt files, or use "
+                          "evaluate.tasks=[heldout_continuation] (built from the run's own held-out documents)")
+
+
+def check_deploy(conf: CompactLMConfig) -> None:
+    """The deploy stage needs TensorRT-LLM where it runs, and a GPU that can serve the quantized format."""
+    c = conf.cluster
+    if c.executor == "local" and tensorrt_llm_available() is None:
+        raise ConfigError(f"recipe={conf.recipe.name} has a deploy stage but cluster=local has no TensorRT-LLM: "
+                          f"{WHERE_IT_RUNS} (cluster.deploy_image), or pick a recipe without deploy")
+    if c.executor != "local" and not c.deploy_image:
+        raise ConfigError(f"recipe={conf.recipe.name} has a deploy stage: set cluster.deploy_image to NVIDIA's "
+                          "TensorRT-LLM image (see containers/README.md)")
+    if c.executor == "lepton" and "quantize" in conf.recipe.stages:
+        gpu = c.lepton.resource_shape.split("x", 1)[1].split("-")[0]
+        check_deploy_support(conf.quantize.format, gpu, key=f"cluster.lepton.resource_shape={c.lepton.resource_shape}: GPU")
+
+
+def module_names(model_type: str, num_layers: int) -> list[str]:
+    """`named_modules()` names of a `*ForCausalLM` of the adapter table, derived without building it."""
+    a = adapter_for(model_type)
+    root = f"{a.backbone}.{a.layers}"
+    names = [a.backbone, f"{a.backbone}.{a.embed}", root, f"{a.backbone}.{a.final_norm}", a.lm_head]
+    for i in range(num_layers):
+        layer = f"{root}.{i}"
+        names += [layer, f"{layer}.{a.attn}", f"{layer}.{a.mlp}", f"{layer}.{a.input_norm}", f"{layer}.{a.post_attn_norm}"]
+        names += [f"{layer}.{a.attn}.{p}" for p in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, *a.qk_norm)]
+        names += [f"{layer}.{a.mlp}.{p}" for p in (a.gate_proj, a.up_proj, a.down_proj)]
+    return names
+
+
+def check_exclude_patterns(patterns: list[str], model_type: str | None, num_layers: int | None) -> None:
+    """Every `quantize.exclude` pattern must match a module of the model that will be quantized."""
+    if model_type is None or num_layers is None:
+        return  # sizes unknown until the model is loaded: the quantize stage checks on the real modules
+    names = module_names(model_type, num_layers)
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(n, p) for n in names):
+            raise ConfigError(
+                f"quantize.exclude: pattern {p!r} matches no module of the {num_layers}-layer {model_type} model "
+                f"to quantize; names look like 'model.layers.0.self_attn.q_proj', 'model.layers.{num_layers - 1}.mlp', 'lm_head'"
+            )
+
+
+def check_prune(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
+    p = conf.prune
+    if p.model is not None and p.model != conf.model.name:
+        raise ConfigError(
+            f"prune={p.name} is a preset for model={p.model}, not model={conf.model.name}; "
+            f"pick a preset made for {conf.model.name} or set prune.model=null"
+        )
+    export = p.export_config.known()
+    if not export:
+        raise ConfigError(
+            f"prune.export_config is empty for prune={p.name}; set at least one of "
+            + ", ".join(f"prune.export_config.{k}" for k in EXPORT_TO_HF)
+        )
+    for key, value in export.items():
+        have = shape.get(EXPORT_TO_HF[key])
+        if have is not None and value > have:
+            raise ConfigError(f"prune.export_config.{key}={value} exceeds the model's {have} ({conf.model.name})")
+    heads, kv = export.get("num_attention_heads"), shape.get("num_key_value_heads")
+    if heads is not None and kv and heads % kv:
+        raise ConfigError(
+            f"prune.export_config.num_attention_heads={heads} is not divisible by the model's "
+            f"num_key_value_heads={kv}: every KV group must keep the same number of query heads"
+        )

@@ -1,0 +1,96 @@
+"""The importance and prune stages: Minitron activation importance of the teacher, then slicing to a preset."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from compactlm.arch import adapter_for
+from compactlm.data.splits import load_split
+from compactlm.model.loading import count_parameters, load_model, load_tokenizer, setup_engine
+from compactlm.model.params import architecture, count_on_meta
+from compactlm.pipeline import StageContext, StageOutput
+from compactlm.prune.importance import ImportanceScores, add_lm_loss_scores, collect_importance, select_layers
+from compactlm.prune.plots import plot_depth, plot_width
+from compactlm.prune.slicing import prune_model, save_pruned
+from compactlm.results import ImportanceResult, ParamCounts, PruneResult
+
+
+def batches(sequences, batch_size: int):
+    """LongTensor batches [batch_size, seq_len] over an int32 array of sequences."""
+    for start in range(0, len(sequences), batch_size):
+        yield torch.from_numpy(np.array(sequences[start : start + batch_size], dtype=np.int64))
+
+
+class ImportanceStage:
+    """Minitron activation importance of the teacher over the calibration split, plus plots.
+
+    Independent of the pruning target, so trying another preset reuses these scores.
+    """
+
+    name = "importance"
+    reads = ("importance", "engine")
+    keep = ()
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        device, dtype = setup_engine(ctx.cfg.engine)
+        model = load_model(ctx.upstream_output("model", "checkpoint"), device, dtype)
+        calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
+        if ctx.cfg.importance.max_sequences:
+            calib = calib[: ctx.cfg.importance.max_sequences]
+        t0 = time.perf_counter()
+        scores = collect_importance(model, adapter_for(model.config.model_type),
+                                    batches(calib, ctx.cfg.importance.batch_size))
+        seconds = time.perf_counter() - t0
+        scores.save(ctx.stage_dir / "scores.safetensors")
+        plot_depth(scores, ctx.stage_dir / "depth.png")
+        plot_width(scores, ctx.stage_dir / "width.png")
+        result = ImportanceResult(calibration_sequences=int(len(calib)), calibration_tokens_per_s=calib.size / seconds,
+                                  depth_block_influence=[round(float(v), 6) for v in scores.depth])
+        print(f"[importance] {len(calib)} calibration sequences in {seconds:.1f} s; "
+              f"least important layers: {scores.depth.argsort()[:5].tolist()}", flush=True)
+        return StageOutput(result, outputs={"scores": "scores.safetensors", "depth_plot": "depth.png",
+                                            "width_plot": "width.png"})
+
+
+class PruneStage:
+    """Slice the teacher to `prune.export_config` by importance and save a plain HF checkpoint."""
+
+    name = "prune"
+    # importance: the batch size of the lm_loss depth scoring
+    reads = ("prune", "engine", "importance")
+    keep = ()
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        p = ctx.cfg.prune
+        device, dtype = setup_engine(ctx.cfg.engine)
+        folder = ctx.upstream_output("model", "checkpoint")
+        model = load_model(folder, device, dtype)
+        adapter = adapter_for(model.config.model_type)
+        scores = ImportanceScores.load(ctx.upstream_output("importance", "scores"))
+        export = p.export_config.known()
+        before = count_parameters(model)
+        num_layers = model.config.num_hidden_layers
+        if p.depth_method == "lm_loss" and export.get("num_layers", num_layers) < num_layers:
+            # Scored on the calibration split so the validation split stays held out for the evaluate stage.
+            calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
+            add_lm_loss_scores(scores, model, adapter, batches(calib, ctx.cfg.importance.batch_size),
+                               block_size=num_layers - export["num_layers"])
+        kept_layers = select_layers(scores, export.get("num_layers", num_layers), p.depth_method)
+        prune_model(model, adapter, scores, export, p.depth_method)
+        after = count_parameters(model)
+        accounted = count_on_meta(model.config)
+        if accounted != after:  # the checkpoint must hold exactly what recipe=params promised
+            raise RuntimeError(f"pruned model has {after} parameters but accounting says {accounted}")
+        save_pruned(model, load_tokenizer(folder), ctx.stage_dir / "checkpoint")
+        result = PruneResult(
+            export_config=export, depth_method=p.depth_method, kept_layers=kept_layers,
+            architecture=architecture(model.config), params_before=ParamCounts(**before),
+            params_after=ParamCounts(**after), params_change=after["without_lm_head"] / before["without_lm_head"] - 1.0,
+            depth_lm_loss={str(k): v for k, v in scores.depth_lm_loss.items()} if scores.depth_lm_loss else None,
+        )
+        print(f"[prune] {before['total'] / 1e6:.1f}M -> {after['total'] / 1e6:.1f}M parameters "
+              f"({result.params_change * 100:+.1f}%), kept layers {kept_layers}", flush=True)
+        return StageOutput(result, outputs={"checkpoint": "checkpoint"})

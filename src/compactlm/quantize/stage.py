@@ -1,0 +1,73 @@
+"""The quantize stage: ModelOpt PTQ of the run's latest model, export to the unified HF checkpoint, and its
+verification.
+
+The export is verified here, on any machine: its layout is checked against what TensorRT-LLM reads,
+and every quantized weight is dequantized from the files and compared with the high-precision source.
+Plain transformers cannot run the export (it drops the scales), so the quantized model's perplexity
+is measured on ModelOpt's fake-quantized model before export, where that forward runs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from compactlm.data.splits import load_split
+from compactlm.model.loading import load_model, load_tokenizer, setup_engine
+from compactlm.pipeline import StageContext, StageOutput
+from compactlm.quantize.formats import forward_supported
+from compactlm.quantize.ptq import check_exclude, export, quantize
+from compactlm.quantize.verify import check_layout, compare, fake_quant_quality
+from compactlm.results import MODEL_LABELS, QuantizeResult
+
+
+class QuantizeStage:
+    name = "quantize"
+    # evaluate: the validation split's size and batch size for the fake-quant perplexity
+    reads = ("quantize", "engine", "evaluate")
+    keep = ()
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        q = ctx.cfg.quantize
+        device, dtype = setup_engine(ctx.cfg.engine)
+        label, source = list(ctx.models().items())[-1]  # the latest model of the run: distilled, else pruned, else teacher
+        source_stage = next(s for s, lab in MODEL_LABELS.items() if lab == label)
+        model = load_model(source, device, dtype)
+        check_exclude(model, q.exclude)
+        data_dir = ctx.upstream_output("data", "calibration").parent
+        calib = load_split(data_dir, "calibration")
+        if q.calibration_sequences:
+            calib = calib[: q.calibration_sequences]
+        measure = q.evaluate and forward_supported(q.format, device)
+        reference = copy.deepcopy(model) if measure else None
+        quantize(model, calib, q.format, q.kv_cache_fp8, list(q.exclude), q.batch_size, device)
+        quality = None
+        if measure:
+            val = load_split(data_dir, "validation")
+            if ctx.cfg.evaluate.max_sequences:
+                val = val[: ctx.cfg.evaluate.max_sequences]
+            res = fake_quant_quality(model, val, q.format, ctx.cfg.evaluate.batch_size, device, reference)
+            quality = {"reference": res["reference"], "quantized": res["quantized"]}
+            del reference
+        else:
+            print(f"[quantize] perplexity not measured: the {q.format} fake-quant forward does not run on {device} "
+                  "(ModelOpt's NVFP4 kernels need CUDA)" if q.evaluate else "[quantize] quantize.evaluate=false",
+                  flush=True)
+        out = ctx.stage_dir / "export"
+        sizes = export(model, load_tokenizer(source), out, dtype=q.export_dtype)
+        layout = check_layout(out, q.format, kv_cache_fp8=q.kv_cache_fp8)
+        verified = compare(out, source)
+        if not verified["passed"]:
+            rows = {r["name"]: r for r in verified["rows"]}
+            bad = "; ".join(f"{n}: rel err {rows[n]['rel_err']:.3g} > {rows[n]['bound']:.3g}" for n in verified["failures"][:5])
+            raise RuntimeError(f"dequantized export of {source_stage} differs from its weights beyond the "
+                               f"{q.format} bound: {bad}")
+        worst = ", ".join(f"{k} {v:.4f}" for k, v in verified["max_rel_err"].items())
+        print(f"[quantize] {q.format} export: {sizes['safetensors_bytes'] / 2**20:.1f} MiB on disk, "
+              f"{sizes['ratio_to_bf16']:.3f}x of bf16; max relative weight error per stored format: {worst}", flush=True)
+        if quality:
+            print(f"[quantize] perplexity {quality['reference']['perplexity']:.3f} ({source_stage}, {dtype}) -> "
+                  f"{quality['quantized']['perplexity']:.3f} ({q.format} fake-quant)", flush=True)
+        result = QuantizeResult(format=q.format, kv_cache_fp8=q.kv_cache_fp8, exclude=list(q.exclude),
+                                source_stage=source_stage, source=str(source), export=sizes, layout=layout,
+                                verify=verified, quality=quality)
+        return StageOutput(result, outputs={"export": "export"})

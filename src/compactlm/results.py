@@ -1,0 +1,327 @@
+"""What each stage writes: one dataclass per stage, shared by the manifest, the report, `launch.py status`
+and the stages that read an earlier stage's result.
+
+`config.py` says what a stage reads; this module says what it writes. A stage returns its result
+object; the stage runner stores `asdict(result)` as the manifest's "result" and :func:`read_result`
+turns it back into the same class (a manifest whose result does not fit its class is not trusted).
+No torch, no Hydra: both sides of compactlm import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from compactlm.manifest import read_manifest, resolve_output
+
+TEACHER = "teacher"
+# stage that produces a model -> that model's label in tables, in pipeline order
+MODEL_LABELS = {"model": TEACHER, "prune": "pruned", "distill": "distilled", "quantize": "quantized"}
+
+
+# ------------------------------------------------------------------------------------------- shared parts
+@dataclass
+class ParamCounts:
+    """Parameter counts of a `*ForCausalLM`; tied embeddings counted once."""
+
+    total: int
+    embedding: int
+    without_lm_head: int
+    """Equal to `total` when the output layer is tied to the embedding."""
+
+
+@dataclass
+class Architecture:
+    """The sizes of a decoder under the names prune presets use (ModelOpt's export_config keys)."""
+
+    model_type: str
+    hidden_size: int
+    ffn_hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+
+
+# ------------------------------------------------------------------------------------------- per stage
+@dataclass
+class ModelResult:
+    """model stage: the teacher as a local Hugging Face folder."""
+
+    name: str
+    architecture: Architecture
+    params: ParamCounts
+
+    def summary(self) -> str:
+        a = self.architecture
+        return f"{self.name}: {a.model_type}, {self.params.total / 1e6:.1f}M params, {a.num_layers} layers"
+
+
+@dataclass
+class DataResult:
+    """data stage: packed int32 splits [sequences, seq_len] and the held-out documents' text."""
+
+    seq_len: int
+    sequences: dict[str, int]
+    """split -> number of sequences (validation, calibration, train)."""
+    tokens: dict[str, int]
+    heldout_documents: int
+    """Documents whose text went to `heldout/` (the validation split's, never trained or calibrated on)."""
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.sequences.items()) + f" x {self.seq_len} tokens"
+
+
+@dataclass
+class ImportanceResult:
+    """importance stage: Minitron activation scores of the teacher."""
+
+    calibration_sequences: int
+    calibration_tokens_per_s: float
+    depth_block_influence: list[float]
+    """Per layer, Σ over batches of (1 − cos(layer input, layer output)); higher = more important."""
+
+    def summary(self) -> str:
+        return f"{self.calibration_sequences} calibration sequences, {len(self.depth_block_influence)} layers scored"
+
+
+@dataclass
+class PruneResult:
+    """prune stage: the sliced student."""
+
+    export_config: dict[str, int]
+    depth_method: str
+    kept_layers: list[int]
+    architecture: Architecture
+    params_before: ParamCounts
+    params_after: ParamCounts
+    params_change: float
+    """params_after / params_before - 1, without lm_head (the Minitron reports' convention)."""
+    depth_lm_loss: Optional[dict[str, float]] = None
+    """first dropped layer -> LM loss without that block (depth_method=lm_loss only)."""
+
+    def summary(self) -> str:
+        return (f"{self.params_before.total / 1e6:.1f}M -> {self.params_after.total / 1e6:.1f}M params "
+                f"({self.params_change * 100:+.1f}%)")
+
+
+@dataclass
+class DistillResult:
+    """distill stage: training summary of the student."""
+
+    steps: int
+    tokens: int
+    val_ppl: float
+    val_kl: float
+    """KL(teacher ‖ student) per token at T=1 on the validation split."""
+    val_kl_source: str
+    resumed_from_step: int
+    world_size: int
+    strategy: str
+    wall_s: float
+    train_loss: Optional[float] = None
+    train_kl: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    student_dir: Optional[str] = None
+
+    def summary(self) -> str:
+        return f"{self.steps} steps, val ppl {self.val_ppl:.3f}, val KL {self.val_kl:.4f}"
+
+
+@dataclass
+class QuantizeResult:
+    """quantize stage: ModelOpt PTQ, the unified-checkpoint export and its verification."""
+
+    format: str
+    kv_cache_fp8: bool
+    exclude: list[str]
+    source_stage: str
+    source: str
+    export: dict[str, Any]
+    """Sizes of the export (safetensors_bytes, ratio_to_bf16, ...), from quantize.ptq.export."""
+    layout: dict[str, Any]
+    """What TensorRT-LLM reads, as checked by quantize.verify.check_layout."""
+    verify: dict[str, Any]
+    """Dequantized export vs source weights (passed, max_rel_err, rows), from quantize.verify.compare."""
+    quality: Optional[dict[str, dict[str, Any]]] = None
+    """{"reference": ..., "quantized": ...} perplexities of the fake-quantized model, where its forward runs."""
+
+    def summary(self) -> str:
+        ppl = f", ppl {self.quality['quantized']['perplexity']:.3f}" if self.quality else ""
+        return f"{self.format} of {self.source_stage}, {self.export['safetensors_bytes'] / 2**20:.1f} MiB{ppl}"
+
+
+@dataclass
+class ModelScores:
+    """One model's row of the evaluation table."""
+
+    perplexity: float
+    loss: float
+    tokens: int
+    params: ParamCounts
+    checkpoint: Optional[str] = None
+    forward_tokens_per_s: Optional[float] = None
+    kl_to_teacher: Optional[float] = None
+    top1_agreement: Optional[float] = None
+    tasks: dict[str, dict[str, float]] = field(default_factory=dict)
+    """lm-eval task -> {acc, acc_stderr, num_examples, ...}."""
+    ttft_ms: Optional[float] = None
+    tpot_ms: Optional[float] = None
+    output_tokens_per_s: Optional[float] = None
+    new_tokens: Optional[int] = None
+    sample: Optional[str] = None
+    # the quantized row: measured by the quantize stage on ModelOpt's fake-quantized model
+    source: Optional[str] = None
+    format: Optional[str] = None
+    forward: Optional[str] = None
+    kl_to_source: Optional[float] = None
+    top1_agreement_to_source: Optional[float] = None
+    size_bytes: Optional[int] = None
+
+
+@dataclass
+class EvaluateResult:
+    """evaluate stage: every model of the run side by side."""
+
+    device: str
+    dtype: str
+    threads: int
+    validation_sequences: int
+    models: dict[str, ModelScores]
+
+    def summary(self) -> str:
+        return ", ".join(f"{label} ppl {m.perplexity:.3f}" for label, m in self.models.items())
+
+
+@dataclass
+class BenchRun:
+    """Teacher vs student at one batch size (or concurrency)."""
+
+    batch_size: int
+    models: dict[str, dict[str, Any]]
+    """label -> speed figures (output_tokens_per_s, ttft_ms, tpot_ms, peak_memory_bytes, ...)."""
+    compare: dict[str, Optional[float]]
+    """tokens_per_s_ratio, decode_speedup, ideal_speedup, ... (compactlm.bench.speed.compare)."""
+
+
+@dataclass
+class BenchResult:
+    """bench stage: speed of the teacher vs the final student."""
+
+    source: str
+    student: str
+    params: dict[str, ParamCounts]
+    runs: list[BenchRun]
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    threads: Optional[int] = None
+
+    def summary(self) -> str:
+        return ", ".join(f"batch {r.batch_size}: {r.compare.get('tokens_per_s_ratio') or 0:.2f}x tok/s"
+                         for r in self.runs) + f" ({self.student} vs teacher)"
+
+
+@dataclass
+class DeployResult:
+    """deploy stage: TensorRT-LLM checks and trtllm-bench figures per model."""
+
+    models: dict[str, dict[str, Any]]
+
+    def summary(self) -> str:
+        return "served: " + ", ".join(self.models)
+
+
+RESULTS: dict[str, type] = {
+    "model": ModelResult, "data": DataResult, "importance": ImportanceResult, "prune": PruneResult,
+    "distill": DistillResult, "quantize": QuantizeResult, "evaluate": EvaluateResult, "deploy": DeployResult,
+    "bench": BenchResult,
+}
+
+
+# ------------------------------------------------------------------------------------------- reading back
+class ResultError(ValueError):
+    """A manifest's result does not fit its stage's result class (hand-edited, or written by another version)."""
+
+
+def to_json(result: Any) -> dict[str, Any]:
+    return dataclasses.asdict(result)
+
+
+def from_json(cls: type, data: Any, where: str = "result") -> Any:
+    """Build `cls` (a result dataclass) from its `to_json` form; raises ResultError naming the field."""
+    return _build(cls, data, where)
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _build(args[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ResultError(f"{where}: expected an object for {tp.__name__}, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ResultError(f"{where}: unknown field(s) {unknown} for {tp.__name__}")
+        kwargs = {k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()}
+        try:
+            return tp(**kwargs)
+        except TypeError as e:
+            raise ResultError(f"{where}: {e}") from None
+    if origin is dict:
+        _, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ResultError(f"{where}: expected an object, got {type(value).__name__}")
+        return {k: _build(val_tp, v, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ResultError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_build(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ResultError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def result_of(stage: str, manifest: dict[str, Any] | None) -> Any:
+    """The typed result of a finished stage's manifest (None when the stage has not finished)."""
+    if manifest is None:
+        return None
+    if "result" not in manifest:
+        raise ResultError(f"{stage}/manifest.json has no result (written by an older compactlm); re-running the "
+                          f"stage rewrites it")
+    return from_json(RESULTS[stage], manifest["result"], f"{stage}/manifest.json result")
+
+
+def read_result(run_dir: str | Path, stage: str) -> Any:
+    """The typed result of `<run_dir>/<stage>/manifest.json`, or None when that stage has not finished."""
+    return result_of(stage, read_manifest(Path(run_dir) / stage))
+
+
+def run_models(run_dir: str | Path, manifests: dict[str, dict[str, Any]]) -> dict[str, Path]:
+    """label -> folder of every model the finished stages produced, in pipeline order: the teacher (model
+    stage's checkpoint), pruned, distilled, and the quantized export. The one place that decides which model
+    is which; `manifests` maps stage name -> manifest."""
+    out = {}
+    for stage, label in MODEL_LABELS.items():
+        m = manifests.get(stage)
+        if m is None:
+            continue
+        key = "export" if stage == "quantize" else "checkpoint"
+        out[label] = resolve_output(Path(run_dir) / stage, m["outputs"][key])
+    return out
+
+
+def student_label(models: dict[str, Any]) -> Optional[str]:
+    """The final high-precision student among `models` labels: distilled, else pruned (None: teacher only)."""
+    return next((label for label in ("distilled", "pruned") if label in models), None)

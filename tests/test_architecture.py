@@ -1,0 +1,159 @@
+"""The layout's rules, checked on the source: the import graph has no cycle, the node side never imports the
+submit side's tools (NeMo-Run, Hydra, leptonai) nor `compactlm.launch`, imports sit at the top of modules (one
+inside a function says why on its line), and every stage follows the stage contract."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+from pathlib import Path
+
+import pytest
+from helpers import REPO, compose
+
+from compactlm.config import CompactLMConfig
+from compactlm.launch.validate import to_config
+from compactlm.pipeline import STAGES, StageConfig, UndeclaredRead
+from compactlm.results import RESULTS
+
+SRC = REPO / "src"
+SUBMIT_SIDE = "compactlm.launch"
+SUBMIT_ONLY = ("nemo_run", "hydra", "leptonai")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted((SRC / "compactlm").rglob("*.py"))}
+
+
+def imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported module, line, inside a function) of every import statement of a file; `from a import b` counts
+    as a.b when that is a module of compactlm, else as a."""
+    tree = ast.parse(path.read_text(), str(path))
+    out = []
+
+    def visit(node, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.Import):
+                out.extend((a.name, child.lineno, in_function) for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                subs = [f"{child.module}.{a.name}" for a in child.names if f"{child.module}.{a.name}" in MODULES]
+                out.extend((m, child.lineno, in_function) for m in subs or [child.module])
+            visit(child, inner)
+
+    visit(tree, False)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {m: set() for m in MODULES}
+    for mod, path in MODULES.items():
+        for target, _, _ in imports(path):
+            while target and target not in MODULES:  # compactlm.x.y.attr -> compactlm.x.y
+                target = target.rpartition(".")[0]
+            if target and target != mod:
+                edges[mod].add(target)
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, out, counter = {}, {}, [], set(), [], [0]
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in edges:
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_the_import_graph_has_no_cycle():
+    assert len(MODULES) > 30
+    assert cycles(graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_node_side_never_imports_the_submit_side():
+    bad = []
+    for mod, path in MODULES.items():
+        if mod == SUBMIT_SIDE or mod.startswith(SUBMIT_SIDE + "."):
+            continue
+        for target, line, _ in imports(path):
+            top = target.split(".")[0]
+            if top in SUBMIT_ONLY or target == SUBMIT_SIDE or target.startswith(SUBMIT_SIDE + "."):
+                bad.append(f"{path.relative_to(REPO)}:{line} imports {target}")
+    assert bad == []
+
+
+def test_imports_inside_functions_say_why():
+    """Imports belong at the top; one inside a function (a heavy or optional dependency) carries its reason as a
+    comment on its line (or on the first line of a block of imports), and never imports compactlm itself."""
+    bad = []
+    for mod, path in MODULES.items():
+        lines = path.read_text().splitlines()
+        for target, line, in_function in imports(path):
+            if not in_function:
+                continue
+            if target.startswith("compactlm"):
+                bad.append(f"{path.relative_to(REPO)}:{line} imports {target} inside a function")
+                continue
+            block = line
+            while block > 1 and lines[block - 2].strip().startswith(("import ", "from ")):
+                block -= 1
+            if "#" not in lines[line - 1] and "#" not in lines[block - 1]:
+                bad.append(f"{path.relative_to(REPO)}:{line}: {lines[line - 1].strip()}")
+    assert bad == []
+
+
+# ------------------------------------------------------------------------------------------ stage contract
+@pytest.mark.parametrize("name", list(STAGES))
+def test_every_stage_follows_the_contract(name):
+    module, cls = STAGES[name].split(":")
+    package = name if name != "importance" else "prune"  # both pruning stages live in prune/stage.py
+    assert module == f"compactlm.{package}.stage", "a stage's module sits next to the library it drives"
+    stage = getattr(importlib.import_module(module), cls)
+    fields = {f.name for f in dataclasses.fields(CompactLMConfig)}
+    assert stage.name == name
+    assert stage.reads and set(stage.reads) <= fields, f"{name}.reads names no config section: {stage.reads}"
+    assert isinstance(stage.keep, tuple)
+    assert dataclasses.is_dataclass(RESULTS[name])
+    assert (REPO / "recipes" / f"{name}.py").is_file()
+
+
+def test_a_stage_sees_only_the_sections_it_declares():
+    conf = to_config(compose([]))
+    view = StageConfig(conf, "prune", ("prune", "engine"))
+    assert view.prune is conf.prune and view.engine is conf.engine
+    with pytest.raises(UndeclaredRead, match=r"stage 'prune' read cfg.importance, which it does not declare"):
+        view.importance
+    with pytest.raises(AttributeError):
+        view.prune = None
