@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 from conftest import POLISH, needs_polish
@@ -11,7 +13,8 @@ from helpers import compose
 from compactlm.launch.launcher import write_run_dir
 from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, read_manifest
-from compactlm.pipeline import CONFIG_FILE, run_stage
+from compactlm.config import ConfigError
+from compactlm.pipeline import CONFIG_FILE, run_stage, stage_folder
 from compactlm.results import EvaluateResult, read_result
 
 STAGES = ["model", "data", "evaluate"]
@@ -117,3 +120,90 @@ def test_polish_task_from_a_folder_the_user_names(tmp_path, tiny_llama_dir):
     run_dir = _run_all(conf)
     task = read_result(run_dir, "evaluate").models["teacher"].tasks["polish_continuation"]
     assert task["num_examples"] == 100 and 0 <= task["acc"] <= 1
+
+
+# ------------------------------------------------------------------------------------------ integrity
+def _ran(out: str) -> list[str]:
+    return [s for s in STAGES if f"[{s}] running" in out]
+
+
+def test_a_truncated_output_reruns_exactly_its_stage_and_the_ones_after(tmp_path, tiny_llama_dir, capsys):
+    conf = _conf(tmp_path, tiny_llama_dir)
+    run_dir = _run_all(conf)
+    npy = run_dir / "data" / "validation.npy"
+    with npy.open("r+b") as f:
+        f.truncate(100)
+    capsys.readouterr()
+    _run_all(conf)
+    captured = capsys.readouterr()
+    assert _ran(captured.out) == ["data", "evaluate"]
+    assert f"output 'validation': {npy} changed size" in captured.err
+    assert read_manifest(run_dir / "data") is not None and npy.stat().st_size > 100
+
+
+def test_same_size_changed_bytes_are_found_by_hashing(tmp_path, tiny_llama_dir, capsys):
+    conf = _conf(tmp_path, tiny_llama_dir)
+    run_dir = _run_all(conf)
+    npy = run_dir / "data" / "train.npy"
+    data = bytearray(npy.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle, same size
+    npy.write_bytes(bytes(data))
+    capsys.readouterr()
+    _run_all(conf)
+    captured = capsys.readouterr()
+    assert _ran(captured.out) == ["data", "evaluate"]
+    assert f"{npy} changed content (same size, different SHA-256)" in captured.err
+
+
+def test_a_touched_but_unchanged_output_is_still_up_to_date(tmp_path, tiny_llama_dir, capsys):
+    conf = _conf(tmp_path, tiny_llama_dir)
+    run_dir = _run_all(conf)
+    os.utime(run_dir / "data" / "train.npy", None)  # new mtime, same bytes: hashed again, found equal
+    capsys.readouterr()
+    _run_all(conf)
+    assert _ran(capsys.readouterr().out) == []
+
+
+def test_a_hand_edited_manifest_is_not_trusted_and_not_reported(tmp_path, tiny_llama_dir, capsys):
+    conf = _conf(tmp_path, tiny_llama_dir)
+    run_dir = _run_all(conf)
+    path = run_dir / "evaluate" / MANIFEST
+    m = json.loads(path.read_text())
+    m["result"]["models"]["teacher"]["perplexity"] = 1.0001
+    path.write_text(json.dumps(m))
+    assert read_manifest(run_dir / "evaluate") is None
+    assert read_result(run_dir, "evaluate") is None
+    capsys.readouterr()
+    _run_all(conf)
+    assert _ran(capsys.readouterr().out) == ["evaluate"]
+    assert read_result(run_dir, "evaluate").models["teacher"].perplexity != 1.0001
+
+
+def test_files_and_folders_get_the_umask_permissions(tmp_path, tiny_llama_dir):
+    old = os.umask(0o022)
+    try:
+        run_dir = _run_all(_conf(tmp_path, tiny_llama_dir))
+    finally:
+        os.umask(old)
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [run_dir, *run_dir.rglob("*")] if not p.is_symlink()}
+    bad = {str(p.relative_to(run_dir)): oct(m) for p, m in modes.items()
+           if m != (0o755 if p.is_dir() else 0o644) and p.name != ".launch.lock"}
+    assert bad == {}
+
+
+def test_a_stage_never_cleans_outside_its_run_folder(tmp_path, tiny_llama_dir):
+    conf = _conf(tmp_path / "runs", tiny_llama_dir)
+    run_dir = write_run_dir(conf)
+    precious = tmp_path / "runs" / "model" / "precious.txt"
+    precious.parent.mkdir(parents=True)
+    precious.write_text("not compactlm's")
+    # a config whose run folder is not <runs_root>/<run_name> (hand-edited, or from before run names were checked)
+    text = (run_dir / CONFIG_FILE).read_text().replace(f"run_dir: {run_dir}", f"run_dir: {run_dir.parent}")
+    (run_dir / CONFIG_FILE).write_text(text)
+    with pytest.raises(ConfigError, match="is not a folder named after run_name"):
+        run_stage("model", run_dir / CONFIG_FILE)
+    assert precious.read_text() == "not compactlm's"
+    assert stage_folder(run_dir, conf.run_name, "model") == run_dir / "model"
+    for bad in ("..", "."):
+        with pytest.raises(ConfigError):
+            stage_folder(tmp_path / bad, bad, "model")

@@ -1,8 +1,16 @@
 """Stage manifests: what a finished stage produced, written last and atomically.
 
 A stage folder without `manifest.json` is unfinished and is never trusted by a later stage. A stage
-whose manifest matches (same stage config hash, same upstream fingerprints, outputs still on disk) is
-skipped on re-run, which is how a failed pipeline resumes where it stopped.
+whose manifest matches (same stage config hash, same upstream fingerprints, every output file still the one
+it wrote) is skipped on re-run, which is how a failed pipeline resumes where it stopped.
+
+Integrity: every output file is recorded with its size, mtime and full SHA-256. A re-run compares size and
+mtime first (free) and hashes a file again only when they differ, so a truncated or rewritten file is found and
+its stage runs again, while an untouched 22 GB checkpoint costs nothing. A manifest carries the SHA-256 of its
+own content: one edited by hand (or half-copied) is not trusted.
+
+Files and folders are created with the permissions the umask gives (teammates on a shared file system can read
+them), although they are written under temporary names first.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from importlib import metadata
@@ -19,10 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 MANIFEST = "manifest.json"
-# Files above this size are fingerprinted by size plus a head and tail sample, not read whole:
-# a 22 GB teacher checkpoint must not cost minutes of hashing on every re-run.
-FULL_HASH_LIMIT = 64 << 20
-_SAMPLE = 1 << 20
+CHECKSUM = "checksum"
 PACKAGES = ("compactlm", "torch", "transformers", "nvidia-modelopt", "hydra-core", "omegaconf", "nemo-run")
 
 
@@ -32,29 +38,77 @@ def sha256_json(obj: Any) -> str:
 
 
 def file_digest(path: Path) -> str:
+    """SHA-256 of the whole file."""
     h = hashlib.sha256()
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        if size <= FULL_HASH_LIMIT:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        else:
-            h.update(f"size={size}".encode())
-            h.update(f.read(_SAMPLE))
-            f.seek(size - _SAMPLE)
-            h.update(f.read(_SAMPLE))
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
     return h.hexdigest()
 
 
-def path_digest(path: Path) -> str:
-    """Digest of a file, or of a folder's relative file names and file digests."""
+def _files(path: Path) -> dict[str, Path]:
+    """relative name -> file of an output: the file itself ("") or every file under a folder."""
     path = Path(path)
     if path.is_file():
-        return file_digest(path)
+        return {"": path}
     if not path.is_dir():
         raise FileNotFoundError(path)
-    entries = {str(p.relative_to(path)): file_digest(p) for p in sorted(path.rglob("*")) if p.is_file()}
-    return sha256_json(entries)
+    return {str(p.relative_to(path)): p for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def file_records(path: Path) -> dict[str, dict[str, Any]]:
+    """relative name -> {size, mtime_ns, sha256} of every file of an output (a file or a folder)."""
+    out = {}
+    for name, p in _files(path).items():
+        st = p.stat()
+        out[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_digest(p)}
+    return out
+
+
+def records_digest(records: dict[str, dict[str, Any]]) -> str:
+    """One digest of an output from its file records (names and contents, not times)."""
+    return sha256_json({name: r["sha256"] for name, r in records.items()})
+
+
+def path_digest(path: Path) -> str:
+    """Digest of a file, or of a folder's relative file names and file contents."""
+    return records_digest(file_records(path))
+
+
+def changed_file(path: Path, records: dict[str, dict[str, Any]]) -> str | None:
+    """Why `path` no longer holds the files `records` describes (naming the file), or None when it does.
+
+    Size and mtime equal to the record: trusted without reading. Otherwise the file is hashed again, so a
+    copy with a new mtime but the same bytes still counts as unchanged.
+    """
+    try:
+        files = _files(path)
+    except FileNotFoundError:
+        return f"{path} is missing"
+    for name in sorted(set(records) - set(files)):
+        return f"{Path(path) / name} is missing"
+    for name in sorted(set(files) - set(records)):
+        return f"{files[name]} was not written by the stage"
+    for name, rec in records.items():
+        st = files[name].stat()
+        if st.st_size == rec["size"] and st.st_mtime_ns == rec["mtime_ns"]:
+            continue
+        if st.st_size != rec["size"]:
+            return f"{files[name]} changed size ({rec['size']} -> {st.st_size} bytes)"
+        if file_digest(files[name]) != rec["sha256"]:
+            return f"{files[name]} changed content (same size, different SHA-256)"
+    return None
+
+
+def umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def apply_umask(path: Path, is_dir: bool = False) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (0600/0700) the mode a plain open/mkdir would have."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~umask())
 
 
 def versions() -> dict[str, str]:
@@ -73,10 +127,28 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        apply_umask(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` for a library to write to (savefig, save_file); renamed to `path`, with
+    the umask's permissions, when the block succeeds, removed when it fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -109,6 +181,7 @@ def staging_dir(final_dir: Path) -> Iterator[Path]:
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.", suffix=".tmp"))
     try:
+        apply_umask(tmp, is_dir=True)
         yield tmp
         publish_dir(tmp, final_dir)
     except BaseException:
@@ -116,20 +189,42 @@ def staging_dir(final_dir: Path) -> Iterator[Path]:
         raise
 
 
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with the SHA-256 of its own content (without that field) added."""
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM}
+    return {**body, CHECKSUM: sha256_json(body)}
+
+
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    """A finished stage's manifest, or None: missing, unreadable, or not matching its own checksum."""
     p = Path(stage_dir) / MANIFEST
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
+        m = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    if not isinstance(m, dict) or m.get(CHECKSUM) != seal(m)[CHECKSUM]:
+        _warn_once(f"compactlm: {p} does not match its checksum (edited by hand, or written by an older "
+                   "compactlm): not trusted, the stage runs again")
+        return None
+    return m
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 def fingerprint(manifest: dict[str, Any]) -> str:
-    """What a downstream stage records about this one: its config, its inputs and its outputs."""
+    """What a downstream stage records about this one: its config, its inputs, its outputs, and which run of
+    it made them (a stage that runs again, even to the same bytes, makes the stages after it run again)."""
     return sha256_json(
-        {k: manifest[k] for k in ("stage", "config_hash", "input_hashes", "output_digests")}
+        {k: manifest[k] for k in ("stage", "config_hash", "input_hashes", "output_digests", "finished_at")}
     )
 
 
@@ -140,11 +235,17 @@ def resolve_output(stage_dir: Path, value: str) -> Path:
 
 
 def is_current(stage_dir: Path, config_hash: str, input_hashes: dict[str, str]) -> dict[str, Any] | None:
-    """The manifest when the stage can be skipped: same config and inputs, every output still present."""
+    """The manifest when the stage can be skipped: same config and inputs, every output file the one it wrote.
+
+    A changed output is named on stderr ("[prune] .../model.safetensors changed size ...; running the stage
+    again"); the stages after it then see a new fingerprint and run again too.
+    """
     m = read_manifest(stage_dir)
     if m is None or m.get("config_hash") != config_hash or m.get("input_hashes") != input_hashes:
         return None
-    for value in m.get("outputs", {}).values():
-        if not resolve_output(stage_dir, value).exists():
+    for key, value in m.get("outputs", {}).items():
+        why = changed_file(resolve_output(stage_dir, value), m.get("output_files", {}).get(key, {}))
+        if why:
+            print(f"[{m['stage']}] output {key!r}: {why}; running the stage again", file=sys.stderr, flush=True)
             return None
     return m

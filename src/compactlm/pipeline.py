@@ -11,7 +11,10 @@ import importlib
 import json
 import os
 import shutil
+import signal
+import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,11 +28,14 @@ from compactlm.config import CompactLMConfig, ConfigError
 from compactlm.manifest import (
     MANIFEST,
     atomic_write_json,
+    atomic_write_text,
+    file_records,
     fingerprint,
     is_current,
-    path_digest,
     read_manifest,
+    records_digest,
     resolve_output,
+    seal,
     sha256_json,
     versions,
 )
@@ -51,6 +57,14 @@ STAGES: dict[str, str] = {
 STAGE_NAMES = tuple(STAGES)
 CONFIG_FILE = "config.yaml"
 RESUME_KEY = "resume_key.json"
+# In a stage folder while the stage runs: who runs it (pid, process group, host), for status, cancel and Ctrl-C.
+RUNNING = ".running.json"
+# In the run folder after `launch.py cancel`: stages not yet started refuse to start.
+CANCELLED = "cancelled.json"
+# In a stage folder after it stopped on a configuration error: the Slurm job script does not requeue it.
+CONFIG_ERROR = "config_error.txt"
+# Exit codes of a stage process (besides 0, 1 for a crash, and 128+signal when a signal stopped it).
+EXIT_CONFIG, EXIT_UPSTREAM, EXIT_UNAVAILABLE, EXIT_CANCELLED = 2, 3, 4, 5
 
 
 class UndeclaredRead(RuntimeError):
@@ -158,14 +172,18 @@ def run_stage(name: str, config_path: Path) -> int:
     cfg = load_config(config_path)
     run_dir = Path(cfg.run_dir)
     stage = load_stage(name)
-    stage_dir = run_dir / name
+    stage_dir = stage_folder(run_dir, cfg.run_name, name)
+    if (run_dir / CANCELLED).is_file():
+        print(f"[{name}] not started: the run was cancelled ({run_dir / CANCELLED}); re-run the launch command to "
+              "resume", file=sys.stderr)
+        return EXIT_CANCELLED
     upstream: dict[str, dict[str, Any]] = {}
     for up in upstream_stages(cfg, name):
         m = read_manifest(run_dir / up)
         if m is None:
             print(f"[{name}] not started: upstream stage {up!r} has no manifest in {run_dir / up} "
                   f"(it failed or did not run); fix it and re-run the same command", file=sys.stderr)
-            return 3
+            return EXIT_UPSTREAM
         upstream[up] = m
     config_hash = stage_config_hash(cfg, stage)
     input_hashes = {up: fingerprint(m) for up, m in upstream.items()}
@@ -182,27 +200,67 @@ def run_stage(name: str, config_path: Path) -> int:
     t0 = time.time()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     ctx = StageContext(cfg=StageConfig(cfg, name, stage.reads), run_dir=run_dir, stage_dir=stage_dir, upstream=upstream)
-    out = stage.run(ctx)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (cancel, Ctrl-C in the launcher, Slurm) ends the stage through Python, so `finally` blocks run;
+        # the distill stage replaces this with its own handler, which checkpoints first.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+    if rank == 0:
+        atomic_write_json(stage_dir / RUNNING, {"pid": os.getpid(), "pgid": os.getpgid(0), "host": socket.gethostname(),
+                                                "started_at": started,
+                                                "launcher_pid": os.environ.get("COMPACTLM_LAUNCHER_PID")})
+    try:
+        out = stage.run(ctx)
+    finally:
+        if rank == 0:
+            (stage_dir / RUNNING).unlink(missing_ok=True)
     if rank != 0:
         return 0
     expected = RESULTS[name]
     if type(out.result) is not expected:
         raise TypeError(f"stage {name!r} returned {type(out.result).__name__}, not {expected.__name__}")
+    files = {k: file_records(resolve_output(stage_dir, v)) for k, v in out.outputs.items()}
     manifest = {
         "stage": name,
         "config_hash": config_hash,
         "input_hashes": input_hashes,
         "outputs": out.outputs,
-        "output_digests": {k: path_digest(resolve_output(stage_dir, v)) for k, v in out.outputs.items()},
+        "output_files": files,
+        "output_digests": {k: records_digest(r) for k, r in files.items()},
         "result": to_json(out.result),
         "versions": versions(),
         "started_at": started,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(time.time() - t0, 3),
     }
-    atomic_write_json(stage_dir / MANIFEST, manifest)  # last: its presence means "finished"
+    atomic_write_json(stage_dir / MANIFEST, seal(manifest))  # last: its presence means "finished"
     print(f"[{name}] done in {manifest['wall_time_s']:.1f} s", flush=True)
     return 0
+
+
+def _exit_on_signal(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def stage_folder(run_dir: Path, run_name: str, stage: str) -> Path:
+    """`<run_dir>/<stage>`, after checking that it cannot lie outside the run folder: the run folder is named
+    after the (validated) run name and the stage is one of STAGES, so a stage never cleans anything else."""
+    if stage not in STAGES:
+        raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
+    if run_dir.name != run_name or ".." in run_dir.parts or run_dir.resolve() == Path(run_dir.anchor):
+        raise ConfigError(f"run_dir={str(run_dir)!r} is not a folder named after run_name={run_name!r}: the "
+                          "stages write and clean only inside <runs_root>/<run_name>")
+    folder = run_dir / stage
+    if folder.resolve().parent != run_dir.resolve():
+        raise ConfigError(f"{folder} resolves to {folder.resolve()}, outside the run folder {run_dir.resolve()}")
+    return folder
+
+
+def running(stage_dir: Path) -> dict[str, Any] | None:
+    """Who runs the stage of `stage_dir` (pid, pgid, host, started_at, launcher_pid), while a process does."""
+    try:
+        return json.loads((Path(stage_dir) / RUNNING).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def readable(stage: str, manifest: dict[str, Any] | None) -> bool:
@@ -227,9 +285,12 @@ def _clean(stage_dir: Path, keep: tuple[str, ...], resume_key: dict[str, Any], f
     (stage_dir / MANIFEST).unlink(missing_ok=True)
     key_file = stage_dir / RESUME_KEY
     resumable = bool(keep) and not fresh and key_file.is_file() and json.loads(key_file.read_text()) == resume_key
+    root = stage_dir.resolve()
     for entry in stage_dir.iterdir():
         if resumable and entry.name in keep:
             continue
+        if entry.parent.resolve() != root:  # never reached through a symlinked stage folder
+            raise RuntimeError(f"refusing to delete {entry}: it is not inside {root}")
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
@@ -254,4 +315,17 @@ def main(name: str, argv: list[str] | None = None) -> int:
         return run_stage(name, Path(args["config"]))
     except ConfigError as e:
         print(f"[{name}] configuration error: {e}", file=sys.stderr)
-        return 2
+        _record_config_error(Path(args["config"]), name, str(e))
+        return EXIT_CONFIG
+
+
+def _record_config_error(config_path: Path, name: str, message: str) -> None:
+    """Leave CONFIG_ERROR in the stage folder: a Slurm job script requeues a failed stage, except this one (the
+    same config would fail again). The next run of the stage cleans it away."""
+    try:
+        cfg = load_config(config_path)
+        stage_dir = stage_folder(Path(cfg.run_dir), cfg.run_name, name)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stage_dir / CONFIG_ERROR, message + "\n")
+    except Exception:  # noqa: BLE001 - the config itself may be what is broken; the message is printed already
+        pass

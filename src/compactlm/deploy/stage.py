@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from compactlm.deploy.trtllm import DeployUnavailable, run_deploy
-from compactlm.pipeline import StageContext, StageOutput
+from compactlm.pipeline import EXIT_UNAVAILABLE, StageContext, StageOutput
 from compactlm.results import TEACHER, DeployResult, student_label
 
 
@@ -27,7 +27,7 @@ class DeployStage:
             metrics = run_deploy({k: str(v) for k, v in models.items()}, ctx.stage_dir, ctx.cfg.deploy)
         except DeployUnavailable as e:
             print(f"[deploy] cannot run here: {e}", file=sys.stderr, flush=True)
-            raise SystemExit(4) from None
+            raise SystemExit(EXIT_UNAVAILABLE) from None
         return StageOutput(DeployResult(models=metrics), outputs={label: label for label in metrics})
 
 

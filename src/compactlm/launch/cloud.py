@@ -51,6 +51,7 @@ from leptonai.api.v1.types.job import LeptonJobState
 from nemo_run.config import get_nemorun_home, set_nemorun_home
 from nemo_run.core.execution.dgxcloud import DGXCloudExecutor, DGXCloudState
 from nemo_run.core.execution.lepton import LeptonExecutor
+from nemo_run.core.execution.slurm import SlurmBatchRequest
 from nemo_run.run.experiment import Experiment
 from nemo_run.run.torchx_backend.schedulers import api as schedulers_api
 from nemo_run.run.torchx_backend.schedulers import dgxcloud as dgx_scheduler
@@ -301,6 +302,29 @@ class LeptonJobExecutor(LeptonExecutor):
 
 
 # ------------------------------------------------------------------------------------------------ builders
+# NeMo-Run's sbatch template requeues a job on ANY non-zero exit. A stage that stopped on a configuration error
+# leaves CONFIG_ERROR in its folder (compactlm.pipeline), named by $COMPACTLM_NO_REQUEUE: requeueing it would only
+# fail again, max_retries times. Preemption, the time limit and node failures still requeue.
+_REQUEUE = '''    if [ "$TORCHX_MAX_RETRIES" -gt "${SLURM_RESTART_COUNT:-0}" ]; then
+        scontrol requeue "$SLURM_JOB_ID"'''
+_REQUEUE_UNLESS_CONFIG_ERROR = '''    if [ -n "${COMPACTLM_NO_REQUEUE:-}" ] && [ -f "$COMPACTLM_NO_REQUEUE" ]; then
+        echo "configuration error ($COMPACTLM_NO_REQUEUE): not requeued"
+    elif [ "$TORCHX_MAX_RETRIES" -gt "${SLURM_RESTART_COUNT:-0}" ]; then
+        scontrol requeue "$SLURM_JOB_ID"'''
+_materialize = SlurmBatchRequest.materialize
+
+
+def _materialize_without_config_error_requeue(self) -> str:
+    text = _materialize(self)
+    if _REQUEUE not in text:
+        raise RuntimeError("NeMo-Run's sbatch template changed: compactlm's no-requeue-on-configuration-error fix "
+                           f"(compactlm.launch.cloud) no longer applies; it is written for nemo_run=={NEMO_RUN_VERSION}")
+    return text.replace(_REQUEUE, _REQUEUE_UNLESS_CONFIG_ERROR)
+
+
+SlurmBatchRequest.materialize = _materialize_without_config_error_requeue
+
+
 def use_home(home: str | Path) -> None:
     """Make NeMo-Run keep its records under `home` (a run folder's nemorun/) from now on in this process.
 

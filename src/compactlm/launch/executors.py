@@ -32,6 +32,7 @@ from compactlm.launch.resources import (
     stage_image,
     stage_processes,
 )
+from compactlm.pipeline import CONFIG_ERROR
 
 
 def packager(conf: CompactLMConfig, run, local_dir: Path):
@@ -79,7 +80,8 @@ def _slurm(conf, run, stage, local_dir):
         signal=f"USR1@{s.signal_before_limit}" if s.signal_before_limit else None,
         container_image=image, container_mounts=container_mounts(conf) if image else [],
         setup_lines="\n".join(s.setup_lines) or None, srun_args=list(s.srun_args) or None,
-        job_name_prefix="compactlm-", env_vars=stage_env(conf, remote=True), tunnel=tunnel,
+        job_name_prefix="compactlm-", tunnel=tunnel,
+        env_vars={**stage_env(conf, remote=True), "COMPACTLM_NO_REQUEUE": f"{conf.run_dir}/{stage}/{CONFIG_ERROR}"},
         packager=packager(conf, run, local_dir),
         # a stage that failed for good cancels the stages waiting on it (afterok); without this they stay
         # PENDING (DependencyNeverSatisfied) forever and the launcher, which waits for every job, with them

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +19,15 @@ from omegaconf import OmegaConf
 
 from compactlm.config import CompactLMConfig, ConfigError, PruneConfig
 from compactlm.launch.executors import build_experiment, check_credentials, describe_executor, render_submission
+from compactlm.launch.local_runs import (
+    RunBusy,
+    RunLock,
+    cancelled,
+    check_no_orphans,
+    clear_cancelled,
+    mark_cancelled,
+    stop_stages,
+)
 from compactlm.launch.records import CONFIG_FILE, REPO, nemorun_home, resolved_yaml, stage_logs
 from compactlm.launch.report import summary_table, write_report
 from compactlm.launch.validate import to_config, validate
@@ -25,6 +35,10 @@ from compactlm.manifest import atomic_write_json, atomic_write_text, read_manife
 from compactlm.model.loading import read_hf_config
 from compactlm.model.params import format_table, param_table
 from compactlm.pipeline import STAGE_NAMES
+
+# launch.py's exit codes besides 0 (finished), 1 (a stage failed) and 2 (a configuration error)
+EXIT_BUSY = 3  # the run folder is in use by another launcher, or by a stage a dead launcher left running
+EXIT_STOPPED = 130  # interrupted (Ctrl-C) or cancelled (launch.py cancel); re-running the command resumes
 
 
 def launch(cfg) -> int:
@@ -159,6 +173,52 @@ def dryrun(conf: CompactLMConfig, local_dir: Path) -> int:
 
 
 def submit(conf: CompactLMConfig, local_dir: Path) -> int:
+    """Run (local) or submit (cluster) the recipe's stages, holding the run folder's lock meanwhile."""
+    lock = RunLock(local_dir)
+    try:
+        lock.acquire(conf.run_name)
+        if not conf.cluster.is_remote():
+            check_no_orphans(Path(conf.run_dir), conf.recipe.stages, conf.run_name)
+            clear_cancelled(Path(conf.run_dir))
+    except RunBusy as e:
+        lock.release()
+        print(f"compactlm: {e}", file=sys.stderr)
+        return EXIT_BUSY
+    if conf.cluster.executor != "local":
+        try:
+            return _submit(conf, local_dir)
+        finally:
+            lock.release()
+    # NeMo-Run's local executor waits for a stage without letting KeyboardInterrupt through: Ctrl-C (SIGINT) and
+    # SIGTERM are handled here, at once: stop the running stage, keep the next ones from starting, exit 130.
+    handlers = {sig: signal.signal(sig, _stopper(conf)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _submit(conf, local_dir)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        lock.release()
+
+
+def _stopper(conf: CompactLMConfig):
+    """A signal handler that stops the run's stages on this machine (the distill stage checkpoints first)."""
+    run_dir, stopping = Path(conf.run_dir), []
+
+    def stop(signum: int, _frame) -> None:
+        if stopping:
+            return  # a second Ctrl-C while stopping changes nothing
+        name = signal.Signals(signum).name
+        stopping.append(name)
+        print(f"\ncompactlm: {name}: stopping run {conf.run_name} ...", file=sys.stderr, flush=True)
+        mark_cancelled(run_dir, by=f"{name} to launch.py")
+        stopped = stop_stages(run_dir, conf.recipe.stages)
+        print(f"compactlm: interrupted; stopped {', '.join(stopped) or 'no running stage'}; the stages after it will "
+              "not start. Re-run the same command to resume.", file=sys.stderr, flush=True)
+
+    return stop
+
+
+def _submit(conf: CompactLMConfig, local_dir: Path) -> int:
     write_run_dir(conf, local_dir)
     where = f"{local_dir}" if conf.run_dir == str(local_dir) else f"{conf.run_dir} on the cluster (records in {local_dir})"
     print(f"compactlm: run {conf.run_name} -> {where}  (recipe={conf.recipe.name}: {' -> '.join(conf.recipe.stages)}, "
@@ -191,6 +251,11 @@ def submit(conf: CompactLMConfig, local_dir: Path) -> int:
     md, page = write_report(conf)
     print(f"  report: {page}  ({md.name} beside it)")
     failed = [stage for stage in conf.recipe.stages if read_manifest(run_dir / stage) is None]
+    stop = cancelled(run_dir)
+    if stop and failed:
+        print(f"compactlm: run cancelled ({stop['by']}, {stop['at']}); not finished: {', '.join(failed)}. "
+              "Re-run the same command to resume.", file=sys.stderr)
+        return EXIT_STOPPED
     if failed:
         print(f"compactlm: stage {failed[0]!r} did not finish (states: {states}); its log is under "
               f"{nemorun_home(local_dir)} (python launch.py logs run_name={conf.run_name} stage={failed[0]}). "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,8 +18,9 @@ import nemo_run as run
 from omegaconf.errors import OmegaConfBaseException
 
 from compactlm.cli import UsageError, parse
-from compactlm.config import ConfigError
+from compactlm.config import ConfigError, check_run_name
 from compactlm.launch.cloud import use_home
+from compactlm.launch.local_runs import LOCK, RunLock, holder_of, mark_cancelled, stage_state, stop_stages
 from compactlm.launch.records import CONFIG_FILE, nemorun_home, stage_logs
 from compactlm.launch.report import text_table, write_comparison
 from compactlm.manifest import read_manifest
@@ -42,6 +44,10 @@ class OpsError(UsageError):
 
 
 def run_folder(runs_root: str, run_name: str) -> Path:
+    try:
+        check_run_name(run_name)
+    except ConfigError as e:
+        raise OpsError(str(e)) from None
     folder = Path(runs_root).expanduser().resolve() / run_name
     if not (folder / "launch.json").exists():
         known = ", ".join(sorted(p.name for p in list_runs(runs_root))) or "none"
@@ -109,10 +115,19 @@ def cmd_list(args: dict[str, str]) -> int:
 def cmd_status(args: dict[str, str]) -> int:
     folder = run_folder(args["runs_root"], args["run_name"])
     launch, conf = run_info(folder)
-    jobs = job_states(experiment(folder))
+    local = launch.get("cluster", "local") == "local"
     print(f"run {folder.name}: recipe={conf.recipe.name}, cluster={launch.get('cluster', 'local')}, "
           f"outputs in {conf.run_dir}")
     rows = []
+    if local:  # the stage processes on this machine and the launcher's lock say what runs now
+        launcher = RunLock(folder).held_elsewhere()
+        print(f"launcher: {'running (' + holder_of(folder / LOCK) + ')' if launcher else 'not running'}")
+        for stage in conf.recipe.stages:
+            rows.append([stage, stage_done(conf, stage), stage_state(Path(conf.run_dir), stage, launcher),
+                         stage_summary(conf, stage)])
+        _print_table(["stage", "manifest", "state", "result"], rows)
+        return 0
+    jobs = job_states(experiment(folder))
     for stage in conf.recipe.stages:
         job = jobs.get(stage, {})
         rows.append([stage, stage_done(conf, stage), str(job.get("status", "-")), str(job.get("job_id", "-")),
@@ -158,14 +173,16 @@ def cmd_logs(args: dict[str, str]) -> int:
 
 def cmd_cancel(args: dict[str, str]) -> int:
     folder = run_folder(args["runs_root"], args["run_name"])
-    _, conf = run_info(folder)
-    exp = experiment(folder)
-    if exp is None:
-        raise OpsError(f"run {folder.name} has no experiment records to cancel")
+    launch, conf = run_info(folder)
     stages = [args["stage"]] if args["stage"] else list(conf.recipe.stages)
     for stage in stages:
         if stage not in conf.recipe.stages:
             raise OpsError(f"stage={stage!r} is not a stage of run {folder.name}; its stages: {', '.join(conf.recipe.stages)}")
+    if launch.get("cluster", "local") == "local":
+        return cancel_local(folder, conf, stages)
+    exp = experiment(folder)
+    if exp is None:
+        raise OpsError(f"run {folder.name} has no experiment records to cancel")
     jobs = job_states(exp)
     cancelled = []
     for stage in stages:
@@ -176,6 +193,22 @@ def cmd_cancel(args: dict[str, str]) -> int:
             exp.cancel(stage)
         cancelled.append(stage)
     print(f"cancelled: {', '.join(cancelled) if cancelled else 'nothing (every job had ended)'}")
+    return 0
+
+
+def cancel_local(folder: Path, conf, stages: list[str]) -> int:
+    """Stop the stages running on this machine (SIGTERM to their process groups, SIGKILL after a grace period) and
+    keep the stages not yet started from starting; the launcher then reports the run cancelled."""
+    run_dir = Path(conf.run_dir)
+    if all(read_manifest(run_dir / s) is not None for s in stages):
+        print("cancelled: nothing (every stage had finished)")
+        return 0
+    mark_cancelled(run_dir, by=f"launch.py cancel (pid {os.getpid()})")
+    stopped = stop_stages(run_dir, stages)
+    pending = [s for s in stages if s not in stopped and read_manifest(run_dir / s) is None]
+    print(f"cancelled: stopped {', '.join(stopped) or 'no running stage'}"
+          + (f"; will not start: {', '.join(pending)}" if pending else "")
+          + f". Re-run the launch command to resume (python launch.py status run_name={folder.name})")
     return 0
 
 

@@ -19,8 +19,6 @@ so nothing larger than one batch's activations is ever alive. The rules (ModelOp
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from compactlm.arch import Adapter, decoder_layers
+from compactlm.manifest import atomic_file
 
 DEPTH_METHODS = ("block_influence", "lm_loss")
 
@@ -76,14 +75,8 @@ class ImportanceScores:
             "depth_lm_loss_block_size": json.dumps(self.depth_lm_loss_block_size),
             "extra": json.dumps(self.extra),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_file(path) as tmp:
             save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod
