@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 
 import pytest
 from helpers import REPO, compose, config_error, run_launch
@@ -186,3 +187,45 @@ def test_relative_inputs_on_a_remote_cluster_are_refused(extra, key):
 def test_a_stage_that_fails_cancels_the_stages_waiting_on_it():
     text = (GOLDEN / "slurm_2x8_pyxis_importance.sbatch").read_text()
     assert "#SBATCH --kill-on-invalid-dep=yes" in text  # (the afterok dependency is added at submission)
+
+
+@pytest.mark.parametrize("config_error, exitcode, requeued", [
+    (True, 2, False),   # the stage stopped on a configuration error: the same config would fail again
+    (False, 143, True),  # preempted / time limit: the stage checkpointed, the job comes back
+    (False, 1, True),   # a crash (node failure, OOM): retried up to max_retries
+])
+def test_the_job_script_requeues_all_but_configuration_errors(tmp_path, config_error, exitcode, requeued):
+    """The end of the real rendered sbatch script, run by bash with a `scontrol` that records its calls."""
+    text = (GOLDEN / "slurm_2x8_pyxis_importance.sbatch").read_text()
+    tail = text[text.index("exitcode=$?"):]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/scontrol.calls\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    marker = tmp_path / "importance" / "config_error.txt"
+    if config_error:
+        marker.parent.mkdir()
+        marker.write_text("evaluate.task_text='/x' has no .txt file\n")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "TORCHX_MAX_RETRIES": "3", "SLURM_RESTART_COUNT": "0",
+           "SLURM_JOB_ID": "42", "COMPACTLM_NO_REQUEUE": str(marker)}
+    r = subprocess.run(["bash", "-c", f"(exit {exitcode})\n{tail}"], env=env, capture_output=True, text=True)
+    assert r.returncode == exitcode
+    calls = (tmp_path / "scontrol.calls").read_text() if (tmp_path / "scontrol.calls").exists() else ""
+    assert (calls == "requeue 42\n") is requeued, (calls, r.stdout)
+    if config_error:
+        assert "not requeued" in r.stdout
+
+
+def test_a_configuration_error_in_a_stage_leaves_the_no_requeue_marker(tmp_path, tiny_llama_dir):
+    import shutil
+
+    from compactlm.launch.launcher import write_run_dir
+    from compactlm.pipeline import CONFIG_ERROR, EXIT_CONFIG, main
+
+    model = shutil.copytree(tiny_llama_dir, tmp_path / "teacher")
+    conf = to_config(compose(["recipe=eval", "model=local", f"model.path={model}", f"runs_root={tmp_path}"]))
+    conf.run_dir = str(tmp_path / conf.run_name)
+    run_dir = write_run_dir(conf)
+    (model / "model.safetensors").unlink()  # the folder changed between submission and the stage
+    assert main("model", [f"config={run_dir / 'config.yaml'}"]) == EXIT_CONFIG
+    assert "model.path" in (run_dir / "model" / CONFIG_ERROR).read_text()
