@@ -5,26 +5,20 @@
     python launch.py recipe=prune_distill model=bielik_11b_v3 prune=exp_010 cluster=dgx_h200
     python launch.py dryrun=true ...                   # print what would run, submit nothing
     python launch.py list | status | logs | cancel | report ...   # operate on runs (see `launch.py list --help`)
+    python launch.py --help                            # every config group and key
+
+A bad command line or config stops with one line, `compactlm: configuration error: ...`, and exit code 2.
 """
 
 import sys
+from pathlib import Path
 
-import hydra
-
-from compactlm.launch.conf_store import register_configs
+from compactlm.launch.compose import main
 from compactlm.launch.launcher import launch
 from compactlm.launch.ops import COMMANDS
 from compactlm.launch.ops import main as ops_main
 
-register_configs()
-
-
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def main(cfg) -> None:
-    raise SystemExit(launch(cfg))
-
-
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
         raise SystemExit(ops_main(sys.argv[1:]))
-    main()
+    raise SystemExit(main(sys.argv[1:], launch, conf_dir=Path(__file__).resolve().parent / "conf"))

@@ -13,15 +13,11 @@ CONF = REPO / "conf"
 
 
 def compose(overrides: list[str] | None = None):
-    """Compose conf/config.yaml with `overrides` exactly as launch.py does (Hydra's compose API)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    """Compose conf/config.yaml with `overrides` exactly as launch.py does (compactlm.launch.compose, Hydra's
+    compose API); a bad override raises ConfigError with launch.py's one-line message."""
+    from compactlm.launch.compose import compose as compose_config
 
-    from compactlm.launch.conf_store import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides or [])
+    return compose_config(overrides or [], CONF)
 
 
 def plain_clone(dest: Path) -> Path:

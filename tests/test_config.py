@@ -15,7 +15,8 @@ from compactlm.pipeline import STAGE_NAMES
 # Groups whose shipped options leave a required key open (???): what a user must add on the command line.
 REQUIRED = {
     ("model", "local"): None,  # filled per test with a tiny local folder
-    ("data", "jsonl"): None,
+    ("data", "jsonl"): None,  # filled per test with a small file
+    ("data", "text"): None,
     ("data", "hf"): ["data.hf_dataset=allenai/c4"],
     ("cluster", "slurm"): ["cluster.slurm.account=compactlm"],
     ("cluster", "dgxc"): ["cluster.dgxc.base_url=https://acme.run.ai/api/v1", "cluster.dgxc.project_name=compactlm",
@@ -37,7 +38,14 @@ def jsonl_file(tmp_path_factory):
     return p
 
 
-def test_every_shipped_combination_composes_and_validates(tiny_llama_dir, jsonl_file):
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("text") / "docs.txt"
+    p.write_text("\n".join(f"Dokument numer {i}: zażółć gęślą jaźń." for i in range(50)), encoding="utf-8")
+    return p
+
+
+def test_every_shipped_combination_composes_and_validates(tiny_llama_dir, jsonl_file, text_file):
     # every recipe x model x data on this machine, and every cluster with every recipe (the cluster does not
     # interact with the model or data choice: those pairs would only multiply the composing time)
     combos = [(r, m, d, "local") for r, m, d in itertools.product(group_options("recipe"), group_options("model"),
@@ -50,8 +58,8 @@ def test_every_shipped_combination_composes_and_validates(tiny_llama_dir, jsonl_
         if model == "local":
             ov += [f"model.path={tiny_llama_dir}", "prune.model=null", "prune.export_config.ffn_hidden_size=64",
                    "prune.export_config.num_layers=2"]
-        if data == "jsonl":
-            ov.append(f"data.paths=[{jsonl_file}]")
+        if data in ("jsonl", "text"):
+            ov.append(f"data.paths=[{jsonl_file if data == 'jsonl' else text_file}]")
         ov += REQUIRED.get(("data", data)) or []
         ov += REQUIRED.get(("cluster", cluster)) or []
         conf = to_config(compose(ov))
@@ -155,5 +163,6 @@ def test_cli_rejects_bad_input_before_writing_anything(tmp_path):
 
 def test_cli_unknown_group_option_lists_the_choices(tmp_path):
     proc = run_launch(["model=gpt5", f"runs_root={tmp_path}"])
-    assert proc.returncode != 0
-    assert "Could not find 'model/gpt5'" in proc.stderr and "smollm2_135m" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("compactlm: configuration error: model=gpt5: Could not find 'model/gpt5'; "
+                                   "choose one of: bielik_11b_v3, local, smollm2_135m")

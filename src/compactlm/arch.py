@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from compactlm.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Adapter:
@@ -54,7 +56,7 @@ def adapter_for(model_type: str, key: str = "model.architecture") -> Adapter:
     try:
         return ADAPTERS[model_type]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"{key}={model_type!r} is not a supported architecture; supported: {', '.join(SUPPORTED)}"
         ) from None
 

@@ -20,7 +20,7 @@ from compactlm.arch import SUPPORTED as SUPPORTED_ARCHITECTURES
 from compactlm.errors import ConfigError
 from compactlm.quantize.formats import check_deploy_support
 
-__all__ = ["ConfigError"]  # re-exported: most callers import it with the schemas
+__all__ = ["ConfigError", "check_run_name", "hub_id_like"]  # ConfigError re-exported: most callers import it with the schemas
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
@@ -37,7 +37,33 @@ def _positive(key: str, value: Optional[int], minimum: int = 1) -> None:
         raise ConfigError(f"{key}={value} must be an integer >= {minimum}")
 
 
+RUN_NAME_MAX_CHARS = 100
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_RUN_NAME_RULE = (f"a run name is a folder name of at most {RUN_NAME_MAX_CHARS} characters A-Z a-z 0-9 . _ -, "
+                  "starting with a letter or digit")
+
+
+def check_run_name(value: str, key: str = "run_name") -> None:
+    """Refuse a run name that is not a safe folder name under runs_root (`..` would write outside it, a stage's
+    clean step would then delete files there); the one rule for the launcher and the run operations."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}={value!r} is empty; {_RUN_NAME_RULE}")
+    if len(value) > RUN_NAME_MAX_CHARS:
+        raise ConfigError(f"{key}={value[:40]!r}... is {len(value)} characters long; {_RUN_NAME_RULE}")
+    if not _RUN_NAME.fullmatch(value):
+        bad = next((c for c in value if not (c.isascii() and (c.isalnum() or c in "._-"))), value[0])
+        raise ConfigError(f"{key}={value!r} is not allowed (character {bad!r}); {_RUN_NAME_RULE}")
+
+
 # ----------------------------------------------------------------------------------------------- model
+_HUB_ID = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)?")
+
+
+def hub_id_like(path: str) -> bool:
+    """True when `path` has the form of a Hugging Face Hub id: `name` or `org/name` of A-Z a-z 0-9 . _ -."""
+    return bool(_HUB_ID.fullmatch(path)) and not any(part in (".", "..") for part in path.split("/"))
+
+
 @dataclass
 class ModelShape:
     """Sizes of a model known without downloading it (checked against config.json when it is local)."""
@@ -87,6 +113,13 @@ class ModelConfig:
         _choice("model.source", self.source, MODEL_SOURCES)
         if self.source == "hf" and not self.path:
             raise ConfigError("model.path is required for model.source=hf: a hub id or a local folder")
+        if self.source != "hf" and self.path is not None:
+            raise ConfigError(f"model.path={self.path!r} is only read with model.source=hf, but model={self.name} has "
+                              f"model.source={self.source}; for a local Hugging Face folder use "
+                              f"model=local model.path={self.path}")
+        if self.source == "hf" and not self.is_local() and not hub_id_like(self.path):
+            raise ConfigError(f"model.path={self.path!r} does not exist (and is not a Hugging Face Hub id like "
+                              "org/name); give an existing local folder or a Hub id")
         if self.source == "gguf_package" and not (self.gguf_package and self.gguf_file):
             raise ConfigError("model.gguf_package and model.gguf_file are required for model.source=gguf_package")
         s = self.shape
@@ -268,6 +301,8 @@ class DistillConfig:
             raise ConfigError(f"distill.temperature={self.temperature} must be > 0")
         if self.lm_loss_weight < 0:
             raise ConfigError(f"distill.lm_loss_weight={self.lm_loss_weight} must be >= 0")
+        if not self.lr > 0:
+            raise ConfigError(f"distill.lr={self.lr} must be > 0 (the peak learning rate, e.g. 3e-4)")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"distill.min_lr={self.min_lr} must be between 0 and distill.lr={self.lr}")
         if self.global_batch_size % self.micro_batch_size:
@@ -813,5 +848,4 @@ class CompactLMConfig:
     """Re-run only these stages (and, because their outputs change, everything after them)."""
 
     def __post_init__(self) -> None:
-        if not self.run_name or "/" in self.run_name:
-            raise ConfigError(f"run_name={self.run_name!r} must be a non-empty folder name without '/'")
+        check_run_name(self.run_name)

@@ -145,14 +145,17 @@ def test_the_default_evaluation_reads_nothing_outside_the_run(tmp_path):
     assert conf.evaluate.task_text is None
 
 
-def test_a_container_mounts_the_folders_of_local_inputs():
+def test_a_container_mounts_the_folders_of_local_inputs(tmp_path):
     from compactlm.launch.resources import container_mounts
 
+    texts = tmp_path / "pl"
+    texts.mkdir()
+    (texts / "a.txt").write_text("Zdanie pierwsze jest tutaj.\n", encoding="utf-8")
     conf, _ = _placed(["cluster=slurm", "cluster.slurm.account=a", "cluster.container_image=/c/train.sqsh",
-                       "cluster.runs_root=/lustre/runs", "data=text", "data.paths=[/data/pl/*.txt]",
+                       "cluster.runs_root=/lustre/runs", "data=text", f"data.paths=[{texts}/*.txt]",
                        "cluster.container_mounts=[/lustre:/lustre]"])
     mounts = container_mounts(conf)
-    assert "/data/pl:/data/pl" in mounts
+    assert f"{texts}:{texts}" in mounts
     assert not any(m.startswith("/lustre/runs") for m in mounts), mounts  # already inside the user's /lustre mount
 
 

@@ -7,6 +7,7 @@ Each split is saved as an int32 array of shape [num_sequences, seq_len].
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import os
@@ -36,15 +37,83 @@ def expand_paths(cfg: DataConfig) -> list[Path]:
 
 
 def check_sources(cfg: DataConfig) -> None:
-    """Fail before anything runs when a local data file is missing or holds no text."""
+    """Fail before anything runs when a local data file is missing, is not UTF-8 text, holds no text, or (jsonl)
+    has a line that is not a JSON object with `data.text_field`. Streams every file: they can be GBs."""
     if not cfg.reads_files():
         return
     for path in expand_paths(cfg):
         if not path.is_file():
             raise ConfigError(f"data.paths: {str(path)!r} is not a file")
-        with path.open(encoding="utf-8", errors="replace") as f:
-            if not any(line.strip() for line in f):
-                raise ConfigError(f"data.paths: {str(path)!r} is empty (data.kind={cfg.kind} needs text)")
+        if cfg.kind == "jsonl":
+            has_text = _check_jsonl(path, cfg.text_field)
+        else:
+            has_text = check_utf8_text(path, "data.paths")
+        if not has_text:
+            raise ConfigError(f"data.paths: {str(path)!r} is empty (data.kind={cfg.kind} needs text)")
+
+
+CHUNK_BYTES = 1 << 20
+
+
+def utf8_error(path: Path) -> tuple[int, int] | None:
+    """(offset, value) of the first byte of `path` that is not valid UTF-8, or None; reads in binary chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = 0  # bytes of the file handed to the decoder so far
+    with Path(path).open("rb") as f:
+        while True:
+            chunk = f.read(CHUNK_BYTES)
+            pending = len(decoder.getstate()[0])  # bytes of an unfinished character held from the last chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:  # e.object is the pending bytes + chunk
+                return offset - pending + e.start, e.object[e.start]
+            if not chunk:
+                return None
+            offset += len(chunk)
+
+
+def _not_utf8(path: Path, key: str) -> ConfigError:
+    where = utf8_error(path)
+    detail = f"byte {where[0]}: 0x{where[1]:02x}" if where else "invalid byte"
+    return ConfigError(f"{key}: {str(path)!r} is not UTF-8 text ({detail}); convert it to UTF-8 "
+                       f"(e.g. iconv -f cp1250 -t utf-8) or remove it from {key}")
+
+
+def check_utf8_text(path: Path, key: str) -> bool:
+    """Decode `path` strictly as UTF-8, in chunks; True when it holds any non-blank text. The ConfigError names
+    `key`, the file and the offset of its first bad byte."""
+    has_text = False
+    try:
+        with Path(path).open(encoding="utf-8", errors="strict") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                has_text = has_text or not chunk.isspace()
+    except UnicodeDecodeError:
+        raise _not_utf8(path, key) from None
+    return has_text
+
+
+def _check_jsonl(path: Path, text_field: str) -> bool:
+    """Every non-empty line of a jsonl file is a JSON object with `text_field` (as read_documents reads it);
+    True when one of them holds text."""
+    has_text = False
+    n = 0
+    try:
+        with path.open(encoding="utf-8", errors="strict") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)[text_field]
+                except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
+                    raise ConfigError(
+                        f"data.paths: {str(path)!r} line {n} is not a JSON object with key "
+                        f"data.text_field={text_field!r} ({type(e).__name__}: {e}); each non-empty line must be "
+                        f'one, e.g. {{"{text_field}": "..."}}'
+                    ) from None
+                has_text = has_text or bool(text and str(text).strip())
+    except UnicodeDecodeError:
+        raise _not_utf8(path, "data.paths") from None
+    return has_text
 
 
 def read_documents(cfg: DataConfig) -> list[str]:

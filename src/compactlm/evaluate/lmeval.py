@@ -18,23 +18,22 @@ to lm_eval as task metadata, so the same YAMLs serve any run; the equivalent com
         --tasks polish_continuation --metadata '{"data_dir": "<folder written by build_task_data>"}'
 
 Hub tasks ("hellaswag", "arc_easy", ...) are just further names in `tasks` for users with network.
+
+The launcher imports this module (to check `evaluate.tasks` before submitting), so torch, datasets and lm_eval
+(seconds to import) are imported only in the functions that use them.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import random
 import re
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
-import torch
-from lm_eval import evaluator
-from lm_eval.models.huggingface import HFLM
-from lm_eval.tasks import TaskManager
-from lm_eval.tasks._index import TaskIndex
 
 from compactlm.manifest import atomic_write_text
 
@@ -142,9 +141,37 @@ def load_task_docs(task_file: str, data_dir: str | None = None, **_: Any):
     path = Path(data_dir) / task_file
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; build it with compactlm.evaluate.lmeval.build_task_data")
+    import datasets  # heavy (pyarrow, fsspec): see the module docstring
+
     with path.open(encoding="utf-8") as f:
         docs = [json.loads(line) for line in f if line.strip()]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def unknown_tasks(names: list[str], task_dir: str | Path = TASK_DIR) -> dict[str, str | None]:
+    """The names of `names` that are neither a task of `task_dir` (the project's) nor a task, group or tag lm_eval
+    knows offline, each with the closest known name (difflib) or None; {} when all are known.
+
+    The project's tasks are looked up first; lm_eval's own index (~15k YAMLs, ~30 s on 2 CPU cores) is built only
+    when a name is not one of them, with the same TaskManager run_tasks uses, and once per process.
+    """
+    from lm_eval.tasks._index import TaskIndex  # heavy (datasets, lm_eval): the launcher imports this module
+
+    local = TaskIndex.build([Path(task_dir)])
+    missing = [n for n in names if n not in local]
+    if not missing:
+        return {}
+    known = _registered_tasks(str(task_dir))
+    known_set = set(known)
+    return {n: next(iter(difflib.get_close_matches(n, known, n=1)), None) for n in missing if n not in known_set}
+
+
+@functools.lru_cache(maxsize=4)
+def _registered_tasks(task_dir: str) -> tuple[str, ...]:
+    """Every task, group and tag of lm_eval's own index plus those of `task_dir`."""
+    from lm_eval.tasks import TaskManager  # heavy (datasets, lm_eval): the launcher imports this module
+
+    return tuple(TaskManager(include_path=[task_dir], include_defaults=True).all_tasks)
 
 
 def run_tasks(model, tokenizer, tasks: list[str], *, data_dir: str | Path | None = None,
@@ -170,6 +197,12 @@ def run_tasks(model, tokenizer, tasks: list[str], *, data_dir: str | Path | None
         floats; e.g. {"polish_continuation": {"acc": 0.67, "acc_stderr": 0.047, "num_examples": 100}}.
         Metrics of a filter other than lm_eval's "none" keep the filter in their name ("exact_match,strict").
     """
+    import torch  # heavy: see the module docstring
+    from lm_eval import evaluator
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._index import TaskIndex
+
     task_dirs = [Path(p) for p in (task_dir if isinstance(task_dir, (list, tuple)) else [task_dir])]
     local = TaskIndex.build(task_dirs)
     # Indexing lm_eval's ~15k bundled tasks takes ~30 s on 2 CPU cores: only when a task is not one of ours.

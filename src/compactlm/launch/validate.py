@@ -8,6 +8,7 @@ No torch: it runs on the submit side.
 from __future__ import annotations
 
 import fnmatch
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from compactlm.arch import adapter_for
-from compactlm.config import EXPORT_TO_HF, CompactLMConfig, ConfigError, ModelShape
-from compactlm.data.splits import check_sources
+from compactlm.config import EXPORT_TO_HF, TEXT_TASKS, CompactLMConfig, ConfigError, ModelShape
+from compactlm.data.splits import check_sources, check_utf8_text
 from compactlm.deploy.trtllm import WHERE_IT_RUNS, tensorrt_llm_available
-from compactlm.model.loading import read_hf_config
+from compactlm.evaluate.lmeval import TASK_DIR, unknown_tasks
+from compactlm.model.loading import check_model_folder
 from compactlm.quantize.formats import check_deploy_support
 
 PRUNE_STAGES = ("importance", "prune")
@@ -35,7 +37,8 @@ def to_config(cfg) -> CompactLMConfig:
 
 
 def model_shape(conf: CompactLMConfig) -> dict[str, Any]:
-    """The teacher's sizes: config.json of a local folder wins over the YAML's `model.shape`."""
+    """The teacher's sizes: config.json of a local folder wins over the YAML's `model.shape`. A local folder is
+    checked as the model stage will load it (:func:`compactlm.model.loading.check_model_folder`)."""
     shape = conf.model.shape.known()
     m = conf.model
     if m.source == "hf" and m.is_local():
@@ -44,15 +47,43 @@ def model_shape(conf: CompactLMConfig) -> dict[str, Any]:
             return shape  # a path on the cluster's storage: the YAML's model.shape is what can be checked here
         if not folder.exists():
             raise ConfigError(f"model.path={m.path!r} does not exist (a local Hugging Face folder was expected)")
-        local = read_hf_config(folder)
-        adapter_for(local.get("model_type", "<missing>"), key=f"model_type in {folder}/config.json")
+        local = check_model_folder(folder)
         names = [f for f in ModelShape.__dataclass_fields__ if f in local]
         shape.update({k: local[k] for k in names})
     return shape
 
 
+def check_run_dir(conf: CompactLMConfig) -> None:
+    """`run_dir` is always `<runs_root>/<run_name>`: a run elsewhere would be invisible to `launch.py list/status`."""
+    expected = f"{conf.runs_root}/{conf.run_name}"
+    if os.path.normpath(os.path.expanduser(conf.run_dir)) != os.path.normpath(os.path.expanduser(expected)):
+        raise ConfigError(f"run_dir={conf.run_dir!r} is not runs_root/run_name ({expected!r}): launch.py list/status "
+                          f"would not find the run; set the folder with runs_root=<parent folder> and "
+                          f"run_name=<folder name> instead of run_dir")
+
+
+def check_seq_len(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
+    """Packed sequences must fit the model's context."""
+    most = shape.get("max_position_embeddings")
+    if most is not None and conf.data.seq_len > most:
+        raise ConfigError(f"data.seq_len={conf.data.seq_len} exceeds the model's max_position_embeddings={most} "
+                          f"({conf.model.name}); use data.seq_len<={most}")
+
+
+def check_tasks(conf: CompactLMConfig) -> None:
+    """Every `evaluate.tasks` name is a project task or one lm_eval knows (offline), with a "did you mean"."""
+    unknown = unknown_tasks(list(conf.evaluate.tasks))
+    if unknown:
+        name, close = next(iter(unknown.items()))
+        hint = f"did you mean {close!r}? " if close else ""
+        raise ConfigError(f"evaluate.tasks contains {name!r}, which is neither a project task ({', '.join(TEXT_TASKS)}; "
+                          f"{TASK_DIR}) nor an lm-eval task or group; {hint}"
+                          f"lm_eval --tasks list shows them all")
+
+
 def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, Any]:
     """Raise ConfigError on anything that cannot work; return the model shape used for the checks."""
+    check_run_dir(conf)
     for stage in conf.recipe.stages:
         if stage not in known_stages:
             raise ConfigError(f"recipe.stages contains {stage!r}; known stages: {', '.join(known_stages)}")
@@ -61,6 +92,8 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
             raise ConfigError(f"force_stages contains {stage!r}, which recipe={conf.recipe.name} does not run; "
                               f"its stages: {', '.join(conf.recipe.stages)}")
     shape = model_shape(conf)
+    if "data" in conf.recipe.stages:
+        check_seq_len(conf, shape)
     if any(s in PRUNE_STAGES for s in conf.recipe.stages):
         check_prune(conf, shape)
     if "data" in conf.recipe.stages and not conf.cluster.is_remote():
@@ -72,20 +105,27 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
         check_exclude_patterns(conf.quantize.exclude, shape.get("model_type"), layers)
     if "deploy" in conf.recipe.stages:
         check_deploy(conf)
-    if "evaluate" in conf.recipe.stages and not conf.cluster.is_remote():
-        check_task_text(conf)
+    if "evaluate" in conf.recipe.stages:
+        check_tasks(conf)
+        if not conf.cluster.is_remote():
+            check_task_text(conf)
     return shape
 
 
 def check_task_text(conf: CompactLMConfig) -> None:
-    """The lm-eval tasks built from `evaluate.task_text` need .txt files there, on the machine that runs the
+    """The lm-eval tasks built from `evaluate.task_text` need UTF-8 .txt files there, on the machine that runs the
     evaluate stage (heldout_continuation needs nothing: it is built from the run's own held-out documents)."""
     e = conf.evaluate
     folder_tasks = e.folder_tasks()
-    if folder_tasks and not any(Path(e.task_text).expanduser().rglob("*.txt")):
+    if not folder_tasks:
+        return
+    files = sorted(Path(e.task_text).expanduser().rglob("*.txt"))
+    if not files:
         raise ConfigError(f"evaluate.tasks={list(e.tasks)} builds {folder_tasks[0]} from .txt files, but "
                           f"evaluate.task_text={e.task_text!r} has none: point it at a folder of .txt files, or use "
                           "evaluate.tasks=[heldout_continuation] (built from the run's own held-out documents)")
+    for path in files:
+        check_utf8_text(path, "evaluate.task_text")
 
 
 def check_deploy(conf: CompactLMConfig) -> None:

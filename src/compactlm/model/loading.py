@@ -16,16 +16,103 @@ from pathlib import Path
 from typing import Any
 
 from compactlm.arch import adapter_for
-from compactlm.config import ConfigError, EngineConfig, ModelConfig
+from compactlm.config import ConfigError, EngineConfig, ModelConfig, hub_id_like
 from compactlm.manifest import sha256_json, staging_dir
 
 
-def read_hf_config(folder: Path) -> dict[str, Any]:
-    """config.json of a local Hugging Face folder as a dict (no torch, no transformers)."""
+def read_hf_config(folder: Path, key: str = "model.path") -> dict[str, Any]:
+    """config.json of a local Hugging Face folder as a dict (no torch, no transformers); errors name `key`."""
     cfg = Path(folder) / "config.json"
     if not cfg.is_file():
-        raise ConfigError(f"model.path={str(folder)!r} has no config.json; expected a Hugging Face model folder")
-    return json.loads(cfg.read_text())
+        raise ConfigError(f"{key}={str(folder)!r} has no config.json; expected a Hugging Face model folder")
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{key}={str(folder)!r}: config.json is not valid JSON ({e}); "
+                          "expected a Hugging Face model folder") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key}={str(folder)!r}: config.json holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def check_model_folder(folder: str | Path, key: str = "model.path") -> dict[str, Any]:
+    """Refuse a local model folder that a later stage could not load; return its config.json.
+
+    config.json must parse and name a supported `model_type`; the weights must be `model.safetensors`, or
+    `model.safetensors.index.json` with every shard it lists (what transformers loads, in that order), and
+    every safetensors file must be complete (:func:`check_safetensors_file`). Reads headers only: no torch.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{key}={str(folder)!r} is not a folder; expected a local Hugging Face model folder")
+    config = read_hf_config(folder, key)
+    try:
+        adapter_for(config.get("model_type", "<missing>"), key=f"{key}={str(folder)!r}: model_type in config.json")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if (folder / SAFETENSORS).is_file():
+        files = [folder / SAFETENSORS]
+    elif (folder / SAFETENSORS_INDEX).is_file():
+        files = [folder / name for name in _index_shards(folder / SAFETENSORS_INDEX, key)]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ConfigError(f"{key}: '{folder / SAFETENSORS_INDEX}' lists {len(missing)} shard(s) that are not in "
+                              f"the folder: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
+                              "copy or download the missing files")
+    else:
+        raise ConfigError(f"{key}={str(folder)!r} has no weights: expected {SAFETENSORS} or {SAFETENSORS_INDEX} "
+                          "with its shards (save the model with save_pretrained(..., safe_serialization=True))")
+    for path in files:
+        check_safetensors_file(path, key)
+    return config
+
+
+def _index_shards(index: Path, key: str) -> list[str]:
+    """The shard file names a `model.safetensors.index.json` maps tensors to."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{key}: '{index}' is not a safetensors index (a JSON object with a \"weight_map\" of "
+                          f"tensor name -> shard file): {type(e).__name__}: {e}") from None
+    if not shards or not all(isinstance(s, str) and s and "/" not in s for s in shards):
+        raise ConfigError(f"{key}: '{index}' has no usable \"weight_map\" (tensor name -> shard file in the folder)")
+    return shards
+
+
+def check_safetensors_file(path: Path, key: str = "model.path") -> None:
+    """Refuse a truncated or malformed safetensors file, from its header alone.
+
+    The format: 8 bytes little-endian u64 N, N bytes of JSON header mapping each tensor to its
+    "data_offsets" [begin, end] in the data that follows; a complete file is exactly 8 + N + max(end) bytes.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ConfigError(f"{key}: '{path}' is truncated: {size} bytes, less than the 8-byte length a "
+                              "safetensors file starts with")
+        n = int.from_bytes(head, "little")
+        if 8 + n > size:
+            raise ConfigError(f"{key}: '{path}' is truncated or not a safetensors file: {size} bytes, but its first "
+                              f"8 bytes announce a {n}-byte header")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+        ends = [int(t["data_offsets"][1]) for name, t in header.items() if name != "__metadata__"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError, AttributeError):
+        raise ConfigError(f"{key}: '{path}' is not a safetensors file: its {n}-byte header is not a JSON "
+                          "object of tensors with \"data_offsets\"") from None
+    data = max(ends, default=0)
+    expected = 8 + n + data
+    if size != expected:
+        what = "truncated" if size < expected else f"{size - expected} bytes longer than its header says"
+        raise ConfigError(f"{key}: '{path}' is {what}: {size} bytes, but its header describes {expected} "
+                          f"(8 + {n} header + {data} tensor data); copy or download it again")
 
 
 def gguf_package_file(model: ModelConfig) -> Path:
@@ -51,7 +138,7 @@ def materialized_dir(model: ModelConfig, cache_dir: str | Path) -> Path:
 def materialize(model: ModelConfig, cache_dir: str | Path) -> Path:
     """Return a local Hugging Face folder for `model`, creating it on first use.
 
-    - source=hf, local folder: returned as is (after checking config.json).
+    - source=hf, local folder: returned as is (after :func:`check_model_folder`).
     - source=hf, hub id: `huggingface_hub.snapshot_download` (needs network; honours HF_HUB_OFFLINE).
     - source=gguf_package: dequantizes the GGUF once with transformers and saves safetensors +
       tokenizer under `cache_dir`, written to a temporary folder and renamed into place.
@@ -59,10 +146,13 @@ def materialize(model: ModelConfig, cache_dir: str | Path) -> Path:
     if model.source == "hf":
         local = Path(os.path.expanduser(model.path))
         if local.exists():
-            read_hf_config(local)
+            check_model_folder(local)
             return local.resolve()
         if model.is_local():
             raise ConfigError(f"model.path={model.path!r} does not exist (a local Hugging Face folder was expected)")
+        if not hub_id_like(model.path):
+            raise ConfigError(f"model.path={model.path!r} does not exist (and is not a Hugging Face Hub id like "
+                              "org/name)")
         from huggingface_hub import snapshot_download  # heavy: see the module docstring
 
         return Path(snapshot_download(model.path, revision=model.revision,

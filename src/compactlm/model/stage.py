@@ -16,6 +16,8 @@ class ModelStage:
     keep = ()
 
     def run(self, ctx: StageContext) -> StageOutput:
+        # a local model.path is checked again here (check_model_folder: config.json, model_type, complete
+        # safetensors), as the launcher did: the folder may have changed since the run was launched
         folder = materialize(ctx.cfg.model, ctx.cfg.cache_dir)
         hf = AutoConfig.from_pretrained(folder)
         result = ModelResult(name=ctx.cfg.model.name, architecture=architecture(hf), params=ParamCounts(**count_on_meta(hf)))
