@@ -358,3 +358,11 @@ def test_cli_help_prints_the_configs_help_text(tmp_path):
 def test_cli_run_operations_still_dispatch(tmp_path):
     proc = run_launch(["list", f"runs_root={tmp_path}"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0 and f"no runs under {tmp_path}" in proc.stdout.lower(), proc.stderr
+
+
+@pytest.mark.parametrize("op", ["status", "logs", "cancel"])
+def test_run_operations_take_only_safe_run_names(tmp_path, op):
+    extra = ["stage=model"] if op == "logs" else []
+    r = run_launch([op, "run_name=../runs/x", f"runs_root={tmp_path}", *extra])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "run_name='../runs/x'" in r.stderr and "Traceback" not in r.stderr

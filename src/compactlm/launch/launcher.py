@@ -189,11 +189,16 @@ def submit(conf: CompactLMConfig, local_dir: Path) -> int:
             return _submit(conf, local_dir)
         finally:
             lock.release()
-    # NeMo-Run's local executor waits for a stage without letting KeyboardInterrupt through: Ctrl-C (SIGINT) and
-    # SIGTERM are handled here, at once: stop the running stage, keep the next ones from starting, exit 130.
+    # NeMo-Run's local executor finishes the running stage before a KeyboardInterrupt gets through: Ctrl-C (SIGINT)
+    # and SIGTERM stop that stage first (_stopper), then unwind; the next stages are never started.
     handlers = {sig: signal.signal(sig, _stopper(conf)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    t0 = time.time()
     try:
         return _submit(conf, local_dir)
+    except KeyboardInterrupt:
+        print(summary_table(conf, t0), file=sys.stderr)
+        print("compactlm: run stopped; re-run the same command to resume.", file=sys.stderr)
+        return EXIT_STOPPED
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -206,7 +211,7 @@ def _stopper(conf: CompactLMConfig):
 
     def stop(signum: int, _frame) -> None:
         if stopping:
-            return  # a second Ctrl-C while stopping changes nothing
+            return  # a second Ctrl-C while stopping or unwinding changes nothing
         name = signal.Signals(signum).name
         stopping.append(name)
         print(f"\ncompactlm: {name}: stopping run {conf.run_name} ...", file=sys.stderr, flush=True)
@@ -214,6 +219,7 @@ def _stopper(conf: CompactLMConfig):
         stopped = stop_stages(run_dir, conf.recipe.stages)
         print(f"compactlm: interrupted; stopped {', '.join(stopped) or 'no running stage'}; the stages after it will "
               "not start. Re-run the same command to resume.", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
 
     return stop
 
