@@ -10,10 +10,10 @@ import pytest
 from conftest import POLISH, needs_polish
 from helpers import compose
 
+from compactlm.config import ConfigError
 from compactlm.launch.launcher import write_run_dir
 from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, read_manifest
-from compactlm.config import ConfigError
 from compactlm.pipeline import CONFIG_FILE, run_stage, stage_folder
 from compactlm.results import EvaluateResult, read_result
 

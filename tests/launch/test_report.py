@@ -12,8 +12,9 @@ from helpers import compose, run_launch
 from compactlm.launch.launcher import write_run_dir
 from compactlm.launch.report import bench_rows, build_blocks, quality_rows, write_report
 from compactlm.launch.validate import to_config
-from compactlm.manifest import MANIFEST, atomic_write_json, read_manifest
+from compactlm.manifest import MANIFEST, atomic_write_json, read_manifest, seal
 from compactlm.pipeline import CONFIG_FILE, run_stage
+from compactlm.results import read_result
 
 STAGES = ["model", "data", "importance", "prune", "evaluate", "bench"]
 
@@ -63,18 +64,24 @@ def test_report_shows_exactly_the_manifest_figures(runs):
     for label in ("teacher", "pruned"):
         assert f"{models[label]['perplexity']:.3f}" in text
         assert f"{models[label]['tasks']['heldout_continuation']['acc']:.3f}" in text
-    bench = read_manifest(f"{conf.run_dir}/bench")["result"]
+    bench = read_result(conf.run_dir, "bench")
     for row in bench_rows(bench)[1]:
         assert "| " + " | ".join(row) + " |" in text
 
-    # Change a figure in the manifest only: the re-rendered report shows the new figure, not a copy.
+    # A manifest rewritten as a stage writes it (sealed with its checksum): the re-rendered report shows the new
+    # figure, not a copy. The same edit by hand (checksum not updated) is not trusted, so not shown.
     path = f"{conf.run_dir}/evaluate/{MANIFEST}"
+    original = json.loads(open(path).read())
     manifest = json.loads(open(path).read())
     manifest["result"]["models"]["pruned"]["perplexity"] = 12345.678
-    atomic_write_json(path, manifest)
-    header, rows = quality_rows(read_manifest(f"{conf.run_dir}/evaluate")["result"]["models"])
+    atomic_write_json(path, seal(manifest))
+    header, rows = quality_rows(read_result(conf.run_dir, "evaluate").models)
     assert "12345.678" in [r[header.index("perplexity")] for r in rows]
     assert any("12345.678" in str(b.content) for b in build_blocks(conf) if b.kind == "table")
+    atomic_write_json(path, manifest)  # hand-edited: the old checksum no longer matches
+    assert read_result(conf.run_dir, "evaluate") is None
+    assert not any("12345.678" in str(b.content) for b in build_blocks(conf) if b.kind == "table")
+    atomic_write_json(path, original)
 
 
 def test_html_report_renders_in_chromium_with_tables_and_images(runs):
