@@ -224,7 +224,7 @@ def fingerprint(manifest: dict[str, Any]) -> str:
     """What a downstream stage records about this one: its config, its inputs, its outputs, and which run of
     it made them (a stage that runs again, even to the same bytes, makes the stages after it run again)."""
     return sha256_json(
-        {k: manifest[k] for k in ("stage", "config_hash", "input_hashes", "output_digests", "finished_at")}
+        {k: manifest[k] for k in ("stage", "config_hash", "input_hashes", "output_digests", "attempt")}
     )
 
 

@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -206,7 +207,8 @@ def run_stage(name: str, config_path: Path) -> int:
         signal.signal(signal.SIGTERM, _exit_on_signal)
     if rank == 0:
         atomic_write_json(stage_dir / RUNNING, {"pid": os.getpid(), "pgid": os.getpgid(0), "host": socket.gethostname(),
-                                                "started_at": started,
+                                                "attempt": uuid.uuid4().hex,  # this run of the stage: the stages after it are fingerprinted against it
+        "started_at": started,
                                                 "launcher_pid": os.environ.get("COMPACTLM_LAUNCHER_PID")})
     try:
         out = stage.run(ctx)
@@ -228,6 +230,7 @@ def run_stage(name: str, config_path: Path) -> int:
         "output_digests": {k: records_digest(r) for k, r in files.items()},
         "result": to_json(out.result),
         "versions": versions(),
+        "attempt": uuid.uuid4().hex,  # this run of the stage: the stages after it are fingerprinted against it
         "started_at": started,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(time.time() - t0, 3),
