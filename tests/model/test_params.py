@@ -38,7 +38,7 @@ def test_table_equals_instantiated_numel_for_every_preset(model):
 
 
 def test_reference_figures():
-    """SmolLM2-135M as loaded (DESIGN.md: 134.5M) and Bielik 11.04B -> EXP_010 7.35B (-33.4%) from the report."""
+    """SmolLM2-135M as loaded (docs/architecture.md, Measured facts: 134.5M) and Bielik 11.04B -> EXP_010 7.35B (-33.4%) from the report."""
     rows = {r["name"]: r for r in param_table(to_config(compose(["model=bielik_11b_v3"])).model,
                                               prune_presets("bielik_11b_v3"))}
     assert [f"exp_{i:03d}" for i in range(1, 11)] == [n for n in rows if n.startswith("exp_")]

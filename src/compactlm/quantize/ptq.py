@@ -7,7 +7,7 @@
 The exported folder is what TensorRT-LLM loads directly (LLM API, `trtllm-serve`): safetensors with quantized
 weights and scales, `hf_quant_config.json` and `config.json["quantization_config"]`.
 
-Which format runs where (facts measured with nvidia-modelopt 0.47.0, see DESIGN.md):
+Which format runs where (facts measured with nvidia-modelopt 0.47.0, see docs/architecture.md, Measured facts):
 - the fake-quantized forward of fp8, int8_sq and int4_awq runs on CPU and CUDA; nvfp4's asserts CUDA
   tensors, so on CPU an nvfp4 model can be calibrated and exported but not evaluated;
 - serving: FP8 needs Ada/Hopper or later (sm_89+), NVFP4 needs Blackwell (sm_100+); H100/H200 are sm_90,

@@ -1,6 +1,6 @@
 """Check a ModelOpt unified checkpoint without transformers: layout, and weights dequantized by hand.
 
-Plain transformers silently drops the FP8 scales of these checkpoints (DESIGN.md), so loading one with
+Plain transformers silently drops the FP8 scales of these checkpoints (docs/architecture.md, Measured facts), so loading one with
 `from_pretrained` proves nothing. Here the safetensors are read directly and every quantized weight is
 rebuilt from its codes and scales, following the layout ModelOpt 0.47 writes and TensorRT-LLM reads:
 
