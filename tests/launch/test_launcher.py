@@ -92,7 +92,7 @@ def test_demo_command_on_smollm2_from_a_plain_clone(tmp_path):
     check = subprocess.run([sys.executable, "launch.py", f"runs_root={tmp_path}", "dryrun=true"], cwd=clone,
                            env=clone_env(clone), capture_output=True, text=True, timeout=600)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
-    assert f"python {clone}/recipes/evaluate.py" in check.stdout and "shared" not in check.stdout
+    assert f"python {clone}/recipes/evaluate.py" in check.stdout and "shared/data" not in check.stdout
     proc = subprocess.Popen([sys.executable, "launch.py", f"runs_root={tmp_path}"], cwd=clone, env=clone_env(clone),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     out, _ = proc.communicate(timeout=3000)
