@@ -58,7 +58,7 @@ def test_every_shipped_combination_composes_and_validates(tiny_llama_dir, jsonl_
         if model == "local":
             ov += [f"model.path={tiny_llama_dir}", "prune.model=null", "prune.export_config.ffn_hidden_size=64",
                    "prune.export_config.num_layers=2"]
-        if data in ("jsonl", "text"):
+        if data in ("jsonl", "text", "polish_text"):  # polish_text's default paths are this team's ../shared
             ov.append(f"data.paths=[{jsonl_file if data == 'jsonl' else text_file}]")
         ov += REQUIRED.get(("data", data)) or []
         ov += REQUIRED.get(("cluster", cluster)) or []

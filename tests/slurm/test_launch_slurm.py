@@ -4,6 +4,8 @@ mid-distillation with requeue and resume (tiny model), and the run operations on
 
 from __future__ import annotations
 
+import re
+
 import sys
 import time
 from pathlib import Path
@@ -40,11 +42,14 @@ def _job_ids(slurm, run_dir: Path) -> dict[str, str]:
     """stage -> Slurm job id, from the NeMo-Run records through `launch.py status`."""
     r = run_launch(["status", f"run_name={run_dir.name}", f"runs_root={run_dir.parent}"], env=slurm.env, timeout=120)
     assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    header = next(re.split(r"\s{2,}", line.strip()) for line in lines if line.startswith("stage "))
+    column = header.index("job id")  # cells are padded and joined by two or more spaces
     ids = {}
-    for line in r.stdout.splitlines():
-        parts = line.split()
-        if parts and parts[0] in STAGES:
-            ids[parts[0]] = parts[-1]
+    for line in lines:
+        cells = re.split(r"\s{2,}", line.strip())
+        if cells and cells[0] in STAGES:
+            ids[cells[0]] = cells[column]
     return ids
 
 
