@@ -18,7 +18,10 @@ class DistillStage:
 
     def run(self, ctx: StageContext) -> StageOutput:
         data_dir = ctx.upstream_output("data", "train").parent
+        # the model stage's manifest already holds the teacher's digest (the teacher cache is keyed on it)
+        teacher_digest = ctx.upstream["model"]["output_digests"]["checkpoint"]
         metrics = distill(ctx.upstream_output("model", "checkpoint"), ctx.upstream_output("prune", "checkpoint"),
-                          data_dir, ctx.stage_dir, ctx.cfg.distill, ctx.cfg.engine, ctx.cfg.seed)
+                          data_dir, ctx.stage_dir, ctx.cfg.distill, ctx.cfg.engine, ctx.cfg.seed,
+                          teacher_digest=teacher_digest)
         outputs = {"checkpoint": "student", "loss_curve": "loss_curve.png", "history": "history.json"}
         return StageOutput(DistillResult(**metrics), outputs=outputs)

@@ -152,8 +152,9 @@ class _Trainer:
     """One distillation run; `distill()` is its public face. Attributes hold the live training state."""
 
     def __init__(self, teacher_dir, student_dir, data_dir, out_dir, cfg, engine, seed, progress,
-                 cache_dir, cache_dtype):
+                 cache_dir, cache_dtype, teacher_digest):
         self.teacher_dir, self.student_dir = Path(teacher_dir), Path(student_dir)
+        self.teacher_digest = teacher_digest
         self.data_dir, self.out_dir = Path(data_dir), Path(out_dir)
         self.cfg, self.seed, self.progress = cfg, seed, progress
         self.cache_dir = Path(cache_dir) if cache_dir else self.out_dir / "teacher_cache"
@@ -257,7 +258,7 @@ class _Trainer:
                 teacher_box.append(t)
             return teacher_box[0]
 
-        common = {"teacher": path_digest(self.teacher_dir), "topk": cfg.topk, "dtype": self.cache_dtype}
+        common = {"teacher": self.teacher_digest or path_digest(self.teacher_dir), "topk": cfg.topk, "dtype": self.cache_dtype}
         self.train_cache = ensure_cache(
             teacher, self.train_tokens, self.cache_dir / "train",
             {**common, "data": file_digest(self.data_dir / "train.npy"), "temperature": cfg.temperature},
@@ -468,7 +469,8 @@ class _Trainer:
 
 def distill(teacher_dir: str | Path, student_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             cfg: DistillConfig, engine: EngineConfig, seed: int, progress: bool = True, *,
-            cache_dir: str | Path | None = None, cache_dtype: str = "float16") -> dict[str, Any]:
+            cache_dir: str | Path | None = None, cache_dtype: str = "float16",
+            teacher_digest: str | None = None) -> dict[str, Any]:
     """Distill `student_dir` from `teacher_dir` on `data_dir`'s train split; resumes from `out_dir`'s checkpoint.
 
     Args:
@@ -484,6 +486,8 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data_dir: str | Pa
         progress: tqdm bar (rank 0) with loss, tokens/s and ETA.
         cache_dir: where the teacher cache lives (default out_dir/teacher_cache), cfg.teacher_cache=True only.
         cache_dtype: "float16" or "float32" storage of cached teacher log-probs.
+        teacher_digest: `compactlm.manifest.path_digest(teacher_dir)` when the caller has it already (the model
+            stage's manifest records it); None hashes the teacher's files again (a 22 GB teacher takes a minute).
 
     Returns:
         metrics: steps, tokens (trained in total), train_loss / train_kl (last step, nats per token),
@@ -500,7 +504,7 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data_dir: str | Pa
     """
     wall_start = time.perf_counter()
     trainer = _Trainer(teacher_dir, student_dir, data_dir, out_dir, cfg, engine, seed, progress, cache_dir,
-                       cache_dtype)
+                       cache_dtype, teacher_digest)
     try:
         trainer.setup()
         return trainer.run(wall_start)
