@@ -1,22 +1,29 @@
-"""Distillation throughput of compactlm's `distill` against the bare minimum loop, measured in one run.
+"""Distillation throughput and MFU of compactlm's `distill`, per dtype, against the bare minimum loop, in one run.
 
     python bench/distill_speed.py                                   # random llama pair (hidden 256, 8 → 6 layers)
-    python bench/distill_speed.py --teacher T --student S --steps 20 --seq-len 512
+    python bench/distill_speed.py --teacher T --student S --steps 6 --dtypes float32,bfloat16
 
-The bare loop is what any distillation must do — teacher forward under no_grad, student forward and
-backward, the KL, an AdamW step — with the same models, batches, dtypes and gradient accumulation, and
-nothing else (no ModelOpt hooks, clipping, logging, progress bar). Each side runs in its own fresh
-process so that peak memory (RSS; GPU max_memory_allocated on CUDA) is its own, and the sides alternate
-`--repeats` times, the best run of each being compared (shared machines are noisy). Tokens/s counts the
-training steps only: model loading, validation, checkpoints and export are outside both timings
-(`distill`'s wall time is printed separately). Target: ours / bare >= 0.9.
+For every dtype (`engine.dtype`: float32, or bfloat16 = frozen teacher in bf16 and float32 student master
+weights under bf16 autocast) it prints:
+
+- tokens/s of compactlm's `distill` and of the bare loop, and their ratio (target >= 0.9). The bare loop is
+  what any distillation must do — teacher forward under no_grad, student forward and backward, the KL, an
+  AdamW step — with the same models, batches, precision and gradient accumulation, and nothing else (no
+  ModelOpt hooks, clipping, logging, progress bar).
+- MFU: FLOP/s achieved by `distill` (teacher forward + student forward and backward, counted from the two
+  architectures: compactlm.bench.flops) over the machine's matmul peak for that dtype, measured by a short
+  probe in the same run. The same for the importance pass (teacher forward with ModelOpt-style hooks).
+- peak memory of each side (RSS; GPU max_memory_allocated on CUDA).
+
+Each run is its own fresh process (its peak memory is its own); runs alternate `--repeats` times and the best
+of each is compared (shared machines are noisy). Tokens/s counts training steps only: loading, validation,
+checkpoints and export are outside both timings (`distill`'s wall time is printed separately).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import contextlib
 import json
 import multiprocessing as mp
 import resource
@@ -70,11 +77,11 @@ def run_ours(a: dict) -> dict:
 
     cfg = DistillConfig(max_steps=a["steps"], micro_batch_size=a["micro"], global_batch_size=a["global_batch"],
                         eval_every=a["steps"], checkpoint_every=a["steps"], warmup_steps=1, lr=1e-4)
-    engine = EngineConfig(name="bench", device=a["device"], threads=a["threads"])
+    engine = EngineConfig(name="bench", device=a["device"], threads=a["threads"], dtype=a["dtype"])
     out = Path(tempfile.mkdtemp(dir=a["root"], prefix="ours_"))  # fresh: an existing run folder would resume
     m = distill(a["teacher"], a["student"], a["data"], out, cfg, engine, seed=0,
                 progress=a["progress"])
-    return {"tokens_per_s": m["tokens_per_s"], "wall_s": m["wall_s"], **peak_memory()}
+    return {"tokens_per_s": m["tokens_per_s"], "wall_s": m["wall_s"], "engine": m["engine"], **peak_memory()}
 
 
 def run_bare(a: dict) -> dict:
@@ -85,12 +92,11 @@ def run_bare(a: dict) -> dict:
     from compactlm.config import EngineConfig
     from compactlm.model.loading import load_model, setup_engine
 
-    device, dtype = setup_engine(EngineConfig(name="bench", device=a["device"], threads=a["threads"]))
-    teacher = load_model(a["teacher"], device, dtype).requires_grad_(False)
+    device, precision = setup_engine(EngineConfig(name="bench", device=a["device"], threads=a["threads"],
+                                                  dtype=a["dtype"]))
+    teacher = load_model(a["teacher"], device, precision.frozen_dtype).requires_grad_(False)
     student = load_model(a["student"], device, torch.float32).train()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, betas=(0.9, 0.95))
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     tokens = np.load(Path(a["data"]) / "train.npy", mmap_mode="r")
     order = np.random.default_rng(0).permutation(len(tokens))
     accum = a["global_batch"] // a["micro"]
@@ -101,7 +107,7 @@ def run_bare(a: dict) -> dict:
         rows = order[np.arange(step * a["global_batch"], (step + 1) * a["global_batch"]) % len(tokens)]
         for i in range(accum):
             ids = torch.from_numpy(tokens[rows[i * a["micro"] : (i + 1) * a["micro"]]]).to(device).long()
-            with autocast():
+            with precision.autocast():
                 with torch.no_grad():
                     zt = teacher(input_ids=ids, use_cache=False).logits
                 zs = student(input_ids=ids, use_cache=False).logits
@@ -116,9 +122,47 @@ def run_bare(a: dict) -> dict:
     return {"tokens_per_s": a["steps"] * a["global_batch"] * tokens.shape[1] / dt, **peak_memory()}
 
 
+def run_importance(a: dict) -> dict:
+    """Tokens/s of the importance stage's pass (compactlm.prune.importance) over the train split's first rows."""
+    import numpy as np
+    import torch
+
+    from compactlm.arch import adapter_for
+    from compactlm.config import EngineConfig
+    from compactlm.model.loading import load_model, setup_engine
+    from compactlm.prune.importance import collect_importance
+
+    device, precision = setup_engine(EngineConfig(name="bench", device=a["device"], threads=a["threads"],
+                                                  dtype=a["dtype"]))
+    model = load_model(a["teacher"], device, precision.frozen_dtype)
+    rows = np.load(Path(a["data"]) / "train.npy", mmap_mode="r")[: a["importance_sequences"]]
+    batches = [torch.from_numpy(np.array(rows[i : i + a["micro"]], dtype=np.int64))
+               for i in range(0, len(rows), a["micro"])]
+    with precision.autocast():
+        collect_importance(model, adapter_for(model.config.model_type), batches[:1])  # warm-up
+        t0 = time.perf_counter()
+        collect_importance(model, adapter_for(model.config.model_type), batches)
+    return {"tokens_per_s": rows.size / (time.perf_counter() - t0), **peak_memory()}
+
+
+def run_probe(a: dict) -> dict:
+    import torch
+
+    from compactlm.bench.flops import matmul_peak
+
+    if a["threads"]:
+        torch.set_num_threads(a["threads"])
+    device = "cuda" if a["device"] == "auto" and torch.cuda.is_available() else a["device"].replace("auto", "cpu")
+    return matmul_peak(a["dtype"], device)
+
+
 def in_fresh_process(fn, arg: dict) -> dict:
     with cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
         return pool.submit(fn, arg).result()
+
+
+def _best(runs: list[dict]) -> dict:
+    return max(runs, key=lambda r: r["tokens_per_s"])
 
 
 def main(argv=None) -> int:
@@ -133,47 +177,98 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=8, help="random pair: teacher layers")
     p.add_argument("--vocab", type=int, default=32128, help="random pair: vocabulary (Bielik's by default)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtypes", default="float32,bfloat16",
+                   help="comma-separated engine.dtype values to measure (float32, bfloat16, float16, auto)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=2, help="alternating runs per side; the best of each is compared")
+    p.add_argument("--repeats", type=int, default=1, help="alternating runs per side; the best of each is compared")
+    p.add_argument("--importance-sequences", type=int, default=16, help="sequences of the importance pass (0: skip)")
+    p.add_argument("--no-bare", action="store_true", help="skip the bare loop (MFU only)")
+    p.add_argument("--json", help="also write every figure to this file")
     p.add_argument("--progress", action="store_true", help="show distill's progress bar")
     a = p.parse_args(argv)
     if bool(a.teacher) != bool(a.student):
         p.error("give both --teacher and --student, or neither")
+    dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in ("auto", "float32", "bfloat16", "float16"):
+            p.error(f"--dtypes: {d!r} is not one of auto, float32, bfloat16, float16")
+
+    from compactlm.bench.flops import distill_flops_per_token, forward_flops_per_token
 
     with tempfile.TemporaryDirectory(prefix="distill_speed_") as tmp:
         root = Path(tmp)
         if a.teacher:
             teacher, student = Path(a.teacher), Path(a.student)
-            vocab = json.loads((teacher / "config.json").read_text())["vocab_size"]
         else:
             teacher, student = in_fresh_process(_make_pair, {"root": tmp, "hidden": a.hidden, "layers": a.layers,
                                                              "vocab": a.vocab, "seq_len": a.seq_len})
-            vocab = a.vocab
-        data = make_data(root, vocab, a.seq_len, n_train=max(a.steps * a.global_batch, a.global_batch))
-        args = {"teacher": str(teacher), "student": str(student), "data": str(data), "root": tmp,
+        t_cfg = json.loads((teacher / "config.json").read_text())
+        s_cfg = json.loads((student / "config.json").read_text())
+        data = make_data(root, t_cfg["vocab_size"], a.seq_len,
+                         n_train=max(a.steps * a.global_batch, a.global_batch, a.importance_sequences))
+        base = {"teacher": str(teacher), "student": str(student), "data": str(data), "root": tmp,
                 "steps": a.steps, "micro": a.micro_batch, "global_batch": a.global_batch, "device": a.device,
-                "threads": a.threads, "progress": a.progress}
-        ours, bare = [], []
-        for _ in range(a.repeats):  # alternate, so that a busy spell on a shared machine hits both sides
-            ours.append(in_fresh_process(run_ours, args))
-            bare.append(in_fresh_process(run_bare, args))
+                "threads": a.threads, "progress": a.progress, "importance_sequences": a.importance_sequences}
+        figures = {}
+        for dtype in dtypes:
+            args = {**base, "dtype": dtype}
+            ours, bare, imp = [], [], []
+            for _ in range(a.repeats):  # alternate, so that a busy spell on a shared machine hits both sides
+                ours.append(in_fresh_process(run_ours, args))
+                if not a.no_bare:
+                    bare.append(in_fresh_process(run_bare, args))
+                if a.importance_sequences:
+                    imp.append(in_fresh_process(run_importance, args))
+            compute = ours[0]["engine"]["compute"]
+            peak = in_fresh_process(run_probe, {**args, "dtype": compute})
+            figures[dtype] = {"ours": ours, "bare": bare, "importance": imp, "peak": peak, "compute": compute,
+                              "reason": ours[0]["engine"]["reason"]}
 
-    best_ours = max(ours, key=lambda r: r["tokens_per_s"])
-    best_bare = max(bare, key=lambda r: r["tokens_per_s"])
-    ratio = best_ours["tokens_per_s"] / best_bare["tokens_per_s"]
-    print(f"teacher {teacher.name if a.teacher else f'random llama h{a.hidden} x{a.layers} v{vocab}'}, "
-          f"seq {a.seq_len}, global batch {a.global_batch} (micro {a.micro_batch}), {a.steps} steps, "
-          f"device {a.device}, best of {a.repeats}")
-    for name, runs in (("ours (compactlm.distill)", ours), ("bare loop", bare)):
-        best = max(runs, key=lambda r: r["tokens_per_s"])
-        mem = f"peak RSS {max(r['peak_rss_mib'] for r in runs):.0f} MiB"
+    step_flops = distill_flops_per_token(t_cfg, s_cfg, a.seq_len)
+    fwd_flops = forward_flops_per_token(t_cfg, a.seq_len)
+    name = teacher.name if a.teacher else f"random llama h{a.hidden} x{a.layers} v{t_cfg['vocab_size']}"
+    print(f"teacher {name} → student {student.name if a.student else 'random'}, seq {a.seq_len}, global batch "
+          f"{a.global_batch} (micro {a.micro_batch}), {a.steps} steps, device {a.device}, best of {a.repeats}")
+    print(f"FLOPs per training token (teacher fwd + student fwd/bwd): {step_flops / 1e9:.3f} GFLOP; "
+          f"importance pass (teacher fwd): {fwd_flops / 1e9:.3f} GFLOP")
+    summary = {}
+    for dtype, f in figures.items():
+        best = _best(f["ours"])
+        peak = f["peak"]["flops"]
+        achieved = best["tokens_per_s"] * step_flops
+        row = {"compute": f["compute"], "tokens_per_s": best["tokens_per_s"], "achieved_flops": achieved,
+               "peak_flops": peak, "peak_shape": f["peak"]["shape"], "mfu": achieved / peak,
+               "peak_rss_mib": max(r["peak_rss_mib"] for r in f["ours"]), "wall_s": best["wall_s"]}
         if "peak_gpu_mib" in best:
-            mem += f", peak GPU {max(r['peak_gpu_mib'] for r in runs):.0f} MiB"
-        each = ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs)
-        print(f"  {name:26s} {best['tokens_per_s']:10.1f} tokens/s (runs: {each})   {mem}")
-    print(f"  distill() wall time incl. loading, validation, checkpoint, export: {best_ours['wall_s']:.1f} s")
-    print(f"ratio ours/bare: {ratio:.3f} (target >= 0.9)")
-    print(json.dumps({"ours": ours, "bare": bare, "ratio": ratio}))
+            row["peak_gpu_mib"] = max(r["peak_gpu_mib"] for r in f["ours"])
+        print(f"\nengine.dtype={dtype}: {f['reason']}")
+        print(f"  matmul peak ({f['compute']}, probe {f['peak']['shape']}): {peak / 1e9:.1f} GFLOP/s")
+        print(f"  distill (compactlm)  {best['tokens_per_s']:9.1f} tokens/s  {achieved / 1e9:8.1f} GFLOP/s  "
+              f"MFU {row['mfu'] * 100:5.1f}%   peak RSS {row['peak_rss_mib']:.0f} MiB"
+              + (f", peak GPU {row['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in row else ""))
+        if f["bare"]:
+            b = _best(f["bare"])
+            row["bare_tokens_per_s"] = b["tokens_per_s"]
+            row["ratio_to_bare"] = best["tokens_per_s"] / b["tokens_per_s"]
+            print(f"  bare loop            {b['tokens_per_s']:9.1f} tokens/s   ours/bare {row['ratio_to_bare']:.3f} "
+                  f"(target >= 0.9)   peak RSS {max(r['peak_rss_mib'] for r in f['bare']):.0f} MiB")
+        if f["importance"]:
+            i = _best(f["importance"])
+            row["importance_tokens_per_s"] = i["tokens_per_s"]
+            row["importance_mfu"] = i["tokens_per_s"] * fwd_flops / peak
+            print(f"  importance pass      {i['tokens_per_s']:9.1f} tokens/s  {i['tokens_per_s'] * fwd_flops / 1e9:8.1f} "
+                  f"GFLOP/s  MFU {row['importance_mfu'] * 100:5.1f}%")
+        print(f"  distill() wall time incl. loading, validation, checkpoint, export: {best['wall_s']:.1f} s")
+        summary[dtype] = row
+    if len(summary) > 1:
+        first, *rest = summary
+        for other in rest:
+            print(f"{other} / {first} distill tokens/s: "
+                  f"{summary[other]['tokens_per_s'] / summary[first]['tokens_per_s']:.2f}x")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"flops_per_token": step_flops, "dtypes": summary, "runs": figures},
+                                           indent=1, default=str))
+    print(json.dumps(summary, default=str))
     return 0
 
 

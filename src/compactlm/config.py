@@ -272,9 +272,9 @@ class DistillConfig:
     """Sequences per optimizer step, whatever the number of processes (gradient accumulation fills the gap)."""
     max_steps: Optional[int] = None
     """Optimizer steps; when None, derived from max_tokens."""
-    max_tokens: Optional[int] = 32_768
-    """Training-token budget, used when max_steps is None (the default, 16 steps of 8 x 256 tokens, fits the
-    CPU demo; a real compression such as Bielik's needs billions: set it per run)."""
+    max_tokens: Optional[int] = 65_536
+    """Training-token budget, used when max_steps is None (the default, 32 steps of 8 x 256 tokens, fits the
+    CPU demo in bf16; a real compression such as Bielik's needs billions: set it per run)."""
     eval_every: int = 8
     """Validate (student perplexity, KL to teacher) every N steps."""
     checkpoint_every: int = 8
@@ -654,7 +654,9 @@ class EngineConfig:
     device: str = "auto"
     """auto: cuda when available, else cpu."""
     dtype: str = "auto"
-    """auto: bfloat16 on cuda, float32 on cpu."""
+    """auto: bfloat16 where the hardware computes it natively (CUDA with bf16; CPUs with AMX-BF16 or AVX512-BF16),
+    else float32. Frozen models are loaded in it; a trained student keeps float32 weights under autocast
+    (compactlm.model.precision)."""
     threads: Optional[int] = None
     """torch.set_num_threads on CPU (None: PyTorch's default)."""
 

@@ -132,6 +132,8 @@ class StageOutput:
     """The stage's result dataclass (compactlm.results), stored in the manifest."""
     outputs: dict[str, str] = field(default_factory=dict)
     """Output name -> path (relative to the stage folder, or absolute when it lives elsewhere, e.g. a cache)."""
+    engine: dict[str, Any] | None = None
+    """`Precision.record()` of a stage that ran a model (device, compute dtype, autocast, why), for the manifest."""
 
 
 class Stage(Protocol):
@@ -229,6 +231,7 @@ def run_stage(name: str, config_path: Path) -> int:
         "output_files": files,
         "output_digests": {k: records_digest(r) for k, r in files.items()},
         "result": to_json(out.result),
+        "engine": out.engine,
         "versions": versions(),
         "attempt": uuid.uuid4().hex,  # this run of the stage: the stages after it are fingerprinted against it
         "started_at": started,

@@ -1,13 +1,15 @@
 """Per-token KL (through ModelOpt's LogitsDistillationLoss) and the top-k teacher-cache KL."""
 
+import gc
 import math
+import weakref
 
 import pytest
 import torch
 import torch.nn.functional as F
 from modelopt.torch.distill import LogitsDistillationLoss
 
-from compactlm.distill.losses import PerTokenKL, TopKDistillationLoss, teacher_topk
+from compactlm.distill.losses import PerTokenKL, TopKDistillationLoss, per_token_chunked, teacher_topk, token_nll
 
 B, S, V = 2, 5, 50
 
@@ -79,3 +81,70 @@ def test_topk_tail_is_not_lost_to_rounding():
     expected = float(_manual_kl(zs, zt))
     got = float(TopKDistillationLoss()(zs, values, ids, tail))
     assert math.isclose(got, expected, rel_tol=1e-5)
+
+
+# ----------------------------------------------------------------------------------- sliced computation
+def _saved_bytes(fn):
+    """Bytes of the tensors the graph `fn()` returns still keeps for its backward (saved and still alive)."""
+    saved = []
+
+    def pack(t):
+        saved.append(weakref.ref(t))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    gc.collect()
+    alive = {id(t): t for t in (r() for r in saved) if t is not None}
+    return out, sum(t.numel() * t.element_size() for t in alive.values())
+
+
+@pytest.mark.parametrize("t", [1.0, 2.0])
+def test_sliced_kl_equals_whole_kl_value_and_gradient(t):
+    """Two rows per slice (5 slices of 10 tokens): the same value and gradient as the unsliced formula."""
+    zs, zt = _logits(6).requires_grad_(), _logits(7)
+    g_out = torch.rand(B, S)
+    sliced = per_token_chunked(lambda a, b: _manual_kl(a, b, t), zs, zt, chunk_elements=2 * V)
+    whole = _manual_kl(zs, zt, t)
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-6)
+    (g_sliced,) = torch.autograd.grad(sliced, zs, g_out)
+    (g_whole,) = torch.autograd.grad(whole, zs, g_out)
+    torch.testing.assert_close(g_sliced, g_whole, rtol=1e-5, atol=1e-6)
+    # PerTokenKL goes through the same slicing.
+    (g_kl,) = torch.autograd.grad(PerTokenKL(t)(zs, zt), zs, g_out)
+    torch.testing.assert_close(g_kl, g_whole, rtol=1e-5, atol=1e-6)
+
+
+def test_sliced_kl_keeps_one_gradient_in_the_logits_dtype():
+    """The graph holds one [B, S, V] tensor (the gradient, bf16 for bf16 logits) instead of float32 copies."""
+    zs = _logits(8).to(torch.bfloat16).requires_grad_()
+    zt = _logits(9).to(torch.bfloat16)
+    logits_bytes = zs.numel() * zs.element_size()
+    kl, saved = _saved_bytes(lambda: PerTokenKL()(zs, zt))
+    assert saved == logits_bytes
+    _, unsliced = _saved_bytes(lambda: _manual_kl(zs.float(), zt.float()))
+    assert unsliced >= 2 * zs.numel() * 4  # what the plain formula keeps: float32 copies of [B, S, V]
+    (g,) = torch.autograd.grad(kl.sum(), zs)
+    assert g.dtype == torch.bfloat16
+    (ref,) = torch.autograd.grad(_manual_kl(zs.float(), zt.float()).sum(), zs)
+    torch.testing.assert_close(g.float(), ref.float(), rtol=2e-2, atol=2e-3)
+
+
+def test_token_nll_equals_cross_entropy():
+    z = _logits(10).requires_grad_()
+    ids = torch.randint(0, V, (B, S), generator=torch.Generator().manual_seed(0))
+    nll = token_nll(z, ids)
+    ref = F.cross_entropy(z[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    assert nll.shape == (B, S - 1)
+    torch.testing.assert_close(nll, ref)
+    torch.testing.assert_close(torch.autograd.grad(nll.sum(), z)[0], torch.autograd.grad(ref.sum(), z)[0])
+
+
+def test_sliced_topk_equals_whole_formula():
+    zs, zt = _logits(11).requires_grad_(), _logits(12)
+    values, ids, tail = teacher_topk(zt, 7, 1.0)
+    loss = TopKDistillationLoss()
+    sliced = per_token_chunked(lambda *a: loss(*a), zs, values, ids, tail, chunk_elements=V)
+    whole = loss(zs, values, ids, tail)  # itself sliced at the default size: one slice here
+    torch.testing.assert_close(sliced, whole)
+    torch.testing.assert_close(torch.autograd.grad(sliced.sum(), zs)[0], torch.autograd.grad(whole.sum(), zs)[0])

@@ -26,7 +26,9 @@ from compactlm.config import ConfigError, DistillConfig, EngineConfig
 from compactlm.distill.train import Preempted, accumulation_steps, distill, lr_at, total_steps
 
 SEQ = 32
-ENGINE = EngineConfig(name="test", device="cpu", threads=1)
+# float32: the tests below compare with hand computations to 1e-5; bf16 autocast has its own tests
+ENGINE = EngineConfig(name="test", device="cpu", threads=1, dtype="float32")
+BF16 = dataclasses.replace(ENGINE, dtype="bfloat16")
 # 30 steps of 4 sequences; a checkpoint every 5 steps leaves a mid-run checkpoint to kill after.
 BASE = DistillConfig(max_steps=30, micro_batch_size=2, global_batch_size=4, eval_every=10, checkpoint_every=5,
                      warmup_steps=3, lr=2e-3, min_lr=2e-4)
@@ -59,9 +61,9 @@ def pair(tmp_path_factory, tiny_tokenizer):
     return teacher, student, data
 
 
-def run(pair, out, cfg, **kw):
+def run(pair, out, cfg, engine=ENGINE, **kw):
     teacher, student, data = pair
-    return distill(teacher, student, data, out, cfg, ENGINE, seed=7, progress=False, **kw)
+    return distill(teacher, student, data, out, cfg, engine, seed=7, progress=False, **kw)
 
 
 def history(out) -> dict:
@@ -71,11 +73,11 @@ def history(out) -> dict:
 WORKER = Path(__file__).with_name("distill_worker.py")
 
 
-def worker_args(pair, out, cfg: DistillConfig, cache_dtype: str = "float16") -> list[str]:
+def worker_args(pair, out, cfg: DistillConfig, cache_dtype: str = "float16", engine=ENGINE) -> list[str]:
     """`distill_worker.py` and its one argument: distill() with the same settings as `run` (seed 7, 1 thread)."""
     teacher, student, data = pair
     spec = {"teacher": str(teacher), "student": str(student), "data": str(data), "out": str(out), "seed": 7,
-            "distill": dataclasses.asdict(cfg), "engine": {"name": "test", "device": "cpu", "threads": 1},
+            "distill": dataclasses.asdict(cfg), "engine": dataclasses.asdict(engine),
             "cache_dtype": cache_dtype}
     return [str(WORKER), json.dumps(spec)]
 
@@ -257,12 +259,17 @@ def test_sigterm_writes_checkpoint_exits_143_and_resumes_bitwise(pair, reference
     assert_bitwise_equal_runs(reference[0], out)
 
 
-def test_sigkill_mid_run_then_rerun_is_bitwise_identical(pair, reference, tmp_path):
-    """kill -9 the distilling process right after its first checkpoint appears; re-running resumes to the very same weights."""
+@pytest.mark.parametrize("engine", [ENGINE, BF16], ids=["float32", "bf16-autocast"])
+def test_sigkill_mid_run_then_rerun_is_bitwise_identical(pair, reference, tmp_path, engine):
+    """kill -9 the distilling process right after its first checkpoint appears; re-running resumes to the very same
+    weights — in float32, and under bf16 autocast (float32 master weights) against a bf16 reference."""
+    if engine is BF16:
+        reference = (tmp_path / "reference_bf16", run(pair, tmp_path / "reference_bf16", BASE, engine=BF16))
+        assert reference[1]["engine"]["compute"] == "bfloat16" and reference[1]["engine"]["autocast"]
     out = tmp_path / "killed"
     log = tmp_path / "killed.log"
     with log.open("w") as f:
-        proc = subprocess.Popen([sys.executable, *worker_args(pair, out, BASE)],
+        proc = subprocess.Popen([sys.executable, *worker_args(pair, out, BASE, engine=engine)],
                                 stdout=f, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
@@ -276,7 +283,10 @@ def test_sigkill_mid_run_then_rerun_is_bitwise_identical(pair, reference, tmp_pa
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     stopped = json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"]
     assert 5 <= stopped < 30 and not (out / "student").exists()
-    resumed = run(pair, out, BASE)
+    other = BF16 if engine is ENGINE else ENGINE
+    with pytest.raises(ConfigError, match=f"engine.dtype={engine.dtype} to resume"):
+        run(pair, out, BASE, engine=other)
+    resumed = run(pair, out, BASE, engine=engine)
     assert resumed["resumed_from_step"] == stopped
     assert_bitwise_equal_runs(reference[0], out)
 

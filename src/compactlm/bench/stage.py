@@ -26,7 +26,7 @@ class BenchStage:
         if "deploy" in ctx.upstream:
             return StageOutput(bench_from_deploy(ctx))
         cfg = ctx.cfg.bench
-        device, dtype = setup_engine(ctx.cfg.engine)
+        device, precision = setup_engine(ctx.cfg.engine)
         static = cfg.static_cache if cfg.static_cache is not None else device.startswith("cuda")
         models = ctx.models()
         student = student_label(models)
@@ -38,13 +38,14 @@ class BenchStage:
         params, runs = {}, []
         results: dict[int, dict] = {b: {} for b in cfg.batch_sizes}
         for label, folder in folders.items():  # one model resident at a time: peak memory is its own
-            model = load_model(folder, device, dtype)
+            model = load_model(folder, device, precision.frozen_dtype)
             params[label] = count_parameters(model)
             for b in cfg.batch_sizes:
                 print(f"[bench] {label}: batch {b}, {cfg.prompt_tokens} prompt + {cfg.new_tokens} new tokens", flush=True)
-                results[b][label] = generation_speed(model, tokenizer, prompt_tokens=cfg.prompt_tokens,
-                                                     new_tokens=cfg.new_tokens, batch_size=b, device=device,
-                                                     repeats=cfg.repeats, static_cache=static)
+                with precision.autocast():
+                    results[b][label] = generation_speed(model, tokenizer, prompt_tokens=cfg.prompt_tokens,
+                                                         new_tokens=cfg.new_tokens, batch_size=b, device=device,
+                                                         repeats=cfg.repeats, static_cache=static)
             del model
         for b in cfg.batch_sizes:
             ratio = compare(results[b][TEACHER], results[b][student], params[TEACHER], params[student])
@@ -53,9 +54,9 @@ class BenchStage:
                   f"{ratio['decode_speedup']:.2f}x, ideal (parameters read per token) {ratio['ideal_speedup']:.2f}x",
                   flush=True)
         return StageOutput(BenchResult(source="transformers generate", device=device,
-                                       dtype=str(dtype).removeprefix("torch."), threads=torch.get_num_threads(),
+                                       dtype=precision.compute, threads=torch.get_num_threads(),
                                        student=student, params={k: ParamCounts(**v) for k, v in params.items()},
-                                       runs=runs))
+                                       runs=runs), engine=precision.record())
 
 
 def bench_from_deploy(ctx: StageContext) -> BenchResult:

@@ -8,6 +8,11 @@ Why not ModelOpt's default reduction: `LogitsDistillationLoss(reduction="mean")`
 `F.kl_div(..., reduction="mean")`, which divides by batch × seq × vocab — every vocabulary entry counts as
 an element — so the "mean" is the per-token KL divided by the vocabulary size. With `reduction="none"`
 ModelOpt sums over the vocabulary and leaves [batch, seq] to us.
+
+Memory: a [batch, seq, vocab] float32 tensor is the largest thing in a distillation step (Bielik's vocabulary
+at sequence 8192 is 1 GiB per sequence). Both losses run through `per_token_chunked`, which computes the loss
+and its gradient a slice of tokens at a time and keeps only the gradient (in the logits' dtype) for the
+backward pass, so no float32 copy of the whole logits outlives a slice.
 """
 
 from __future__ import annotations
@@ -15,6 +20,79 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from modelopt.torch.distill import LogitsDistillationLoss
+
+
+CHUNK_ELEMENTS = 1 << 24
+"""Float32 elements of one slice of `per_token_chunked` (64 MiB per temporary): rows = CHUNK_ELEMENTS // vocab."""
+
+
+class _PerTokenChunked(torch.autograd.Function):
+    """loss_fn applied to slices of tokens; the gradient of the sum is computed in forward, slice by slice."""
+
+    @staticmethod
+    def forward(ctx, loss_fn, rows, logits, *others):
+        lead = logits.shape[:-1]
+        z = logits.reshape(-1, logits.shape[-1])
+        flat = [o.reshape(z.shape[0], *o.shape[len(lead):]) for o in others]
+        out = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
+        need_grad = ctx.needs_input_grad[2]
+        grad = torch.empty_like(z) if need_grad else None
+        for a in range(0, z.shape[0], rows):
+            sl = slice(a, a + rows)
+            if need_grad:
+                with torch.enable_grad():
+                    piece = z[sl].detach().requires_grad_(True)
+                    loss = loss_fn(piece, *(o[sl] for o in flat))
+                    (g,) = torch.autograd.grad(loss.sum(), piece)
+                grad[sl] = g
+                out[sl] = loss.detach()
+            else:
+                out[sl] = loss_fn(z[sl], *(o[sl] for o in flat))
+        if need_grad:
+            ctx.save_for_backward(grad)
+        ctx.logits_shape = logits.shape
+        return out.reshape(lead)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        g = grad * grad_out.reshape(-1, 1).to(grad.dtype)
+        return (None, None, g.reshape(ctx.logits_shape), *(None,) * (len(ctx.needs_input_grad) - 3))
+
+
+def per_token_chunked(loss_fn, logits: torch.Tensor, *others: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS):
+    """`loss_fn(logits, *others)` per token, computed on slices of tokens; differentiable in `logits` only.
+
+    Args:
+        loss_fn: maps (logits [n, V], *others [n, ...]) to a per-token loss [n] (float32).
+        logits: [..., V]; the gradient w.r.t. it is kept in its dtype (bf16 logits: a bf16 gradient).
+        others: tensors with the same leading dimensions (teacher logits, cached log-probs, targets, ...).
+        chunk_elements: about how many logits one slice holds.
+
+    Returns:
+        the per-token loss, shape logits.shape[:-1], float32. Equal to applying `loss_fn` to the whole tensors.
+    """
+    rows = max(1, chunk_elements // logits.shape[-1])
+    return _PerTokenChunked.apply(loss_fn, rows, logits, *others)
+
+
+def _kl_rows(zs: torch.Tensor, zt: torch.Tensor, t: float) -> torch.Tensor:
+    zs, zt = zs.float(), zt.float()
+    if t != 1.0:
+        zs, zt = zs / t, zt / t
+    log_q = F.log_softmax(zs, dim=-1)
+    log_p = F.log_softmax(zt, dim=-1).detach()
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1) * t**2
+
+
+def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token negative log-likelihood [B, S - 1] of ids [B, S] under logits [B, S, V], sliced like the KL.
+
+    The last position has no next token: its logits are never turned into a float32 copy of the shifted tensor.
+    """
+    targets = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1)
+    nll = per_token_chunked(lambda z, y: F.cross_entropy(z.float(), y, reduction="none"), logits, targets)
+    return nll[:, :-1]
 
 
 class PerTokenKL(LogitsDistillationLoss):
@@ -39,12 +117,7 @@ class PerTokenKL(LogitsDistillationLoss):
 
     def forward(self, logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float | None = None):
         t = self._temperature if temperature is None else temperature
-        zs, zt = logits_s.float(), logits_t.float()
-        if t != 1.0:
-            zs, zt = zs / t, zt / t
-        log_q = F.log_softmax(zs, dim=-1)
-        log_p = F.log_softmax(zt, dim=-1).detach()
-        return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1) * t**2
+        return per_token_chunked(lambda zs, zt: _kl_rows(zs, zt.detach(), t), logits_s, logits_t)
 
 
 # Log-prob given to masked-out ids: exp(-1e4) is 0 in float32, yet a fully masked row stays finite.
@@ -101,11 +174,16 @@ class TopKDistillationLoss(LogitsDistillationLoss):
 
     def forward(self, logits_s, teacher_logp, teacher_ids, teacher_tail, temperature: float | None = None):
         t = self._temperature if temperature is None else temperature
-        ids = teacher_ids.long()
-        log_q = F.log_softmax(logits_s.float() / t, dim=-1)
-        log_p = teacher_logp.float()
-        p = log_p.exp()
-        head = (p * (log_p - log_q.gather(-1, ids))).sum(-1)
-        p_tail = teacher_tail.float().exp()
-        tail = torch.xlogy(p_tail, p_tail) - p_tail * _tail_logsumexp(log_q, ids, _MASKED)
-        return (head + tail) * t**2
+        return per_token_chunked(lambda z, lp, i, tl: _topk_kl_rows(z, lp, i, tl, t),
+                                 logits_s, teacher_logp, teacher_ids, teacher_tail)
+
+
+def _topk_kl_rows(logits_s, teacher_logp, teacher_ids, teacher_tail, t: float) -> torch.Tensor:
+    ids = teacher_ids.long()
+    log_q = F.log_softmax(logits_s.float() / t, dim=-1)
+    log_p = teacher_logp.float()
+    p = log_p.exp()
+    head = (p * (log_p - log_q.gather(-1, ids))).sum(-1)
+    p_tail = teacher_tail.float().exp()
+    tail = torch.xlogy(p_tail, p_tail) - p_tail * _tail_logsumexp(log_q, ids, _MASKED)
+    return (head + tail) * t**2

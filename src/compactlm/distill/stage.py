@@ -24,4 +24,5 @@ class DistillStage:
                           data_dir, ctx.stage_dir, ctx.cfg.distill, ctx.cfg.engine, ctx.cfg.seed,
                           teacher_digest=teacher_digest)
         outputs = {"checkpoint": "student", "loss_curve": "loss_curve.png", "history": "history.json"}
-        return StageOutput(DistillResult(**metrics), outputs=outputs)
+        engine = metrics.pop("engine")
+        return StageOutput(DistillResult(**metrics), outputs=outputs, engine=engine)

@@ -27,7 +27,6 @@ from typing import Any
 import modelopt.torch.distill as mtd
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -40,7 +39,7 @@ from compactlm.config import ConfigError, DistillConfig, EngineConfig
 from compactlm.data.splits import load_split
 from compactlm.distill import checkpoint as ckpt
 from compactlm.distill.cache import CACHE_DTYPES, ensure_cache
-from compactlm.distill.losses import PerTokenKL, TopKDistillationLoss
+from compactlm.distill.losses import PerTokenKL, TopKDistillationLoss, token_nll
 from compactlm.distill.monitor import Scalars, plot_loss_curve
 from compactlm.distill.parallel import (
     TEACHER_PREFIX,
@@ -161,11 +160,13 @@ class _Trainer:
         if cache_dtype not in CACHE_DTYPES:
             raise ConfigError(f"cache_dtype={cache_dtype!r} is not allowed; choose one of: {', '.join(CACHE_DTYPES)}")
         self.cache_dtype = cache_dtype
-        device, self.dtype = setup_engine(engine)
+        device, self.precision = setup_engine(engine)
         self.env: DistEnv = init_distributed(device)
         self.device = self.env.device
-        cuda_bf16 = self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda_bf16 else nullcontext
+        # the teacher runs (and the student is saved) in the compute dtype; the student trains in float32 under
+        # autocast to it (bfloat16 where the hardware has it: compactlm.model.precision)
+        self.dtype = self.precision.frozen_dtype
+        self.autocast = self.precision.autocast
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -196,6 +197,11 @@ class _Trainer:
         resume = ckpt.load_checkpoint(self.out_dir)
         if resume is not None:
             _check_resumable(resume[1], cfg, self.seed, self.out_dir)
+            then = resume[1].get("compute", "float32")
+            if then != self.precision.compute:
+                raise ConfigError(
+                    f"{self.out_dir}/checkpoint was trained in {then}, this run would compute in {self.precision} "
+                    f"; set engine.dtype={then} to resume it, or delete {self.out_dir} to start over")
             if resume[1]["state_format"] != self.state_format:
                 raise ConfigError(
                     f"{self.out_dir}/checkpoint holds {resume[1]['state_format']} optimizer state, this run would "
@@ -258,7 +264,8 @@ class _Trainer:
                 teacher_box.append(t)
             return teacher_box[0]
 
-        common = {"teacher": self.teacher_digest or path_digest(self.teacher_dir), "topk": cfg.topk, "dtype": self.cache_dtype}
+        common = {"teacher": self.teacher_digest or path_digest(self.teacher_dir), "topk": cfg.topk, "dtype": self.cache_dtype,
+                  "compute": self.precision.compute}
         self.train_cache = ensure_cache(
             teacher, self.train_tokens, self.cache_dir / "train",
             {**common, "data": file_digest(self.data_dir / "train.npy"), "temperature": cfg.temperature},
@@ -301,8 +308,7 @@ class _Trainer:
                 kl_sum = kl.sum()
                 loss = kl_sum / kl_norm
                 if cfg.lm_loss_weight > 0:
-                    ce_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(),
-                                             reduction="sum")
+                    ce_sum = token_nll(logits, ids).sum()
                     loss = loss + cfg.lm_loss_weight * ce_sum / ce_norm
                     sums[1] += ce_sum.detach()
                 loss.backward()
@@ -334,7 +340,7 @@ class _Trainer:
             rows = rows_all[start : start + cfg.micro_batch_size]
             w = torch.from_numpy(weights_all[start : start + cfg.micro_batch_size]).to(self.device, torch.float64)
             ids, logits, kl = self._forward(rows, self.val_tokens, self.val_cache, temperature=1.0)
-            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), ids[:, 1:], reduction="none")
+            nll = token_nll(logits, ids)
             sums[0] += (nll.sum(-1).double() * w).sum()
             sums[1] += w.sum() * (self.seq_len - 1)
             sums[2] += (kl.sum(-1).double() * w).sum()
@@ -372,6 +378,7 @@ class _Trainer:
             state = {"model": model_sd, "optimizer": optim_sd, "scheduler": self.scheduler.state_dict(), "rng": rngs}
             meta = {"step": self.step, "samples": self.step * self.cfg.global_batch_size, "steps": self.steps,
                     "seed": self.seed, "world_size": self.env.world, "state_format": self.state_format,
+                    "compute": self.precision.compute,
                     "config": dataclasses.asdict(self.cfg), "history": self.history, "evals": self.evals}
             ckpt.save_checkpoint(self.out_dir, state, meta)
         barrier(self.env)
@@ -450,7 +457,7 @@ class _Trainer:
             "tokens_per_s": trained / self.train_time if self.train_time > 0 else None,
             "wall_s": time.perf_counter() - wall_start, "resumed_from_step": self.start_step,
             "world_size": env.world, "strategy": cfg.strategy if env.distributed else "single",
-            "student_dir": str(student_dir),
+            "student_dir": str(student_dir), "engine": self.precision.record(),
         }
         if env.is_main:
             atomic_write_json(self.out_dir / "history.json", {"train": self.history, "eval": self.evals})

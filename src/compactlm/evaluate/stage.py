@@ -24,19 +24,22 @@ class EvaluateStage:
 
     def run(self, ctx: StageContext) -> StageOutput:
         cfg = ctx.cfg.evaluate
-        device, dtype = setup_engine(ctx.cfg.engine)
+        device, precision = setup_engine(ctx.cfg.engine)
         # the quantized export is not loadable by plain transformers: its row comes from the quantize stage
         folders = {label: path for label, path in ctx.models().items() if label != MODEL_LABELS["quantize"]}
-        models = {label: load_model(path, device, dtype) for label, path in folders.items()}
+        models = {label: load_model(path, device, precision.frozen_dtype) for label, path in folders.items()}
         val = load_split(ctx.upstream_output("data", "validation").parent, "validation")
         if cfg.max_sequences:
             val = val[: cfg.max_sequences]
-        rows = quality(models, TEACHER, val, cfg.batch_size, device)
         tokenizer = load_tokenizer(folders[TEACHER])
-        tasks = task_accuracy(ctx, models, tokenizer) if cfg.tasks else {}
+        with precision.autocast():
+            rows = quality(models, TEACHER, val, cfg.batch_size, device)
+            tasks = task_accuracy(ctx, models, tokenizer) if cfg.tasks else {}
+            speeds = {label: decode_speed(model, tokenizer, cfg.prompt, cfg.generate_tokens, device)
+                      for label, model in models.items()} if cfg.generate_tokens else {}
         scores: dict[str, ModelScores] = {}
         for label, model in models.items():
-            speed = decode_speed(model, tokenizer, cfg.prompt, cfg.generate_tokens, device) if cfg.generate_tokens else {}
+            speed = speeds.get(label, {})
             scores[label] = ModelScores(**rows[label], **speed, params=ParamCounts(**count_parameters(model)),
                                         checkpoint=str(folders[label]), tasks=tasks.get(label, {}))
         q = ctx.result("quantize")
@@ -48,7 +51,7 @@ class EvaluateStage:
                 kl_to_source=fq.get("kl_to_teacher"), top1_agreement_to_source=fq.get("top1_agreement"),
                 source=source, format=q.format, forward="ModelOpt fake-quant",
                 forward_tokens_per_s=fq["forward_tokens_per_s"], size_bytes=q.export["safetensors_bytes"])
-        result = EvaluateResult(device=device, dtype=str(dtype).removeprefix("torch."), threads=torch.get_num_threads(),
+        result = EvaluateResult(device=device, dtype=precision.compute, threads=torch.get_num_threads(),
                                 validation_sequences=int(len(val)), models=scores)
         for label, r in scores.items():
             if label == "quantized":
@@ -58,7 +61,7 @@ class EvaluateStage:
             extra += "".join(f", {t} acc {v['acc']:.3f}" for t, v in r.tasks.items() if "acc" in v)
             speed = f", {r.output_tokens_per_s:.1f} tok/s decode" if r.output_tokens_per_s is not None else ""
             print(f"[evaluate] {label}: perplexity {r.perplexity:.3f}{extra}{speed}", flush=True)
-        return StageOutput(result)
+        return StageOutput(result, engine=precision.record())
 
 
 def task_sources(ctx: StageContext) -> dict[str, Path]:

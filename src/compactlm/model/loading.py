@@ -18,6 +18,7 @@ from typing import Any
 from compactlm.arch import adapter_for
 from compactlm.config import ConfigError, EngineConfig, ModelConfig, hub_id_like
 from compactlm.manifest import sha256_json, staging_dir
+from compactlm.model.precision import Precision, resolve_precision
 
 
 def read_hf_config(folder: Path, key: str = "model.path") -> dict[str, Any]:
@@ -183,23 +184,21 @@ def resolve_device(engine: EngineConfig) -> str:
     return engine.device
 
 
-def resolve_dtype(engine: EngineConfig, device: str):
-    import torch  # heavy: see the module docstring
-
-    name = engine.dtype
-    if name == "auto":
-        name = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    return getattr(torch, name)
-
-
-def setup_engine(engine: EngineConfig) -> tuple[str, Any]:
-    """Apply thread settings and return (device, dtype) for this process."""
+def setup_engine(engine: EngineConfig) -> tuple[str, Precision]:
+    """Apply thread settings and return (device, precision) for this process; prints the choice once."""
     import torch  # heavy: see the module docstring
 
     if engine.threads:
         torch.set_num_threads(engine.threads)
     device = resolve_device(engine)
-    return device, resolve_dtype(engine, device)
+    precision = resolve_precision(engine, device)
+    if precision != _announced.get("precision"):
+        _announced["precision"] = precision
+        print(f"[engine] {precision}", flush=True)
+    return device, precision
+
+
+_announced: dict[str, Precision] = {}
 
 
 def load_model(folder: str | Path, device: str = "cpu", dtype=None):

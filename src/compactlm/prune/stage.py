@@ -35,14 +35,15 @@ class ImportanceStage:
     keep = ()
 
     def run(self, ctx: StageContext) -> StageOutput:
-        device, dtype = setup_engine(ctx.cfg.engine)
-        model = load_model(ctx.upstream_output("model", "checkpoint"), device, dtype)
+        device, precision = setup_engine(ctx.cfg.engine)
+        model = load_model(ctx.upstream_output("model", "checkpoint"), device, precision.frozen_dtype)
         calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
         if ctx.cfg.importance.max_sequences:
             calib = calib[: ctx.cfg.importance.max_sequences]
         t0 = time.perf_counter()
-        scores = collect_importance(model, adapter_for(model.config.model_type),
-                                    batches(calib, ctx.cfg.importance.batch_size))
+        with precision.autocast():
+            scores = collect_importance(model, adapter_for(model.config.model_type),
+                                        batches(calib, ctx.cfg.importance.batch_size))
         seconds = time.perf_counter() - t0
         scores.save(ctx.stage_dir / "scores.safetensors")
         plot_depth(scores, ctx.stage_dir / "depth.png")
@@ -52,7 +53,7 @@ class ImportanceStage:
         print(f"[importance] {len(calib)} calibration sequences in {seconds:.1f} s; "
               f"least important layers: {scores.depth.argsort()[:5].tolist()}", flush=True)
         return StageOutput(result, outputs={"scores": "scores.safetensors", "depth_plot": "depth.png",
-                                            "width_plot": "width.png"})
+                                            "width_plot": "width.png"}, engine=precision.record())
 
 
 class PruneStage:
@@ -65,9 +66,9 @@ class PruneStage:
 
     def run(self, ctx: StageContext) -> StageOutput:
         p = ctx.cfg.prune
-        device, dtype = setup_engine(ctx.cfg.engine)
+        device, precision = setup_engine(ctx.cfg.engine)
         folder = ctx.upstream_output("model", "checkpoint")
-        model = load_model(folder, device, dtype)
+        model = load_model(folder, device, precision.frozen_dtype)
         adapter = adapter_for(model.config.model_type)
         scores = ImportanceScores.load(ctx.upstream_output("importance", "scores"))
         export = p.export_config.known()
@@ -76,8 +77,9 @@ class PruneStage:
         if p.depth_method == "lm_loss" and export.get("num_layers", num_layers) < num_layers:
             # Scored on the calibration split so the validation split stays held out for the evaluate stage.
             calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
-            add_lm_loss_scores(scores, model, adapter, batches(calib, ctx.cfg.importance.batch_size),
-                               block_size=num_layers - export["num_layers"])
+            with precision.autocast():
+                add_lm_loss_scores(scores, model, adapter, batches(calib, ctx.cfg.importance.batch_size),
+                                   block_size=num_layers - export["num_layers"])
         kept_layers = select_layers(scores, export.get("num_layers", num_layers), p.depth_method)
         prune_model(model, adapter, scores, export, p.depth_method)
         after = count_parameters(model)
@@ -93,4 +95,4 @@ class PruneStage:
         )
         print(f"[prune] {before['total'] / 1e6:.1f}M -> {after['total'] / 1e6:.1f}M parameters "
               f"({result.params_change * 100:+.1f}%), kept layers {kept_layers}", flush=True)
-        return StageOutput(result, outputs={"checkpoint": "checkpoint"})
+        return StageOutput(result, outputs={"checkpoint": "checkpoint"}, engine=precision.record())

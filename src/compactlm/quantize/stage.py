@@ -28,10 +28,10 @@ class QuantizeStage:
 
     def run(self, ctx: StageContext) -> StageOutput:
         q = ctx.cfg.quantize
-        device, dtype = setup_engine(ctx.cfg.engine)
+        device, precision = setup_engine(ctx.cfg.engine)
         label, source = list(ctx.models().items())[-1]  # the latest model of the run: distilled, else pruned, else teacher
         source_stage = next(s for s, lab in MODEL_LABELS.items() if lab == label)
-        model = load_model(source, device, dtype)
+        model = load_model(source, device, precision.frozen_dtype)
         check_exclude(model, q.exclude)
         data_dir = ctx.upstream_output("data", "calibration").parent
         calib = load_split(data_dir, "calibration")
@@ -39,13 +39,15 @@ class QuantizeStage:
             calib = calib[: q.calibration_sequences]
         measure = q.evaluate and forward_supported(q.format, device)
         reference = copy.deepcopy(model) if measure else None
-        quantize(model, calib, q.format, q.kv_cache_fp8, list(q.exclude), q.batch_size, device)
+        with precision.autocast():
+            quantize(model, calib, q.format, q.kv_cache_fp8, list(q.exclude), q.batch_size, device)
         quality = None
         if measure:
             val = load_split(data_dir, "validation")
             if ctx.cfg.evaluate.max_sequences:
                 val = val[: ctx.cfg.evaluate.max_sequences]
-            res = fake_quant_quality(model, val, q.format, ctx.cfg.evaluate.batch_size, device, reference)
+            with precision.autocast():
+                res = fake_quant_quality(model, val, q.format, ctx.cfg.evaluate.batch_size, device, reference)
             quality = {"reference": res["reference"], "quantized": res["quantized"]}
             del reference
         else:
@@ -65,9 +67,9 @@ class QuantizeStage:
         print(f"[quantize] {q.format} export: {sizes['safetensors_bytes'] / 2**20:.1f} MiB on disk, "
               f"{sizes['ratio_to_bf16']:.3f}x of bf16; max relative weight error per stored format: {worst}", flush=True)
         if quality:
-            print(f"[quantize] perplexity {quality['reference']['perplexity']:.3f} ({source_stage}, {dtype}) -> "
+            print(f"[quantize] perplexity {quality['reference']['perplexity']:.3f} ({source_stage}, {precision.compute}) -> "
                   f"{quality['quantized']['perplexity']:.3f} ({q.format} fake-quant)", flush=True)
         result = QuantizeResult(format=q.format, kv_cache_fp8=q.kv_cache_fp8, exclude=list(q.exclude),
                                 source_stage=source_stage, source=str(source), export=sizes, layout=layout,
                                 verify=verified, quality=quality)
-        return StageOutput(result, outputs={"export": "export"})
+        return StageOutput(result, outputs={"export": "export"}, engine=precision.record())
