@@ -8,6 +8,7 @@ from compactlm.launch.launcher import write_run_dir
 from compactlm.launch.report import write_report
 from compactlm.launch.validate import to_config
 from compactlm.manifest import read_manifest
+from compactlm.model.precision import resolve_precision
 from compactlm.pipeline import CONFIG_FILE, run_stage
 
 STAGES = ["model", "data", "importance", "prune", "distill", "quantize", "evaluate"]
@@ -34,6 +35,11 @@ def test_prune_distill_recipe(tmp_path, tiny_llama_dir, capsys):
     assert models["distilled"]["kl_to_teacher"] < models["pruned"]["kl_to_teacher"]
     distill = read_manifest(run_dir / "distill")
     assert distill["result"]["steps"] == 12
+    # every stage that ran a model recorded the precision it resolved, the same one in this process
+    precision = resolve_precision(conf.engine, "cpu").record()
+    for stage in ("importance", "prune", "distill", "quantize", "evaluate"):
+        assert read_manifest(run_dir / stage)["engine"] == precision, stage
+    assert read_manifest(run_dir / "data")["engine"] is None
     assert (run_dir / "distill" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     md, page = write_report(conf)
     text = md.read_text()

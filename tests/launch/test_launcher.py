@@ -85,6 +85,11 @@ def test_kill_mid_stage_then_rerun_resumes(tmp_path, tiny_llama_dir):
     assert "compactlm summary" in out and "reused (up to date)" in out and "perplexity" in out
 
 
+# The demo's budget cut to a CI's: every stage and code path of `make demo`, a quarter of its distillation tokens
+# (8 steps; the full budget's figures are measured by `make demo` and quoted in the README), fewer lm-eval examples.
+SHORT_DEMO = ["distill.max_tokens=16384", "evaluate.task_examples=40"]
+
+
 def test_demo_command_on_smollm2_from_a_plain_clone(tmp_path):
     """The README's main command, run from a copy of the repository alone (no ../shared beside it), on the embedded
     SmolLM2-135M: prune -> distill -> FP8, all side by side, with lm-eval on the run's own held-out documents."""
@@ -93,11 +98,13 @@ def test_demo_command_on_smollm2_from_a_plain_clone(tmp_path):
                            env=clone_env(clone), capture_output=True, text=True, timeout=600)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     assert f"python {clone}/recipes/evaluate.py" in check.stdout and "shared/data" not in check.stdout
-    proc = subprocess.Popen([sys.executable, "launch.py", f"runs_root={tmp_path}"], cwd=clone, env=clone_env(clone),
+    proc = subprocess.Popen([sys.executable, "launch.py", f"runs_root={tmp_path}", *SHORT_DEMO], cwd=clone,
+                            env=clone_env(clone),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     out, _ = proc.communicate(timeout=3000)
     assert proc.returncode == 0, out[-5000:]
-    assert "[evaluate] lm-eval task heldout_continuation: 100 examples" in out
+    assert "[evaluate] lm-eval task heldout_continuation: 40 examples" in out
+    assert "[engine] " in out  # the precision each stage computes in, and why
     run_dir = tmp_path / "prune_distill_smollm2_135m"
     models = read_manifest(run_dir / "evaluate")["result"]["models"]
     teacher, pruned, distilled = models["teacher"], models["pruned"], models["distilled"]
@@ -105,7 +112,7 @@ def test_demo_command_on_smollm2_from_a_plain_clone(tmp_path):
     assert 5 < teacher["perplexity"] < 60, teacher["perplexity"]  # pydoc English prose; measured 18.64
     assert "Paris" in teacher["sample"]
     assert pruned["params"]["total"] == 89_386_560
-    # distillation clearly recovers the pruned student (measured with 24 steps: ppl 87.7 -> 30.2, KL 1.58 -> 0.71)
+    # distillation clearly recovers the pruned student (measured in bf16 with 8 steps: ppl 88.5 -> 36.0)
     assert distilled["perplexity"] < 0.7 * pruned["perplexity"]
     assert distilled["kl_to_teacher"] < 0.7 * pruned["kl_to_teacher"]
     assert models["quantized"]["format"] == "fp8" and models["quantized"]["source"] == "distilled"
@@ -114,7 +121,7 @@ def test_demo_command_on_smollm2_from_a_plain_clone(tmp_path):
     assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
     for label in ("teacher", "pruned", "distilled"):  # lm-eval (HF backend, offline) on the held-out documents
         task = models[label]["tasks"]["heldout_continuation"]
-        assert task["num_examples"] == 100 and 0 <= task["acc"] <= 1
+        assert task["num_examples"] == 40 and 0 <= task["acc"] <= 1
     bench = read_manifest(run_dir / "bench")["result"]
     assert bench["student"] == "distilled" and [r["batch_size"] for r in bench["runs"]] == [1, 8]
     for run in bench["runs"]:  # the speed ratio is reported next to the parameter ratio (not asserted: timing)

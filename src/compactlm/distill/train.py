@@ -487,8 +487,9 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data_dir: str | Pa
         out_dir: run folder; an existing checkpoint/ there is resumed (same settings and seed required).
         cfg: distillation settings; global_batch_size sequences per optimizer step whatever the
             number of processes (micro_batch_size × accumulation × WORLD_SIZE).
-        engine: device / dtype / threads. The teacher runs in engine's dtype; the student trains in
-            float32 with bf16 autocast on CUDA and is saved in engine's dtype.
+        engine: device / dtype / threads. The teacher runs in the resolved compute dtype (bf16 where the
+            hardware has it: compactlm.model.precision); the student trains with float32 weights and AdamW
+            state under autocast to it and is saved in it.
         seed: data order and RNG seed.
         progress: tqdm bar (rank 0) with loss, tokens/s and ETA.
         cache_dir: where the teacher cache lives (default out_dir/teacher_cache), cfg.teacher_cache=True only.
