@@ -12,7 +12,7 @@ weights under bf16 autocast) it prints:
   ModelOpt hooks, clipping, logging, progress bar).
 - MFU: FLOP/s achieved by `distill` (teacher forward + student forward and backward, counted from the two
   architectures: compactlm.bench.flops) over the machine's matmul peak for that dtype, measured by a short
-  probe in the same run. The same for the importance pass (teacher forward with ModelOpt-style hooks).
+  probe in every run's process, just before it (the best probe counts). The same for the importance pass (teacher forward with ModelOpt-style hooks).
 - peak memory of each side (RSS; GPU max_memory_allocated on CUDA).
 
 Each run is its own fresh process (its peak memory is its own); runs alternate `--repeats` times and the best
@@ -71,9 +71,25 @@ def make_data(root: Path, vocab: int, seq_len: int, n_train: int) -> Path:
     return root / "data"
 
 
+def probe(a: dict) -> dict:
+    """The matmul peak of the dtype `a["dtype"]` resolves to, measured in this process just before its run.
+
+    Every run probes, and the best probe of a dtype is its peak: on a shared machine whose speed drifts
+    (steal time), one probe taken at another moment than the runs can sit below what they reach."""
+    from compactlm.bench.flops import matmul_peak
+    from compactlm.config import EngineConfig
+    from compactlm.model.loading import setup_engine
+
+    device, precision = setup_engine(EngineConfig(name="bench", device=a["device"], threads=a["threads"],
+                                                  dtype=a["dtype"]))
+    return matmul_peak(precision.compute, device)
+
+
 def run_ours(a: dict) -> dict:
     from compactlm.config import DistillConfig, EngineConfig
     from compactlm.distill.train import distill
+
+    peak = probe(a)
 
     cfg = DistillConfig(max_steps=a["steps"], micro_batch_size=a["micro"], global_batch_size=a["global_batch"],
                         eval_every=a["steps"], checkpoint_every=a["steps"], warmup_steps=1, lr=1e-4)
@@ -81,7 +97,8 @@ def run_ours(a: dict) -> dict:
     out = Path(tempfile.mkdtemp(dir=a["root"], prefix="ours_"))  # fresh: an existing run folder would resume
     m = distill(a["teacher"], a["student"], a["data"], out, cfg, engine, seed=0,
                 progress=a["progress"])
-    return {"tokens_per_s": m["tokens_per_s"], "wall_s": m["wall_s"], "engine": m["engine"], **peak_memory()}
+    return {"tokens_per_s": m["tokens_per_s"], "wall_s": m["wall_s"], "engine": m["engine"], "peak": peak,
+            **peak_memory()}
 
 
 def run_bare(a: dict) -> dict:
@@ -92,6 +109,7 @@ def run_bare(a: dict) -> dict:
     from compactlm.config import EngineConfig
     from compactlm.model.loading import load_model, setup_engine
 
+    peak = probe(a)
     device, precision = setup_engine(EngineConfig(name="bench", device=a["device"], threads=a["threads"],
                                                   dtype=a["dtype"]))
     teacher = load_model(a["teacher"], device, precision.frozen_dtype).requires_grad_(False)
@@ -119,7 +137,7 @@ def run_bare(a: dict) -> dict:
     if device == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"tokens_per_s": a["steps"] * a["global_batch"] * tokens.shape[1] / dt, **peak_memory()}
+    return {"tokens_per_s": a["steps"] * a["global_batch"] * tokens.shape[1] / dt, "peak": peak, **peak_memory()}
 
 
 def run_importance(a: dict) -> dict:
@@ -132,6 +150,7 @@ def run_importance(a: dict) -> dict:
     from compactlm.model.loading import load_model, setup_engine
     from compactlm.prune.importance import collect_importance
 
+    peak = probe(a)
     device, precision = setup_engine(EngineConfig(name="bench", device=a["device"], threads=a["threads"],
                                                   dtype=a["dtype"]))
     model = load_model(a["teacher"], device, precision.frozen_dtype)
@@ -142,18 +161,7 @@ def run_importance(a: dict) -> dict:
         collect_importance(model, adapter_for(model.config.model_type), batches[:1])  # warm-up
         t0 = time.perf_counter()
         collect_importance(model, adapter_for(model.config.model_type), batches)
-    return {"tokens_per_s": rows.size / (time.perf_counter() - t0), **peak_memory()}
-
-
-def run_probe(a: dict) -> dict:
-    import torch
-
-    from compactlm.bench.flops import matmul_peak
-
-    if a["threads"]:
-        torch.set_num_threads(a["threads"])
-    device = "cuda" if a["device"] == "auto" and torch.cuda.is_available() else a["device"].replace("auto", "cpu")
-    return matmul_peak(a["dtype"], device)
+    return {"tokens_per_s": rows.size / (time.perf_counter() - t0), "peak": peak, **peak_memory()}
 
 
 def in_fresh_process(fn, arg: dict) -> dict:
@@ -220,7 +228,7 @@ def main(argv=None) -> int:
                 if a.importance_sequences:
                     imp.append(in_fresh_process(run_importance, args))
             compute = ours[0]["engine"]["compute"]
-            peak = in_fresh_process(run_probe, {**args, "dtype": compute})
+            peak = max((r["peak"] for r in ours + bare + imp), key=lambda p: p["flops"])
             figures[dtype] = {"ours": ours, "bare": bare, "importance": imp, "peak": peak, "compute": compute,
                               "reason": ours[0]["engine"]["reason"]}
 

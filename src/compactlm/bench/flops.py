@@ -41,7 +41,7 @@ def distill_flops_per_token(teacher: dict[str, Any], student: dict[str, Any], se
     return forward_flops_per_token(teacher, seq_len) + 3.0 * forward_flops_per_token(student, seq_len)
 
 
-PROBE_SHAPES = ((2048, 2048, 2048), (4096, 1024, 4096), (2048, 576, 1536))
+PROBE_SHAPES = ((2048, 2048, 2048), (4096, 1024, 4096), (2048, 576, 1536), (1024, 1536, 576))
 """(m, k, n) of the probe's matmuls: square and the skinny shapes of small models; the fastest one counts."""
 
 
@@ -49,7 +49,8 @@ def matmul_peak(dtype: str, device: str = "cpu", seconds: float = 1.5) -> dict[s
     """Best FLOP/s of `PROBE_SHAPES` matmuls in `dtype` on `device`, each timed for about seconds / 3.
 
     Returns {"flops": best FLOP/s, "shape": (m, k, n) that reached it, "dtype", "device"}; on CUDA the probe
-    uses 8192-sized squares as well, which are needed to approach a GPU's peak.
+    uses 8192-sized squares as well, which are needed to approach a GPU's peak. On a shared machine call it
+    more than once and keep the best: its speed drifts with the neighbours' load.
     """
     import torch  # heavy: this module is imported by scripts that may only count
 
