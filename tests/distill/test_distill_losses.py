@@ -148,3 +148,16 @@ def test_sliced_topk_equals_whole_formula():
     whole = loss(zs, values, ids, tail)  # itself sliced at the default size: one slice here
     torch.testing.assert_close(sliced, whole)
     torch.testing.assert_close(torch.autograd.grad(sliced.sum(), zs)[0], torch.autograd.grad(whole.sum(), zs)[0])
+
+
+def test_teacher_topk_sliced_equals_whole(monkeypatch):
+    """teacher_topk works a slice of tokens at a time: the same values, ids and tails as one pass."""
+    import compactlm.distill.losses as losses
+
+    zt = _logits(13)
+    whole = teacher_topk(zt, 5, 2.0)
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 3 * V)  # 3 tokens per slice: 4 slices of 10 tokens
+    sliced = teacher_topk(zt, 5, 2.0)
+    for a, b in zip(whole, sliced):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b)

@@ -29,7 +29,7 @@ def _args(tmp_path, model_dir, run_name, recipe="eval", *extra):
 
 # a distillation long enough to be interrupted mid-way: tiny model, 1 thread, a checkpoint every 5 steps
 DISTILL = ["recipe.stages=[model,data,importance,prune,distill]", "prune.model=null",
-           "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64", "distill.max_steps=300", "distill.micro_batch_size=2", "distill.global_batch_size=4",
+           "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64", "distill.max_steps=120", "distill.micro_batch_size=2", "distill.global_batch_size=4",
            "distill.eval_every=1000", "distill.checkpoint_every=5"]
 # an evaluate stage that decodes for a while (greedy, tiny model): long enough to cancel; the quick one after it
 SLOW_EVALUATE = ["evaluate.generate_tokens=20000"]

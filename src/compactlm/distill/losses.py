@@ -137,9 +137,16 @@ def teacher_topk(logits_t: torch.Tensor, k: int, temperature: float):
         ids [B, S, k] int32.
         tail [B, S] float32: log of the probability mass outside the k ids (-inf when k = vocab).
     """
-    logp = F.log_softmax(logits_t.float() / temperature, dim=-1)
-    values, ids = logp.topk(k, dim=-1)
-    return values, ids.to(torch.int32), _tail_logsumexp(logp, ids, float("-inf"))
+    rows = max(1, CHUNK_ELEMENTS // logits_t.shape[-1])
+    flat = logits_t.reshape(-1, logits_t.shape[-1])
+    parts = []
+    for a in range(0, flat.shape[0], rows):  # sliced like the losses: no float32 copy of the whole logits
+        logp = F.log_softmax(flat[a : a + rows].float() / temperature, dim=-1)
+        values, ids = logp.topk(k, dim=-1)
+        parts.append((values, ids.to(torch.int32), _tail_logsumexp(logp, ids, float("-inf"))))
+    lead = logits_t.shape[:-1]
+    values, ids, tail = (torch.cat(p) for p in zip(*parts))
+    return values.reshape(*lead, k), ids.reshape(*lead, k), tail.reshape(lead)
 
 
 class TopKDistillationLoss(LogitsDistillationLoss):
