@@ -157,6 +157,7 @@ def test_teacher_topk_sliced_equals_whole(monkeypatch):
     zt = _logits(13)
     whole = teacher_topk(zt, 5, 2.0)
     monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 3 * V)  # 3 tokens per slice: 4 slices of 10 tokens
+    assert len(losses._token_slices(zt, losses.CHUNK_ELEMENTS)) == 4
     sliced = teacher_topk(zt, 5, 2.0)
     for a, b in zip(whole, sliced):
         assert a.shape == b.shape

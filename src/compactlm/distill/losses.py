@@ -26,19 +26,25 @@ CHUNK_ELEMENTS = 1 << 24
 """Float32 elements of one slice of `per_token_chunked` (64 MiB per temporary): rows = CHUNK_ELEMENTS // vocab."""
 
 
+def _token_slices(logits: torch.Tensor, chunk_elements: int):
+    """Slices of the flattened tokens of `logits` [..., V], each holding about `chunk_elements` logits."""
+    n, vocab = logits.shape[:-1].numel(), logits.shape[-1]
+    rows = max(1, chunk_elements // vocab)
+    return [slice(a, a + rows) for a in range(0, n, rows)]
+
+
 class _PerTokenChunked(torch.autograd.Function):
     """loss_fn applied to slices of tokens; the gradient of the sum is computed in forward, slice by slice."""
 
     @staticmethod
-    def forward(ctx, loss_fn, rows, logits, *others):
+    def forward(ctx, loss_fn, slices, logits, *others):
         lead = logits.shape[:-1]
         z = logits.reshape(-1, logits.shape[-1])
         flat = [o.reshape(z.shape[0], *o.shape[len(lead):]) for o in others]
         out = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
         need_grad = ctx.needs_input_grad[2]
         grad = torch.empty_like(z) if need_grad else None
-        for a in range(0, z.shape[0], rows):
-            sl = slice(a, a + rows)
+        for sl in slices:
             if need_grad:
                 with torch.enable_grad():
                     piece = z[sl].detach().requires_grad_(True)
@@ -72,8 +78,7 @@ def per_token_chunked(loss_fn, logits: torch.Tensor, *others: torch.Tensor, chun
     Returns:
         the per-token loss, shape logits.shape[:-1], float32. Equal to applying `loss_fn` to the whole tensors.
     """
-    rows = max(1, chunk_elements // logits.shape[-1])
-    return _PerTokenChunked.apply(loss_fn, rows, logits, *others)
+    return _PerTokenChunked.apply(loss_fn, _token_slices(logits, chunk_elements), logits, *others)
 
 
 def _kl_rows(zs: torch.Tensor, zt: torch.Tensor, t: float) -> torch.Tensor:
@@ -117,7 +122,7 @@ class PerTokenKL(LogitsDistillationLoss):
 
     def forward(self, logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float | None = None):
         t = self._temperature if temperature is None else temperature
-        return per_token_chunked(lambda zs, zt: _kl_rows(zs, zt.detach(), t), logits_s, logits_t)
+        return per_token_chunked(lambda zs, zt: _kl_rows(zs, zt, t), logits_s, logits_t)
 
 
 # Log-prob given to masked-out ids: exp(-1e4) is 0 in float32, yet a fully masked row stays finite.
@@ -137,11 +142,10 @@ def teacher_topk(logits_t: torch.Tensor, k: int, temperature: float):
         ids [B, S, k] int32.
         tail [B, S] float32: log of the probability mass outside the k ids (-inf when k = vocab).
     """
-    rows = max(1, CHUNK_ELEMENTS // logits_t.shape[-1])
     flat = logits_t.reshape(-1, logits_t.shape[-1])
     parts = []
-    for a in range(0, flat.shape[0], rows):  # sliced like the losses: no float32 copy of the whole logits
-        logp = F.log_softmax(flat[a : a + rows].float() / temperature, dim=-1)
+    for sl in _token_slices(logits_t, CHUNK_ELEMENTS):  # sliced like the losses: no float32 copy of the whole logits
+        logp = F.log_softmax(flat[sl].float() / temperature, dim=-1)
         values, ids = logp.topk(k, dim=-1)
         parts.append((values, ids.to(torch.int32), _tail_logsumexp(logp, ids, float("-inf"))))
     lead = logits_t.shape[:-1]

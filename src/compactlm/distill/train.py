@@ -163,9 +163,8 @@ class _Trainer:
         device, self.precision = setup_engine(engine)
         self.env: DistEnv = init_distributed(device)
         self.device = self.env.device
-        # the teacher runs (and the student is saved) in the compute dtype; the student trains in float32 under
-        # autocast to it (bfloat16 where the hardware has it: compactlm.model.precision)
-        self.dtype = self.precision.frozen_dtype
+        # the teacher runs (and the student is saved) in precision.frozen_dtype; the student trains in float32
+        # under autocast to it (bfloat16 where the hardware has it: compactlm.model.precision)
         self.autocast = self.precision.autocast
 
     # ----------------------------------------------------------------------------------- setup
@@ -200,8 +199,8 @@ class _Trainer:
             then = resume[1].get("compute", "float32")
             if then != self.precision.compute:
                 raise ConfigError(
-                    f"{self.out_dir}/checkpoint was trained in {then}, this run would compute in {self.precision} "
-                    f"; set engine.dtype={then} to resume it, or delete {self.out_dir} to start over")
+                    f"{self.out_dir}/checkpoint was trained in {then}, this run would compute in {self.precision}; "
+                    f"set engine.dtype={then} to resume it, or delete {self.out_dir} to start over")
             if resume[1]["state_format"] != self.state_format:
                 raise ConfigError(
                     f"{self.out_dir}/checkpoint holds {resume[1]['state_format']} optimizer state, this run would "
@@ -223,7 +222,7 @@ class _Trainer:
             self.model = wrap_student(student, cfg.strategy, env)
             self.topk_loss = TopKDistillationLoss(cfg.temperature)
         else:
-            teacher = load_model(self.teacher_dir, device=load_device, dtype=self.dtype).requires_grad_(False)
+            teacher = load_model(self.teacher_dir, device=load_device, dtype=self.precision.frozen_dtype).requires_grad_(False)
             criterion = {("lm_head", "lm_head"): PerTokenKL(cfg.temperature)}
             self.dm = mtd.convert(student, mode=[("kd_loss", {"teacher_model": teacher, "criterion": criterion})])
             self.root = self.dm
@@ -257,7 +256,8 @@ class _Trainer:
 
         def teacher():
             if not teacher_box:
-                t = load_model(self.teacher_dir, device="cpu" if self.fsdp else self.device, dtype=self.dtype)
+                t = load_model(self.teacher_dir, device="cpu" if self.fsdp else self.device,
+                               dtype=self.precision.frozen_dtype)
                 t.requires_grad_(False)
                 if self.fsdp:
                     shard_fsdp2(t)
@@ -403,7 +403,7 @@ class _Trainer:
         if self.env.is_main:
             tmp = self.out_dir / f".student.tmp{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            student.to(self.dtype).save_pretrained(tmp, safe_serialization=True)
+            student.to(self.precision.frozen_dtype).save_pretrained(tmp, safe_serialization=True)
             for name in TOKENIZER_FILES:
                 if (self.student_dir / name).is_file():
                     shutil.copy2(self.student_dir / name, tmp / name)
