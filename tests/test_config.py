@@ -134,6 +134,14 @@ BAD = [
     (["recipe=quantize", "quantize.exclude=[model.layers.30.*]"], "quantize.exclude: pattern 'model.layers.30.*' matches no module"),
     (["recipe=prune", "model=bielik_11b_v3", "prune=exp_001", "prune.export_config.hidden_size=8192"],
      "prune.export_config.hidden_size=8192 exceeds the model's 4096"),
+    (["gguf.types=[q8_0,q9_k]"], "gguf.types='q9_k' is not allowed; choose one of: q8_0, q6_k"),
+    (["gguf.types=[iq2_xs]"], "gguf.types: 'iq2_xs' needs an importance matrix"),
+    (["gguf.types=[]"], "gguf.types=[] must be a non-empty list of llama.cpp types"),
+    (["gguf.types=[q4_k_m,Q4_K_M]"], "gguf.types lists 'Q4_K_M' twice"),
+    (["gguf.outtype=q8_0"], "gguf.outtype='q8_0' is not allowed; choose one of: f16, bf16, f32"),
+    (["gguf.concurrency=[1,0]"], "gguf.concurrency=0 must be an integer >= 1"),
+    (["gguf.perplexity_chunks=0"], "gguf.perplexity_chunks=0 must be an integer >= 1"),
+    (["gguf.llama_cpp=/nonexistent/llama.cpp"], "gguf.llama_cpp='/nonexistent/llama.cpp' is not a llama.cpp build"),
 ]
 
 
@@ -166,3 +174,14 @@ def test_cli_unknown_group_option_lists_the_choices(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("compactlm: configuration error: model=gpt5: Could not find 'model/gpt5'; "
                                    "choose one of: bielik_11b_v3, local, smollm2_135m")
+
+
+def test_gguf_export_of_a_checkpoint_without_tokenizer_is_refused_at_launch(tmp_path, tiny_llama_dir):
+    import shutil
+
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_llama_dir, folder)
+    for f in folder.glob("tokenizer*"):
+        f.unlink()
+    msg = _error(["recipe=quantize", "model=local", f"model.path={folder}"])
+    assert f"model.path='{folder}' (recipe=quantize exports GGUF)" in msg and "has no tokenizer" in msg

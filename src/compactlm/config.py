@@ -742,6 +742,78 @@ class BenchConfig:
             _positive(f"bench.{k}", getattr(self, k))
 
 
+# ------------------------------------------------------------------------------------------------ gguf
+# llama.cpp quantization types by the name llama-quantize takes (lower case here), without those that need an
+# importance matrix (IQ1/IQ2/IQ3 types); f16/bf16 are the unquantized conversions.
+GGUF_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q5_1", "q4_k_m", "q4_k_s", "q4_0", "q4_1", "iq4_nl",
+              "iq4_xs", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k", "f16", "bf16")
+GGUF_IMATRIX_TYPES = ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq3_xxs", "iq3_xs", "iq3_s", "iq3_m",
+                      "q2_k_s")
+GGUF_OUTTYPES = ("f16", "bf16", "f32")
+# model_type values whose checkpoints llama.cpp's converter turns into GGUF (Mistral becomes GGUF "llama").
+GGUF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass
+class GGUFConfig:
+    """GGUF export with llama.cpp (converter and quantizer), its verification, and llama.cpp's CPU benchmark."""
+
+    types: list[str] = field(default_factory=lambda: ["q8_0", "q6_k", "q4_k_m"])
+    """llama.cpp quantization types made from the student's GGUF (any llama-quantize type by name)."""
+    outtype: str = "f16"
+    """Precision of the unquantized conversion every type is made from (f16, bf16 or f32)."""
+    teacher: bool = True
+    """Also convert the teacher (outtype only): the reference of the perplexity and speed tables."""
+    perplexity: bool = True
+    """llama.cpp's own perplexity (llama-perplexity) of every file on the run's held-out documents."""
+    perplexity_chunks: Optional[int] = 32
+    """Chunks of data.seq_len tokens llama-perplexity scores (None: all of the held-out text)."""
+    hf_check: bool = True
+    """Load every file back with transformers' GGUF loader (dequantized) and measure perplexity and KL to the
+    source on the validation split, the evaluate stage's own measure (its GGUF rows come from here)."""
+    bench: bool = True
+    """Serving speed with llama-batched-bench: teacher and student files, prompt and generation tokens/s, TTFT,
+    TPOT; the bench stage takes its table from here."""
+    concurrency: list[int] = field(default_factory=lambda: [1, 8])
+    """Sequences decoded together in each benchmark run (1: the single-user latency)."""
+    prompt_tokens: int = 64
+    new_tokens: int = 32
+    repeats: int = 2
+    """Benchmark runs per file; the fastest is reported."""
+    threads: Optional[int] = None
+    """CPU threads for llama.cpp's tools (None: every core of the machine)."""
+    llama_cpp: Optional[str] = None
+    """A llama.cpp build to use (a checkout with build/bin/, or a folder with bin/ and convert_hf_to_gguf.py);
+    None: build llama.cpp once into cache_dir from the llama-cpp-python sdist."""
+
+    def __post_init__(self) -> None:
+        types = list(self.types) if isinstance(self.types, (list, tuple)) else None
+        if not types:
+            raise ConfigError(f"gguf.types={self.types!r} must be a non-empty list of llama.cpp types, e.g. [q8_0, q4_k_m]")
+        normalized = []
+        for t in types:
+            name = str(t).lower()
+            if name in GGUF_IMATRIX_TYPES:
+                raise ConfigError(f"gguf.types: {t!r} needs an importance matrix (llama-imatrix), which compactlm does "
+                                  f"not compute; choose from: {', '.join(GGUF_TYPES)}")
+            _choice("gguf.types", name, GGUF_TYPES)
+            if name in normalized:
+                raise ConfigError(f"gguf.types lists {t!r} twice")
+            normalized.append(name)
+        self.types = normalized
+        _choice("gguf.outtype", self.outtype, GGUF_OUTTYPES)
+        conc = list(self.concurrency) if isinstance(self.concurrency, (list, tuple)) else None
+        if not conc:
+            raise ConfigError(f"gguf.concurrency={self.concurrency!r} must be a non-empty list of integers >= 1, e.g. [1, 8]")
+        for c in conc:
+            _positive("gguf.concurrency", c)
+        self.concurrency = sorted(set(conc))
+        for key in ("prompt_tokens", "new_tokens", "repeats"):
+            _positive(f"gguf.{key}", getattr(self, key))
+        _positive("gguf.perplexity_chunks", self.perplexity_chunks)
+        _positive("gguf.threads", self.threads)
+
+
 # ---------------------------------------------------------------------------------------------- deploy
 DEPLOY_BACKENDS = ("pytorch", "tensorrt")
 DEPLOY_KV_CACHE_DTYPES = ("auto", "fp8")
@@ -832,6 +904,7 @@ class CompactLMConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    gguf: GGUFConfig = field(default_factory=GGUFConfig)
     run_name: str = "${recipe.name}_${model.name}"
     """Folder name of the run under runs_root; the same name resumes the same run."""
     runs_root: str = "runs"

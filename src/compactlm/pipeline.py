@@ -51,6 +51,7 @@ STAGES: dict[str, str] = {
     "prune": "compactlm.prune.stage:PruneStage",
     "distill": "compactlm.distill.stage:DistillStage",
     "quantize": "compactlm.quantize.stage:QuantizeStage",
+    "gguf": "compactlm.gguf.stage:GGUFStage",
     "evaluate": "compactlm.evaluate.stage:EvaluateStage",
     "deploy": "compactlm.deploy.stage:DeployStage",
     "bench": "compactlm.bench.stage:BenchStage",
@@ -308,6 +309,11 @@ def _clean(stage_dir: Path, keep: tuple[str, ...], resume_key: dict[str, Any], f
 def main(name: str, argv: list[str] | None = None) -> int:
     """Entry point of `recipes/<name>.py`: `python recipes/<name>.py config=<run_dir>/config.yaml`."""
     argv = sys.argv[1:] if argv is None else argv
+    # `python recipes/<name>.py` puts recipes/ first on sys.path, where recipes/gguf.py would shadow the `gguf`
+    # package that transformers and the gguf stage import (lazily, after this point)
+    if sys.argv and sys.argv[0].endswith(".py"):
+        recipes = Path(sys.argv[0]).resolve().parent
+        sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != recipes]
     if any(a in ("-h", "--help") for a in argv):
         print(f"usage: python recipes/{name}.py config=<run_dir>/config.yaml\n\nRuns the {name} stage of the run "
               "that config.yaml (written by launch.py) describes; skipped when its manifest is up to date.")

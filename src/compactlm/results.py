@@ -156,6 +156,55 @@ class QuantizeResult:
 
 
 @dataclass
+class GGUFFile:
+    """One GGUF file of the gguf stage, verified against its source checkpoint."""
+
+    model: str
+    """Label of the source model (teacher, pruned, distilled)."""
+    type: str
+    """f16 / bf16 / f32 (the conversion) or a llama-quantize type (q8_0, q4_k_m, ...)."""
+    file: str
+    """Path relative to the stage folder."""
+    size_bytes: int
+    bits_per_weight: float
+    tensor_types: dict[str, int]
+    """ggml type -> number of tensors (K-quants fall back to other types on rows not a multiple of 256)."""
+    size_ratio: float
+    """size / size of the same model's unquantized conversion."""
+    perplexity: Optional[dict[str, Any]] = None
+    """llama-perplexity on the held-out documents: {perplexity, stderr, chunks, ctx}."""
+    hf: Optional[dict[str, Any]] = None
+    """Dequantized through transformers on the validation split: {perplexity, loss, tokens, kl_to_source,
+    top1_agreement_to_source}."""
+    speed: list[dict[str, Any]] = field(default_factory=list)
+    """llama-batched-bench rows: {concurrency, ttft_ms, tpot_ms, prompt_tokens_per_s, output_tokens_per_s, ...}."""
+
+
+@dataclass
+class GGUFResult:
+    """gguf stage: llama.cpp files of the run's models, their quality and llama.cpp's serving speed."""
+
+    llama_cpp: dict[str, str]
+    student: str
+    """Label of the model the quantized types were made from (distilled, else pruned, else teacher)."""
+    outtype: str
+    files: list[GGUFFile]
+    params: dict[str, ParamCounts]
+    """label -> parameter counts of each converted model (from its safetensors), for the ideal speed-up."""
+    source_hf: Optional[dict[str, Any]] = None
+    """The student checkpoint's own perplexity on the validation split (the reference of the `hf` figures)."""
+
+    def file(self, model: str, type_: str) -> Optional[GGUFFile]:
+        return next((f for f in self.files if f.model == model and f.type == type_), None)
+
+    def summary(self) -> str:
+        quant = [f for f in self.files if f.model == self.student and f.type != self.outtype]
+        return f"{self.student}: " + ", ".join(
+            f"{f.type} {f.size_bytes / 2**20:.0f} MiB" + (f" ppl {f.perplexity['perplexity']:.2f}" if f.perplexity else "")
+            for f in quant)
+
+
+@dataclass
 class ModelScores:
     """One model's row of the evaluation table."""
 
@@ -237,8 +286,8 @@ class DeployResult:
 
 RESULTS: dict[str, type] = {
     "model": ModelResult, "data": DataResult, "importance": ImportanceResult, "prune": PruneResult,
-    "distill": DistillResult, "quantize": QuantizeResult, "evaluate": EvaluateResult, "deploy": DeployResult,
-    "bench": BenchResult,
+    "distill": DistillResult, "quantize": QuantizeResult, "gguf": GGUFResult, "evaluate": EvaluateResult,
+    "deploy": DeployResult, "bench": BenchResult,
 }
 
 

@@ -16,7 +16,7 @@ STAGES = ["model", "data", "importance", "prune", "distill", "quantize", "evalua
 
 def test_prune_distill_recipe(tmp_path, tiny_llama_dir, capsys):
     conf = to_config(compose([
-        "recipe=prune_distill", "model=local", f"model.path={tiny_llama_dir}", "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=8",
+        "recipe=prune_distill", f"recipe.stages=[{','.join(STAGES)}]", "model=local", f"model.path={tiny_llama_dir}", "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=8",
         "data.calibration_sequences=8", "data.max_train_sequences=64", "evaluate.generate_tokens=2",
         "prune.model=null", "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64",
         "distill.max_steps=12", "distill.lr=1e-3", "distill.min_lr=1e-4", "distill.warmup_steps=2",

@@ -87,7 +87,7 @@ def test_kill_mid_stage_then_rerun_resumes(tmp_path, tiny_llama_dir):
 
 # The demo's budget cut to a CI's: every stage and code path of `make demo`, a quarter of its distillation tokens
 # (8 steps; the full budget's figures are measured by `make demo` and quoted in the README), fewer lm-eval examples.
-SHORT_DEMO = ["distill.max_tokens=16384", "evaluate.task_examples=40"]
+SHORT_DEMO = ["distill.max_tokens=16384", "evaluate.task_examples=40", "gguf.perplexity_chunks=8", "gguf.repeats=1"]
 
 
 def test_demo_command_on_smollm2_from_a_plain_clone(tmp_path):
@@ -122,18 +122,31 @@ def test_demo_command_on_smollm2_from_a_plain_clone(tmp_path):
     for label in ("teacher", "pruned", "distilled"):  # lm-eval (HF backend, offline) on the held-out documents
         task = models[label]["tasks"]["heldout_continuation"]
         assert task["num_examples"] == 40 and 0 <= task["acc"] <= 1
+    # GGUF with llama.cpp: every type made from the distilled student, verified, its perplexity beside the f16 file's
+    g = read_manifest(run_dir / "gguf")["result"]
+    files = {(f["model"], f["type"]): f for f in g["files"]}
+    assert set(files) == {("teacher", "f16"), ("distilled", "f16"), ("distilled", "q8_0"), ("distilled", "q6_k"),
+                          ("distilled", "q4_k_m")}
+    f16, q8 = files[("distilled", "f16")], files[("distilled", "q8_0")]
+    assert q8["perplexity"]["perplexity"] < 1.01 * f16["perplexity"]["perplexity"]  # Q8_0 loses < 1%
+    assert files[("distilled", "q4_k_m")]["size_bytes"] < q8["size_bytes"] < 0.6 * f16["size_bytes"]
+    assert models["gguf q8_0"]["source"] == "distilled" and models["gguf q4_k_m"]["size_bytes"] > 0
+    assert "Quantized variants" in (run_dir / "report.md").read_text()
     bench = read_manifest(run_dir / "bench")["result"]
-    assert bench["student"] == "distilled" and [r["batch_size"] for r in bench["runs"]] == [1, 8]
+    assert bench["source"].startswith("llama.cpp") and bench["student"] == "distilled"
+    assert [r["batch_size"] for r in bench["runs"]] == [1, 8]
     for run in bench["runs"]:  # the speed ratio is reported next to the parameter ratio (not asserted: timing)
         assert run["compare"]["ideal_speedup"] == pytest.approx(134_515_008 / 89_386_560, rel=1e-6)
         assert run["compare"]["tokens_per_s_ratio"] > 0
-    assert "speed (transformers generate" in out and "ideal (param ratio)" in out
+        assert set(run["models"]) == {"teacher", "distilled", "distilled q8_0", "distilled q6_k", "distilled q4_k_m"}
+    assert "speed (llama.cpp" in out and "ideal (param ratio)" in out
 
 
 def test_prune_distill_with_two_torchrun_processes(tmp_path, tiny_llama_dir):
     """The launcher runs the distill stage under torchrun (gloo on CPU) when distill.nproc_per_node=2."""
     args = _args(tmp_path, tiny_llama_dir, recipe="prune_distill") + [
-        "prune.model=null", "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64",
+        # without gguf: llama.cpp's converter refuses the tiny test tokenizer (tests/gguf cover that stage)
+        "recipe.stages=[model,data,importance,prune,distill,quantize,evaluate,bench]", "prune.model=null", "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64",
         "data.max_train_sequences=32",
         "distill.nproc_per_node=2", "distill.max_steps=4", "distill.micro_batch_size=2", "distill.global_batch_size=8",
         "distill.eval_every=2", "distill.checkpoint_every=2", "engine.threads=1",

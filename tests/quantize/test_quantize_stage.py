@@ -17,7 +17,7 @@ STAGES = ["model", "data", "quantize", "evaluate"]
 
 def _run(tmp_path, model_dir, *extra):
     conf = to_config(compose([
-        "recipe=quantize", "model=local", f"model.path={model_dir}", "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=4",
+        "recipe=quantize", f"recipe.stages=[{','.join(STAGES)}]", "model=local", f"model.path={model_dir}", "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=4",
         "data.calibration_sequences=4", "data.max_train_sequences=4", "evaluate.generate_tokens=2",
         f"runs_root={tmp_path}", *extra,
     ]))

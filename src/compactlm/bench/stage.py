@@ -25,6 +25,9 @@ class BenchStage:
     def run(self, ctx: StageContext) -> StageOutput:
         if "deploy" in ctx.upstream:
             return StageOutput(bench_from_deploy(ctx))
+        from_llama_cpp = bench_from_gguf(ctx.result("gguf")) if "gguf" in ctx.upstream else None
+        if from_llama_cpp is not None:
+            return StageOutput(from_llama_cpp)
         cfg = ctx.cfg.bench
         device, precision = setup_engine(ctx.cfg.engine)
         static = cfg.static_cache if cfg.static_cache is not None else device.startswith("cuda")
@@ -74,3 +77,26 @@ def bench_from_deploy(ctx: StageContext) -> BenchResult:
                              compare={"tokens_per_s_ratio": speed, "ideal_speedup": ideal,
                                       "decode_speedup": t_row["tpot_ms"] / s_row["tpot_ms"] if s_row.get("tpot_ms") else None}))
     return BenchResult(source="trtllm-bench (deploy stage)", student=student, params=params, runs=runs)
+
+
+def bench_from_gguf(g) -> BenchResult | None:
+    """The bench table from llama.cpp (gguf stage): per concurrency, the teacher's and the student's unquantized
+    files compared, the student's quantized files beside them ("<student> <type>"). None when the gguf stage
+    benchmarked no teacher/student pair (gguf.bench=false or gguf.teacher=false): transformers measures then."""
+    student = g.student
+    base = {f.model: f for f in g.files if f.type == g.outtype and f.speed}
+    if TEACHER not in base or student not in base or student == TEACHER:
+        return None
+    pt, ps = dataclasses.asdict(g.params[TEACHER]), dataclasses.asdict(g.params[student])
+    runs = []
+    for t_row in base[TEACHER].speed:
+        c = t_row["concurrency"]
+        s_row = next(r for r in base[student].speed if r["concurrency"] == c)
+        models = {TEACHER: t_row, student: s_row}
+        for f in g.files:
+            if f.model == student and f.type != g.outtype and f.speed:
+                models[f"{student} {f.type}"] = next(r for r in f.speed if r["concurrency"] == c)
+        runs.append(BenchRun(batch_size=c, models=models, compare=compare(t_row, s_row, pt, ps)))
+    return BenchResult(source=f"llama.cpp llama-batched-bench ({g.outtype} GGUF, gguf stage)", device="cpu",
+                       dtype=g.outtype, threads=base[TEACHER].speed[0].get("threads"), student=student,
+                       params={TEACHER: g.params[TEACHER], student: g.params[student]}, runs=runs)

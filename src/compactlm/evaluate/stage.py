@@ -51,17 +51,35 @@ class EvaluateStage:
                 kl_to_source=fq.get("kl_to_teacher"), top1_agreement_to_source=fq.get("top1_agreement"),
                 source=source, format=q.format, forward="ModelOpt fake-quant",
                 forward_tokens_per_s=fq["forward_tokens_per_s"], size_bytes=q.export["safetensors_bytes"])
+        scores.update(gguf_rows(ctx.result("gguf"), scores))
         result = EvaluateResult(device=device, dtype=precision.compute, threads=torch.get_num_threads(),
                                 validation_sequences=int(len(val)), models=scores)
         for label, r in scores.items():
-            if label == "quantized":
-                print(f"[evaluate] quantized ({r.format}, from {r.source}): perplexity {r.perplexity:.3f}", flush=True)
+            if r.format is not None:
+                print(f"[evaluate] {label} ({r.format}, from {r.source}): perplexity {r.perplexity:.3f}", flush=True)
                 continue
             extra = f", KL {r.kl_to_teacher:.4f}" if r.kl_to_teacher is not None else ""
             extra += "".join(f", {t} acc {v['acc']:.3f}" for t, v in r.tasks.items() if "acc" in v)
             speed = f", {r.output_tokens_per_s:.1f} tok/s decode" if r.output_tokens_per_s is not None else ""
             print(f"[evaluate] {label}: perplexity {r.perplexity:.3f}{extra}{speed}", flush=True)
         return StageOutput(result, engine=precision.record())
+
+
+def gguf_rows(g, scores: dict[str, ModelScores]) -> dict[str, ModelScores]:
+    """One row per quantized GGUF type (label "gguf <type>"), measured by the gguf stage on this same validation
+    split through transformers' dequantizing GGUF loader; {} when the gguf stage did not run or measure."""
+    if g is None:
+        return {}
+    rows = {}
+    for f in g.files:
+        if f.model != g.student or f.type == g.outtype or f.hf is None or f.model not in scores:
+            continue
+        rows[f"gguf {f.type}"] = ModelScores(
+            perplexity=f.hf["perplexity"], loss=f.hf["loss"], tokens=f.hf["tokens"], params=scores[f.model].params,
+            kl_to_source=f.hf["kl_to_source"], top1_agreement_to_source=f.hf["top1_agreement_to_source"],
+            source=f.model, format=f"gguf {f.type}", forward="llama.cpp GGUF dequantized by transformers",
+            size_bytes=f.size_bytes, checkpoint=f.file)
+    return rows
 
 
 def task_sources(ctx: StageContext) -> dict[str, Path]:

@@ -16,10 +16,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from compactlm.arch import adapter_for
-from compactlm.config import EXPORT_TO_HF, TEXT_TASKS, CompactLMConfig, ConfigError, ModelShape
+from compactlm.config import EXPORT_TO_HF, GGUF_MODEL_TYPES, TEXT_TASKS, CompactLMConfig, ConfigError, ModelShape
 from compactlm.data.splits import check_sources, check_utf8_text
 from compactlm.deploy.trtllm import WHERE_IT_RUNS, tensorrt_llm_available
 from compactlm.evaluate.lmeval import TASK_DIR, unknown_tasks
+from compactlm.gguf.convert import check_source
+from compactlm.gguf.llamacpp import from_folder
 from compactlm.model.loading import check_model_folder
 from compactlm.quantize.formats import check_deploy_support
 
@@ -105,6 +107,8 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
         check_exclude_patterns(conf.quantize.exclude, shape.get("model_type"), layers)
     if "deploy" in conf.recipe.stages:
         check_deploy(conf)
+    if "gguf" in conf.recipe.stages:
+        check_gguf(conf, shape)
     if "evaluate" in conf.recipe.stages:
         check_tasks(conf)
         if not conf.cluster.is_remote():
@@ -126,6 +130,20 @@ def check_task_text(conf: CompactLMConfig) -> None:
                           "evaluate.tasks=[heldout_continuation] (built from the run's own held-out documents)")
     for path in files:
         check_utf8_text(path, "evaluate.task_text")
+
+
+def check_gguf(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
+    """The gguf stage converts only what llama.cpp's converter handles, and a GGUF carries its tokenizer."""
+    model_type = shape.get("model_type")
+    if model_type is not None and model_type not in GGUF_MODEL_TYPES:
+        raise ConfigError(f"recipe={conf.recipe.name} has a gguf stage, but model={conf.model.name} is {model_type!r}; "
+                          f"GGUF export converts model types {', '.join(GGUF_MODEL_TYPES)} (or drop gguf from "
+                          "recipe.stages)")
+    m = conf.model
+    if m.source == "hf" and m.is_local() and Path(m.path).expanduser().exists():
+        check_source(Path(m.path).expanduser(), key=f"model.path={m.path!r} (recipe={conf.recipe.name} exports GGUF)")
+    if conf.gguf.llama_cpp and not conf.cluster.is_remote():
+        from_folder(conf.gguf.llama_cpp)
 
 
 def check_deploy(conf: CompactLMConfig) -> None:

@@ -132,7 +132,8 @@ def gguf_package_file(model: ModelConfig) -> Path:
 
 def materialized_dir(model: ModelConfig, cache_dir: str | Path) -> Path:
     """Where the safetensors copy of a GGUF-packaged model lives; keyed by the model's identity."""
-    key = sha256_json({"package": model.gguf_package, "file": model.gguf_file})[:12]
+    # "tokenizer": 2 — folders materialized before the byte-level tokenizer fix (see below) are not reused
+    key = sha256_json({"package": model.gguf_package, "file": model.gguf_file, "tokenizer": 2})[:12]
     return Path(os.path.expanduser(str(cache_dir))) / "models" / f"{model.name}-{key}"
 
 
@@ -171,7 +172,24 @@ def materialize(model: ModelConfig, cache_dir: str | Path) -> Path:
     with staging_dir(final) as tmp:
         lm.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        restore_byte_level(tmp / "tokenizer.json")
     return final
+
+
+def restore_byte_level(tokenizer_json: Path) -> None:
+    """Give a byte-level BPE tokenizer rebuilt from GGUF its byte-level decoder back.
+
+    transformers rebuilds a GGUF "gpt2" tokenizer (SmolLM2's) with a ByteLevel pre-tokenizer but a
+    SentencePiece-style decoder (ByteFallback, "▁" -> " ") and byte_fallback on. Encoding is unchanged (every
+    byte has a token), but llama.cpp's converter then takes it for a SentencePiece vocabulary and the
+    GGUF it writes cannot tokenize text. With the decoder a byte-level BPE has, it is converted as "gpt2".
+    """
+    tok = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    if (tok.get("pre_tokenizer") or {}).get("type") != "ByteLevel" or tok.get("model", {}).get("type") != "BPE":
+        return
+    tok["model"]["byte_fallback"] = False
+    tok["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    tokenizer_json.write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
 
 
 def resolve_device(engine: EngineConfig) -> str:

@@ -1,0 +1,75 @@
+"""recipe=quantize in-process with its gguf stage, on a tiny llama with SmolLM2's tokenizer: files verified,
+llama.cpp's perplexity beside the dequantized check, the evaluate rows, the report and llama.cpp's bench table."""
+
+from __future__ import annotations
+
+from helpers import compose
+
+from compactlm.bench.stage import bench_from_gguf
+from compactlm.launch.launcher import write_run_dir
+from compactlm.launch.report import write_report
+from compactlm.launch.validate import to_config
+from compactlm.manifest import read_manifest
+from compactlm.pipeline import CONFIG_FILE, run_stage
+from compactlm.results import GGUFFile, GGUFResult, ParamCounts
+
+STAGES = ["model", "data", "quantize", "gguf", "evaluate"]
+
+
+def test_gguf_stage_in_the_quantize_recipe(tmp_path, gguf_llama_dir, llama_cpp, capsys):
+    conf = to_config(compose([
+        "recipe=quantize", f"recipe.stages=[{','.join(STAGES)}]", "model=local", f"model.path={gguf_llama_dir}",
+        "data=pydoc", "data.max_documents=30", "data.seq_len=64", "data.validation_sequences=4",
+        "data.calibration_sequences=4", "data.max_train_sequences=4", "evaluate.generate_tokens=0",
+        "gguf.types=[q8_0,q4_k_m]", "gguf.perplexity_chunks=3", "gguf.concurrency=[1,2]", "gguf.prompt_tokens=16",
+        "gguf.new_tokens=4", "gguf.repeats=1", f"runs_root={tmp_path}",
+    ]))
+    run_dir = write_run_dir(conf)
+    for stage in STAGES:
+        assert run_stage(stage, run_dir / CONFIG_FILE) == 0, stage
+    out = capsys.readouterr().out
+    g = read_manifest(run_dir / "gguf")["result"]
+    assert g["student"] == "teacher" and g["outtype"] == "f16"  # recipe=quantize: the teacher is the student
+    files = {f["type"]: f for f in g["files"]}
+    assert sorted(files) == ["f16", "q4_k_m", "q8_0"]
+    for t, f in files.items():
+        assert (run_dir / "gguf" / f["file"]).is_file() and f["file"] == f"teacher/teacher-{t}.gguf"
+        assert f["perplexity"]["chunks"] == 3 and f["perplexity"]["ctx"] == 64
+        assert [r["concurrency"] for r in f["speed"]] == [1, 2]
+        assert f"teacher-{t}.gguf: " in out
+    assert "matches teacher's architecture" in out
+    assert files["q4_k_m"]["size_bytes"] < files["q8_0"]["size_bytes"] < files["f16"]["size_bytes"]
+    assert files["q8_0"]["hf"]["tokens"] == g["source_hf"]["tokens"]
+    assert files["q8_0"]["hf"]["kl_to_source"] < files["q4_k_m"]["hf"]["kl_to_source"]
+    models = read_manifest(run_dir / "evaluate")["result"]["models"]
+    assert {"teacher", "quantized", "gguf q8_0", "gguf q4_k_m"} <= set(models)
+    assert models["gguf q8_0"]["perplexity"] == files["q8_0"]["hf"]["perplexity"]
+    assert models["gguf q8_0"]["tokens"] == models["teacher"]["tokens"]  # the same validation split
+    md, _ = write_report(conf)
+    text = md.read_text()
+    assert "## Quantized variants" in text and "| gguf q4_k_m | teacher |" in text and "| fp8 | teacher |" in text
+    # a re-run skips the stage: its manifest matches
+    assert run_stage("gguf", run_dir / CONFIG_FILE) == 0
+    assert "[gguf] up to date" in capsys.readouterr().out
+
+
+def _file(model, type_, tps, tpot):
+    rows = [{"concurrency": c, "ttft_ms": 10.0 * c, "tpot_ms": tpot * c, "prompt_tokens_per_s": 100.0,
+             "output_tokens_per_s": tps, "prompt_tokens": 16, "new_tokens": 4, "threads": 2} for c in (1, 8)]
+    return GGUFFile(model=model, type=type_, file=f"{model}/{model}-{type_}.gguf", size_bytes=1, bits_per_weight=16.0,
+                    tensor_types={}, size_ratio=1.0, speed=rows)
+
+
+def test_the_bench_table_comes_from_llama_cpp_when_it_ran():
+    params = {"teacher": ParamCounts(total=150, embedding=50, without_lm_head=150),
+              "distilled": ParamCounts(total=100, embedding=50, without_lm_head=100)}
+    g = GGUFResult(llama_cpp={}, student="distilled", outtype="f16", params=params, files=[
+        _file("teacher", "f16", 10.0, 100.0), _file("distilled", "f16", 14.0, 70.0), _file("distilled", "q8_0", 20.0, 50.0)])
+    bench = bench_from_gguf(g)
+    assert bench.source.startswith("llama.cpp llama-batched-bench") and bench.student == "distilled"
+    assert [r.batch_size for r in bench.runs] == [1, 8]
+    for run in bench.runs:
+        assert set(run.models) == {"teacher", "distilled", "distilled q8_0"}
+        assert run.compare["ideal_speedup"] == 1.5  # tied embeddings: all weights read per token
+        assert abs(run.compare["decode_speedup"] - 100 / 70) < 1e-9
+        assert abs(run.compare["tokens_per_s_ratio"] - 1.4) < 1e-9
