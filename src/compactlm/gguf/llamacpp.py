@@ -15,7 +15,9 @@ callers (two stages, two test processes) wait on a file lock instead of building
 part of the folder name because a native build may not run on another CPU model.
 
 `gguf.llama_cpp=<folder>` uses an existing llama.cpp build instead (a checkout with `build/bin/` or a
-folder with `bin/` and `convert_hf_to_gguf.py`), e.g. on a compute node without network.
+folder with `bin/` and `convert_hf_to_gguf.py`), e.g. on a compute node without network;
+`COMPACTLM_LLAMA_CPP_SDIST=<llama_cpp_python-0.3.36.tar.gz>` builds from a downloaded sdist (the training
+image sets it) instead of downloading one.
 
     python -m compactlm.gguf.llamacpp [--cache-dir DIR]    # build now (what `make llama-cpp` runs)
 """
@@ -146,7 +148,7 @@ def ensure(cache_dir: str | Path, folder: str | None = None, log: Callable[[str]
         found = find(cache_dir)  # another process may have finished it while this one waited
         if found:
             return found
-        build(home, log=log, sdist=sdist)
+        build(home, log=log, sdist=sdist or os.environ.get("COMPACTLM_LLAMA_CPP_SDIST") or None)
     return find(cache_dir)
 
 

@@ -60,6 +60,10 @@ def summary_table(conf: CompactLMConfig, launched_at: float) -> str:
                      f"device={evaluation.device} dtype={evaluation.dtype} threads={evaluation.threads}")
         for row in text_table(*quality_rows(evaluation.models)):
             lines.append("  " + row)
+    quantized = quantized_rows(rs)
+    if quantized:
+        lines += ["", "  quantized variants (each against its own unquantized source, measured the same way)"]
+        lines += ["  " + row for row in text_table(*quantized)]
     bench = rs.get("bench")
     if bench:
         lines += ["", f"  speed ({bench.source}" + (f", {bench.device}" if bench.device else "") + ")"]
