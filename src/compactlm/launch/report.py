@@ -146,16 +146,20 @@ def bench_rows(bench: BenchResult) -> tuple[list[str], list[list[str]]]:
               "decode speed-up", "ideal (param ratio)"]
     rows = []
     for run in bench.runs:
-        c = run.compare
+        c, t = run.compare, run.models.get(TEACHER, {})
         for label, r in ordered(run.models):
-            student = label != TEACHER
             mem = r.get("peak_memory_bytes")
+            if label == bench.student:
+                ratios = [c.get("tokens_per_s_ratio"), c.get("decode_speedup"), c.get("ideal_speedup")]
+            elif label != TEACHER:  # e.g. the student's quantized GGUF files: measured against the same teacher row
+                tps, tpot = r.get("output_tokens_per_s"), r.get("tpot_ms")
+                ratios = [tps / t["output_tokens_per_s"] if tps and t.get("output_tokens_per_s") else None,
+                          t["tpot_ms"] / tpot if tpot and t.get("tpot_ms") else None, None]
+            else:
+                ratios = [None, None, None]
             rows.append([str(run.batch_size), label, _num(r.get("output_tokens_per_s"), ".1f"),
                          _num(r.get("ttft_ms"), ".1f"), _num(r.get("tpot_ms"), ".1f"),
-                         _num(mem / 2**20 if mem else None, ".0f"),
-                         f"{c['tokens_per_s_ratio']:.2f}x" if student and c.get("tokens_per_s_ratio") else "-",
-                         f"{c['decode_speedup']:.2f}x" if student and c.get("decode_speedup") else "-",
-                         f"{c['ideal_speedup']:.2f}x" if student and c.get("ideal_speedup") else "-"])
+                         _num(mem / 2**20 if mem else None, ".0f"), *[f"{x:.2f}x" if x else "-" for x in ratios]])
     return header, rows
 
 
