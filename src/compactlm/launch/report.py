@@ -160,6 +160,8 @@ def bench_rows(bench: BenchResult) -> tuple[list[str], list[list[str]]]:
             rows.append([str(run.batch_size), label, _num(r.get("output_tokens_per_s"), ".1f"),
                          _num(r.get("ttft_ms"), ".1f"), _num(r.get("tpot_ms"), ".1f"),
                          _num(mem / 2**20 if mem else None, ".0f"), *[f"{x:.2f}x" if x else "-" for x in ratios]])
+    if rows and all(r[5] == "-" for r in rows):  # an engine that reports no peak memory (llama.cpp, trtllm-bench)
+        header, rows = header[:5] + header[6:], [r[:5] + r[6:] for r in rows]
     return header, rows
 
 
