@@ -770,7 +770,8 @@ class GGUFConfig:
     """Chunks of data.seq_len tokens llama-perplexity scores (None: all of the held-out text)."""
     hf_check: bool = True
     """Load every file back with transformers' GGUF loader (dequantized) and measure perplexity and KL to the
-    source on the validation split, the evaluate stage's own measure (its GGUF rows come from here)."""
+    source on the validation split, the evaluate stage's own measure (its GGUF rows come from here). Holds two
+    float32 copies of the student at a time (source and file): turn it off for models that do not fit twice."""
     bench: bool = True
     """Serving speed with llama-batched-bench: teacher and student files, prompt and generation tokens/s, TTFT,
     TPOT; the bench stage takes its table from here."""
