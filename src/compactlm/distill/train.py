@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import signal
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -57,45 +56,12 @@ from compactlm.distill.parallel import (
 from compactlm.distill.sampler import SequenceOrder, micro_batches, padded_shard, rank_slice
 from compactlm.manifest import atomic_write_json, file_digest, path_digest, publish_dir
 from compactlm.model.loading import load_model, read_hf_config, setup_engine
+from compactlm.preempt import PreemptFlag, Preempted
 
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Changing these between an interrupted run and its resumption does not change what is optimized.
 RESUMABLE_CHANGES = ("eval_every", "checkpoint_every", "nproc_per_node", "strategy", "micro_batch_size")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
-
-
-class Preempted(SystemExit):
-    """SIGTERM/SIGUSR1 arrived; a checkpoint was written after the current step.
-
-    A SystemExit with code 128 + signal (143 for SIGTERM, 138 for SIGUSR1), so an uncaught one ends the
-    process with the code Slurm's requeue logic expects; calling `distill` again resumes.
-    """
-
-    def __init__(self, signum: int, step: int):
-        super().__init__(128 + signum)
-        self.signum, self.step = signum, step
-
-
-class _PreemptFlag:
-    """Records SIGTERM/SIGUSR1 instead of dying; the loop checks it after each optimizer step."""
-
-    def __init__(self):
-        self.signum = 0
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            for s in PREEMPT_SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._previous.items():
-            signal.signal(s, h)
 
 
 # ----------------------------------------------------------------------------------------- schedule
@@ -292,7 +258,7 @@ class _Trainer:
             kl = self.topk_loss(out.logits, *cache.lookup(rows, self.device), temperature=temperature)
         return ids, out.logits, kl
 
-    def train_step(self, flag: _PreemptFlag) -> dict[str, float]:
+    def train_step(self, flag: PreemptFlag) -> dict[str, float]:
         """One optimizer step over the global batch; returns the step's global mean losses per token."""
         cfg, env = self.cfg, self.env
         mine = rank_slice(self.order.global_batch(self.step, cfg.global_batch_size), env.rank, env.world)
@@ -418,7 +384,7 @@ class _Trainer:
         bar = tqdm(total=self.steps, initial=self.step, desc="[distill]", unit="step", mininterval=1,
                    disable=not (self.progress and env.is_main), dynamic_ncols=True)
         try:
-            with _PreemptFlag() as flag:
+            with PreemptFlag() as flag:
                 if not self.evals:
                     self._record_eval(self.evaluate(), bar)
                 while self.step < self.steps:
