@@ -312,6 +312,169 @@ class DistillConfig:
             )
 
 
+# ------------------------------------------------------------------------------------------- alignment
+# After distillation, as the Bielik-Minitron report did: SFT -> DPO-Positive -> GRPO with Hugging Face TRL.
+ALIGN_SOURCES = ("demo", "jsonl", "hf")
+ALIGN_KINDS = ("sft", "dpo", "grpo")
+# TRL 1.16's DPO losses usable alone, plus dpop (DPO-Positive, compactlm.align.dpop)
+DPO_LOSSES = ("dpop", "sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "exo_pair",
+              "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+
+
+@dataclass
+class AlignSource:
+    """Where one alignment stage's examples come from (formats: compactlm.align.data)."""
+
+    source: str = "demo"
+    """demo: built offline from the run (teacher answers, pruned-student answers, arithmetic problems);
+    jsonl: local files; hf: a Hugging Face dataset (needs network where the stage runs)."""
+    paths: list[str] = field(default_factory=list)
+    """source=jsonl: training files (globs allowed)."""
+    heldout_paths: list[str] = field(default_factory=list)
+    """source=jsonl: held-out files; empty: the last `heldout` examples of the training files are held out."""
+    heldout: int = 16
+    """Held-out examples (the before/after measurements) when no held-out files are given."""
+    hf_path: Optional[str] = None
+    """source=hf: dataset id (e.g. trl-lib/ultrafeedback_binarized); its rows must have this stage's fields."""
+    hf_name: Optional[str] = None
+    hf_split: str = "train"
+    max_examples: Optional[int] = None
+    """Use at most this many training examples (None: all)."""
+
+    def check(self, key: str) -> None:
+        _choice(f"{key}.source", self.source, ALIGN_SOURCES)
+        _positive(f"{key}.heldout", self.heldout)
+        _positive(f"{key}.max_examples", self.max_examples)
+        if self.source == "jsonl" and not self.paths:
+            raise ConfigError(f"{key}.paths is empty: {key}.source=jsonl needs jsonl files, e.g. {key}.paths=[data/{key.split('.')[-1]}.jsonl]")
+        if self.source == "hf" and not self.hf_path:
+            raise ConfigError(f"{key}.hf_path is not set: {key}.source=hf needs a dataset id")
+
+
+@dataclass
+class AlignDataConfig:
+    """The examples of the sft, dpo and grpo stages (one source each) and how the offline demo data is built."""
+
+    name: str = MISSING
+    sft: AlignSource = field(default_factory=AlignSource)
+    dpo: AlignSource = field(default_factory=AlignSource)
+    grpo: AlignSource = field(default_factory=AlignSource)
+    demo_prompts: int = 96
+    """demo: documents of the run's training split turned into "continue this text" prompts; the first half get
+    the teacher's answer for SFT, the second half the teacher's (chosen) and the pruned student's (rejected)
+    answers for DPO."""
+    demo_problems: int = 256
+    """demo: generated arithmetic word problems with exact answers, for GRPO."""
+    prompt_tokens: int = 40
+    """demo: tokens of a document shown in its prompt."""
+    answer_tokens: int = 32
+    """demo: tokens the teacher and the pruned student generate per answer."""
+
+    def __post_init__(self) -> None:
+        for kind in ALIGN_KINDS:
+            getattr(self, kind).check(f"align_data.{kind}")
+        for key in ("demo_prompts", "demo_problems", "prompt_tokens", "answer_tokens"):
+            _positive(f"align_data.{key}", getattr(self, key))
+
+
+@dataclass
+class TrainerOptions:
+    """Training settings shared by the sft, dpo and grpo stages (Hugging Face Trainer arguments)."""
+
+    lr: float = 1e-5
+    max_steps: int = 24
+    batch_size: int = 4
+    """Examples per process per optimizer step before accumulation."""
+    grad_accum: int = 1
+    max_length: int = 160
+    """Tokens per example (prompt + answer); longer ones are truncated."""
+    warmup_ratio: float = 0.1
+    save_steps: int = 8
+    """Write a resumable checkpoint every N steps (also on SIGTERM/SIGUSR1)."""
+    nproc_per_node: Optional[int] = None
+    """Processes per node (torchrun) for this stage; None: one per GPU (cluster.gpus_per_node), 1 on CPU."""
+
+    def check(self, key: str) -> None:
+        for k in ("max_steps", "batch_size", "grad_accum", "max_length", "save_steps", "nproc_per_node"):
+            _positive(f"{key}.{k}", getattr(self, k))
+        if not self.lr > 0:
+            raise ConfigError(f"{key}.lr={self.lr} must be > 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"{key}.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+
+
+@dataclass
+class SFTConfig(TrainerOptions):
+    """Supervised fine-tuning on chat examples (TRL SFTTrainer); the loss covers the assistant turns only."""
+
+    lr: float = 2e-5
+
+    def __post_init__(self) -> None:
+        self.check("sft")
+
+
+@dataclass
+class DPOConfig(TrainerOptions):
+    """Preference optimization (TRL DPOTrainer) against the stage's own starting model as the reference."""
+
+    lr: float = 5e-6
+    loss: str = "dpop"
+    """dpop: DPO-Positive (Smaug, Pal et al. 2024); or any of TRL's DPO losses (sigmoid is plain DPO)."""
+    beta: float = 0.1
+    dpop_lambda: float = 50.0
+    """DPO-Positive's λ: weight of max(0, log π_ref(y_w|x) − log π_θ(y_w|x)), the drop of the chosen answer's
+    log-likelihood below the reference (the paper uses 50); 0 gives plain DPO (sigmoid)."""
+
+    def __post_init__(self) -> None:
+        self.check("dpo")
+        _choice("dpo.loss", self.loss, DPO_LOSSES)
+        if not self.beta > 0:
+            raise ConfigError(f"dpo.beta={self.beta} must be > 0")
+        if self.dpop_lambda < 0:
+            raise ConfigError(f"dpo.dpop_lambda={self.dpop_lambda} must be >= 0")
+
+
+@dataclass
+class GRPOConfig(TrainerOptions):
+    """Group-relative policy optimization (TRL GRPOTrainer) with verifiable rewards (max_length is not used:
+    prompts are taken whole, answers are at most max_completion_length tokens)."""
+
+    lr: float = 1e-5
+    batch_size: int = 8
+    rewards: list[str] = field(default_factory=lambda: ["compactlm.rewards.numeric_match",
+                                                         "compactlm.rewards.answer_format"])
+    """Reward functions by dotted path (`pkg.mod.fn` or `pkg.mod:fn`), TRL's signature:
+    fn(prompts, completions, **columns) -> list[float]; the grpo examples' `answer` column is passed as `answer`."""
+    reward_weights: Optional[list[float]] = None
+    """One weight per reward (None: all 1)."""
+    num_generations: int = 4
+    """Completions sampled per prompt (the group whose rewards are compared)."""
+    max_completion_length: int = 24
+    temperature: float = 1.0
+    beta: float = 0.0
+    """KL penalty to the starting model (TRL's default 0 loads no reference model)."""
+
+    def __post_init__(self) -> None:
+        self.check("grpo")
+        for k in ("num_generations", "max_completion_length"):
+            _positive(f"grpo.{k}", getattr(self, k))
+        if self.num_generations < 2:
+            raise ConfigError(f"grpo.num_generations={self.num_generations} must be >= 2 (rewards are compared "
+                              "within each prompt's group)")
+        if (self.batch_size * self.grad_accum) % self.num_generations:
+            raise ConfigError(f"grpo.batch_size × grpo.grad_accum = {self.batch_size * self.grad_accum} must be a "
+                              f"multiple of grpo.num_generations={self.num_generations} (whole groups per step)")
+        if not list(self.rewards):
+            raise ConfigError("grpo.rewards is empty; e.g. grpo.rewards=[compactlm.rewards.numeric_match]")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ConfigError(f"grpo.reward_weights has {len(self.reward_weights)} entries for "
+                              f"{len(self.rewards)} grpo.rewards")
+        if not self.temperature > 0:
+            raise ConfigError(f"grpo.temperature={self.temperature} must be > 0")
+        if self.beta < 0:
+            raise ConfigError(f"grpo.beta={self.beta} must be >= 0")
+
+
 # -------------------------------------------------------------------------------------------- quantize
 QUANT_FORMATS = ("fp8", "nvfp4", "int8_sq", "int4_awq")
 QUANT_EXPORT_DTYPES = ("bfloat16", "float16")
@@ -550,7 +713,9 @@ class LeptonOptions:
 
 
 # Stages that use every node of the cluster; all others run on one node.
-MULTI_NODE_STAGES = ("distill",)
+# the training stages: data-parallel under torchrun, one process per GPU, across every node by default
+TRAIN_STAGES = ("distill", "sft", "dpo", "grpo")
+MULTI_NODE_STAGES = TRAIN_STAGES
 
 
 @dataclass
@@ -906,6 +1071,10 @@ class CompactLMConfig:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     gguf: GGUFConfig = field(default_factory=GGUFConfig)
+    align_data: AlignDataConfig = MISSING
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     run_name: str = "${recipe.name}_${model.name}"
     """Folder name of the run under runs_root; the same name resumes the same run."""
     runs_root: str = "runs"

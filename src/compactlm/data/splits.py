@@ -27,11 +27,17 @@ SPLITS = ("validation", "calibration", "train")
 
 def expand_paths(cfg: DataConfig) -> list[Path]:
     """Every file named or matched by `data.paths`; errors name the pattern that matched nothing."""
+    return expand_globs(cfg.paths, "data.paths")
+
+
+def expand_globs(patterns: Iterable[str], key: str) -> list[Path]:
+    """Every file named or matched by `patterns` (the config key `key`), in order; a pattern matching nothing
+    is an error naming it."""
     out: list[Path] = []
-    for pattern in cfg.paths:
+    for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern)))
         if not matches:
-            raise ConfigError(f"data.paths: {pattern!r} matches no file")
+            raise ConfigError(f"{key}: {pattern!r} matches no file")
         out.extend(Path(m) for m in matches)
     return out
 

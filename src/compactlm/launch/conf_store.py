@@ -5,6 +5,7 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 
 from compactlm.config import (
+    AlignDataConfig,
     ClusterConfig,
     CompactLMConfig,
     DataConfig,
@@ -23,6 +24,7 @@ GROUPS = {
     "engine": EngineConfig,
     "quantize": QuantizeConfig,
     "recipe": RecipeConfig,
+    "align_data": AlignDataConfig,
 }
 
 

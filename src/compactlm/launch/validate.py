@@ -15,8 +15,9 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from compactlm.align.data import check_sources as check_align_sources
 from compactlm.arch import adapter_for
-from compactlm.config import EXPORT_TO_HF, GGUF_MODEL_TYPES, TEXT_TASKS, CompactLMConfig, ConfigError, ModelShape
+from compactlm.config import ALIGN_KINDS, EXPORT_TO_HF, GGUF_MODEL_TYPES, TEXT_TASKS, CompactLMConfig, ConfigError, ModelShape
 from compactlm.data.splits import check_sources, check_utf8_text
 from compactlm.deploy.trtllm import WHERE_IT_RUNS, tensorrt_llm_available
 from compactlm.evaluate.lmeval import TASK_DIR, unknown_tasks
@@ -24,6 +25,7 @@ from compactlm.gguf.convert import check_source
 from compactlm.gguf.llamacpp import from_folder
 from compactlm.model.loading import check_model_folder
 from compactlm.quantize.formats import check_deploy_support
+from compactlm.rewards import check_paths as check_reward_paths
 
 PRUNE_STAGES = ("importance", "prune")
 
@@ -109,6 +111,7 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
         check_deploy(conf)
     if "gguf" in conf.recipe.stages:
         check_gguf(conf, shape)
+    check_align(conf)
     if "evaluate" in conf.recipe.stages:
         check_tasks(conf)
         if not conf.cluster.is_remote():
@@ -144,6 +147,19 @@ def check_gguf(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
         check_source(Path(m.path).expanduser(), key=f"model.path={m.path!r} (recipe={conf.recipe.name} exports GGUF)")
     if conf.gguf.llama_cpp and not conf.cluster.is_remote():
         from_folder(conf.gguf.llama_cpp)
+
+
+def check_align(conf: CompactLMConfig) -> None:
+    """The alignment stages' example files (every line, as the stages read them) and the GRPO reward functions,
+    before anything is submitted."""
+    stages = conf.recipe.stages
+    if "align_data" in stages and not conf.cluster.is_remote():
+        check_align_sources({k: getattr(conf.align_data, k) for k in ALIGN_KINDS})
+    if any(s in stages for s in ALIGN_KINDS) and "align_data" not in stages:
+        raise ConfigError(f"recipe.stages={stages}: the sft, dpo and grpo stages read the align_data stage's "
+                          "examples; add align_data before them")
+    if "grpo" in stages:
+        check_reward_paths(list(conf.grpo.rewards))
 
 
 def check_deploy(conf: CompactLMConfig) -> None:
