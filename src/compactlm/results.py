@@ -20,7 +20,10 @@ from compactlm.manifest import read_manifest, resolve_output
 
 TEACHER = "teacher"
 # stage that produces a model -> that model's label in tables, in pipeline order
-MODEL_LABELS = {"model": TEACHER, "prune": "pruned", "distill": "distilled", "quantize": "quantized"}
+MODEL_LABELS = {"model": TEACHER, "prune": "pruned", "distill": "distilled", "sft": "sft", "dpo": "dpo", "grpo": "grpo",
+                "quantize": "quantized"}
+# the run's high-precision students, latest first
+STUDENT_LABELS = ("grpo", "dpo", "sft", "distilled", "pruned")
 
 
 # ------------------------------------------------------------------------------------------- shared parts
@@ -130,6 +133,96 @@ class DistillResult:
 
     def summary(self) -> str:
         return f"{self.steps} steps, val ppl {self.val_ppl:.3f}, val KL {self.val_kl:.4f}"
+
+
+@dataclass
+class AlignDataResult:
+    """align_data stage: the examples of the sft, dpo and grpo stages (train / held-out counts, where from)."""
+
+    sources: dict[str, str]
+    """kind -> demo, jsonl or hf."""
+    train: dict[str, int]
+    heldout: dict[str, int]
+    demo_s: Optional[float] = None
+    """Seconds spent generating the demo answers (teacher and pruned student)."""
+
+    def summary(self) -> str:
+        return ", ".join(f"{k}: {self.train[k]} + {self.heldout[k]} held out ({self.sources[k]})" for k in self.train)
+
+
+@dataclass
+class TrainSummary:
+    """What every alignment stage records about its training run."""
+
+    source: str
+    """Label of the model it started from (distilled, sft, ...)."""
+    steps: int
+    examples: int
+    resumed_from_step: int
+    world_size: int
+    wall_s: float
+    train_loss: Optional[float] = None
+
+
+@dataclass
+class SFTResult:
+    """sft stage: supervised fine-tuning (TRL SFTTrainer); loss per answer token on held-out chat examples."""
+
+    train: TrainSummary
+    heldout_loss_before: float
+    heldout_loss_after: float
+    heldout_examples: int
+
+    def summary(self) -> str:
+        return (f"{self.train.steps} steps from {self.train.source}, held-out loss {self.heldout_loss_before:.3f} -> "
+                f"{self.heldout_loss_after:.3f}")
+
+
+@dataclass
+class DPOResult:
+    """dpo stage: preference optimization (TRL DPOTrainer; loss dpop = DPO-Positive) on held-out pairs.
+
+    preference accuracy: share of pairs where the model gives the chosen answer a higher log-likelihood than the
+    rejected one. reward margin: β·mean[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)], 0 before
+    training by definition (the reference is the starting model); reward accuracy: share of pairs with margin > 0.
+    """
+
+    train: TrainSummary
+    loss: str
+    beta: float
+    dpop_lambda: Optional[float]
+    heldout_pairs: int
+    preference_accuracy_before: float
+    preference_accuracy_after: float
+    reward_margin_after: float
+    reward_accuracy_after: float
+    chosen_logp_before: float
+    chosen_logp_after: float
+    rejected_logp_before: float
+    rejected_logp_after: float
+
+    def summary(self) -> str:
+        return (f"{self.train.steps} steps ({self.loss}), held-out preference accuracy "
+                f"{self.preference_accuracy_before:.2f} -> {self.preference_accuracy_after:.2f}, reward margin "
+                f"{self.reward_margin_after:+.3f}")
+
+
+@dataclass
+class GRPOResult:
+    """grpo stage: GRPO with verifiable rewards (TRL GRPOTrainer); mean reward of greedy answers to held-out
+    problems, per reward function and weighted total."""
+
+    train: TrainSummary
+    rewards: list[str]
+    heldout_problems: int
+    heldout_reward_before: dict[str, float]
+    heldout_reward_after: dict[str, float]
+    train_reward_first: Optional[float] = None
+    train_reward_last: Optional[float] = None
+
+    def summary(self) -> str:
+        b, a = self.heldout_reward_before["total"], self.heldout_reward_after["total"]
+        return f"{self.train.steps} steps, held-out mean reward {b:.3f} -> {a:.3f}"
 
 
 @dataclass
@@ -286,7 +379,8 @@ class DeployResult:
 
 RESULTS: dict[str, type] = {
     "model": ModelResult, "data": DataResult, "importance": ImportanceResult, "prune": PruneResult,
-    "distill": DistillResult, "quantize": QuantizeResult, "gguf": GGUFResult, "evaluate": EvaluateResult,
+    "distill": DistillResult, "align_data": AlignDataResult, "sft": SFTResult, "dpo": DPOResult, "grpo": GRPOResult,
+    "quantize": QuantizeResult, "gguf": GGUFResult, "evaluate": EvaluateResult,
     "deploy": DeployResult, "bench": BenchResult,
 }
 
@@ -372,5 +466,6 @@ def run_models(run_dir: str | Path, manifests: dict[str, dict[str, Any]]) -> dic
 
 
 def student_label(models: dict[str, Any]) -> Optional[str]:
-    """The final high-precision student among `models` labels: distilled, else pruned (None: teacher only)."""
-    return next((label for label in ("distilled", "pruned") if label in models), None)
+    """The final high-precision student among `models` labels: the latest of grpo, dpo, sft, distilled and
+    pruned (None: teacher only)."""
+    return next((label for label in STUDENT_LABELS if label in models), None)

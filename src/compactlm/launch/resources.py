@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from compactlm.config import CompactLMConfig
+from compactlm.config import TRAIN_STAGES, CompactLMConfig
 from compactlm.launch.records import REPO
 
 # Every stage prints progress as it goes; Python must not hold it back in a pipe.
@@ -28,17 +28,17 @@ IMAGE_CODE_DIR = "/opt/compactlm"
 
 
 def stage_processes(conf: CompactLMConfig, stage: str) -> int:
-    """Processes per node for `stage`: distillation is the only data-parallel stage."""
-    if stage != "distill":
+    """Processes per node for `stage`: the training stages (distill, sft, dpo, grpo) are data-parallel."""
+    if stage not in TRAIN_STAGES:
         return 1
-    return conf.distill.nproc_per_node or max(conf.cluster.gpus_per_node, 1)
+    return getattr(conf, stage).nproc_per_node or max(conf.cluster.gpus_per_node, 1)
 
 
 def stage_gpus(conf: CompactLMConfig, stage: str) -> int:
     """GPUs per node `stage` asks for (0 on CPU clusters and for the CPU-only stages)."""
     if conf.cluster.gpus_per_node == 0 or stage in CPU_STAGES:
         return 0
-    return conf.cluster.gpus_per_node if stage == "distill" else 1
+    return conf.cluster.gpus_per_node if stage in TRAIN_STAGES else 1
 
 
 def stage_image(conf: CompactLMConfig, stage: str) -> str | None:
