@@ -23,6 +23,9 @@ MODEL_ORDER = tuple(MODEL_LABELS.values())
 PLOTS = {  # stage -> (file, caption)
     "importance": [("depth.png", "Per-layer depth importance"), ("width.png", "Per-layer width importance")],
     "distill": [("loss_curve.png", "Distillation loss and validation curves")],
+    "sft": [("curves.png", "SFT: loss on the answer tokens and token accuracy per step")],
+    "dpo": [("curves.png", "DPO: loss, reward margin and reward accuracy per step (training batches)")],
+    "grpo": [("curves.png", "GRPO: mean reward of the sampled completions and their length per step")],
 }
 
 
@@ -60,6 +63,10 @@ def summary_table(conf: CompactLMConfig, launched_at: float) -> str:
                      f"device={evaluation.device} dtype={evaluation.dtype} threads={evaluation.threads}")
         for row in text_table(*quality_rows(evaluation.models)):
             lines.append("  " + row)
+    aligned = alignment_rows(rs)
+    if aligned:
+        lines += ["", "  alignment (held-out examples; before = the stage's starting model)"]
+        lines += ["  " + row for row in text_table(*aligned)]
     quantized = quantized_rows(rs)
     if quantized:
         lines += ["", "  quantized variants (each against its own unquantized source, measured the same way)"]
@@ -196,6 +203,28 @@ def quantized_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] | No
 ARCH_KEYS = ("model_type", "hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_key_value_heads")
 
 
+def alignment_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """SFT -> DPO -> GRPO: each stage's own held-out measure, before (its starting model) and after."""
+    header = ["stage", "from", "steps", "held-out measure", "before", "after", "also"]
+    rows = []
+    sft, dpo, grpo = rs.get("sft"), rs.get("dpo"), rs.get("grpo")
+    if sft:
+        rows.append(["sft", sft.train.source, str(sft.train.steps), f"answer loss ({sft.heldout_examples} examples)",
+                     f"{sft.heldout_loss_before:.4f}", f"{sft.heldout_loss_after:.4f}", "-"])
+    if dpo:
+        name = f"dpo ({dpo.loss}" + (f", λ={dpo.dpop_lambda:g}" if dpo.dpop_lambda is not None else "") + ")"
+        rows.append([name, dpo.train.source, str(dpo.train.steps), f"preference accuracy ({dpo.heldout_pairs} pairs)",
+                     _pct(dpo.preference_accuracy_before), _pct(dpo.preference_accuracy_after),
+                     f"reward margin {dpo.reward_margin_after:+.4f}, reward accuracy {_pct(dpo.reward_accuracy_after)}, "
+                     f"chosen log p {dpo.chosen_logp_before:.2f} -> {dpo.chosen_logp_after:.2f}"])
+    if grpo:
+        parts = ", ".join(f"{k.rsplit('.', 1)[-1].rsplit(':', 1)[-1]} {grpo.heldout_reward_before[k]:.3f} -> "
+                          f"{grpo.heldout_reward_after[k]:.3f}" for k in grpo.rewards)
+        rows.append(["grpo", grpo.train.source, str(grpo.train.steps), f"mean reward ({grpo.heldout_problems} problems)",
+                     f"{grpo.heldout_reward_before['total']:.3f}", f"{grpo.heldout_reward_after['total']:.3f}", parts])
+    return (header, rows) if rows else None
+
+
 def architecture_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
     cols = {}  # label -> (Architecture, ParamCounts)
     if rs.get("model"):
@@ -240,6 +269,15 @@ def build_blocks(conf: CompactLMConfig) -> list[Block]:
                        Block("p", f"Greedy decoding at batch 1 on {evaluation.device} ({evaluation.dtype}, "
                                   f"{evaluation.threads} threads); the ideal ratio is the parameter ratio."),
                        Block("table", speed)]
+    aligned = alignment_rows(rs)
+    if aligned:
+        blocks += [Block("h2", "Alignment"),
+                   Block("p", "Each stage measured on its own held-out examples, before (the model it started from) "
+                              "and after. SFT: loss per answer token. DPO: share of pairs where the model gives the "
+                              "chosen answer the higher log-likelihood; reward margin = β·mean of the chosen-minus-"
+                              "rejected log-ratio to the reference (0 before by definition). GRPO: mean reward of "
+                              "greedy answers."),
+                   Block("table", aligned)]
     quantized = quantized_rows(rs)
     if quantized:
         blocks += [Block("h2", "Quantized variants"),
