@@ -417,7 +417,7 @@ class SFTConfig(TrainerOptions):
 class DPOConfig(TrainerOptions):
     """Preference optimization (TRL DPOTrainer) against the stage's own starting model as the reference."""
 
-    lr: float = 5e-6
+    lr: float = 2e-5
     loss: str = "dpop"
     """dpop: DPO-Positive (Smaug, Pal et al. 2024); or any of TRL's DPO losses (sigmoid is plain DPO)."""
     beta: float = 0.1
@@ -439,7 +439,8 @@ class GRPOConfig(TrainerOptions):
     """Group-relative policy optimization (TRL GRPOTrainer) with verifiable rewards (max_length is not used:
     prompts are taken whole, answers are at most max_completion_length tokens)."""
 
-    lr: float = 1e-5
+    lr: float = 3e-5
+    max_steps: int = 32
     batch_size: int = 8
     rewards: list[str] = field(default_factory=lambda: ["compactlm.rewards.numeric_match",
                                                          "compactlm.rewards.answer_format"])
@@ -449,7 +450,7 @@ class GRPOConfig(TrainerOptions):
     """One weight per reward (None: all 1)."""
     num_generations: int = 4
     """Completions sampled per prompt (the group whose rewards are compared)."""
-    max_completion_length: int = 24
+    max_completion_length: int = 16
     temperature: float = 1.0
     beta: float = 0.0
     """KL penalty to the starting model (TRL's default 0 loads no reference model)."""

@@ -75,7 +75,7 @@ def test_sft_dpo_grpo_in_order_with_every_model_evaluated(tmp_path, tiny_llama_d
     assert set(models) == {"teacher", "sft", "dpo", "grpo"}
 
 
-def _kill_during_training(tmp_path, model_dir, stage, **steps):
+def _kill_during_training(tmp_path, model_dir, stage, sig=signal.SIGKILL, **steps):
     stages = [*UPSTREAM, stage]
     extra = [f"{stage}.{k}={v}" for k, v in steps.items()]
     run_dir = write_run_dir(_conf(tmp_path, model_dir, stages, *extra))
@@ -89,18 +89,18 @@ def _kill_during_training(tmp_path, model_dir, stage, **steps):
     while not complete and proc.poll() is None and time.time() < deadline:
         complete = list((run_dir / stage / "checkpoints").glob("checkpoint-*/compactlm_complete.json"))
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert complete, f"{stage} wrote no complete checkpoint before it ended (rc {proc.returncode})"
+    os.killpg(proc.pid, sig)
+    rc = proc.wait(timeout=300)
+    assert complete, f"{stage} wrote no complete checkpoint before it ended (rc {rc})"
     assert read_manifest(run_dir / stage) is None, f"{stage} finished before it was killed; give it more steps"
-    return run_dir
+    return run_dir, rc
 
 
 # enough steps that the kill lands after the first checkpoint and well before the end (the process polls 20x/s)
 @pytest.mark.parametrize("stage,steps", [("sft", dict(max_steps=40, save_steps=4)),
                                          ("grpo", dict(max_steps=12, save_steps=2))])
 def test_kill_9_resumes_from_the_last_complete_checkpoint(tmp_path, tiny_llama_dir, capsys, stage, steps):
-    run_dir = _kill_during_training(tmp_path, tiny_llama_dir, stage, **steps)
+    run_dir, _ = _kill_during_training(tmp_path, tiny_llama_dir, stage, **steps)
     saved = sorted(int(p.parent.name.split("-")[1])
                    for p in (run_dir / stage / "checkpoints").glob("checkpoint-*/compactlm_complete.json"))
     assert run_stage(stage, run_dir / CONFIG_FILE) == 0
@@ -108,3 +108,15 @@ def test_kill_9_resumes_from_the_last_complete_checkpoint(tmp_path, tiny_llama_d
     assert f"[{stage}] resuming from checkpoint-{saved[-1]}" in out
     result = read_result(run_dir, stage)
     assert result.train.resumed_from_step == saved[-1] > 0 and result.train.steps == steps["max_steps"]
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_with_the_requeue_code(tmp_path, tiny_llama_dir, capsys):
+    run_dir, rc = _kill_during_training(tmp_path, tiny_llama_dir, "sft", sig=signal.SIGTERM, max_steps=40, save_steps=4)
+    assert rc == 128 + signal.SIGTERM  # what the Slurm job script requeues
+    markers = [json.loads(p.read_text())["global_step"]
+               for p in (run_dir / "sft" / "checkpoints").glob("checkpoint-*/compactlm_complete.json")]
+    last = max(markers)
+    assert 0 < last < 40
+    assert run_stage("sft", run_dir / CONFIG_FILE) == 0
+    assert f"[sft] resuming from checkpoint-{last}" in capsys.readouterr().out
+    assert read_result(run_dir, "sft").train.resumed_from_step == last
