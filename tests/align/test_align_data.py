@@ -93,3 +93,17 @@ def test_launch_refuses_a_bad_file_before_submitting(tmp_path):
     assert "dpo.loss='dpo_positive' is not allowed" in config_error(["recipe=prune_distill_align", "dpo.loss=dpo_positive"])
     message = config_error(["recipe=prune_distill_align", "recipe.stages=[model,data,sft]"])
     assert "add align_data before them" in message
+
+
+def test_hf_source_reads_a_dataset_and_checks_every_row(tmp_path):
+    from compactlm.align.data import read_hf
+    from compactlm.config import AlignSource
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    _file(folder, [GOOD["dpo"]] * 12, "train.jsonl")  # a dataset folder, as load_dataset reads it offline
+    train, heldout = read_hf("dpo", AlignSource(source="hf", hf_path=str(folder), heldout=4))
+    assert len(train) == 8 and len(heldout) == 4 and train[0] == GOOD["dpo"]
+    _file(folder, [GOOD["dpo"], {**GOOD["dpo"], "rejected": "4"}], "train.jsonl")
+    with pytest.raises(BadExample, match=r"\[train\] row 1: fields 'chosen' and 'rejected' are the same"):
+        read_hf("dpo", AlignSource(source="hf", hf_path=str(folder), heldout=1))
