@@ -120,3 +120,22 @@ def test_sigterm_checkpoints_the_current_step_and_exits_with_the_requeue_code(tm
     assert run_stage("sft", run_dir / CONFIG_FILE) == 0
     assert f"[sft] resuming from checkpoint-{last}" in capsys.readouterr().out
     assert read_result(run_dir, "sft").train.resumed_from_step == last
+
+
+def test_sft_runs_data_parallel_under_torchrun(tmp_path, tiny_llama_dir):
+    """sft.nproc_per_node=2 runs the stage as two gloo processes on CPU, as on a GPU node; rank 0 alone writes."""
+    from helpers import run_launch
+
+    files = _data(tmp_path / "align")
+    r = run_launch([
+        "recipe=prune_distill_align", "recipe.stages=[model,data,align_data,sft]", "model=local",
+        f"model.path={tiny_llama_dir}", "data=pydoc", "data.max_documents=20", "data.seq_len=32",
+        "data.validation_sequences=4", "data.calibration_sequences=4", "data.max_train_sequences=8", "align_data=jsonl",
+        *(f"align_data.{k}.paths=[{p}]" for k, p in files.items()), "align_data.sft.heldout=8",
+        "align_data.dpo.heldout=8", "align_data.grpo.heldout=8", "sft.max_steps=4", "sft.save_steps=2",
+        "sft.nproc_per_node=2", "engine.dtype=float32", f"runs_root={tmp_path}", "run_name=ddp",
+    ], timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = read_result(tmp_path / "ddp", "sft")
+    assert result.train.world_size == 2 and result.train.steps == 4
+    assert (tmp_path / "ddp" / "sft" / "model" / "model.safetensors").is_file()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,7 +88,9 @@ class AlignDataStage:
 
 # ------------------------------------------------------------------------------------------------ training
 class _AlignStage:
-    """The flow every alignment stage shares; subclasses build the trainer and measure held-out examples."""
+    """The flow every alignment stage shares. Each subclass provides `trainer(ctx, model, source, tok, dataset,
+    device, precision)` (its TRL trainer), `measure(ctx, model, before, tok, heldout_rows, device)` (its held-out
+    measure, of the starting model when `before` is None) and `result(ctx, summary, before, after, rows, heldout)`."""
 
     name = ""
     keep = ("checkpoints", "before.json")
@@ -127,15 +128,6 @@ class _AlignStage:
         print(f"[{self.name}] {result.summary()}", flush=True)
         return StageOutput(result, outputs={"checkpoint": "model", "history": "history.json", "curves": "curves.png"},
                            engine=precision.record())
-
-    def trainer(self, ctx, model, source: Path, tok, dataset, device, precision):
-        raise NotImplementedError
-
-    def measure(self, ctx, model, before, tok, heldout_rows, device) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def result(self, ctx, summary: TrainSummary, before, after, rows, heldout: int):
-        raise NotImplementedError
 
 
 class SFTStage(_AlignStage):
