@@ -86,7 +86,7 @@ def _kill_during_training(tmp_path, model_dir, stage, sig=signal.SIGKILL, **step
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     complete = []
-    while not complete and proc.poll() is None and time.time() < deadline:
+    while not complete and proc.poll() is None and deadline > time.time():  # a bounded wait, not a timing check
         complete = list((run_dir / stage / "checkpoints").glob("checkpoint-*/compactlm_complete.json"))
         time.sleep(0.05)
     os.killpg(proc.pid, sig)

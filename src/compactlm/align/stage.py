@@ -75,7 +75,6 @@ class AlignDataStage:
         return StageOutput(result, outputs=outputs)
 
     def demo(self, ctx: StageContext, kinds: list[str]) -> dict[str, tuple[list, list]]:
-
         models = ctx.models()
         device, precision = setup_engine(ctx.cfg.engine)
         teacher = load_model(models[TEACHER], device, precision.frozen_dtype)
@@ -94,9 +93,9 @@ class _AlignStage:
 
     name = ""
     keep = ("checkpoints", "before.json")
+    reads: tuple[str, ...] = ()
     curves: dict[str, str] = {}
 
-    reads: tuple[str, ...] = ()
     def run(self, ctx: StageContext) -> StageOutput:
         cfg = getattr(ctx.cfg, self.name)
         label, source = list(ctx.models().items())[-1]  # the latest model of the run
