@@ -59,13 +59,19 @@ def answer_format(prompts: list[Any], completions: list[Any], **_: Any) -> list[
     return out
 
 
-def resolve(path: str) -> Callable[..., list[float]]:
-    """The function named by `pkg.mod.fn` or `pkg.mod:fn`; ConfigError names the path and what is wrong."""
+def split_path(path: str) -> tuple[str, str]:
+    """(module, function) of `pkg.mod.fn` or `pkg.mod:fn`; ConfigError when it is neither."""
     module, sep, name = path.partition(":")
     if not sep:
         module, _, name = path.rpartition(".")
     if not module or not name:
         raise ConfigError(f"grpo.rewards: {path!r} is not a dotted path to a function (pkg.mod.fn or pkg.mod:fn)")
+    return module, name
+
+
+def resolve(path: str) -> Callable[..., list[float]]:
+    """The function named by `pkg.mod.fn` or `pkg.mod:fn`; ConfigError names the path and what is wrong."""
+    module, name = split_path(path)
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
@@ -80,11 +86,7 @@ def check_paths(paths: list[str]) -> None:
     """Submit side: every reward's module exists and, for compactlm's own, the function too (a user module is
     only located, not imported: it may need the training environment)."""
     for path in paths:
-        module, sep, name = path.partition(":")
-        if not sep:
-            module, _, name = path.rpartition(".")
-        if not module or not name:
-            raise ConfigError(f"grpo.rewards: {path!r} is not a dotted path to a function (pkg.mod.fn or pkg.mod:fn)")
+        module, name = split_path(path)
         if module == __name__:
             resolve(path)
             continue

@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from compactlm.align.data import split_heldout
-from compactlm.align.train import stop_token_ids
+from compactlm.align.train import generate
 from compactlm.config import AlignDataConfig
 
 NAMES = ("Ala", "Bartek", "Celina", "Darek", "Ewa", "Filip", "Gosia", "Henryk", "Iga", "Janek")
@@ -59,26 +58,15 @@ def continuation_prompts(train_tokens: np.ndarray, tok, n: int, prompt_tokens: i
     return out
 
 
-@torch.no_grad()
 def answers(model, tok, prompts: list[str], new_tokens: int, device: str, seed: int, label: str,
             batch: int = 16) -> list[str]:
     """Sampled answers (temperature 0.7, top-p 0.9, seeded, at least 8 tokens) of `model` to user `prompts`."""
     torch.manual_seed(seed)
-    side, tok.padding_side = tok.padding_side, "left"
-    out: list[str] = []
-    try:
-        for i in tqdm(range(0, len(prompts), batch), desc=f"[align_data] {label} answers", unit="batch"):
-            texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-                     for p in prompts[i:i + batch]]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            # at least a few tokens: a weak model (the pruned student) often ends its turn at once
-            ids = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=min(8, new_tokens), do_sample=True,
-                                 temperature=0.7, top_p=0.9,
-                                 eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id)
-            out.extend(t.strip() for t in tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
-    finally:
-        tok.padding_side = side
-    return out
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    # at least a few tokens: a weak model (the pruned student) often ends its turn at once
+    texts = generate(model, tok, chats, new_tokens, device, batch=batch, desc=f"[align_data] {label} answers",
+                     do_sample=True, temperature=0.7, top_p=0.9, min_new_tokens=min(8, new_tokens))
+    return [t.strip() for t in texts]
 
 
 def build(cfg: AlignDataConfig, kinds: list[str], teacher, pruned, tok, train_tokens: np.ndarray, device: str,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from tqdm import tqdm
 from transformers import TrainerCallback
 
 from compactlm.config import TrainerOptions
@@ -68,8 +69,8 @@ def trainer_args(cls: type, cfg: TrainerOptions, stage_dir: Path, device: str, p
 class _Checkpoints(TrainerCallback):
     """Marks a checkpoint complete once the Trainer wrote all of it; on SIGTERM/SIGUSR1, saves and stops."""
 
-    def __init__(self, flag: PreemptFlag, stage: str):
-        self.flag, self.stage = flag, stage
+    def __init__(self, flag: PreemptFlag):
+        self.flag = flag
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.flag.signum:
@@ -114,7 +115,7 @@ def train(trainer, stage_dir: Path, stage: str) -> int:
     if ckpt is not None:
         print(f"[{stage}] resuming from {ckpt.name} (step {step})", flush=True)
     with PreemptFlag() as flag:
-        trainer.add_callback(_Checkpoints(flag, stage))
+        trainer.add_callback(_Checkpoints(flag))
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     if flag.signum:
         print(f"[{stage}] checkpoint written at step {trainer.state.global_step}; re-run the same command to resume",
@@ -195,16 +196,19 @@ def answer_logps(model, tok, prompt: list[dict], answer: list[dict], device: str
 
 
 @torch.no_grad()
-def generate(model, tok, prompts: list[list[dict]], max_new_tokens: int, device: str, batch: int = 8) -> list[str]:
-    """Greedy answers to chat `prompts` (left-padded batches), ending at the stop tokens."""
+def generate(model, tok, prompts: list[list[dict]], max_new_tokens: int, device: str, batch: int = 8,
+             desc: str | None = None, **sampling: Any) -> list[str]:
+    """Answers to chat `prompts` (left-padded batches), ending at the stop tokens: greedy, unless `sampling` holds
+    generate() options (do_sample=True, temperature, ...); a progress bar when `desc` is given."""
     side, tok.padding_side = tok.padding_side, "left"
     out: list[str] = []
+    options = {"do_sample": False, **sampling}
     try:
-        for i in range(0, len(prompts), batch):
+        for i in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch", disable=desc is None):
             texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts[i:i + batch]]
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_token_ids(tok),
-                                 pad_token_id=tok.pad_token_id)
+            ids = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tok),
+                                 pad_token_id=tok.pad_token_id, **options)
             out.extend(tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
     finally:
         tok.padding_side = side
