@@ -125,13 +125,19 @@ def build_cache(teacher, tokens: np.ndarray, folder: Path, meta: dict, *, micro_
 
 
 def ensure_cache(teacher_loader, tokens: np.ndarray, folder: Path, meta: dict, *, micro_batch_size: int,
-                 env: DistEnv, autocast=nullcontext, progress: bool = True) -> TeacherCache:
+                 env: DistEnv, autocast=nullcontext, progress: bool = True, build: bool = True) -> TeacherCache:
     """Open the cache in `folder` when its meta.json equals `meta`, else build it first.
 
     `teacher_loader()` is called only when a build is needed, so a valid cache never loads the teacher.
+    `build=False` (a cache another task built and others read at the same time) raises instead of rebuilding.
     """
     meta = {**meta, "format": FORMAT, "shape": [int(x) for x in tokens.shape] + [int(meta["topk"])]}
-    fresh = broadcast_object(_read_meta(folder) == meta, env)
+    found = _read_meta(folder)
+    fresh = broadcast_object(found == meta, env)
+    if not fresh and not build:
+        differs = sorted(k for k in meta if (found or {}).get(k) != meta[k])
+        raise RuntimeError(f"the teacher cache {folder} was not built for this use (differs in: "
+                           f"{', '.join(differs) or 'everything: it is missing'}); re-run the stage that builds it")
     if not fresh:
         teacher = teacher_loader()
         build_cache(teacher, tokens, folder, meta, micro_batch_size=micro_batch_size, env=env,

@@ -112,14 +112,51 @@ def _check_resumable(saved: dict, cfg: DistillConfig, seed: int, out_dir: Path) 
         )
 
 
+# ------------------------------------------------------------------------------------ teacher cache
+def open_teacher_caches(teacher_dir: Path, data_dir: Path, cache_dir: Path, cfg: DistillConfig, precision, env: DistEnv,
+                        *, teacher_digest: str | None = None, cache_dtype: str = "float16", fsdp: bool = False,
+                        progress: bool = True, build: bool = True):
+    """(train, validation) teacher top-k caches of `data_dir`'s splits under `cache_dir`, built first when missing.
+
+    The meta of each cache names everything its values depend on (teacher, data, k, temperature, storage and
+    compute dtype), so a distillation and the search's shared teacher_cache stage that ask for the same cache
+    find the same files. The teacher is loaded only when a cache has to be built."""
+    teacher_box: list = []
+
+    def teacher():
+        if not teacher_box:
+            t = load_model(teacher_dir, device="cpu" if fsdp else env.device, dtype=precision.frozen_dtype)
+            t.requires_grad_(False)
+            if fsdp:
+                shard_fsdp2(t)
+            teacher_box.append(t)
+        return teacher_box[0]
+
+    common = {"teacher": teacher_digest or path_digest(teacher_dir), "topk": cfg.topk, "dtype": cache_dtype,
+              "compute": precision.compute}
+    train = ensure_cache(
+        teacher, load_split(data_dir, "train"), Path(cache_dir) / "train",
+        {**common, "data": file_digest(Path(data_dir) / "train.npy"), "temperature": cfg.temperature},
+        micro_batch_size=cfg.micro_batch_size, env=env, autocast=precision.autocast, progress=progress,
+        build=build)
+    # Validation KL is reported at temperature 1, as in live mode.
+    val = ensure_cache(
+        teacher, load_split(data_dir, "validation"), Path(cache_dir) / "validation",
+        {**common, "data": file_digest(Path(data_dir) / "validation.npy"), "temperature": 1.0},
+        micro_batch_size=cfg.micro_batch_size, env=env, autocast=precision.autocast, progress=progress,
+        build=build)
+    teacher_box.clear()
+    return train, val
+
+
 # ------------------------------------------------------------------------------------------ trainer
 class _Trainer:
     """One distillation run; `distill()` is its public face. Attributes hold the live training state."""
 
     def __init__(self, teacher_dir, student_dir, data_dir, out_dir, cfg, engine, seed, progress,
-                 cache_dir, cache_dtype, teacher_digest):
+                 cache_dir, cache_dtype, teacher_digest, build_cache=True):
         self.teacher_dir, self.student_dir = Path(teacher_dir), Path(student_dir)
-        self.teacher_digest = teacher_digest
+        self.teacher_digest, self.build_cache = teacher_digest, build_cache
         self.data_dir, self.out_dir = Path(data_dir), Path(out_dir)
         self.cfg, self.seed, self.progress = cfg, seed, progress
         self.cache_dir = Path(cache_dir) if cache_dir else self.out_dir / "teacher_cache"
@@ -217,31 +254,10 @@ class _Trainer:
                                purge_step=self.step if resume is not None else None)
 
     def _open_caches(self) -> None:
-        cfg, env = self.cfg, self.env
-        teacher_box: list = []
-
-        def teacher():
-            if not teacher_box:
-                t = load_model(self.teacher_dir, device="cpu" if self.fsdp else self.device,
-                               dtype=self.precision.frozen_dtype)
-                t.requires_grad_(False)
-                if self.fsdp:
-                    shard_fsdp2(t)
-                teacher_box.append(t)
-            return teacher_box[0]
-
-        common = {"teacher": self.teacher_digest or path_digest(self.teacher_dir), "topk": cfg.topk, "dtype": self.cache_dtype,
-                  "compute": self.precision.compute}
-        self.train_cache = ensure_cache(
-            teacher, self.train_tokens, self.cache_dir / "train",
-            {**common, "data": file_digest(self.data_dir / "train.npy"), "temperature": cfg.temperature},
-            micro_batch_size=cfg.micro_batch_size, env=env, autocast=self.autocast, progress=self.progress)
-        # Validation KL is reported at temperature 1, as in live mode.
-        self.val_cache = ensure_cache(
-            teacher, self.val_tokens, self.cache_dir / "validation",
-            {**common, "data": file_digest(self.data_dir / "validation.npy"), "temperature": 1.0},
-            micro_batch_size=cfg.micro_batch_size, env=env, autocast=self.autocast, progress=self.progress)
-        teacher_box.clear()
+        self.train_cache, self.val_cache = open_teacher_caches(
+            self.teacher_dir, self.data_dir, self.cache_dir, self.cfg, self.precision, self.env,
+            teacher_digest=self.teacher_digest, cache_dtype=self.cache_dtype, fsdp=self.fsdp, progress=self.progress,
+            build=self.build_cache)
 
     # -------------------------------------------------------------------------------- one step
     def _tokens(self, split: np.ndarray, rows: np.ndarray) -> torch.Tensor:
@@ -443,7 +459,7 @@ class _Trainer:
 def distill(teacher_dir: str | Path, student_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             cfg: DistillConfig, engine: EngineConfig, seed: int, progress: bool = True, *,
             cache_dir: str | Path | None = None, cache_dtype: str = "float16",
-            teacher_digest: str | None = None) -> dict[str, Any]:
+            teacher_digest: str | None = None, build_cache: bool = True) -> dict[str, Any]:
     """Distill `student_dir` from `teacher_dir` on `data_dir`'s train split; resumes from `out_dir`'s checkpoint.
 
     Args:
@@ -462,6 +478,8 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data_dir: str | Pa
         cache_dtype: "float16" or "float32" storage of cached teacher log-probs.
         teacher_digest: `compactlm.manifest.path_digest(teacher_dir)` when the caller has it already (the model
             stage's manifest records it); None hashes the teacher's files again (a 22 GB teacher takes a minute).
+        build_cache: False when `cache_dir` holds a cache another stage built (the search's teacher_cache): a
+            cache that does not match is an error instead of being rebuilt under readers' feet.
 
     Returns:
         metrics: steps, tokens (trained in total), train_loss / train_kl (last step, nats per token),
@@ -478,7 +496,7 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data_dir: str | Pa
     """
     wall_start = time.perf_counter()
     trainer = _Trainer(teacher_dir, student_dir, data_dir, out_dir, cfg, engine, seed, progress, cache_dir,
-                       cache_dtype, teacher_digest)
+                       cache_dtype, teacher_digest, build_cache)
     try:
         trainer.setup()
         return trainer.run(wall_start)

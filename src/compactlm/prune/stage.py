@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,33 +67,42 @@ class PruneStage:
 
     def run(self, ctx: StageContext) -> StageOutput:
         p = ctx.cfg.prune
-        device, precision = setup_engine(ctx.cfg.engine)
-        folder = ctx.upstream_output("model", "checkpoint")
-        model = load_model(folder, device, precision.frozen_dtype)
-        adapter = adapter_for(model.config.model_type)
-        scores = ImportanceScores.load(ctx.upstream_output("importance", "scores"))
-        export = p.export_config.known()
-        before = count_parameters(model)
-        num_layers = model.config.num_hidden_layers
-        if p.depth_method == "lm_loss" and export.get("num_layers", num_layers) < num_layers:
-            # Scored on the calibration split so the validation split stays held out for the evaluate stage.
-            calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
-            with precision.autocast():
-                add_lm_loss_scores(scores, model, adapter, batches(calib, ctx.cfg.importance.batch_size),
-                                   block_size=num_layers - export["num_layers"])
-        kept_layers = select_layers(scores, export.get("num_layers", num_layers), p.depth_method)
-        prune_model(model, adapter, scores, export, p.depth_method)
-        after = count_parameters(model)
-        accounted = count_on_meta(model.config)
-        if accounted != after:  # the checkpoint must hold exactly what recipe=params promised
-            raise RuntimeError(f"pruned model has {after} parameters but accounting says {accounted}")
-        save_pruned(model, load_tokenizer(folder), ctx.stage_dir / "checkpoint")
-        result = PruneResult(
-            export_config=export, depth_method=p.depth_method, kept_layers=kept_layers,
-            architecture=architecture(model.config), params_before=ParamCounts(**before),
-            params_after=ParamCounts(**after), params_change=after["without_lm_head"] / before["without_lm_head"] - 1.0,
-            depth_lm_loss={str(k): v for k, v in scores.depth_lm_loss.items()} if scores.depth_lm_loss else None,
-        )
-        print(f"[prune] {before['total'] / 1e6:.1f}M -> {after['total'] / 1e6:.1f}M parameters "
-              f"({result.params_change * 100:+.1f}%), kept layers {kept_layers}", flush=True)
-        return StageOutput(result, outputs={"checkpoint": "checkpoint"}, engine=precision.record())
+        result, engine = prune_checkpoint(ctx, p.export_config.known(), p.depth_method, ctx.stage_dir / "checkpoint")
+        return StageOutput(result, outputs={"checkpoint": "checkpoint"}, engine=engine)
+
+
+def prune_checkpoint(ctx: StageContext, export: dict[str, int], depth_method: str, out_dir: Path,
+                     tag: str = "prune") -> tuple[PruneResult, dict]:
+    """Slice the run's teacher (upstream `model`) to `export` with the upstream `importance` scores and save it
+    to `out_dir` (atomically); the prune stage and every search candidate prune through this.
+
+    Returns the result and the engine record. `ctx.cfg` must declare `engine` and `importance`."""
+    device, precision = setup_engine(ctx.cfg.engine)
+    folder = ctx.upstream_output("model", "checkpoint")
+    model = load_model(folder, device, precision.frozen_dtype)
+    adapter = adapter_for(model.config.model_type)
+    scores = ImportanceScores.load(ctx.upstream_output("importance", "scores"))
+    before = count_parameters(model)
+    num_layers = model.config.num_hidden_layers
+    if depth_method == "lm_loss" and export.get("num_layers", num_layers) < num_layers:
+        # Scored on the calibration split so the validation split stays held out for the evaluate stage.
+        calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
+        with precision.autocast():
+            add_lm_loss_scores(scores, model, adapter, batches(calib, ctx.cfg.importance.batch_size),
+                               block_size=num_layers - export["num_layers"])
+    kept_layers = select_layers(scores, export.get("num_layers", num_layers), depth_method)
+    prune_model(model, adapter, scores, export, depth_method)
+    after = count_parameters(model)
+    accounted = count_on_meta(model.config)
+    if accounted != after:  # the checkpoint must hold exactly what recipe=params promised
+        raise RuntimeError(f"pruned model has {after} parameters but accounting says {accounted}")
+    save_pruned(model, load_tokenizer(folder), out_dir)
+    result = PruneResult(
+        export_config=export, depth_method=depth_method, kept_layers=kept_layers,
+        architecture=architecture(model.config), params_before=ParamCounts(**before),
+        params_after=ParamCounts(**after), params_change=after["without_lm_head"] / before["without_lm_head"] - 1.0,
+        depth_lm_loss={str(k): v for k, v in scores.depth_lm_loss.items()} if scores.depth_lm_loss else None,
+    )
+    print(f"[{tag}] {before['total'] / 1e6:.1f}M -> {after['total'] / 1e6:.1f}M parameters "
+          f"({result.params_change * 100:+.1f}%), kept layers {kept_layers}", flush=True)
+    return result, precision.record()
