@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from omegaconf import OmegaConf
 
 from compactlm.cli import UsageError, parse
-from compactlm.config import CompactLMConfig, ConfigError
+from compactlm.config import CompactLMConfig, ConfigError, check_run_name
 from compactlm.manifest import (
     MANIFEST,
     atomic_write_json,
@@ -49,6 +49,9 @@ STAGES: dict[str, str] = {
     "data": "compactlm.data.stage:DataStage",
     "importance": "compactlm.prune.stage:ImportanceStage",
     "prune": "compactlm.prune.stage:PruneStage",
+    "teacher_cache": "compactlm.search.stage:TeacherCacheStage",
+    "candidate": "compactlm.search.stage:CandidateStage",
+    "ranking": "compactlm.search.stage:RankingStage",
     "distill": "compactlm.distill.stage:DistillStage",
     "align_data": "compactlm.align.stage:AlignDataStage",
     "sft": "compactlm.align.stage:SFTStage",
@@ -61,6 +64,9 @@ STAGES: dict[str, str] = {
     "bench": "compactlm.bench.stage:BenchStage",
 }
 STAGE_NAMES = tuple(STAGES)
+# Stages that run once per instance, each instance a task of its own (`candidate-exp_010`, folder
+# `<run_dir>/candidate-exp_010/`): stage -> the config attribute listing the instances' names.
+INSTANCED = {"candidate": "search"}
 CONFIG_FILE = "config.yaml"
 RESUME_KEY = "resume_key.json"
 # In a stage folder while the stage runs: who runs it (pid, process group, host), for status, cancel and Ctrl-C.
@@ -109,7 +115,10 @@ class StageContext:
     run_dir: Path
     stage_dir: Path
     upstream: dict[str, dict[str, Any]]
-    """Manifest of every earlier stage of the recipe, by stage name."""
+    """Manifest of every task of the recipe's earlier stages, by task name (the stage name, or
+    `candidate-<name>` for an instanced stage)."""
+    instance: str | None = None
+    """Which instance of an instanced stage this task is (the candidate's name), else None."""
 
     def upstream_output(self, stage: str, key: str) -> Path:
         """Absolute path of output `key` of the finished upstream `stage`."""
@@ -162,7 +171,12 @@ def load_config(path: Path) -> CompactLMConfig:
     return OmegaConf.to_object(merged)
 
 
-def stage_config_hash(cfg: CompactLMConfig, stage: Stage) -> str:
+def stage_config_hash(cfg: CompactLMConfig, stage: Stage, instance: str | None = None) -> str:
+    """Digest of what decides the stage's outputs: its `reads` sections, or the narrower `config_view` a stage
+    may define (a search candidate depends on its own architecture, not on the list of the others)."""
+    view = getattr(stage, "config_view", None)
+    if view is not None:
+        return sha256_json(view(cfg, instance))
     return sha256_json({s: _plain(getattr(cfg, s)) for s in stage.reads})
 
 
@@ -170,17 +184,58 @@ def _plain(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
+def task_name(stage: str, instance: str | None = None) -> str:
+    """The task (and folder) name of one instance of a stage: `candidate-exp_010`; a plain stage's is its name."""
+    return f"{stage}-{instance}" if instance else stage
+
+
+def split_task(task: str) -> tuple[str, str | None]:
+    """`candidate-exp_010` -> ("candidate", "exp_010"); `distill` -> ("distill", None). Stage names have no dash."""
+    stage, _, instance = task.partition("-")
+    return stage, instance or None
+
+
+def instances(cfg: CompactLMConfig, stage: str) -> list[str]:
+    """Names of the instances of an instanced stage (the search candidates), in the config's order."""
+    return getattr(cfg, INSTANCED[stage]).names()
+
+
+def stage_tasks(cfg: CompactLMConfig, stage: str) -> list[str]:
+    """The task(s) of one recipe stage: the stage itself, or one per instance."""
+    if stage in INSTANCED:
+        return [task_name(stage, i) for i in instances(cfg, stage)]
+    return [stage]
+
+
+def run_tasks(cfg: CompactLMConfig) -> list[str]:
+    """Every task of the run in recipe order: each stage, with an instanced stage expanded into its instances.
+    Their folders are `<run_dir>/<task>`; status, logs, cancel and the report go through this list."""
+    return [t for stage in cfg.recipe.stages for t in stage_tasks(cfg, stage)]
+
+
 def upstream_stages(cfg: CompactLMConfig, name: str) -> list[str]:
+    """The tasks `name` (a task) depends on: every task of the recipe's earlier stages. Instances of the same
+    stage never depend on one another."""
     stages = cfg.recipe.stages
-    return stages[: stages.index(name)]
+    earlier = stages[: stages.index(split_task(name)[0])]
+    return [t for stage in earlier for t in stage_tasks(cfg, stage)]
 
 
 def run_stage(name: str, config_path: Path) -> int:
-    """Run stage `name` of the run described by `config_path`; returns the process exit code."""
+    """Run task `name` (a stage, or `candidate-<name>`) of the run described by `config_path`; returns the
+    process exit code."""
     cfg = load_config(config_path)
     run_dir = Path(cfg.run_dir)
-    stage = load_stage(name)
+    stage_name, instance = split_task(name)
+    if stage_name in STAGES and (stage_name in INSTANCED) != (instance is not None):
+        raise ConfigError(f"stage {stage_name!r} " + (f"runs once per {INSTANCED[stage_name]} candidate: name one "
+                          f"(one of {', '.join(instances(cfg, stage_name)) or 'none'})" if instance is None
+                          else "has no instances"))
+    if instance is not None and instance not in instances(cfg, stage_name):
+        raise ConfigError(f"{stage_name}={instance!r} is not one of this run's candidates: "
+                          f"{', '.join(instances(cfg, stage_name)) or 'none'}")
     stage_dir = stage_folder(run_dir, cfg.run_name, name)
+    stage = load_stage(stage_name)
     if (run_dir / CANCELLED).is_file():
         print(f"[{name}] not started: the run was cancelled ({run_dir / CANCELLED}); re-run the launch command to "
               "resume", file=sys.stderr)
@@ -193,9 +248,9 @@ def run_stage(name: str, config_path: Path) -> int:
                   f"(it failed or did not run); fix it and re-run the same command", file=sys.stderr)
             return EXIT_UPSTREAM
         upstream[up] = m
-    config_hash = stage_config_hash(cfg, stage)
+    config_hash = stage_config_hash(cfg, stage, instance)
     input_hashes = {up: fingerprint(m) for up, m in upstream.items()}
-    forced = cfg.force or name in cfg.force_stages
+    forced = cfg.force or name in cfg.force_stages or stage_name in cfg.force_stages  # a stage: all its instances
     # Under torchrun every rank runs this function; every rank reaches the same skip decision (read-only),
     # and only rank 0 touches the folder and writes the manifest.
     rank = int(os.environ.get("RANK", "0"))
@@ -207,7 +262,8 @@ def run_stage(name: str, config_path: Path) -> int:
         print(f"[{name}] running in {stage_dir}", flush=True)
     t0 = time.time()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    ctx = StageContext(cfg=StageConfig(cfg, name, stage.reads), run_dir=run_dir, stage_dir=stage_dir, upstream=upstream)
+    ctx = StageContext(cfg=StageConfig(cfg, name, stage.reads), run_dir=run_dir, stage_dir=stage_dir, upstream=upstream,
+                       instance=instance)
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (cancel, Ctrl-C in the launcher, Slurm) ends the stage through Python, so `finally` blocks run;
         # the distill stage replaces this with its own handler, which checkpoints first.
@@ -224,12 +280,13 @@ def run_stage(name: str, config_path: Path) -> int:
             (stage_dir / RUNNING).unlink(missing_ok=True)
     if rank != 0:
         return 0
-    expected = RESULTS[name]
+    expected = RESULTS[stage_name]
     if type(out.result) is not expected:
         raise TypeError(f"stage {name!r} returned {type(out.result).__name__}, not {expected.__name__}")
     files = {k: file_records(resolve_output(stage_dir, v)) for k, v in out.outputs.items()}
     manifest = {
-        "stage": name,
+        "stage": stage_name,
+        "task": name,
         "config_hash": config_hash,
         "input_hashes": input_hashes,
         "outputs": out.outputs,
@@ -253,10 +310,14 @@ def _exit_on_signal(signum: int, _frame) -> None:
 
 
 def stage_folder(run_dir: Path, run_name: str, stage: str) -> Path:
-    """`<run_dir>/<stage>`, after checking that it cannot lie outside the run folder: the run folder is named
-    after the (validated) run name and the stage is one of STAGES, so a stage never cleans anything else."""
-    if stage not in STAGES:
-        raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
+    """`<run_dir>/<task>`, after checking that it cannot lie outside the run folder: the run folder is named
+    after the (validated) run name, the stage is one of STAGES and an instance name is a plain folder name
+    (the run-name rule), so a stage never cleans anything else."""
+    name, instance = split_task(stage)
+    if name not in STAGES:
+        raise ConfigError(f"stage {name!r} is not one of {', '.join(STAGES)}")
+    if instance is not None:
+        check_run_name(instance, name)
     if run_dir.name != run_name or ".." in run_dir.parts or run_dir.resolve() == Path(run_dir.anchor):
         raise ConfigError(f"run_dir={str(run_dir)!r} is not a folder named after run_name={run_name!r}: the "
                           "stages write and clean only inside <runs_root>/<run_name>")
@@ -318,20 +379,23 @@ def main(name: str, argv: list[str] | None = None) -> int:
     if sys.argv and sys.argv[0].endswith(".py"):
         recipes = Path(sys.argv[0]).resolve().parent
         sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != recipes]
+    extra = f" {name}=<name>" if name in INSTANCED else ""
     if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: python recipes/{name}.py config=<run_dir>/config.yaml\n\nRuns the {name} stage of the run "
-              "that config.yaml (written by launch.py) describes; skipped when its manifest is up to date.")
+        print(f"usage: python recipes/{name}.py config=<run_dir>/config.yaml{extra}\n\nRuns the {name} stage of the "
+              "run that config.yaml (written by launch.py) describes" + (f", for one of its {INSTANCED[name]} "
+              "candidates" if extra else "") + "; skipped when its manifest is up to date.")
         return 0
     try:
-        args = parse(argv, {"config": None})
+        args = parse(argv, {"config": None, **({name: None} if extra else {})})
     except UsageError as e:
         print(f"recipes/{name}.py: {e}", file=sys.stderr)
         return 2
+    task = task_name(name, args.get(name))
     try:
-        return run_stage(name, Path(args["config"]))
+        return run_stage(task, Path(args["config"]))
     except ConfigError as e:
         print(f"[{name}] configuration error: {e}", file=sys.stderr)
-        _record_config_error(Path(args["config"]), name, str(e))
+        _record_config_error(Path(args["config"]), task, str(e))
         return EXIT_CONFIG
 
 

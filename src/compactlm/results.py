@@ -20,7 +20,7 @@ from compactlm.manifest import read_manifest, resolve_output
 
 TEACHER = "teacher"
 # stage that produces a model -> that model's label in tables, in pipeline order
-MODEL_LABELS = {"model": TEACHER, "prune": "pruned", "distill": "distilled", "sft": "sft", "dpo": "dpo", "grpo": "grpo",
+MODEL_LABELS = {"model": TEACHER, "prune": "pruned", "ranking": "pruned", "distill": "distilled", "sft": "sft", "dpo": "dpo", "grpo": "grpo",
                 "quantize": "quantized"}
 # the run's high-precision students, latest first
 STUDENT_LABELS = ("grpo", "dpo", "sft", "distilled", "pruned")
@@ -133,6 +133,90 @@ class DistillResult:
 
     def summary(self) -> str:
         return f"{self.steps} steps, val ppl {self.val_ppl:.3f}, val KL {self.val_kl:.4f}"
+
+
+@dataclass
+class TeacherCacheResult:
+    """teacher_cache stage: the teacher's top-k log-probabilities over the ranking tokens, shared by every candidate."""
+
+    train_sequences: int
+    validation_sequences: int
+    topk: int
+    seq_len: int
+    wall_s: float
+    size_bytes: int
+
+    def summary(self) -> str:
+        return (f"top-{self.topk} of {self.train_sequences} + {self.validation_sequences} sequences "
+                f"({self.size_bytes / 2**20:.0f} MiB)")
+
+
+@dataclass
+class CandidateResult:
+    """candidate stage (one per search candidate): pruned from the shared scores, then distilled briefly."""
+
+    name: str
+    kind: str
+    export_config: dict[str, int]
+    architecture: Architecture
+    params: ParamCounts
+    params_change: float
+    """Without lm_head, relative to the teacher."""
+    kept_layers: list[int]
+    pruned_loss: float
+    """Validation NLL per token of the pruned model, before any distillation."""
+    pruned_kl: float
+    """KL(teacher ‖ pruned) per token on the validation split (teacher top-k cache)."""
+    loss: float
+    """Validation NLL per token after the short distillation: the ranking metric."""
+    kl: float
+    steps: int
+    tokens: int
+    distill_s: float
+    curve: list[dict[str, float]] = field(default_factory=list)
+    """Validation evaluations during the short distillation: step, val_nll, val_kl."""
+
+    def summary(self) -> str:
+        return f"{self.params_change * 100:+.1f}%, val loss {self.pruned_loss:.3f} -> {self.loss:.3f}"
+
+
+@dataclass
+class RankedCandidate:
+    """One row of the ranking."""
+
+    name: str
+    kind: str
+    export_config: dict[str, int]
+    params: int
+    """Without lm_head."""
+    params_change: float
+    pruned_loss: float
+    loss: float
+    kl: float
+    rank: int
+    """1 = best validation loss after the short distillation."""
+    pruned_rank: int
+    """Its rank by the pruned-only validation loss."""
+    decode_speedup: float
+    """Estimated batch-1 decode speed-up over the teacher: the weights read per token (total parameters), teacher / candidate."""
+    pareto: bool
+    """No other candidate has both fewer parameters and a lower loss."""
+
+
+@dataclass
+class RankingResult:
+    """ranking stage: candidates ordered by validation loss after the short distillation; the winner goes on."""
+
+    metric: str
+    candidates: list[RankedCandidate]
+    winner: str
+    kendall_tau: float
+    """Agreement of the pruned-only ranking with the ranking after distillation (1: same order, -1: reversed)."""
+    teacher_params: int
+    teacher_loss: Optional[float] = None
+
+    def summary(self) -> str:
+        return f"{len(self.candidates)} candidates, winner {self.winner}, Kendall tau vs pruned-only {self.kendall_tau:+.2f}"
 
 
 @dataclass
@@ -379,6 +463,7 @@ class DeployResult:
 
 RESULTS: dict[str, type] = {
     "model": ModelResult, "data": DataResult, "importance": ImportanceResult, "prune": PruneResult,
+    "teacher_cache": TeacherCacheResult, "candidate": CandidateResult, "ranking": RankingResult,
     "distill": DistillResult, "align_data": AlignDataResult, "sft": SFTResult, "dpo": DPOResult, "grpo": GRPOResult,
     "quantize": QuantizeResult, "gguf": GGUFResult, "evaluate": EvaluateResult,
     "deploy": DeployResult, "bench": BenchResult,
@@ -443,7 +528,8 @@ def result_of(stage: str, manifest: dict[str, Any] | None) -> Any:
     if "result" not in manifest:
         raise ResultError(f"{stage}/manifest.json has no result (written by an older compactlm); re-running the "
                           f"stage rewrites it")
-    return from_json(RESULTS[stage], manifest["result"], f"{stage}/manifest.json result")
+    # a task of an instanced stage (`candidate-exp_010`) has its stage's result class
+    return from_json(RESULTS[stage.partition("-")[0]], manifest["result"], f"{stage}/manifest.json result")
 
 
 def read_result(run_dir: str | Path, stage: str) -> Any:

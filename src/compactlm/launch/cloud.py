@@ -61,6 +61,7 @@ from nemo_run.run.torchx_backend.schedulers import slurm as slurm_scheduler
 
 from compactlm.config import CompactLMConfig
 from compactlm.launch.records import CONFIG_FILE
+from compactlm.pipeline import split_task, stage_tasks
 from compactlm.launch.resources import stage_env, stage_gpus, stage_image, stage_processes
 
 log = logging.getLogger(__name__)
@@ -201,11 +202,12 @@ class RunAIExecutor(DGXCloudExecutor):
 
     def _blocked_by(self) -> Optional[str]:
         """The state of the previous stage when it did not succeed, else None."""
-        if not self.after:
-            return None
-        job_id = _recorded_job_id(dgx_scheduler.DGX_JOB_DIRS, self.experiment_id, self.after)
-        state = self._any_status(job_id) if job_id else None
-        return None if state == DGXCloudState.COMPLETED else (state.value if state else "without a known state")
+        for after in filter(None, self.after.split(",")):
+            job_id = _recorded_job_id(dgx_scheduler.DGX_JOB_DIRS, self.experiment_id, after)
+            state = self._any_status(job_id) if job_id else None
+            if state != DGXCloudState.COMPLETED:
+                return f"{state.value if state else 'without a known state'} ({after})"
+        return None
 
     def _any_status(self, job_id: str) -> Optional[DGXCloudState]:
         """The phase of a workload of any kind (GET /workloads/<id>); `status` asks the endpoint of this
@@ -285,11 +287,12 @@ class LeptonJobExecutor(LeptonExecutor):
         return job.metadata.id_, self.status(job.metadata.id_)
 
     def _blocked_by(self) -> Optional[str]:
-        if not self.after:
-            return None
-        job_id = _recorded_job_id(lepton_scheduler.LEPTON_JOB_DIRS, self.experiment_id, self.after)
-        state = self.status(job_id) if job_id else None
-        return None if state == LeptonJobState.Completed else (str(state.value) if state else "without a known state")
+        for after in filter(None, self.after.split(",")):
+            job_id = _recorded_job_id(lepton_scheduler.LEPTON_JOB_DIRS, self.experiment_id, after)
+            state = self.status(job_id) if job_id else None
+            if state != LeptonJobState.Completed:
+                return f"{state.value if state else 'without a known state'} ({after})"
+        return None
 
     def status(self, job_id: str) -> Optional[LeptonJobState]:
         if job_id.startswith(NOT_SUBMITTED):
@@ -352,10 +355,12 @@ def register() -> None:
     lepton_scheduler.LEPTON_JOB_DIRS = os.path.join(home, ".lepton_jobs.json")
 
 
-def _previous(conf: CompactLMConfig, stage: str) -> str:
+def _previous(conf: CompactLMConfig, task: str) -> str:
+    """The tasks (comma-separated) that must have succeeded before `task` is submitted: those of the stage before."""
     stages = list(conf.recipe.stages)
+    stage = split_task(task)[0]
     i = stages.index(stage) if stage in stages else 0
-    return stages[i - 1] if i > 0 else ""
+    return ",".join(stage_tasks(conf, stages[i - 1])) if i > 0 else ""
 
 
 def dgxc_executor(conf: CompactLMConfig, run, stage: str, packager) -> RunAIExecutor:

@@ -32,7 +32,7 @@ from compactlm.launch.resources import (
     stage_image,
     stage_processes,
 )
-from compactlm.pipeline import CONFIG_ERROR
+from compactlm.pipeline import CONFIG_ERROR, INSTANCED, run_tasks, stage_tasks
 
 
 def packager(conf: CompactLMConfig, run, local_dir: Path):
@@ -128,7 +128,7 @@ def describe_executor(conf: CompactLMConfig) -> str:
     }[c.executor]
     env = " ".join(f"{k}={v}" for k, v in stage_env(conf, remote=c.executor != "local").items() if k != "PATH")
     lines = [f"{where} (cluster={c.name})", f"  env: {env}"]
-    for stage in conf.recipe.stages:
+    for stage in run_tasks(conf):
         nodes, nproc, gpus = c.nodes_for(stage), stage_processes(conf, stage), stage_gpus(conf, stage)
         launch = f"torchrun {nodes} node(s) x {nproc} process(es)" if nodes > 1 or nproc > 1 else "python"
         image = stage_image(conf, stage) if c.executor != "local" else None
@@ -144,9 +144,9 @@ def render_submission(conf: CompactLMConfig, local_dir: Path) -> list[tuple[str,
     """
     if conf.cluster.executor == "local":
         lines = []
-        for stage in conf.recipe.stages:
-            path, args = stage_args(conf, stage, local_dir / CONFIG_FILE)
-            lines.append((stage, " ".join(["python", path, *args])))
+        for task in run_tasks(conf):
+            path, args = stage_args(conf, task, local_dir / CONFIG_FILE)
+            lines.append((task, " ".join(["python", path, *args])))
         return lines
     saved, stdin = os.environ.get("NEMORUN_HOME"), sys.stdin
     sys.stdin = io.StringIO()  # NeMo-Run's shell calls (invoke) must not wait on, or read, our stdin
@@ -161,7 +161,7 @@ def render_submission(conf: CompactLMConfig, local_dir: Path) -> list[tuple[str,
             exp = build_experiment(conf, tmp_dir)
             with exp:
                 exp.dryrun(log=False, delete_exp_dir=False)
-                for stage, job in zip(conf.recipe.stages, exp.jobs):
+                for stage, job in zip(run_tasks(conf), exp.jobs):
                     out.append((stage, _rendered(conf, job).replace(str(tmp_dir), str(local_dir))))
         finally:
             sys.stdin = stdin
@@ -179,14 +179,23 @@ def _rendered(conf: CompactLMConfig, job) -> str:
 
 
 def build_experiment(conf: CompactLMConfig, local_dir: Path):
-    """A NeMo-Run Experiment with one `run.Script` task per stage, each depending on the one before."""
+    """A NeMo-Run Experiment with one `run.Script` task per task of the run (`run_tasks`): each depends on every
+    task of the stage before, so the search candidates depend only on the shared stages and run side by side
+    where the executor can (Slurm: one job each; the clouds: submitted together). On this machine
+    `search.parallel` bounds how many run at once: candidate i also waits for candidate i - parallel."""
     use_home(nemorun_home(local_dir))
     exp = run.Experiment(conf.run_name, log_level="WARN")
     with exp:
-        previous = None
+        previous: list[str] = []
         for stage in conf.recipe.stages:
-            path, args = stage_args(conf, stage, local_dir / CONFIG_FILE)
-            task = run.Script(path=path, entrypoint="python", args=args)
-            previous = exp.add(task, executor=make_executor(conf, run, stage, local_dir), name=stage,
-                               tail_logs=not conf.cluster.detach, dependencies=[previous] if previous else None)
+            added = []
+            for i, task in enumerate(stage_tasks(conf, stage)):
+                path, args = stage_args(conf, task, local_dir / CONFIG_FILE)
+                after = list(previous)
+                if conf.cluster.executor == "local" and stage in INSTANCED and i >= conf.search.parallel:
+                    after.append(added[i - conf.search.parallel])
+                script = run.Script(path=path, entrypoint="python", args=args)
+                added.append(exp.add(script, executor=make_executor(conf, run, task, local_dir), name=task,
+                                     tail_logs=not conf.cluster.detach, dependencies=after or None))
+            previous = added
     return exp

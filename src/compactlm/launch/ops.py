@@ -24,7 +24,7 @@ from compactlm.launch.local_runs import LOCK, RunLock, holder_of, mark_cancelled
 from compactlm.launch.records import CONFIG_FILE, nemorun_home, stage_logs
 from compactlm.launch.report import text_table, write_comparison
 from compactlm.manifest import read_manifest
-from compactlm.pipeline import load_config
+from compactlm.pipeline import load_config, run_tasks
 from compactlm.results import ResultError, read_result
 
 COMMANDS = ("list", "status", "logs", "cancel", "report")
@@ -102,9 +102,10 @@ def cmd_list(args: dict[str, str]) -> int:
         except UsageError as e:
             rows.append([folder.name, "?", "?", "?", str(e).split(": ", 1)[1][:60]])
             continue
-        done = sum(stage_done(conf, s) == "done" for s in conf.recipe.stages)
+        tasks = run_tasks(conf)
+        done = sum(stage_done(conf, t) == "done" for t in tasks)
         rows.append([folder.name, conf.recipe.name, launch.get("cluster", "local"), launch.get("launched_at", ""),
-                     f"{done}/{len(conf.recipe.stages)}" if Path(conf.run_dir).exists() else "remote"])
+                     f"{done}/{len(tasks)}" if Path(conf.run_dir).exists() else "remote"])
     if not rows:
         print(f"no runs under {Path(args['runs_root']).expanduser().resolve()}")
         return 0
@@ -122,13 +123,13 @@ def cmd_status(args: dict[str, str]) -> int:
     if local:  # the stage processes on this machine and the launcher's lock say what runs now
         launcher = RunLock(folder).held_elsewhere()
         print(f"launcher: {'running (' + holder_of(folder / LOCK) + ')' if launcher else 'not running'}")
-        for stage in conf.recipe.stages:
+        for stage in run_tasks(conf):
             rows.append([stage, stage_done(conf, stage), stage_state(Path(conf.run_dir), stage, launcher),
                          stage_summary(conf, stage)])
         _print_table(["stage", "manifest", "state", "result"], rows)
         return 0
     jobs = job_states(experiment(folder))
-    for stage in conf.recipe.stages:
+    for stage in run_tasks(conf):
         job = jobs.get(stage, {})
         rows.append([stage, stage_done(conf, stage), str(job.get("status", "-")), str(job.get("job_id", "-")),
                      stage_summary(conf, stage)])
@@ -152,8 +153,8 @@ def cmd_logs(args: dict[str, str]) -> int:
     folder = run_folder(args["runs_root"], args["run_name"])
     _, conf = run_info(folder)
     stage = args["stage"]
-    if stage not in conf.recipe.stages:
-        raise OpsError(f"stage={stage!r} is not a stage of run {folder.name}; its stages: {', '.join(conf.recipe.stages)}")
+    if stage not in run_tasks(conf):
+        raise OpsError(f"stage={stage!r} is not a stage of run {folder.name}; its stages: {', '.join(run_tasks(conf))}")
     if not args["lines"].isdigit():
         raise OpsError(f"lines={args['lines']!r} must be a positive integer")
     lines = int(args["lines"])
@@ -174,10 +175,11 @@ def cmd_logs(args: dict[str, str]) -> int:
 def cmd_cancel(args: dict[str, str]) -> int:
     folder = run_folder(args["runs_root"], args["run_name"])
     launch, conf = run_info(folder)
-    stages = [args["stage"]] if args["stage"] else list(conf.recipe.stages)
+    tasks = run_tasks(conf)
+    stages = [args["stage"]] if args["stage"] else tasks
     for stage in stages:
-        if stage not in conf.recipe.stages:
-            raise OpsError(f"stage={stage!r} is not a stage of run {folder.name}; its stages: {', '.join(conf.recipe.stages)}")
+        if stage not in tasks:
+            raise OpsError(f"stage={stage!r} is not a stage of run {folder.name}; its stages: {', '.join(tasks)}")
     if launch.get("cluster", "local") == "local":
         return cancel_local(folder, conf, stages)
     exp = experiment(folder)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from compactlm.config import TRAIN_STAGES, CompactLMConfig
 from compactlm.launch.records import REPO
+from compactlm.pipeline import split_task
 
 # Every stage prints progress as it goes; Python must not hold it back in a pipe.
 BASE_ENV = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -20,6 +21,8 @@ PACKAGED = ("src", "recipes", "conf", "launch.py", "pyproject.toml")
 # Inside containers NeMo-Run mounts the job folder at /nemo_run and runs from /nemo_run/code.
 CODE_DIR = "/nemo_run/code"
 CPU_STAGES = ("model", "data")
+# training stages whose process count comes from another stage's section: a candidate distills as distill does
+TRAIN_SECTION = {"candidate": "distill"}
 # DGX Cloud and Lepton copy each job folder onto the cluster through the scheduler's API (base64 in a busybox
 # command, a few KB per call), so only the run's config travels; the code is the one containers/*.Dockerfile
 # installs here (pip install -e), and a code change there means rebuilding the image.
@@ -27,22 +30,25 @@ CLOUD_EXECUTORS = ("dgxc", "lepton")
 IMAGE_CODE_DIR = "/opt/compactlm"
 
 
-def stage_processes(conf: CompactLMConfig, stage: str) -> int:
-    """Processes per node for `stage`: the training stages (distill, sft, dpo, grpo) are data-parallel."""
+def stage_processes(conf: CompactLMConfig, task: str) -> int:
+    """Processes per node for a task: the training stages (distill, sft, dpo, grpo, each search candidate's
+    short distillation) are data-parallel."""
+    stage = split_task(task)[0]
     if stage not in TRAIN_STAGES:
         return 1
-    return getattr(conf, stage).nproc_per_node or max(conf.cluster.gpus_per_node, 1)
+    return getattr(conf, TRAIN_SECTION.get(stage, stage)).nproc_per_node or max(conf.cluster.gpus_per_node, 1)
 
 
-def stage_gpus(conf: CompactLMConfig, stage: str) -> int:
-    """GPUs per node `stage` asks for (0 on CPU clusters and for the CPU-only stages)."""
+def stage_gpus(conf: CompactLMConfig, task: str) -> int:
+    """GPUs per node a task asks for (0 on CPU clusters and for the CPU-only stages)."""
+    stage = split_task(task)[0]
     if conf.cluster.gpus_per_node == 0 or stage in CPU_STAGES:
         return 0
     return conf.cluster.gpus_per_node if stage in TRAIN_STAGES else 1
 
 
-def stage_image(conf: CompactLMConfig, stage: str) -> str | None:
-    return conf.cluster.deploy_image if stage == "deploy" else conf.cluster.container_image
+def stage_image(conf: CompactLMConfig, task: str) -> str | None:
+    return conf.cluster.deploy_image if split_task(task)[0] == "deploy" else conf.cluster.container_image
 
 
 def stage_env(conf: CompactLMConfig, remote: bool = False) -> dict[str, str]:
@@ -59,13 +65,16 @@ def stage_env(conf: CompactLMConfig, remote: bool = False) -> dict[str, str]:
     return {**env, **conf.cluster.env}
 
 
-def stage_args(conf: CompactLMConfig, stage: str, config_path: Path) -> tuple[str, list[str]]:
-    """(script, args) of a stage task: absolute paths here, relative to the packaged code on a cluster."""
+def stage_args(conf: CompactLMConfig, task: str, config_path: Path) -> tuple[str, list[str]]:
+    """(script, args) of a task: absolute paths here, relative to the packaged code on a cluster; an instance of
+    an instanced stage is named on the command line (`candidate=exp_010`)."""
+    stage, instance = split_task(task)
+    extra = [f"{stage}={instance}"] if instance else []
     if conf.cluster.executor == "local":
-        return str(REPO / "recipes" / f"{stage}.py"), [f"config={config_path}"]
+        return str(REPO / "recipes" / f"{stage}.py"), [f"config={config_path}", *extra]
     if conf.cluster.executor in CLOUD_EXECUTORS:
-        return f"{IMAGE_CODE_DIR}/recipes/{stage}.py", [f"config={CODE_DIR}/{config_path.name}"]
-    return f"recipes/{stage}.py", [f"config={config_path.name}"]
+        return f"{IMAGE_CODE_DIR}/recipes/{stage}.py", [f"config={CODE_DIR}/{config_path.name}", *extra]
+    return f"recipes/{stage}.py", [f"config={config_path.name}", *extra]
 
 
 def input_folders(conf: CompactLMConfig) -> list[str]:
