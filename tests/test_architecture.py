@@ -138,8 +138,9 @@ def test_imports_inside_functions_say_why():
 @pytest.mark.parametrize("name", list(STAGES))
 def test_every_stage_follows_the_contract(name):
     module, cls = STAGES[name].split(":")
-    # both pruning stages live in prune/stage.py, the alignment stages in align/stage.py
-    package = {"importance": "prune", "align_data": "align", "sft": "align", "dpo": "align", "grpo": "align"}.get(name, name)
+    # both pruning stages live in prune/stage.py, the alignment stages in align/stage.py, the search's in search/
+    package = {"importance": "prune", "align_data": "align", "sft": "align", "dpo": "align", "grpo": "align",
+               "teacher_cache": "search", "candidate": "search", "ranking": "search"}.get(name, name)
     assert module == f"compactlm.{package}.stage", "a stage's module sits next to the library it drives"
     stage = getattr(importlib.import_module(module), cls)
     fields = {f.name for f in dataclasses.fields(CompactLMConfig)}

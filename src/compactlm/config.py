@@ -312,6 +312,90 @@ class DistillConfig:
             )
 
 
+# ---------------------------------------------------------------------------------------------- search
+SEARCH_KINDS = ("depth", "ffn", "hidden", "heads", "hybrid")
+
+
+@dataclass
+class SearchCandidate:
+    """One architecture of a search, as the launcher resolved it (from a preset or the enumeration)."""
+
+    name: str = MISSING
+    """Folder-safe name: the preset's (exp_010) or the sizes it changes (L24_F960)."""
+    export_config: ExportConfig = field(default_factory=ExportConfig)
+    kind: str = "hybrid"
+    """What it prunes: depth, ffn, hidden, heads (one dimension) or hybrid (several)."""
+    params: int = 0
+    """Parameters without lm_head, counted on the meta device."""
+    change: float = 0.0
+    """`params` relative to the teacher's, minus 1 (-0.33: a third smaller)."""
+
+
+@dataclass
+class SearchConfig:
+    """Candidate architectures ranked by a short distillation each (recipe=search, recipe=search_distill).
+
+    Candidates come from `candidates` (prune presets by name) or, when it is empty, from `target_params`:
+    every depth / FFN / hidden / heads combination on the divisors below whose parameter count is within
+    `tolerance` of the target, thinned to `max_candidates` diverse ones."""
+
+    candidates: list[str] = field(default_factory=list)
+    """Prune presets of conf/prune/ to rank, e.g. [exp_001, exp_002, ..., exp_010]."""
+    target_params: Optional[float] = None
+    """Parameters to keep without lm_head: a fraction of the teacher's (0.67: -33%) or an absolute count (7.35e9)."""
+    tolerance: float = 0.03
+    """Enumerated candidates lie within target_params x (1 +- tolerance)."""
+    max_candidates: int = 6
+    """At most this many enumerated candidates (the closest to the target per kind first, then the most
+    different from those already kept)."""
+    num_layers_divisor: int = 2
+    """Enumerated layer counts are multiples of this."""
+    hidden_size_divisor: int = 64
+    """Enumerated hidden sizes are multiples of this (ModelOpt: 256 for billion-parameter models)."""
+    ffn_hidden_size_divisor: int = 64
+    """Enumerated FFN sizes are multiples of this (ModelOpt: 512)."""
+    depth_method: str = "block_influence"
+    """How each candidate's layers are chosen (as prune.depth_method): block_influence or lm_loss."""
+    prune_heads: bool = True
+    """Also enumerate fewer attention heads (always a multiple of the KV heads, which are kept)."""
+    max_depth_pruning: float = 0.45
+    """Enumerated candidates keep at least (1 - this) of the layers."""
+    max_width_pruning: float = 0.6
+    """Enumerated candidates keep at least (1 - this) of the hidden, FFN and head sizes (0.6: a width-only cut
+    of a small model, whose embeddings are a fifth of it, can still reach -33%)."""
+    distill_tokens: int = 12_288
+    """Tokens of the short distillation of each candidate, the ranking budget (the default, 6 steps of 8 x 256
+    tokens, fits six SmolLM2 candidates into the CPU demo's 20 minutes; the Minitron paper ranks after ~400 steps,
+    i.e. ~1.6B tokens for an 8B model: set it per run)."""
+    parallel: int = 1
+    """cluster=local: candidates distilled at the same time (1: one after the other). On Slurm and the clouds
+    every candidate is its own job, and they run side by side as the cluster allows."""
+    resolved: list[SearchCandidate] = field(default_factory=list)
+    """Written by the launcher (the candidates with their sizes and counts); not set by hand."""
+
+    def __post_init__(self) -> None:
+        for k in ("max_candidates", "num_layers_divisor", "hidden_size_divisor", "ffn_hidden_size_divisor",
+                  "distill_tokens", "parallel"):
+            _positive(f"search.{k}", getattr(self, k))
+        if self.target_params is not None and not self.target_params > 0:
+            raise ConfigError(f"search.target_params={self.target_params} must be > 0: a fraction of the teacher's "
+                              "parameters (0.67) or a count (7.35e9)")
+        if not 0 < self.tolerance < 1:
+            raise ConfigError(f"search.tolerance={self.tolerance} must be between 0 and 1 (0.03: within 3%)")
+        for k in ("max_depth_pruning", "max_width_pruning"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ConfigError(f"search.{k}={getattr(self, k)} must be in [0, 1)")
+        _choice("search.depth_method", self.depth_method, DEPTH_METHODS)
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ConfigError(f"search.candidates={list(self.candidates)} lists a preset twice")
+        for c in self.resolved:
+            check_run_name(c.name, "search.resolved.name")
+            _choice("search.resolved.kind", c.kind, SEARCH_KINDS)
+
+    def names(self) -> list[str]:
+        return [c.name for c in self.resolved]
+
+
 # ------------------------------------------------------------------------------------------- alignment
 # After distillation, as the Bielik-Minitron report did: SFT -> DPO-Positive -> GRPO with Hugging Face TRL.
 ALIGN_SOURCES = ("demo", "jsonl", "hf")
@@ -715,8 +799,9 @@ class LeptonOptions:
 
 # Stages that use every node of the cluster; all others run on one node.
 # the training stages: data-parallel under torchrun, one process per GPU, across every node by default
-TRAIN_STAGES = ("distill", "sft", "dpo", "grpo")
-MULTI_NODE_STAGES = TRAIN_STAGES
+TRAIN_STAGES = ("distill", "sft", "dpo", "grpo", "candidate")
+# a search candidate's short distillation uses every GPU of one node; the others span every node by default
+MULTI_NODE_STAGES = ("distill", "sft", "dpo", "grpo")
 
 
 @dataclass
@@ -796,7 +881,8 @@ class ClusterConfig:
         return self.executor in ("dgxc", "lepton") or (self.executor == "slurm" and self.slurm.tunnel == "ssh")
 
     def nodes_for(self, stage: str) -> int:
-        """Nodes `stage` runs on."""
+        """Nodes `stage` (or a task of it, `candidate-exp_010`) runs on."""
+        stage = stage.partition("-")[0]
         return self.stage_nodes.get(stage, self.nodes if stage in MULTI_NODE_STAGES else 1)
 
 
@@ -1076,6 +1162,7 @@ class CompactLMConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     run_name: str = "${recipe.name}_${model.name}"
     """Folder name of the run under runs_root; the same name resumes the same run."""
     runs_root: str = "runs"

@@ -7,7 +7,7 @@ import torch
 from helpers import compose, group_options, run_launch
 from transformers import AutoModelForCausalLM
 
-from compactlm.launch.launcher import prune_presets
+from compactlm.launch.search import prune_presets
 from compactlm.launch.validate import to_config
 from compactlm.model.params import count_on_meta, model_hf_config, param_table, pruned_hf_config
 

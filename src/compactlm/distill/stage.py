@@ -20,7 +20,9 @@ class DistillStage:
         data_dir = ctx.upstream_output("data", "train").parent
         # the model stage's manifest already holds the teacher's digest (the teacher cache is keyed on it)
         teacher_digest = ctx.upstream["model"]["output_digests"]["checkpoint"]
-        metrics = distill(ctx.upstream_output("model", "checkpoint"), ctx.upstream_output("prune", "checkpoint"),
+        # the student: the prune stage's, or the winner of a search (the ranking stage's output)
+        source = "prune" if "prune" in ctx.upstream else "ranking"
+        metrics = distill(ctx.upstream_output("model", "checkpoint"), ctx.upstream_output(source, "checkpoint"),
                           data_dir, ctx.stage_dir, ctx.cfg.distill, ctx.cfg.engine, ctx.cfg.seed,
                           teacher_digest=teacher_digest)
         outputs = {"checkpoint": "student", "loss_curve": "loss_curve.png", "history": "history.json"}

@@ -5,7 +5,6 @@ Never imports torch model code: everything heavy happens in `recipes/<stage>.py`
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import subprocess
@@ -15,9 +14,8 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
-from compactlm.config import CompactLMConfig, ConfigError, PruneConfig
+from compactlm.config import CompactLMConfig, ConfigError
 from compactlm.launch.executors import build_experiment, check_credentials, describe_executor, render_submission
 from compactlm.launch.local_runs import (
     RunBusy,
@@ -30,11 +28,12 @@ from compactlm.launch.local_runs import (
 )
 from compactlm.launch.records import CONFIG_FILE, REPO, nemorun_home, resolved_yaml, stage_logs
 from compactlm.launch.report import summary_table, write_report
+from compactlm.launch.search import format_candidates, prune_presets, resolve_search
 from compactlm.launch.validate import to_config, validate
 from compactlm.manifest import atomic_write_json, atomic_write_text, read_manifest, versions
 from compactlm.model.loading import read_hf_config
 from compactlm.model.params import format_table, param_table
-from compactlm.pipeline import STAGE_NAMES
+from compactlm.pipeline import STAGE_NAMES, run_tasks
 
 # launch.py's exit codes besides 0 (finished), 1 (a stage failed) and 2 (a configuration error)
 EXIT_BUSY = 3  # the run folder is in use by another launcher, or by a stage a dead launcher left running
@@ -45,7 +44,8 @@ def launch(cfg) -> int:
     """Entry of `launch.py` (after Hydra composed `cfg`); returns the process exit code."""
     try:
         conf = to_config(cfg)
-        validate(conf, STAGE_NAMES)
+        shape = validate(conf, STAGE_NAMES)
+        resolve_search(conf, shape)
         local_dir = place_run(conf)
         if conf.recipe.stages and not (conf.dryrun or conf.prepare_only):
             check_credentials(conf)
@@ -164,8 +164,10 @@ def dryrun(conf: CompactLMConfig, local_dir: Path) -> int:
     temporary folder by the same code that submits them.
     """
     print("# resolved config\n" + resolved_yaml(conf))
+    if conf.search.resolved:
+        print(f"# search candidates ({len(conf.search.resolved)})\n{format_candidates(conf)}")
     print(f"# executor\n{describe_executor(conf)}")
-    print("# tasks (each depends on the one before)")
+    print("# tasks (each depends on the task(s) of the stage before)")
     for stage, text in render_submission(conf, local_dir):
         print(f"## {stage}\n{text.rstrip()}")
     print("dryrun=true: nothing was written or submitted")
@@ -178,7 +180,7 @@ def submit(conf: CompactLMConfig, local_dir: Path) -> int:
     try:
         lock.acquire(conf.run_name)
         if not conf.cluster.is_remote():
-            check_no_orphans(Path(conf.run_dir), conf.recipe.stages, conf.run_name)
+            check_no_orphans(Path(conf.run_dir), run_tasks(conf), conf.run_name)
             clear_cancelled(Path(conf.run_dir))
     except RunBusy as e:
         lock.release()
@@ -216,7 +218,7 @@ def _stopper(conf: CompactLMConfig):
         stopping.append(name)
         print(f"\ncompactlm: {name}: stopping run {conf.run_name} ...", file=sys.stderr, flush=True)
         mark_cancelled(run_dir, by=f"{name} to launch.py")
-        stopped = stop_stages(run_dir, conf.recipe.stages)
+        stopped = stop_stages(run_dir, run_tasks(conf))
         print(f"compactlm: interrupted; stopped {', '.join(stopped) or 'no running stage'}; the stages after it will "
               "not start. Re-run the same command to resume.", file=sys.stderr, flush=True)
         raise KeyboardInterrupt
@@ -229,6 +231,8 @@ def _submit(conf: CompactLMConfig, local_dir: Path) -> int:
     where = f"{local_dir}" if conf.run_dir == str(local_dir) else f"{conf.run_dir} on the cluster (records in {local_dir})"
     print(f"compactlm: run {conf.run_name} -> {where}  (recipe={conf.recipe.name}: {' -> '.join(conf.recipe.stages)}, "
           f"cluster={conf.cluster.name})", flush=True)
+    if conf.search.resolved:
+        print(f"compactlm: {len(conf.search.resolved)} search candidates\n{format_candidates(conf)}", flush=True)
     t0 = time.time()
     exp = build_experiment(conf, local_dir)
     detach = conf.cluster.detach and conf.cluster.executor != "local"
@@ -256,7 +260,7 @@ def _submit(conf: CompactLMConfig, local_dir: Path) -> int:
     print(summary_table(conf, t0))
     md, page = write_report(conf)
     print(f"  report: {page}  ({md.name} beside it)")
-    failed = [stage for stage in conf.recipe.stages if read_manifest(run_dir / stage) is None]
+    failed = [task for task in run_tasks(conf) if read_manifest(run_dir / task) is None]
     stop = cancelled(run_dir)
     if stop and failed:
         print(f"compactlm: run cancelled ({stop['by']}, {stop['at']}); not finished: {', '.join(failed)}. "
@@ -280,18 +284,6 @@ def failed_log_tail(local_dir: Path, stage: str, lines: int = 30) -> str:
         return f"  (no log of stage {stage!r} was written)"
     text = logs[-1].read_text(errors="replace").splitlines()
     return f"==> {logs[-1]} (last {min(lines, len(text))} lines) <==\n" + "\n".join(text[-lines:])
-
-
-def prune_presets(model_name: str) -> list[PruneConfig]:
-    """Every preset of conf/prune/ made for `model_name` (or for any model), as PruneConfig."""
-    out = []
-    for path in sorted(glob.glob(str(REPO / "conf" / "prune" / "*.yaml"))):
-        raw = OmegaConf.load(path)
-        raw.pop("defaults", None)
-        preset = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PruneConfig), raw))
-        if preset.model in (None, model_name):
-            out.append(preset)
-    return out
 
 
 def print_params(conf: CompactLMConfig) -> int:

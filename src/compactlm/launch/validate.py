@@ -17,18 +17,16 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from compactlm.align.data import check_sources as check_align_sources
 from compactlm.arch import adapter_for
-from compactlm.config import ALIGN_KINDS, EXPORT_TO_HF, GGUF_MODEL_TYPES, TEXT_TASKS, CompactLMConfig, ConfigError, ModelShape
+from compactlm.config import ALIGN_KINDS, GGUF_MODEL_TYPES, TEXT_TASKS, CompactLMConfig, ConfigError, ModelShape
 from compactlm.data.splits import check_sources, check_utf8_text
 from compactlm.deploy.trtllm import WHERE_IT_RUNS, tensorrt_llm_available
 from compactlm.evaluate.lmeval import TASK_DIR, unknown_tasks
 from compactlm.gguf.convert import check_source
 from compactlm.gguf.llamacpp import from_folder
+from compactlm.launch.search import check_export, check_search_recipe
 from compactlm.model.loading import check_model_folder
 from compactlm.quantize.formats import check_deploy_support
 from compactlm.rewards import check_paths as check_reward_paths
-
-PRUNE_STAGES = ("importance", "prune")
-
 
 def to_config(cfg) -> CompactLMConfig:
     """The one `OmegaConf.to_object` of a run; OmegaConf's errors are re-raised naming the key."""
@@ -92,14 +90,15 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
         if stage not in known_stages:
             raise ConfigError(f"recipe.stages contains {stage!r}; known stages: {', '.join(known_stages)}")
     for stage in conf.force_stages:
-        if stage not in conf.recipe.stages:
+        if stage.partition("-")[0] not in conf.recipe.stages:  # a stage, or one instance of it (candidate-L18)
             raise ConfigError(f"force_stages contains {stage!r}, which recipe={conf.recipe.name} does not run; "
                               f"its stages: {', '.join(conf.recipe.stages)}")
     shape = model_shape(conf)
     if "data" in conf.recipe.stages:
         check_seq_len(conf, shape)
-    if any(s in PRUNE_STAGES for s in conf.recipe.stages):
+    if "prune" in conf.recipe.stages:
         check_prune(conf, shape)
+    check_search_recipe(conf.recipe.stages)
     if "data" in conf.recipe.stages and not conf.cluster.is_remote():
         check_sources(conf.data)
     if "quantize" in conf.recipe.stages and conf.quantize.exclude:
@@ -209,19 +208,4 @@ def check_prune(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
             f"prune={p.name} is a preset for model={p.model}, not model={conf.model.name}; "
             f"pick a preset made for {conf.model.name} or set prune.model=null"
         )
-    export = p.export_config.known()
-    if not export:
-        raise ConfigError(
-            f"prune.export_config is empty for prune={p.name}; set at least one of "
-            + ", ".join(f"prune.export_config.{k}" for k in EXPORT_TO_HF)
-        )
-    for key, value in export.items():
-        have = shape.get(EXPORT_TO_HF[key])
-        if have is not None and value > have:
-            raise ConfigError(f"prune.export_config.{key}={value} exceeds the model's {have} ({conf.model.name})")
-    heads, kv = export.get("num_attention_heads"), shape.get("num_key_value_heads")
-    if heads is not None and kv and heads % kv:
-        raise ConfigError(
-            f"prune.export_config.num_attention_heads={heads} is not divisible by the model's "
-            f"num_key_value_heads={kv}: every KV group must keep the same number of query heads"
-        )
+    check_export(p.export_config.known(), shape, "prune.export_config", conf.model.name)
