@@ -16,7 +16,17 @@ from typing import Any
 
 from compactlm.config import CompactLMConfig
 from compactlm.manifest import atomic_write_text, read_manifest
-from compactlm.results import MODEL_LABELS, TEACHER, BenchResult, ModelScores, result_of
+from compactlm.pipeline import run_tasks, running, split_task, task_name
+from compactlm.results import (
+    MODEL_LABELS,
+    TEACHER,
+    Architecture,
+    BenchResult,
+    CandidateResult,
+    ModelScores,
+    RankingResult,
+    result_of,
+)
 
 # Pipeline order, whatever order the manifest's JSON (sorted keys) stored them in.
 MODEL_ORDER = tuple(MODEL_LABELS.values())
@@ -26,7 +36,13 @@ PLOTS = {  # stage -> (file, caption)
     "sft": [("curves.png", "SFT: loss on the answer tokens and token accuracy per step")],
     "dpo": [("curves.png", "DPO: loss, reward margin and reward accuracy per step (training batches)")],
     "grpo": [("curves.png", "GRPO: mean reward of the sampled completions and their length per step")],
+    "ranking": [("pareto.png", "Candidate search: parameters (without lm_head) vs validation loss after the short "
+                               "distillation (filled) and pruned only (hollow); Pareto front, and the chosen "
+                               "candidate as a star"),
+                ("search_curves.png", "Candidate search: validation loss and KL to the teacher per step of each "
+                                      "candidate's short distillation")],
 }
+SEARCH_TOP = 5  # ranked candidates in the terminal summary
 
 
 def ordered(models: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -35,12 +51,14 @@ def ordered(models: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def manifests(conf: CompactLMConfig) -> dict[str, dict | None]:
-    return {stage: read_manifest(Path(conf.run_dir) / stage) for stage in conf.recipe.stages}
+    """task -> its manifest (None: not finished), for every task of the run in recipe order: each stage, and one
+    `candidate-<name>` per search candidate (pipeline.run_tasks)."""
+    return {task: read_manifest(Path(conf.run_dir) / task) for task in run_tasks(conf)}
 
 
 def results(ms: dict[str, dict | None]) -> dict[str, Any]:
-    """stage -> its typed result (compactlm.results), None for a stage that has not finished."""
-    return {stage: result_of(stage, m) for stage, m in ms.items()}
+    """task -> its typed result (compactlm.results, by the task's stage), None for a task that has not finished."""
+    return {task: result_of(split_task(task)[0], m) for task, m in ms.items()}
 
 
 # ------------------------------------------------------------------------------------------- terminal
@@ -48,14 +66,27 @@ def summary_table(conf: CompactLMConfig, launched_at: float) -> str:
     """Stages (ran / reused, wall time) and, when the evaluate stage ran, its per-model table."""
     lines = ["", f"== compactlm summary: {conf.run_name} (recipe={conf.recipe.name}) =="]
     ms = manifests(conf)
-    for stage, m in ms.items():
+    width = max([10, *map(len, ms)])
+    for task, m in ms.items():
         if m is None:
-            lines.append(f"  {stage:<10} NOT FINISHED")
+            lines.append(f"  {task:<{width}} NOT FINISHED")
             continue
         finished = datetime.fromisoformat(m["finished_at"]).timestamp()
         how = "ran" if finished >= int(launched_at) else "reused (up to date)"
-        lines.append(f"  {stage:<10} {how:<20} {m['wall_time_s']:>8.1f} s")
+        lines.append(f"  {task:<{width}} {how:<20} {m['wall_time_s']:>8.1f} s")
     rs = results(ms)
+    ranking = rs.get("ranking")
+    if ranking:
+        header, rows = search_rows(conf, rs, plain=True)
+        keep = [header.index(h) for h in ("rank", "candidate", "kind", "params", "reduction", "pruned-only loss (rank)",
+                                          "loss after short distillation", "Pareto", "status")]
+        ranked = [r for r in rows if r[0] != "-"]
+        shown = ranked[:SEARCH_TOP] + [r for r in rows if r[-1] == "failed"]
+        lines += ["", f"  candidate search: winner {ranking.winner}; Kendall tau {ranking.kendall_tau:+.2f}, the "
+                      f"pruned-only ranking {agreement(ranking.kendall_tau)} the ranking after the short distillation"]
+        lines += ["  " + row for row in text_table([header[i] for i in keep], [[r[i] for i in keep] for r in shown])]
+        if len(ranked) > SEARCH_TOP:
+            lines.append(f"  ... and {len(ranked) - SEARCH_TOP} more ranked candidates in the report")
     evaluation = rs.get("evaluate")
     if evaluation:
         lines.append("")
@@ -231,6 +262,9 @@ def architecture_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
         cols[TEACHER] = (rs["model"].architecture, rs["model"].params)
     if rs.get("prune"):
         cols["pruned"] = (rs["prune"].architecture, rs["prune"].params_after)
+    chosen = search_winner(rs)
+    if chosen is not None and "pruned" not in cols:
+        cols[f"pruned ({chosen.name})"] = (chosen.architecture, chosen.params)
     if not cols:
         return None
     header = ["", *cols]
@@ -246,16 +280,181 @@ class Block:
     content: Any
 
 
+# ------------------------------------------------------------------------------------------- search
+SEARCH_ARCH = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads")
+
+
+def _count(n: float) -> str:
+    """A parameter count as 7.35B / 134.5M / 52.3K."""
+    for div, suffix, fmt in ((1e9, "B", ".2f"), (1e6, "M", ".1f"), (1e3, "K", ".1f")):
+        if abs(n) >= div:
+            return f"{n / div:{fmt}}{suffix}"
+    return str(int(n))
+
+
+def _arch(export: dict[str, int], teacher: Architecture | None, actual: Architecture | None) -> str:
+    """layers / hidden / FFN / heads: the candidate's own architecture when it finished, else its export_config
+    over the teacher's sizes (a size it does not prune is the teacher's)."""
+    if actual is not None:
+        values = [getattr(actual, k) for k in SEARCH_ARCH]
+    else:
+        values = [export.get(k, getattr(teacher, k) if teacher else None) for k in SEARCH_ARCH]
+    return " / ".join("?" if v is None else str(v) for v in values)
+
+
+def search_candidates(rs: dict[str, Any]) -> dict[str, CandidateResult]:
+    """candidate name -> its result, for every finished `candidate-<name>` task."""
+    out = {}
+    for task, r in rs.items():
+        stage, instance = split_task(task)
+        if stage == "candidate" and r is not None:
+            out[instance] = r
+    return out
+
+
+def search_winner(rs: dict[str, Any]) -> CandidateResult | None:
+    """The chosen candidate's own result (architecture, parameter counts), when the ranking finished."""
+    ranking = rs.get("ranking")
+    return search_candidates(rs).get(ranking.winner) if ranking else None
+
+
+def agreement(tau: float, short: bool = False) -> str:
+    """How the pruned-only ranking relates to the ranking after distillation, in words, from Kendall's tau: a
+    verb phrase ("partly agrees with") for a sentence, or `short` ("partly agrees") for a table cell."""
+    for bound, phrase, word in ((0.999, "agrees exactly with", "same order"),
+                                (0.6, "largely agrees with", "largely agrees"),
+                                (0.2, "partly agrees with", "partly agrees"),
+                                (-0.2, "is nearly unrelated to", "unrelated"),
+                                (-0.6, "partly disagrees with", "partly disagrees")):
+        if tau >= bound:
+            return word if short else phrase
+    return "reversed" if short else "largely reverses"
+
+
+def search_rows(conf: CompactLMConfig, rs: dict[str, Any],
+                plain: bool = False) -> tuple[list[str], list[list[str]]] | None:
+    """One row per search candidate: ranked ones by rank (from the ranking stage), then finished but unranked
+    ones, then those without a manifest, and the teacher as the reference. None when the run has no search.
+    `plain`: ASCII for the terminal.
+
+    status: winner / ranked; finished (not ranked yet); for a candidate without a manifest, failed (the ranking
+    went ahead without it, or its folder holds a stopped attempt), running (a stage process has its folder) or
+    not started."""
+    ranking: RankingResult | None = rs.get("ranking")
+    done = search_candidates(rs)
+    tasks = [split_task(t)[1] for t in rs if split_task(t)[0] == "candidate"]
+    if ranking is None and not tasks:
+        return None
+    model = rs.get("model")
+    teacher = model.architecture if model else None
+    planned = {c.name: c for c in conf.search.resolved}
+    check, times = ("yes", "x") if plain else ("✓", "×")
+    header = ["rank", "candidate", "kind", "layers / hidden / FFN / heads", "params", "reduction",
+              "pruned-only loss (rank)", "loss after short distillation", "KL to teacher", "est. decode speed-up",
+              "Pareto", "status"]
+    rows = []
+    ranked = {c.name: c for c in ranking.candidates} if ranking else {}
+    for c in sorted(ranked.values(), key=lambda c: c.rank):
+        own = done.get(c.name)
+        rows.append([str(c.rank), c.name, c.kind, _arch(c.export_config, teacher, own and own.architecture),
+                     _count(c.params), f"{c.params_change * 100:+.1f}%", f"{c.pruned_loss:.4f} (#{c.pruned_rank})",
+                     f"{c.loss:.4f}", f"{c.kl:.4f}", f"{c.decode_speedup:.2f}{times}", check if c.pareto else "",
+                     "winner" if c.name == ranking.winner else "ranked"])
+    for r in sorted((r for name, r in done.items() if name not in ranked), key=lambda r: r.loss):
+        speed = model.params.total / r.params.total if model else None
+        rows.append(["-", r.name, r.kind, _arch(r.export_config, teacher, r.architecture),
+                     _count(r.params.without_lm_head), f"{r.params_change * 100:+.1f}%", f"{r.pruned_loss:.4f}",
+                     f"{r.loss:.4f}", f"{r.kl:.4f}", f"{speed:.2f}{times}" if speed else "-", "",
+                     "not ranked" if ranking else "finished"])
+    for name in tasks:
+        if name in ranked or name in done:
+            continue
+        plan = planned.get(name)
+        counted = plan is not None and plan.params > 0
+        folder = Path(conf.run_dir) / task_name("candidate", name)
+        state = ("failed" if ranking or (folder.is_dir() and running(folder) is None) else
+                 "running" if folder.is_dir() else "not started")
+        export = plan.export_config.known() if plan else {}
+        rows.append(["-", name, plan.kind if plan else "-", _arch(export, teacher, None),
+                     _count(plan.params) if counted else "-", f"{plan.change * 100:+.1f}%" if counted else "-",
+                     "-", "-", "-", "-", "", state])
+    if ranking is not None:
+        rows.append(["-", TEACHER, "-", _arch({}, teacher, teacher), _count(ranking.teacher_params), "-", "-",
+                     _num(ranking.teacher_loss, ".4f"), "-", f"1.00{times}", "", "reference"])
+    return header, rows
+
+
+def search_blocks(conf: CompactLMConfig, rs: dict[str, Any]) -> list[Block]:
+    """The "Candidate search" section: what was searched and how it was ranked, the winner, what Kendall's tau
+    says about ranking by the pruned-only loss, the candidates' table and the ranking stage's plots."""
+    table = search_rows(conf, rs)
+    if table is None:
+        return []
+    ranking: RankingResult | None = rs.get("ranking")
+    done = search_candidates(rs)
+    status = [r[-1] for r in table[1] if r[-1] != "reference"]
+    steps = sorted({r.steps for r in done.values()})
+    tokens = sorted({r.tokens for r in done.values()})
+    budget = (f"{steps[0]} steps ({tokens[0]:,} tokens)" if len(steps) == 1 and len(tokens) == 1 else
+              f"{steps[0]}-{steps[-1]} steps" if steps else "a few steps")
+    cache = rs.get("teacher_cache")
+    source = f"the teacher's cached top-{cache.topk} log-probabilities" if cache else "the teacher cache"
+    metric = ranking.metric if ranking else "validation loss"
+    blocks = [Block("h2", "Candidate search"),
+              Block("p", f"{len(status)} candidate architectures, each pruned from the teacher with the shared "
+                         f"importance scores, then distilled for {budget} from {source}; ranked by the validation "
+                         f"loss ({metric}, per token, lower is better) after that short distillation. Parameters "
+                         "without lm_head; reduction relative to the teacher; Pareto ✓: no other candidate has both "
+                         "fewer parameters and a lower loss; decode speed-up: estimated, teacher / candidate total "
+                         "parameters (the weights read per decoded token at batch 1). Sizes a candidate does not "
+                         "prune are the teacher's. The teacher row is the reference (its own validation loss).")]
+    if ranking is None:
+        blocks.append(Block("p", "The ranking stage has not finished: the candidates below are not ranked yet."))
+    elif (w := next((c for c in ranking.candidates if c.name == ranking.winner), None)) is not None:
+        own = done.get(w.name)
+        teacher = rs["model"].architecture if rs.get("model") else None
+        goes = ", which the distill stage trains further" if "distill" in conf.recipe.stages else ""
+        blocks.append(Block("p", f"Chosen: {w.name} ({w.kind}; layers / hidden / FFN / heads "
+                                 f"{_arch(w.export_config, teacher, own and own.architecture)}), {_count(w.params)} "
+                                 f"parameters ({w.params_change * 100:+.1f}% vs the teacher), validation loss "
+                                 f"{w.loss:.4f} after the short distillation"
+                                 + ("" if ranking.teacher_loss is None else f" (teacher {ranking.teacher_loss:.4f})")
+                                 + f". It is the run's pruned model{goes}."))
+        n, tau = len(ranking.candidates), ranking.kendall_tau
+        first = min(ranking.candidates, key=lambda c: c.pruned_rank)
+        pick = ("Ranking by the pruned-only loss alone would have picked the same winner." if first.name == w.name
+                else f"Ranking by the pruned-only loss alone would have picked {first.name} (#{first.rank} after the "
+                     f"short distillation) instead of {w.name}.")
+        blocks.append(Block("p", f"Kendall τ = {tau:+.2f} over {n} candidates (1: the same order, 0: unrelated, "
+                                 f"-1: reversed): the pruned-only ranking {agreement(tau)} the ranking after the "
+                                 f"short distillation. {pick}"
+                                 + (" With fewer than 3 candidates τ says little." if n < 3 else "")))
+    failed = [r[1] for r in table[1] if r[-1] == "failed"]
+    if failed:
+        blocks.append(Block("p", f"{len(failed)} candidate(s) failed (no manifest in their folder"
+                                 + (", so not ranked): " if ranking else "; the ranking stage waits for every "
+                                    "candidate, so fix and re-run the same command to resume): ")
+                                 + ", ".join(f"{name} ({task_name('candidate', name)}/)" for name in failed) + "."))
+    blocks.append(Block("table", table))
+    folder = Path(conf.run_dir) / "ranking"
+    if ranking is not None:
+        blocks += [Block("image", (folder / f, cap)) for f, cap in PLOTS["ranking"] if (folder / f).is_file()]
+    return blocks
+
+
 def build_blocks(conf: CompactLMConfig) -> list[Block]:
     run_dir = Path(conf.run_dir)
     ms = manifests(conf)
     rs = results(ms)
     blocks = [Block("h1", f"compactlm run {conf.run_name}"),
               Block("p", f"recipe={conf.recipe.name} ({' → '.join(conf.recipe.stages)}), model={conf.model.name}, "
-                         f"data={conf.data.name}" + (f", prune={conf.prune.name}" if "prune" in ms else ""))]
+                         f"data={conf.data.name}" + (f", prune={conf.prune.name}" if "prune" in ms else "")
+                         + (f", search={len(conf.search.resolved)} candidates" if "candidate" in conf.recipe.stages
+                            else ""))]
     arch = architecture_rows(rs)
     if arch:
         blocks += [Block("h2", "Architecture"), Block("table", arch)]
+    blocks += search_blocks(conf, rs)
     evaluation, bench = rs.get("evaluate"), rs.get("bench")
     if evaluation:
         blocks += [Block("h2", "Quality and recovery"),
@@ -293,11 +492,13 @@ def build_blocks(conf: CompactLMConfig) -> list[Block]:
                    Block("p", f"Teacher vs {bench.student}, {where}. Ideal = weights read per decoded token, "
                               "teacher / student (decoding is memory-bound)."),
                    Block("table", bench_rows(bench))]
-    stage_rows = [[s, f"{m['wall_time_s']:.1f} s" if m else "-", m["finished_at"] if m else "not finished"]
-                  for s, m in ms.items()]
+    stage_rows = [[t, f"{m['wall_time_s']:.1f} s" if m else "-", m["finished_at"] if m else "not finished"]
+                  for t, m in ms.items()]
     blocks += [Block("h2", "Stages"), Block("table", (["stage", "wall time", "finished"], stage_rows))]
-    images = [(run_dir / stage / f, cap) for stage, plots in PLOTS.items() if ms.get(stage) for f, cap in plots]
-    images = [(p, c) for p, c in images if p.is_file()]
+    shown = {b.content[0] for b in blocks if b.kind == "image"}  # plots already shown in their own section
+    images = [(run_dir / task / f, cap) for task, m in ms.items() if m
+              for f, cap in PLOTS.get(split_task(task)[0], [])]
+    images = [(p, c) for p, c in images if p.is_file() and p not in shown]
     if images:
         blocks.append(Block("h2", "Plots"))
         blocks += [Block("image", (p, c)) for p, c in images]
@@ -370,6 +571,7 @@ def comparison_blocks(confs: list[CompactLMConfig]) -> list[Block]:
     each run's final student, every figure read from that run's manifests."""
     header = ["", *[c.run_name for c in confs]]
     rows: dict[str, list[str]] = {}
+    searches = []
 
     def put(key: str, i: int, value: str) -> None:
         rows.setdefault(key, ["-"] * len(confs))[i] = value
@@ -378,10 +580,14 @@ def comparison_blocks(confs: list[CompactLMConfig]) -> list[Block]:
         rs = results(manifests(conf))
         put("recipe", i, conf.recipe.name)
         put("prune preset", i, conf.prune.name if "prune" in conf.recipe.stages else "-")
-        source = rs.get("prune") or rs.get("model")
+        source = rs.get("prune") or search_winner(rs) or rs.get("model")
         if source:
             for k in ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads"):
                 put(k, i, str(getattr(source.architecture, k)))
+        ranking = rs.get("ranking")
+        if ranking:
+            put("search winner", i, ranking.winner)
+            searches.append(search_summary(conf, rs))
         models = rs["evaluate"].models if rs.get("evaluate") else {}
         final = [label for label, _ in ordered(models) if label not in (TEACHER, "quantized")]
         if TEACHER in models:
@@ -407,9 +613,31 @@ def comparison_blocks(confs: list[CompactLMConfig]) -> list[Block]:
             put(f"tok/s vs teacher (batch {run.batch_size})", i,
                 f"{c['tokens_per_s_ratio']:.2f}x (ideal {c['ideal_speedup']:.2f}x)" if c.get("ideal_speedup") else
                 f"{c['tokens_per_s_ratio']:.2f}x")
-    return [Block("h1", "compactlm comparison: " + ", ".join(c.run_name for c in confs)),
-            Block("p", "Each column is one run; every figure is read from that run's stage manifests."),
-            Block("table", (header, [[k, *v] for k, v in rows.items()]))]
+    blocks = [Block("h1", "compactlm comparison: " + ", ".join(c.run_name for c in confs)),
+              Block("p", "Each column is one run; every figure is read from that run's stage manifests."),
+              Block("table", (header, [[k, *v] for k, v in rows.items()]))]
+    if searches:
+        blocks += [Block("h2", "Candidate searches"),
+                   Block("p", "One row per run that ranked candidate architectures: the winner (lowest validation "
+                              "loss after the short distillation), its parameters without lm_head and their change "
+                              "vs the teacher, and Kendall τ of the pruned-only ranking against the ranking after "
+                              "distillation (1: the same order, -1: reversed)."),
+                   Block("table", (["run", "candidates", "winner", "winner params", "reduction", "winner loss",
+                                    "pruned-only pick", "Kendall τ"], searches))]
+    return blocks
+
+
+def search_summary(conf: CompactLMConfig, rs: dict[str, Any]) -> list[str]:
+    """A run's search in one row of the comparison: run, candidates (and failed ones), winner, its parameters,
+    reduction and loss, the pruned-only loss's pick, Kendall tau."""
+    ranking: RankingResult = rs["ranking"]
+    w = next((c for c in ranking.candidates if c.name == ranking.winner), None)
+    failed = [r[1] for r in search_rows(conf, rs)[1] if r[-1] == "failed"]
+    first = min(ranking.candidates, key=lambda c: c.pruned_rank, default=None)
+    return [conf.run_name, f"{len(ranking.candidates)}" + (f" ({len(failed)} failed)" if failed else ""),
+            ranking.winner, _count(w.params) if w else "-", f"{w.params_change * 100:+.1f}%" if w else "-",
+            f"{w.loss:.4f}" if w else "-", first.name if first else "-",
+            f"{ranking.kendall_tau:+.2f} ({agreement(ranking.kendall_tau, short=True)})"]
 
 
 def write_comparison(confs: list[CompactLMConfig], out_dir: Path) -> tuple[Path, Path]:
