@@ -363,10 +363,10 @@ class SearchConfig:
     max_width_pruning: float = 0.6
     """Enumerated candidates keep at least (1 - this) of the hidden, FFN and head sizes (0.6: a width-only cut
     of a small model, whose embeddings are a fifth of it, can still reach -33%)."""
-    distill_tokens: int = 12_288
-    """Tokens of the short distillation of each candidate, the ranking budget (the default, 6 steps of 8 x 256
-    tokens, fits six SmolLM2 candidates into the CPU demo's 20 minutes; the Minitron paper ranks after ~400 steps,
-    i.e. ~1.6B tokens for an 8B model: set it per run)."""
+    distill_tokens: int = 24_576
+    """Tokens of the short distillation of each candidate, the ranking budget (the default, 12 steps of 8 x 256
+    tokens, fits six SmolLM2 candidates into the CPU demo's 20 minutes; Minitron ranks after a few hundred steps,
+    billions of tokens for an 8B model: set it per run)."""
     parallel: int = 1
     """cluster=local: candidates distilled at the same time (1: one after the other). On Slurm and the clouds
     every candidate is its own job, and they run side by side as the cluster allows."""

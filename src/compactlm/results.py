@@ -198,7 +198,8 @@ class RankedCandidate:
     pruned_rank: int
     """Its rank by the pruned-only validation loss."""
     decode_speedup: float
-    """Estimated batch-1 decode speed-up over the teacher: the weights read per token (total parameters), teacher / candidate."""
+    """Estimated batch-1 decode speed-up over the teacher: weights read per token (bench.speed.params_read_per_token),
+    teacher / candidate; decoding one sequence is bound by them."""
     pareto: bool
     """No other candidate has both fewer parameters and a lower loss."""
 

@@ -201,13 +201,9 @@ class RunAIExecutor(DGXCloudExecutor):
         return data["workloadId"], data.get("actualPhase", DGXCloudState.CREATING.value)
 
     def _blocked_by(self) -> Optional[str]:
-        """The state of the previous stage when it did not succeed, else None."""
-        for after in filter(None, self.after.split(",")):
-            job_id = _recorded_job_id(dgx_scheduler.DGX_JOB_DIRS, self.experiment_id, after)
-            state = self._any_status(job_id) if job_id else None
-            if state != DGXCloudState.COMPLETED:
-                return f"{state.value if state else 'without a known state'} ({after})"
-        return None
+        """The state of a task of the previous stage that did not succeed, else None."""
+        return _blocker(self.after, self._any_status, DGXCloudState.COMPLETED,
+                        dgx_scheduler.DGX_JOB_DIRS, self.experiment_id)
 
     def _any_status(self, job_id: str) -> Optional[DGXCloudState]:
         """The phase of a workload of any kind (GET /workloads/<id>); `status` asks the endpoint of this
@@ -287,12 +283,8 @@ class LeptonJobExecutor(LeptonExecutor):
         return job.metadata.id_, self.status(job.metadata.id_)
 
     def _blocked_by(self) -> Optional[str]:
-        for after in filter(None, self.after.split(",")):
-            job_id = _recorded_job_id(lepton_scheduler.LEPTON_JOB_DIRS, self.experiment_id, after)
-            state = self.status(job_id) if job_id else None
-            if state != LeptonJobState.Completed:
-                return f"{state.value if state else 'without a known state'} ({after})"
-        return None
+        return _blocker(self.after, self.status, LeptonJobState.Completed, lepton_scheduler.LEPTON_JOB_DIRS,
+                        self.experiment_id)
 
     def status(self, job_id: str) -> Optional[LeptonJobState]:
         if job_id.startswith(NOT_SUBMITTED):
@@ -353,6 +345,16 @@ def register() -> None:
     home = get_nemorun_home()
     dgx_scheduler.DGX_JOB_DIRS = os.path.join(home, ".dgx_jobs.json")
     lepton_scheduler.LEPTON_JOB_DIRS = os.path.join(home, ".lepton_jobs.json")
+
+
+def _blocker(after: str, state_of, completed, job_dirs: str, experiment_id: str) -> Optional[str]:
+    """"<state> (<task>)" for the first of the comma-separated tasks `after` whose job did not complete, else None."""
+    for task in filter(None, after.split(",")):
+        job_id = _recorded_job_id(job_dirs, experiment_id, task)
+        state = state_of(job_id) if job_id else None
+        if state != completed:
+            return f"{state.value if state else 'without a known state'} ({task})"
+    return None
 
 
 def _previous(conf: CompactLMConfig, task: str) -> str:

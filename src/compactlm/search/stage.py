@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from compactlm.manifest import atomic_write_json
 from compactlm.model.loading import setup_engine
 from compactlm.pipeline import StageContext, StageOutput, split_task
 from compactlm.prune.stage import prune_checkpoint
-from compactlm.results import CandidateResult, PruneResult, RankedCandidate, RankingResult, TeacherCacheResult, from_json
+from compactlm.bench.speed import params_read_per_token
+from compactlm.results import CandidateResult, ParamCounts, PruneResult, RankedCandidate, RankingResult, TeacherCacheResult, from_json
 from compactlm.search.plots import plot_pareto, plot_search_curves
 
 # How often a candidate's short distillation is validated: about this many points on its curve.
@@ -171,7 +173,7 @@ class RankingStage:
         tasks = {ctx.result(task).name: task for task in ctx.upstream if split_task(task)[0] == "candidate"}
         found = [ctx.result(task) for task in tasks.values()]
         teacher = ctx.result("model")
-        result = rank(found, teacher.params.without_lm_head, teacher.params.total)
+        result = rank(found, teacher.params)
         winner_dir = ctx.upstream_output(tasks[result.winner], "checkpoint")
         plot_pareto(result, ctx.stage_dir / "pareto.png")
         plot_search_curves(found, ctx.stage_dir / "search_curves.png")
@@ -201,14 +203,16 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
     return (concordant - discordant) / denom if denom else 1.0
 
 
-def rank(candidates: list[CandidateResult], teacher_params: int, teacher_total: int) -> RankingResult:
+def rank(candidates: list[CandidateResult], teacher: ParamCounts) -> RankingResult:
     """Order by loss after the short distillation (ties: fewer parameters first), mark the Pareto front
-    (parameters vs loss) and measure how far the pruned-only order disagrees."""
+    (parameters vs loss) and measure how far the pruned-only order disagrees. The decode speed-up is the
+    estimate batch-1 decoding allows, bound by the weights read per token (bench.speed.params_read_per_token)."""
     if not candidates:
         raise RuntimeError("no candidate finished; nothing to rank")
     order = sorted(candidates, key=lambda c: (c.loss, c.params.without_lm_head, c.name))
     pruned_order = sorted(candidates, key=lambda c: (c.pruned_loss, c.params.without_lm_head, c.name))
     pruned_rank = {c.name: i + 1 for i, c in enumerate(pruned_order)}
+    read_teacher = params_read_per_token(asdict(teacher))
     rows = []
     for i, c in enumerate(order):
         dominated = any(o is not c and o.params.without_lm_head <= c.params.without_lm_head and o.loss <= c.loss
@@ -217,10 +221,11 @@ def rank(candidates: list[CandidateResult], teacher_params: int, teacher_total: 
         rows.append(RankedCandidate(
             name=c.name, kind=c.kind, export_config=c.export_config, params=c.params.without_lm_head,
             params_change=c.params_change, pruned_loss=c.pruned_loss, loss=c.loss, kl=c.kl, rank=i + 1,
-            pruned_rank=pruned_rank[c.name], decode_speedup=teacher_total / c.params.total, pareto=not dominated))
+            pruned_rank=pruned_rank[c.name], decode_speedup=read_teacher / params_read_per_token(asdict(c.params)),
+            pareto=not dominated))
     tau = kendall_tau([c.loss for c in candidates], [c.pruned_loss for c in candidates])
     return RankingResult(metric="val_nll", candidates=rows, winner=rows[0].name, kendall_tau=tau,
-                         teacher_params=teacher_params)
+                         teacher_params=teacher.without_lm_head)
 
 
 def format_ranking(r: RankingResult) -> str:
