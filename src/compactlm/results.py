@@ -145,10 +145,13 @@ class TeacherCacheResult:
     seq_len: int
     wall_s: float
     size_bytes: int
+    teacher_loss: Optional[float] = None
+    """The teacher's validation NLL per token: the reference of every candidate's loss."""
 
     def summary(self) -> str:
         return (f"top-{self.topk} of {self.train_sequences} + {self.validation_sequences} sequences "
-                f"({self.size_bytes / 2**20:.0f} MiB)")
+                f"({self.size_bytes / 2**20:.0f} MiB)"
+                + ("" if self.teacher_loss is None else f", teacher val loss {self.teacher_loss:.3f}"))
 
 
 @dataclass

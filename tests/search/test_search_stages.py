@@ -46,6 +46,7 @@ def test_search_distill_ranks_the_candidates_and_distills_the_winner(tmp_path, t
         # pruned-only = the evaluation before the first step; the ranking metric = the one after the last
         assert (result.pruned_loss, result.loss) == (result.curve[0]["val_nll"], result.curve[-1]["val_nll"])
     ranking = read_result(run_dir, "ranking")
+    assert ranking.teacher_loss == cache.teacher_loss and cache.teacher_loss > 0  # the reference of every loss
     winner = next(c for c in conf.search.resolved if c.name == ranking.winner)
     # the winner's pruned checkpoint is what the distill stage trained
     student = read_hf_config(run_dir / "distill" / "student")

@@ -405,8 +405,8 @@ def search_blocks(conf: CompactLMConfig, rs: dict[str, Any]) -> list[Block]:
                          f"importance scores, then distilled for {budget} from {source}; ranked by the validation "
                          f"loss ({metric}, per token, lower is better) after that short distillation. Parameters "
                          "without lm_head; reduction relative to the teacher; Pareto ✓: no other candidate has both "
-                         "fewer parameters and a lower loss; decode speed-up: estimated, teacher / candidate total "
-                         "parameters (the weights read per decoded token at batch 1). Sizes a candidate does not "
+                         "fewer parameters and a lower loss; decode speed-up: estimated, teacher / candidate weights "
+                         "read per decoded token at batch 1 (what single-stream decoding is bound by). Sizes a candidate does not "
                          "prune are the teacher's. The teacher row is the reference (its own validation loss).")]
     if ranking is None:
         blocks.append(Block("p", "The ranking stage has not finished: the candidates below are not ranked yet."))

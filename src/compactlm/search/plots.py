@@ -77,8 +77,8 @@ def _draw_candidates(ax, result: RankingResult, scale: float, with_pruned: bool,
             ax.scatter([x], [c.pruned_loss], marker=marker, s=40, facecolors="none", edgecolors=color, alpha=0.45,
                        linewidths=1.0, zorder=2)
             if label == "pruned":
-                ax.annotate(f"{c.name} (pruned-only #{c.pruned_rank})", (x, c.pruned_loss), textcoords="offset points",
-                            fontsize=7, color="dimgray", zorder=6, **_beside(c.params, cands, 2))
+                ax.annotate(f"p#{c.pruned_rank}", (x, c.pruned_loss), textcoords="offset points", fontsize=7,
+                            color="dimgray", zorder=6, **_beside(c.params, cands, 2))
     kinds_seen: set[str] = set()
     order = list(KIND_STYLE)
     for c in sorted(cands, key=lambda c: order.index(c.kind) if c.kind in order else len(order)):
@@ -86,10 +86,9 @@ def _draw_candidates(ax, result: RankingResult, scale: float, with_pruned: bool,
         ax.scatter([c.params / scale], [c.loss], marker=marker, s=48, color=color, edgecolors="black",
                    linewidths=0.5, zorder=4, label=None if c.kind in kinds_seen else c.kind)
         kinds_seen.add(c.kind)
-        if label == "distilled":
-            moved = f", pruned-only #{c.pruned_rank}" if c.pruned_rank != c.rank else ""
-            ax.annotate(f"{c.name} #{c.rank}{moved}", (c.params / scale, c.loss), textcoords="offset points",
-                        fontsize=8, zorder=6, **_beside(c.params, cands, 4))
+        if label == "distilled":  # the rank only: the key beside the plot names it (long names collide)
+            ax.annotate(f"#{c.rank}", (c.params / scale, c.loss), textcoords="offset points", fontsize=8,
+                        fontweight="bold", zorder=6, **_beside(c.params, cands, 4))
     front = sorted((c for c in cands if c.pareto), key=lambda c: c.params)
     if front:
         ax.plot([c.params / scale for c in front], [c.loss for c in front], color="black", lw=1.2, ls="-",
@@ -148,6 +147,9 @@ def plot_pareto(result: RankingResult, path: str | Path) -> Path:
         z.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     axes[-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
+    key = ["#  candidate (pruned-only #)"] + [f"{c.rank:<2} {c.name} ({c.pruned_rank})" for c in cands]
+    axes[-1].text(1.02, 0.0, "\n".join(key), transform=axes[-1].transAxes, fontsize=8, family="monospace",
+                  va="bottom", ha="left")
     tau = result.kendall_tau
     plural = "" if len(cands) == 1 else "s"
     fig.suptitle(f"Candidate search: {len(cands)} candidate{plural}, winner {result.winner}; Kendall τ pruned-only vs "

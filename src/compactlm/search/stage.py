@@ -27,7 +27,8 @@ from compactlm.data.splits import load_split
 from compactlm.distill.parallel import init_distributed
 from compactlm.distill.train import distill, open_teacher_caches, total_steps
 from compactlm.manifest import atomic_write_json
-from compactlm.model.loading import setup_engine
+from compactlm.evaluate.quality import quality
+from compactlm.model.loading import load_model, setup_engine
 from compactlm.pipeline import StageContext, StageOutput, split_task
 from compactlm.prune.stage import prune_checkpoint
 from compactlm.bench.speed import params_read_per_token
@@ -82,15 +83,20 @@ class TeacherCacheStage:
         np.save(data / "validation.npy", np.asarray(load_split(src, "validation")))
         device, precision = setup_engine(cfg.engine)
         env = init_distributed(device)
+        teacher_dir = ctx.upstream_output("model", "checkpoint")
         train_cache, val_cache = open_teacher_caches(
-            ctx.upstream_output("model", "checkpoint"), data, ctx.stage_dir / "cache",
-            ranking_distill(cfg.distill, cfg.search.distill_tokens), precision, env,
-            teacher_digest=ctx.upstream["model"]["output_digests"]["checkpoint"])
+            teacher_dir, data, ctx.stage_dir / "cache", ranking_distill(cfg.distill, cfg.search.distill_tokens),
+            precision, env, teacher_digest=ctx.upstream["model"]["output_digests"]["checkpoint"])
         size = sum(f.stat().st_size for f in (ctx.stage_dir / "cache").rglob("*.npy"))
+        # the teacher's own validation loss: the reference line of the ranking (same split, same measure)
+        teacher = load_model(teacher_dir, env.device, precision.frozen_dtype)
+        with precision.autocast():
+            reference = quality({"teacher": teacher}, "teacher", load_split(data, "validation"),
+                                cfg.distill.micro_batch_size, env.device)["teacher"]
         result = TeacherCacheResult(train_sequences=int(train_cache.values.shape[0]),
                                     validation_sequences=int(val_cache.values.shape[0]), topk=cfg.distill.topk,
                                     seq_len=int(train.shape[1]), wall_s=round(time.perf_counter() - t0, 3),
-                                    size_bytes=int(size))
+                                    size_bytes=int(size), teacher_loss=reference["loss"])
         print(f"[teacher_cache] {result.summary()} in {result.wall_s:.1f} s", flush=True)
         return StageOutput(result, outputs={"data": "data", "cache": "cache"}, engine=precision.record())
 
@@ -116,7 +122,8 @@ class CandidateStage:
     def run(self, ctx: StageContext) -> StageOutput:
         cfg, name = ctx.cfg, ctx.instance
         cand = candidate_of(cfg, name)
-        tag = f"candidate {name}"
+        names = cfg.search.names()
+        tag = f"candidate {name} ({names.index(name) + 1}/{len(names)})"
         pruned, prune_json = ctx.stage_dir / "pruned", ctx.stage_dir / "prune.json"
         main = int(os.environ.get("RANK", "0")) == 0
         if main and not prune_json.is_file():
@@ -174,6 +181,7 @@ class RankingStage:
         found = [ctx.result(task) for task in tasks.values()]
         teacher = ctx.result("model")
         result = rank(found, teacher.params)
+        result.teacher_loss = ctx.result("teacher_cache").teacher_loss
         winner_dir = ctx.upstream_output(tasks[result.winner], "checkpoint")
         plot_pareto(result, ctx.stage_dir / "pareto.png")
         plot_search_curves(found, ctx.stage_dir / "search_curves.png")
