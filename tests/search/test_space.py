@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 import torch
@@ -53,6 +52,7 @@ def check_candidates(base, search: SearchConfig, candidates, instantiate: bool) 
         assert c.name == "_".join(f"{letter}{export[k]}" for k, letter, _ in DIMENSIONS if k in export)
         check_run_name(c.name)
         cfg = pruned_hf_config(base, export)
+        assert cfg.hidden_size % cfg.num_attention_heads == 0, c.name  # transformers saves nothing else
         assert c.params == count_on_meta(cfg)["without_lm_head"], c.name
         if instantiate:
             assert c.params == instantiated_without_lm_head(cfg), c.name
@@ -70,33 +70,31 @@ def test_smollm2_at_two_thirds():
     search = SearchConfig(target_params=0.67)
     candidates = enumerate_candidates(base, search)
     assert len(candidates) == search.max_candidates
-    assert {"depth", "hidden", "hybrid"} <= {c.kind for c in candidates}
+    assert {"depth", "ffn", "hybrid"} <= {c.kind for c in candidates}
     check_candidates(base, search, candidates, instantiate=True)
     assert candidates == enumerate_candidates(base, search)
-    # FFN alone reaches -33% only below half the FFN width: the embeddings are a fifth of SmolLM2-135M
-    wider = SearchConfig(target_params=0.67, max_width_pruning=0.6)
-    candidates = enumerate_candidates(base, wider)
-    assert {"depth", "ffn", "hybrid"} <= {c.kind for c in candidates}
-    check_candidates(base, wider, candidates, instantiate=True)
+    # FFN alone reaches -33% only below half the FFN width (the embeddings are a fifth of SmolLM2-135M): with at
+    # most half of every width removed there is no FFN-only candidate
+    narrower = SearchConfig(target_params=0.67, max_width_pruning=0.5)
+    candidates = enumerate_candidates(base, narrower)
+    assert "ffn" not in {c.kind for c in candidates} and "depth" in {c.kind for c in candidates}
+    check_candidates(base, narrower, candidates, instantiate=True)
 
 
 def test_smollm2_without_head_pruning_and_fewer_candidates():
     base = shape_config("smollm2_135m")
     search = SearchConfig(target_params=0.67, prune_heads=False, max_candidates=2)
     candidates = enumerate_candidates(base, search)
-    assert [c.kind for c in sorted(candidates, key=lambda c: c.kind)] == ["depth", "hybrid"], "kind preference"
+    assert [c.kind for c in sorted(candidates, key=lambda c: c.kind)] == ["depth", "ffn"], "kind preference"
     assert all("num_attention_heads" not in c.export_config.known() for c in candidates)
     check_candidates(base, search, candidates, instantiate=False)
 
 
-def test_bielik_absolute_target_is_fast():
+def test_bielik_absolute_target():
+    # 4,860 grid points: counted with the affine counts (a meta model each would take minutes), exact all the same
     base = shape_config("bielik_11b_v3")
-    count_on_meta(pruned_hf_config(base, {"num_layers": 1}))  # transformers' Mistral modules imported once
     search = SearchConfig(**BIELIK_SEARCH)
-    start = time.monotonic()
     candidates = enumerate_candidates(base, search)
-    # a meta model per grid point (4,860 here) would take minutes; the affine counts take well under a second
-    assert time.monotonic() - start < 15
     assert len(candidates) == search.max_candidates
     assert {"depth", "ffn", "hybrid"} <= {c.kind for c in candidates}
     check_candidates(base, search, candidates, instantiate=True)
