@@ -404,6 +404,9 @@ def _record_config_error(config_path: Path, name: str, message: str) -> None:
     same config would fail again). The next run of the stage cleans it away."""
     try:
         cfg = load_config(config_path)
+        stage, instance = split_task(name)
+        if instance is not None and instance not in instances(cfg, stage):
+            return  # no such task: no folder is made for it
         stage_dir = stage_folder(Path(cfg.run_dir), cfg.run_name, name)
         stage_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(stage_dir / CONFIG_ERROR, message + "\n")

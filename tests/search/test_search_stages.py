@@ -4,7 +4,11 @@ a candidate added later leaves the finished ones current."""
 
 from __future__ import annotations
 
-from helpers import compose
+import os
+import subprocess
+import sys
+
+from helpers import REPO, compose
 
 from compactlm.launch.launcher import write_run_dir
 from compactlm.launch.search import resolve_search
@@ -72,3 +76,9 @@ def test_search_distill_ranks_the_candidates_and_distills_the_winner(tmp_path, t
         assert f"[candidate-{name}] up to date" in out
     assert "[teacher_cache] up to date" in out and "[ranking] running" in out
     assert len(read_result(run_dir, "ranking").candidates) == 3
+
+    # a candidate the run does not have: one configuration error line, and no folder made for it
+    r = subprocess.run([sys.executable, str(REPO / "recipes" / "candidate.py"), f"config={run_dir / CONFIG_FILE}",
+                        "candidate=nope"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert r.returncode == 2 and "candidate='nope' is not one of this run's candidates" in r.stderr
+    assert not (run_dir / "candidate-nope").exists()
