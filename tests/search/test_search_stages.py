@@ -82,3 +82,22 @@ def test_search_distill_ranks_the_candidates_and_distills_the_winner(tmp_path, t
                         "candidate=nope"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert r.returncode == 2 and "candidate='nope' is not one of this run's candidates" in r.stderr
     assert not (run_dir / "candidate-nope").exists()
+
+
+def test_a_candidate_runs_data_parallel_under_torchrun(tmp_path, tiny_llama_dir):
+    """distill.nproc_per_node=2 runs a candidate as two gloo processes, as on a GPU node: rank 0 prunes, the other
+    rank waits for the pruned checkpoint, both distill, rank 0 alone writes the result."""
+    conf = _conf(tmp_path, tiny_llama_dir, "search.max_candidates=1", "distill.nproc_per_node=2", "distill.micro_batch_size=1")
+    run_dir = write_run_dir(conf)
+    tasks = run_tasks(conf)
+    for task in tasks[:4]:
+        assert run_stage(task, run_dir / CONFIG_FILE) == 0, task
+    name = conf.search.resolved[0].name
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                        str(REPO / "recipes" / "candidate.py"), f"config={run_dir / CONFIG_FILE}", f"candidate={name}"],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert r.stdout.count(f"[candidate {name} (1/1)] ") >= 2 and "parameters (" in r.stdout  # rank 0 pruned once
+    result = read_result(run_dir, f"candidate-{name}")
+    assert result.steps == 8 and result.params.without_lm_head == conf.search.resolved[0].params
