@@ -22,16 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from compactlm.bench.speed import params_read_per_token
 from compactlm.config import CompactLMConfig, ConfigError, DistillConfig, SearchCandidate
 from compactlm.data.splits import load_split
 from compactlm.distill.parallel import init_distributed
 from compactlm.distill.train import distill, open_teacher_caches, total_steps
-from compactlm.manifest import atomic_write_json
 from compactlm.evaluate.quality import quality
+from compactlm.manifest import atomic_write_json
 from compactlm.model.loading import load_model, setup_engine
 from compactlm.pipeline import StageContext, StageOutput, split_task
 from compactlm.prune.stage import prune_checkpoint
-from compactlm.bench.speed import params_read_per_token
 from compactlm.results import CandidateResult, ParamCounts, PruneResult, RankedCandidate, RankingResult, TeacherCacheResult, from_json
 from compactlm.search.plots import plot_pareto, plot_search_curves
 
@@ -177,12 +177,11 @@ class RankingStage:
     keep = ()
 
     def run(self, ctx: StageContext) -> StageOutput:
-        tasks = {ctx.result(task).name: task for task in ctx.upstream if split_task(task)[0] == "candidate"}
-        found = [ctx.result(task) for task in tasks.values()]
-        teacher = ctx.result("model")
-        result = rank(found, teacher.params)
-        result.teacher_loss = ctx.result("teacher_cache").teacher_loss
-        winner_dir = ctx.upstream_output(tasks[result.winner], "checkpoint")
+        tasks = {task: ctx.result(task) for task in ctx.upstream if split_task(task)[0] == "candidate"}
+        found = list(tasks.values())
+        result = rank(found, ctx.result("model").params, ctx.result("teacher_cache").teacher_loss)
+        winner_task = next(task for task, c in tasks.items() if c.name == result.winner)
+        winner_dir = ctx.upstream_output(winner_task, "checkpoint")
         plot_pareto(result, ctx.stage_dir / "pareto.png")
         plot_search_curves(found, ctx.stage_dir / "search_curves.png")
         print(format_ranking(result), flush=True)
@@ -211,7 +210,7 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
     return (concordant - discordant) / denom if denom else 1.0
 
 
-def rank(candidates: list[CandidateResult], teacher: ParamCounts) -> RankingResult:
+def rank(candidates: list[CandidateResult], teacher: ParamCounts, teacher_loss: float | None = None) -> RankingResult:
     """Order by loss after the short distillation (ties: fewer parameters first), mark the Pareto front
     (parameters vs loss) and measure how far the pruned-only order disagrees. The decode speed-up is the
     estimate batch-1 decoding allows, bound by the weights read per token (bench.speed.params_read_per_token)."""
@@ -233,7 +232,7 @@ def rank(candidates: list[CandidateResult], teacher: ParamCounts) -> RankingResu
             pareto=not dominated))
     tau = kendall_tau([c.loss for c in candidates], [c.pruned_loss for c in candidates])
     return RankingResult(metric="val_nll", candidates=rows, winner=rows[0].name, kendall_tau=tau,
-                         teacher_params=teacher.without_lm_head)
+                         teacher_params=teacher.without_lm_head, teacher_loss=teacher_loss)
 
 
 def format_ranking(r: RankingResult) -> str:
