@@ -22,6 +22,13 @@ needs_polish = pytest.mark.skipif(not any(POLISH.glob("*.txt")), reason=f"needs 
                                   "is not beside this checkout (a plain clone has no ../shared; CI has it)")
 TINY_VOCAB = 384
 
+
+def pytest_collection_modifyitems(config, items):
+    """The long end-to-end runs (`slow`) first: `make test` runs two pytest-xdist workers, and starting the long
+    runs at once lets the many short tests fill the gaps instead of one long run ending the session alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 # Per-architecture tiny configs: GQA (4 heads over 2 KV heads), 4 layers, untied except llama.
 TINY = {
     "llama": dict(tie_word_embeddings=True),

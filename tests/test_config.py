@@ -45,6 +45,7 @@ def text_file(tmp_path_factory):
     return p
 
 
+@pytest.mark.slow
 def test_every_shipped_combination_composes_and_validates(tiny_llama_dir, jsonl_file, text_file):
     # every recipe x model x data on this machine, and every cluster with every recipe (the cluster does not
     # interact with the model or data choice: those pairs would only multiply the composing time)

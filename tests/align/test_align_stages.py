@@ -122,6 +122,7 @@ def test_sigterm_checkpoints_the_current_step_and_exits_with_the_requeue_code(tm
     assert read_result(run_dir, "sft").train.resumed_from_step == last
 
 
+@pytest.mark.slow
 def test_sft_runs_data_parallel_under_torchrun(tmp_path, tiny_llama_dir):
     """sft.nproc_per_node=2 runs the stage as two gloo processes on CPU, as on a GPU node; rank 0 alone writes."""
     from helpers import run_launch

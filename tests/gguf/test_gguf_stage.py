@@ -3,6 +3,7 @@ llama.cpp's perplexity beside the dequantized check, the evaluate rows, the repo
 
 from __future__ import annotations
 
+import pytest
 from helpers import compose
 
 from compactlm.bench.stage import bench_from_gguf
@@ -16,6 +17,7 @@ from compactlm.results import GGUFFile, GGUFResult, ParamCounts
 STAGES = ["model", "data", "quantize", "gguf", "evaluate"]
 
 
+@pytest.mark.slow
 def test_gguf_stage_in_the_quantize_recipe(tmp_path, gguf_llama_dir, llama_cpp, capsys):
     conf = to_config(compose([
         "recipe=quantize", f"recipe.stages=[{','.join(STAGES)}]", "model=local", f"model.path={gguf_llama_dir}",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from helpers import REPO, run_launch
 
 from compactlm.manifest import read_manifest
@@ -30,6 +31,7 @@ def _args(tmp_path, model_dir, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_search_killed_mid_candidate_resumes_and_skips_finished_ones(tmp_path, tiny_llama_dir):
     # 400 steps of 2 x 32 tokens per candidate: long enough that the kill lands inside the second candidate
     args = _args(tmp_path, tiny_llama_dir, "search.distill_tokens=25600")

@@ -57,6 +57,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if HERE in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.slurm)
+            # one cluster with a few CPUs: its tests run one after another on one pytest-xdist worker, so no
+            # test's jobs wait behind another test's (tests check that candidates' jobs overlap)
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 def _unavailable(reason: str):

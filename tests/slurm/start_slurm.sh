@@ -94,7 +94,7 @@ export SLURM_CONF=$STATE/slurm.conf
 MUNGE_SOCKET=$STATE/munge-run/munge.socket.2
 DB_SOCKET=$STATE/mysql/mysqld.sock
 HOST=$(hostname -s)
-CPUS=$(nproc)
+CPUS=$(OMP_NUM_THREADS= OMP_THREAD_LIMIT= nproc)  # plain nproc honours these, and `make test` sets OMP_NUM_THREADS=1
 
 pidfile() {  # pidfile <daemon>: mariadbd runs as mysql and keeps its pid file in its own dir
     if [[ $1 == mariadbd ]]; then echo "$STATE/mysql/mariadbd.pid"; else echo "$STATE/run/$1.pid"; fi
