@@ -33,9 +33,9 @@ def _args(tmp_path, model_dir, *extra):
 
 @pytest.mark.slow
 def test_search_killed_mid_candidate_resumes_and_skips_finished_ones(tmp_path, tiny_llama_dir):
-    # 200 steps of 2 x 32 tokens per candidate: the kill comes at the second candidate's first checkpoint (step 5),
-    # long before its end
-    args = _args(tmp_path, tiny_llama_dir, "search.distill_tokens=12800")
+    # 400 steps of 2 x 32 tokens per candidate: long enough that the kill lands inside the second candidate, and that
+    # each candidate's short distillation lowers its loss (200 steps did not, for one of them)
+    args = _args(tmp_path, tiny_llama_dir, "search.distill_tokens=25600")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -63,7 +63,7 @@ def test_search_killed_mid_candidate_resumes_and_skips_finished_ones(tmp_path, t
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert f"[candidate-{names[0]}] up to date" in r.stdout  # finished before the kill: not run again
     history = json.loads((second / "distill" / "history.json").read_text())
-    assert history["train"][-1]["step"] == 200
+    assert history["train"][-1]["step"] == 400
     resumed = read_manifest(second)
     assert resumed is not None and read_manifest(run_dir / f"candidate-{names[2]}") is not None
     ranking = read_result(run_dir, "ranking")
