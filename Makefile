@@ -25,12 +25,11 @@ llama-cpp: install
 demo: install
 	$(PY) launch.py
 
-# Three pytest-xdist workers with one CPU thread each: OMP_NUM_THREADS=1 reaches every stage process and Slurm job a
-# test starts (with two threads per worker, OpenMP's waiting threads made the main-command test 2.8x slower), and
-# the third worker fills the time the end-to-end tests spend waiting on Slurm and on process start-up (2 workers:
-# 154% CPU). The Slurm tests share one worker (tests/slurm/conftest.py); the long end-to-end tests start first
-# (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
-TEST_WORKERS ?= 3
+# Two pytest-xdist workers with one CPU thread each: OMP_NUM_THREADS=1 reaches every stage process and Slurm job a
+# test starts, so two workers never ask for more threads than 2 cores have (with two threads each, OpenMP's waiting
+# threads made the main-command test 2.8x slower). The Slurm tests share one worker (tests/slurm/conftest.py);
+# the long end-to-end tests start first (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
