@@ -116,6 +116,14 @@ class SlurmCluster:
         has Restarts=N only while the job is still in slurmctld's memory, MinJobAge=30 s here.)"""
         return [r[0].split()[0] for r in self.sacct(job_id, "State", "--duplicates") if r and r[0]]
 
+    def wait_idle(self, timeout: float = 120.0) -> None:
+        """Wait until the queue is empty: a job an earlier test left running or completing still holds CPUs."""
+        deadline = time.monotonic() + timeout
+        while self.run("squeue", "-h", "-o", "%i").stdout.strip():
+            if time.monotonic() > deadline:  # a bound on waiting, not a speed check
+                pytest.fail(f"Slurm queue not empty after {timeout} s:\n" + self.run("squeue").stdout)
+            time.sleep(0.2)
+
     def wait_state(self, job_id: int | str, states: str | Iterable[str], timeout: float = 60.0,
                    poll: float = 0.5) -> str:
         """Poll `sacct -j <id> -X -n -P -o State` until the state is one of `states`; return it.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,10 +23,7 @@ SHARED = ["model", "data", "importance", "teacher_cache"]
 def test_candidates_are_concurrent_slurm_jobs_after_the_shared_stages(slurm_cluster, tmp_path, tiny_llama_dir):
     # the node must be free: a job an earlier test left running or completing holds a CPU, and the two candidates
     # (one CPU each, on a 2-CPU node) would then run one after the other
-    for _ in range(600):  # a bounded wait for the queue to empty, not a timing check
-        if not slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.strip():
-            break
-        time.sleep(0.2)
+    slurm_cluster.wait_idle()
     venv_bin = Path(sys.executable).parent
     r = run_launch([
         "recipe=search", "model=local", f"model.path={tiny_llama_dir}", "data=pydoc", "data.max_documents=20",
