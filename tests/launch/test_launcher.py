@@ -85,12 +85,11 @@ def test_kill_mid_stage_then_rerun_resumes(tmp_path, tiny_llama_dir):
     assert "compactlm summary" in out and "reused (up to date)" in out and "perplexity" in out
 
 
-# The demo's budget cut to a CI's: every stage and code path of `make demo`, a quarter of its distillation tokens
-# (8 steps; the full budget's figures are measured by `make demo` and quoted in the README), fewer lm-eval examples.
-# CI budget: 8 distillation steps, 40 lm-eval examples, Q8_0 and Q4_K_M only (on this student Q6_K falls back to the
-# Q8_0 file), 8 perplexity chunks, one benchmark run each
-# The main command on a CI budget: 8 distillation steps; models scored on 8 of the 24 validation sequences (evaluate,
-# and the gguf stage's dequantized check, which scores the source again beside each file); 4 llama.cpp chunks.
+# The demo's budget cut to a CI's: every stage and code path of `make demo` (its full budget's figures are measured
+# by `make demo` and quoted in the README). 8 distillation steps, 40 lm-eval examples; models scored on 8 of the 24
+# validation sequences (evaluate, and the gguf stage's dequantized check, which scores the source again beside each
+# file); Q8_0 and Q4_K_M only (on this student Q6_K falls back to the Q8_0 file), 4 llama.cpp perplexity chunks, one
+# benchmark run each.
 SHORT_DEMO = ["distill.max_tokens=16384", "evaluate.task_examples=40", "evaluate.max_sequences=8",
               "gguf.types=[q8_0,q4_k_m]", "gguf.perplexity_chunks=4", "gguf.repeats=1"]
 
