@@ -471,7 +471,8 @@ class TrainerOptions:
     """Examples per process per optimizer step before accumulation."""
     grad_accum: int = 1
     max_length: int = 160
-    """Tokens per example (prompt + answer); longer ones are truncated."""
+    """Tokens per example (prompt + answer), at most the model's max_position_embeddings; longer ones are truncated
+    (sft, dpo: TRL keeps the start; grpo: see GRPOConfig), far longer ones refused at launch (compactlm.align.data)."""
     warmup_ratio: float = 0.1
     save_steps: int = 8
     """Write a resumable checkpoint every N steps (also on SIGTERM/SIGUSR1)."""
@@ -520,8 +521,9 @@ class DPOConfig(TrainerOptions):
 
 @dataclass
 class GRPOConfig(TrainerOptions):
-    """Group-relative policy optimization (TRL GRPOTrainer) with verifiable rewards (max_length is not used:
-    prompts are taken whole, answers are at most max_completion_length tokens)."""
+    """Group-relative policy optimization (TRL GRPOTrainer) with verifiable rewards. `max_length` bounds a prompt
+    and its answer: prompts get at most max_length - max_completion_length tokens (TRL 1.16 takes prompts whole, so
+    the launcher refuses far longer ones and the stage truncates the rest, keeping their end)."""
 
     lr: float = 3e-5
     max_steps: int = 32
@@ -535,6 +537,7 @@ class GRPOConfig(TrainerOptions):
     num_generations: int = 4
     """Completions sampled per prompt (the group whose rewards are compared)."""
     max_completion_length: int = 16
+    """Tokens a sampled answer may have (out of max_length)."""
     temperature: float = 1.0
     beta: float = 0.0
     """KL penalty to the starting model (TRL's default 0 loads no reference model)."""
@@ -543,6 +546,10 @@ class GRPOConfig(TrainerOptions):
         self.check("grpo")
         for k in ("num_generations", "max_completion_length"):
             _positive(f"grpo.{k}", getattr(self, k))
+        if self.max_completion_length >= self.max_length:
+            raise ConfigError(f"grpo.max_completion_length={self.max_completion_length} leaves no room for the prompt "
+                              f"in grpo.max_length={self.max_length} tokens; use grpo.max_completion_length<"
+                              f"{self.max_length} or raise grpo.max_length")
         if self.num_generations < 2:
             raise ConfigError(f"grpo.num_generations={self.num_generations} must be >= 2 (rewards are compared "
                               "within each prompt's group)")

@@ -7,37 +7,78 @@ align_data stage reads them with the same ones, so what passed the check is exac
     dpo   {"prompt": "...", "chosen": "...", "rejected": "..."}                          chosen != rejected
     grpo  {"prompt": "...", "answer": "..." or a number}
 
-A bad example is refused with one line naming the file, the line and the field.
+A bad example is refused with one line naming the file, the line and the field: a key given twice on a line
+(JSON would keep the last), and, at launch, a field too long for its stage's token budget (`Budget`, measured in
+characters: the launcher has no tokenizer; the stages measure in tokens and truncate, `compactlm.align.train`).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compactlm.config import AlignSource, ConfigError
+from compactlm.config import AlignSource, ConfigError, GRPOConfig, TrainerOptions
 from compactlm.data.splits import expand_globs
 from compactlm.manifest import atomic_write_text
 
 ROLES = ("system", "user", "assistant")
 FIELDS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected"), "grpo": ("prompt", "answer")}
 SPLIT_FILES = ("train.jsonl", "heldout.jsonl")
+# No tokenizer is at hand on the submit side, so token budgets are checked in characters: a text longer than this many
+# characters per token of its budget cannot fit it unless its tokens average more than 32 characters, which only
+# runs of one repeated character (spaces, "=====") reach. The bound refuses what is certainly too long (a 50 MB
+# prompt) and lets the stage truncate what is slightly too long, saying so (compactlm.align.train.fit_budget).
+CHARS_PER_TOKEN = 32
 
 
 class BadExample(ConfigError):
     """One example of an alignment data file does not fit its stage's format."""
 
 
-def check_example(kind: str, row: Any, where: str) -> dict[str, Any]:
-    """`row` as the `kind` stage reads it (only its fields), or BadExample naming `where` and the field."""
+@dataclass(frozen=True)
+class Budget:
+    """The most tokens one field of an example may take in its stage's sequence, and the settings that say so."""
+
+    tokens: int
+    why: str
+    """The settings, e.g. 'grpo.max_length=160 - grpo.max_completion_length=16'."""
+
+    @property
+    def chars(self) -> int:
+        return self.tokens * CHARS_PER_TOKEN
+
+    def check(self, text: str, where: str, field: str) -> None:
+        if len(text) > self.chars:
+            raise BadExample(f"{where}: field {field!r} has {len(text):,} characters, more than its {self.tokens} "
+                             f"tokens ({self.why}) can hold at {CHARS_PER_TOKEN} characters per token "
+                             f"({self.chars:,}); shorten it or raise the setting")
+
+
+def budgets(sft: TrainerOptions, dpo: TrainerOptions, grpo: GRPOConfig) -> dict[str, dict[str, Budget]]:
+    """kind -> field -> Budget: sft and dpo sequences (prompt + answer) are `max_length` tokens; a grpo prompt
+    leaves `max_completion_length` of `grpo.max_length` for the sampled answer."""
+    prompt = grpo.max_length - grpo.max_completion_length
+    return {
+        "sft": {"messages": Budget(sft.max_length, f"sft.max_length={sft.max_length}")},
+        "dpo": {k: Budget(dpo.max_length, f"dpo.max_length={dpo.max_length}") for k in FIELDS["dpo"]},
+        "grpo": {"prompt": Budget(prompt, f"grpo.max_length={grpo.max_length} - grpo.max_completion_length="
+                                          f"{grpo.max_completion_length}"),
+                 "answer": Budget(grpo.max_length, f"grpo.max_length={grpo.max_length}")},
+    }
+
+
+def check_example(kind: str, row: Any, where: str, limits: dict[str, Budget] | None = None) -> dict[str, Any]:
+    """`row` as the `kind` stage reads it (only its fields), or BadExample naming `where` and the field; with
+    `limits` (field -> Budget), a field longer than its budget is refused too."""
     if not isinstance(row, dict):
         raise BadExample(f"{where}: expected a JSON object with {', '.join(FIELDS[kind])}, got {type(row).__name__}")
     for name in FIELDS[kind]:
         if name not in row:
             raise BadExample(f"{where}: field {name!r} is missing ({kind} examples need {', '.join(FIELDS[kind])})")
     if kind == "sft":
-        return {"messages": _check_messages(row["messages"], where)}
+        return {"messages": _check_messages(row["messages"], where, (limits or {}).get("messages"))}
     out: dict[str, Any] = {}
     for name in FIELDS[kind]:
         value = row[name]
@@ -47,6 +88,8 @@ def check_example(kind: str, row: Any, where: str) -> dict[str, Any]:
             raise BadExample(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
         if not value.strip():
             raise BadExample(f"{where}: field {name!r} is empty")
+        if limits:
+            limits[name].check(value, where, name)
         out[name] = value
     if kind == "dpo" and out["chosen"].strip() == out["rejected"].strip():
         raise BadExample(f"{where}: fields 'chosen' and 'rejected' are the same text (a preference pair needs two "
@@ -54,7 +97,7 @@ def check_example(kind: str, row: Any, where: str) -> dict[str, Any]:
     return out
 
 
-def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
+def _check_messages(messages: Any, where: str, limit: Budget | None) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise BadExample(f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects")
     out = []
@@ -69,15 +112,34 @@ def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
             raise BadExample(f"{where}: field '{key}.role' is 'system' after the first message")
         if not isinstance(content, str) or not content.strip():
             raise BadExample(f"{where}: field '{key}.content' must be a non-empty string")
+        if limit:
+            limit.check(content, where, f"{key}.content")
         out.append({"role": role, "content": content})
     if out[-1]["role"] != "assistant":
         raise BadExample(f"{where}: field 'messages[{len(out) - 1}].role' is {out[-1]['role']!r}; the last message "
                          "must be the assistant's answer (what SFT trains on)")
+    if limit:  # the whole conversation is one sequence of sft.max_length tokens
+        limit.check("".join(m["content"] for m in out), where, "messages")
     return out
 
 
-def read_jsonl(kind: str, path: Path) -> list[dict[str, Any]]:
-    """Every example of `path`, checked; BadExample names the file, the line and the field."""
+def _unique_keys(where: str):
+    """A json.loads object_pairs_hook that refuses a key given twice in one object (JSON would keep the last)."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise BadExample(f"{where}: field {key!r} appears twice in one object (JSON would silently keep the "
+                                 "last value); keep one")
+            out[key] = value
+        return out
+
+    return hook
+
+
+def read_jsonl(kind: str, path: Path, limits: dict[str, Budget] | None = None) -> list[dict[str, Any]]:
+    """Every example of `path`, checked (against `limits`, field -> Budget, when given); BadExample names the file,
+    the line and the field."""
     path = Path(path)
     if not path.is_file():
         raise BadExample(f"{path}: not a file")
@@ -93,20 +155,22 @@ def read_jsonl(kind: str, path: Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, object_pairs_hook=_unique_keys(where))
             except json.JSONDecodeError as e:
                 raise BadExample(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            rows.append(check_example(kind, row, where))
+            rows.append(check_example(kind, row, where, limits))
     if not rows:
         raise BadExample(f"{path}: no examples (the file is empty)")
     return rows
 
 
-def read_files(kind: str, src: AlignSource) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, heldout) examples of a jsonl source."""
-    train = [r for p in expand_globs(src.paths, f"align_data.{kind}.paths") for r in read_jsonl(kind, p)]
+def read_files(kind: str, src: AlignSource, limits: dict[str, Budget] | None = None
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, heldout) examples of a jsonl source (checked against `limits`, field -> Budget, when given)."""
+    train = [r for p in expand_globs(src.paths, f"align_data.{kind}.paths") for r in read_jsonl(kind, p, limits)]
     if src.heldout_paths:
-        heldout = [r for p in expand_globs(src.heldout_paths, f"align_data.{kind}.heldout_paths") for r in read_jsonl(kind, p)]
+        heldout = [r for p in expand_globs(src.heldout_paths, f"align_data.{kind}.heldout_paths")
+                   for r in read_jsonl(kind, p, limits)]
     else:
         train, heldout = split_heldout(train, src.heldout, f"align_data.{kind}")
     return cap(train, src.max_examples), heldout
@@ -138,11 +202,12 @@ def cap(rows: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
     return rows[:limit] if limit else rows
 
 
-def check_sources(sources: dict[str, AlignSource]) -> None:
-    """Submit-side check of every local file the alignment stages will read (jsonl sources)."""
+def check_sources(sources: dict[str, AlignSource], limits: dict[str, dict[str, Budget]]) -> None:
+    """Submit-side check of every local file the alignment stages will read (jsonl sources), each field against
+    its stage's budget (`limits`: kind -> field -> Budget, from :func:`budgets`)."""
     for kind, src in sources.items():
         if src.source == "jsonl":
-            read_files(kind, src)
+            read_files(kind, src, limits[kind])
 
 
 def write_split(folder: Path, train: list[dict[str, Any]], heldout: list[dict[str, Any]]) -> None:

@@ -26,9 +26,11 @@ from compactlm.align.train import (
     answer_logps,
     cached_before,
     chat_tokenizer,
+    fit_prompts,
     generate,
     history,
     plot_curves,
+    report_over,
     save_model,
     stop_token_ids,
     train,
@@ -87,7 +89,8 @@ class AlignDataStage:
 
 # ------------------------------------------------------------------------------------------------ training
 class _AlignStage:
-    """The flow every alignment stage shares. Each subclass provides `trainer(ctx, model, source, tok, dataset,
+    """The flow every alignment stage shares. Each subclass provides `fit(ctx, tok, rows)` (its examples within its
+    token budget, or a log line saying how TRL truncates them), `trainer(ctx, model, source, tok, dataset,
     device, precision)` (its TRL trainer), `measure(ctx, model, before, tok, heldout_rows, device)` (its held-out
     measure, of the starting model when `before` is None) and `result(ctx, summary, before, after, rows, heldout)`."""
 
@@ -102,6 +105,7 @@ class _AlignStage:
         train_rows, heldout_rows = align_data.load_split(ctx.upstream_output("align_data", self.name), self.name)
         device, precision = setup_engine(ctx.cfg.engine)
         tok = chat_tokenizer(source, self.name)
+        train_rows, heldout_rows = self.fit(ctx, tok, train_rows), self.fit(ctx, tok, heldout_rows)
         model = load_model(source, device, torch.float32)
         print(f"[{self.name}] {len(train_rows)} examples, {cfg.max_steps} steps from {label} ({source})", flush=True)
         t0 = time.time()
@@ -134,6 +138,10 @@ class SFTStage(_AlignStage):
     reads = ("sft", "engine", "seed")
     curves = {"loss": "SFT loss (answer tokens)", "mean_token_accuracy": "token accuracy"}
 
+    def fit(self, ctx, tok, rows):
+        report_over(self.name, [r["messages"] for r in rows], tok, ctx.cfg.sft.max_length)
+        return rows
+
     def trainer(self, ctx, model, source, tok, dataset, device, precision):
         cfg = ctx.cfg.sft
         # prompt = every turn before the last, completion = the final assistant answer: the loss covers the answer
@@ -159,6 +167,12 @@ class DPOStage(_AlignStage):
     name = "dpo"
     reads = ("dpo", "engine", "seed")
     curves = {"loss": "loss", "rewards/margins": "reward margin", "rewards/accuracies": "reward accuracy"}
+
+    def fit(self, ctx, tok, rows):
+        conv = [align_data.to_conversational("dpo", r) for r in rows]
+        report_over(self.name, [c["prompt"] + c[k] for c in conv for k in ("chosen", "rejected")], tok,
+                    ctx.cfg.dpo.max_length)
+        return rows
 
     def trainer(self, ctx, model, source, tok, dataset, device, precision):
         cfg = ctx.cfg.dpo
@@ -203,6 +217,10 @@ class GRPOStage(_AlignStage):
     name = "grpo"
     reads = ("grpo", "engine", "seed")
     curves = {"reward": "mean reward (sampled)", "completions/mean_length": "completion tokens"}
+
+    def fit(self, ctx, tok, rows):
+        cfg = ctx.cfg.grpo
+        return fit_prompts(self.name, rows, tok, cfg.max_length - cfg.max_completion_length)
 
     def trainer(self, ctx, model, source, tok, dataset, device, precision):
         cfg = ctx.cfg.grpo

@@ -177,9 +177,47 @@ def plot_curves(rows: list[dict[str, float]], series: dict[str, str], path: Path
     plt.close(fig)
 
 
-# ------------------------------------------------------------------------------------------ held-out measures
+# ------------------------------------------------------------------------------------------ token budgets
 def _ids(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def chat_tokens(tok, messages: list[dict], prompt_only: bool = False) -> int:
+    """Tokens of `messages` rendered by the chat template (`prompt_only`: followed by the assistant's header)."""
+    return len(_ids(tok, tok.apply_chat_template(messages, add_generation_prompt=prompt_only, tokenize=False)))
+
+
+def report_over(stage: str, sequences: list[list[dict]], tok, max_length: int) -> int:
+    """Log how many chat `sequences` (prompt + answer) exceed `max_length` tokens, which TRL's SFT and DPO trainers
+    truncate keeping the start (an answer past the limit is then not trained on); returns that count."""
+    over = sum(chat_tokens(tok, m) > max_length for m in sequences)
+    if over:
+        print(f"[{stage}] {over} of {len(sequences)} sequences are longer than {stage}.max_length={max_length} tokens; "
+              "TRL truncates them to it, keeping the start", flush=True)
+    return over
+
+
+def fit_prompts(stage: str, rows: list[dict[str, Any]], tok, budget: int) -> list[dict[str, Any]]:
+    """`rows` (grpo examples) with each prompt longer than `budget` tokens (chat template included) cut to its last
+    tokens, and a log line saying how many were cut. TRL 1.16's GRPOTrainer takes prompts whole: an unbounded one
+    would not fit the model's context (the launcher already refused those far over budget, by characters)."""
+    room = budget - chat_tokens(tok, [{"role": "user", "content": ""}], prompt_only=True)
+    if room < 1:
+        raise ValueError(f"{stage}: the chat template alone takes {budget - room} tokens, more than the prompt budget "
+                         f"of {budget}; raise {stage}.max_length")
+    out, cut = [], 0
+    for row in rows:
+        ids = _ids(tok, row["prompt"])
+        if len(ids) > room:
+            row, cut = {**row, "prompt": tok.decode(ids[-room:])}, cut + 1
+        out.append(row)
+    if cut:
+        print(f"[{stage}] {cut} of {len(rows)} prompts are longer than {budget} tokens ({stage}.max_length - "
+              f"{stage}.max_completion_length); truncated to their last {room} tokens of text", flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ held-out measures
 
 
 @torch.no_grad()

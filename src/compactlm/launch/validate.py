@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from compactlm.align.data import budgets as align_budgets
 from compactlm.align.data import check_sources as check_align_sources
 from compactlm.arch import adapter_for
 from compactlm.config import ALIGN_KINDS, GGUF_MODEL_TYPES, TEXT_TASKS, CompactLMConfig, ConfigError, ModelShape
@@ -110,7 +111,7 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
         check_deploy(conf)
     if "gguf" in conf.recipe.stages:
         check_gguf(conf, shape)
-    check_align(conf)
+    check_align(conf, shape)
     if "evaluate" in conf.recipe.stages:
         check_tasks(conf)
         if not conf.cluster.is_remote():
@@ -148,12 +149,19 @@ def check_gguf(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
         from_folder(conf.gguf.llama_cpp)
 
 
-def check_align(conf: CompactLMConfig) -> None:
-    """The alignment stages' example files (every line, as the stages read them) and the GRPO reward functions,
-    before anything is submitted."""
+def check_align(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
+    """The alignment stages' token budgets against the model's context, their example files (every line, as the
+    stages read them, each field against its budget) and the GRPO reward functions, before anything is submitted."""
     stages = conf.recipe.stages
+    most = shape.get("max_position_embeddings")
+    for kind in ALIGN_KINDS:
+        n = getattr(conf, kind).max_length
+        if kind in stages and most is not None and n > most:
+            raise ConfigError(f"{kind}.max_length={n} exceeds the model's max_position_embeddings={most} "
+                              f"({conf.model.name}); use {kind}.max_length<={most}")
     if "align_data" in stages and not conf.cluster.is_remote():
-        check_align_sources({k: getattr(conf.align_data, k) for k in ALIGN_KINDS})
+        check_align_sources({k: getattr(conf.align_data, k) for k in ALIGN_KINDS},
+                            align_budgets(conf.sft, conf.dpo, conf.grpo))
     if any(s in stages for s in ALIGN_KINDS) and "align_data" not in stages:
         raise ConfigError(f"recipe.stages={stages}: the sft, dpo and grpo stages read the align_data stage's "
                           "examples; add align_data before them")
