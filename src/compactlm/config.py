@@ -331,6 +331,20 @@ class SearchCandidate:
     """`params` relative to the teacher's, minus 1 (-0.33: a third smaller)."""
 
 
+# search.target_params above 1 is a parameter count; below this it is a mistyped fraction or a percentage (67), not a
+# model size (the smallest test models have tens of thousands of parameters)
+MIN_TARGET_COUNT = 1000
+
+
+def check_target_params(value: Optional[float]) -> None:
+    """`search.target_params` is None, a fraction in (0, 1] or a whole count >= MIN_TARGET_COUNT; else ConfigError."""
+    if value is None or 0 < value <= 1 or (value >= MIN_TARGET_COUNT and float(value).is_integer()):
+        return
+    hint = f" (a percentage? use {value / 100:g})" if 1 < value <= 100 and float(value).is_integer() else ""
+    raise ConfigError(f"search.target_params={value:g} is neither a fraction of the teacher's parameters in (0, 1] "
+                      f"(0.67) nor a whole parameter count of at least {MIN_TARGET_COUNT:,} (7.35e9){hint}")
+
+
 @dataclass
 class SearchConfig:
     """Candidate architectures ranked by a short distillation each (recipe=search, recipe=search_distill).
@@ -342,7 +356,8 @@ class SearchConfig:
     candidates: list[str] = field(default_factory=list)
     """Prune presets of conf/prune/ to rank, e.g. [exp_001, exp_002, ..., exp_010]."""
     target_params: Optional[float] = None
-    """Parameters to keep without lm_head: a fraction of the teacher's (0.67: -33%) or an absolute count (7.35e9)."""
+    """Parameters to keep without lm_head: a fraction of the teacher's in (0, 1] (0.67: -33%) or a whole count of at
+    least MIN_TARGET_COUNT (7.35e9); anything between is refused (1.5 is neither)."""
     tolerance: float = 0.03
     """Enumerated candidates lie within target_params x (1 +- tolerance)."""
     max_candidates: int = 6
@@ -377,9 +392,7 @@ class SearchConfig:
         for k in ("max_candidates", "num_layers_divisor", "hidden_size_divisor", "ffn_hidden_size_divisor",
                   "distill_tokens", "parallel"):
             _positive(f"search.{k}", getattr(self, k))
-        if self.target_params is not None and not self.target_params > 0:
-            raise ConfigError(f"search.target_params={self.target_params} must be > 0: a fraction of the teacher's "
-                              "parameters (0.67) or a count (7.35e9)")
+        check_target_params(self.target_params)
         if not 0 < self.tolerance < 1:
             raise ConfigError(f"search.tolerance={self.tolerance} must be between 0 and 1 (0.03: within 3%)")
         for k in ("max_depth_pruning", "max_width_pruning"):

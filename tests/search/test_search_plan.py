@@ -81,6 +81,7 @@ def test_local_search_parallel_bounds_the_candidates_running_at_once(tmp_path, p
     (["recipe=search", "search.target_params=null"], "search.candidates=[<preset>, ...]"),
     (["recipe=search", "search.candidates=[exp_010]"], "'exp_010' is not a prune preset for model=smollm2_135m"),
     (["recipe=search", "search.target_params=0.05"], "search.target_params"),
+    (["recipe=search", "search.target_params=1.5"], "search.target_params=1.5 is neither a fraction"),
     (["recipe=search", "search.tolerance=2"], "search.tolerance=2"),
     (["recipe=search", "recipe.stages=[model,data,importance,teacher_cache,candidate,ranking,prune]"], "both prune"),
     (["recipe=search", "recipe.stages=[model,data,importance,candidate,ranking]"], "missing: teacher_cache"),

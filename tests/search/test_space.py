@@ -65,6 +65,26 @@ def test_target_count():
     assert target_count(7.35e9, 11_000_000_000) == 7_350_000_000
 
 
+@pytest.mark.parametrize("value", [0.67, 1, 1.0, 1000, 7.35e9, 134_515_008])
+def test_target_params_accepts_fractions_and_whole_counts(value):
+    assert SearchConfig(target_params=value).target_params == value
+
+
+@pytest.mark.parametrize("value,hint", [(1.5, ""), (67, " (a percentage? use 0.67)"), (999, ""), (7.35e9 + 0.5, ""),
+                                        (0, ""), (-0.5, "")])
+def test_target_params_between_a_fraction_and_a_count_is_refused(value, hint):
+    with pytest.raises(ConfigError) as e:
+        SearchConfig(target_params=value)
+    assert str(e.value) == (f"search.target_params={value:g} is neither a fraction of the teacher's parameters in "
+                            "(0, 1] (0.67) nor a whole parameter count of at least 1,000 (7.35e9)" + hint)
+
+
+def test_a_count_above_the_teacher_is_refused_not_sent_to_widen_the_tolerance():
+    with pytest.raises(ConfigError, match=r"^search.target_params=2e\+11 asks for 200,000,000,000 parameters without "
+                                          r"lm_head, but the teacher has only 106,\d{3},\d{3}: a search prunes"):
+        enumerate_candidates(shape_config("smollm2_135m"), SearchConfig(target_params=2e11))
+
+
 def test_smollm2_at_two_thirds():
     base = shape_config("smollm2_135m")
     search = SearchConfig(target_params=0.67)

@@ -33,7 +33,8 @@ _EPS = 1e-9
 
 
 def target_count(target_params: float, teacher_params: int) -> int:
-    """Parameters (without lm_head) to keep: `target_params` <= 1 is a fraction of `teacher_params`, above 1 a count."""
+    """Parameters (without lm_head) to keep: `target_params` <= 1 is a fraction of `teacher_params`, above 1 a count
+    (config.check_target_params refuses the values between, such as 1.5)."""
     return round(target_params * teacher_params) if target_params <= 1 else round(target_params)
 
 
@@ -61,6 +62,10 @@ def enumerate_candidates(base_hf_config, search: SearchConfig) -> list[SearchCan
     teacher = _teacher_sizes(base_hf_config)
     teacher_params = count_on_meta(base_hf_config)["without_lm_head"]
     target = target_count(search.target_params, teacher_params)
+    if target > teacher_params:
+        raise ConfigError(f"search.target_params={search.target_params:g} asks for {target:,} parameters without "
+                          f"lm_head, but the teacher has only {teacher_params:,}: a search prunes, so ask for fewer "
+                          "(a fraction below 1, e.g. 0.67, or a smaller count)")
     points = _grid(base_hf_config, search, teacher)
     fits = [p for p in points if abs(p.params - target) <= search.tolerance * target]
     if not fits:
