@@ -8,12 +8,15 @@ command line itself (unknown keys, wrong types).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import compose, config_error, run_launch
+from helpers import REPO, compose, config_error, run_launch
 from safetensors.numpy import save_file
 
 from compactlm.config import ConfigError, ModelConfig, check_run_name, hub_id_like
@@ -77,6 +80,37 @@ def test_prepare_only_still_writes_the_run_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "prep" / "config.yaml").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prep"], "Hydra must write no outputs/ nor .hydra/"
+
+
+def _without_root_override() -> list[str]:
+    """A prefix that runs a command as this user without root's permission override (CAP_DAC_OVERRIDE), so that a
+    read-only folder refuses it as it would refuse any user; [] when not root."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: a read-only folder cannot refuse root here")
+    return ["setpriv", "--bounding-set=-dac_override", "--inh-caps=-dac_override"]
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-run", "existing-run-folder"])
+def test_a_read_only_runs_root_is_one_line_and_exit_2(tmp_path, existing):
+    runs = tmp_path / "ro"
+    (runs / "prep" if existing else runs).mkdir(parents=True)
+    (runs / "prep" if existing else runs).chmod(0o555)
+    proc = subprocess.run([*_without_root_override(), sys.executable, str(REPO / "launch.py"), f"runs_root={runs}",
+                           "run_name=prep", "prepare_only=true", "recipe=eval"], cwd=tmp_path,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert one_error_line(proc) == (f"runs_root='{runs}': cannot write the run folder {runs / 'prep'} (Permission "
+                                    "denied); set runs_root=<a folder you can write>")
+    assert sorted(p.name for p in runs.iterdir()) == (["prep"] if existing else [])
+
+
+def test_a_runs_root_under_a_file_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "file").write_text("x")
+    proc = run_launch([f"runs_root={tmp_path / 'file' / 'runs'}", "run_name=prep", "prepare_only=true", "recipe=eval"],
+                      cwd=tmp_path)
+    assert one_error_line(proc).endswith(f"cannot write the run folder {tmp_path / 'file' / 'runs' / 'prep'} (Not a "
+                                         "directory); set runs_root=<a folder you can write>")
 
 
 # ------------------------------------------------------------------------------------------ 3. model.path ignored

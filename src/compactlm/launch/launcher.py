@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -49,6 +50,8 @@ def launch(cfg) -> int:
         local_dir = place_run(conf)
         if conf.recipe.stages and not (conf.dryrun or conf.prepare_only):
             check_credentials(conf)
+        if not conf.dryrun:
+            make_run_dir(conf, local_dir)
     except ConfigError as e:
         print(f"compactlm: configuration error: {e}", file=sys.stderr)
         return 2
@@ -93,6 +96,17 @@ def place_run(conf: CompactLMConfig) -> Path:
         conf.cache_dir = str(Path(conf.cache_dir).expanduser())
         pin_local_paths(conf)
     return local_dir
+
+
+def make_run_dir(conf: CompactLMConfig, local_dir: Path) -> None:
+    """Create the local run folder and check that a file can be written in it; ConfigError names `runs_root`."""
+    try:
+        local_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=local_dir):  # a folder can exist and still refuse new files
+            pass
+    except OSError as e:
+        raise ConfigError(f"runs_root={conf.runs_root!r}: cannot write the run folder {local_dir} "
+                          f"({e.strerror or e}); set runs_root=<a folder you can write>") from None
 
 
 def pin_local_paths(conf: CompactLMConfig) -> None:
