@@ -19,6 +19,9 @@ what a compactlm run needs:
   stage whatever its outcome); a stage that is not submitted reports CANCELLED.
 - `cancel` suspends the Run:ai workload (POST .../suspend; NeMo-Run sent GET, which the API does not define),
   and the job's shell script keeps the stage's exit status (`set -o pipefail` in front of NeMo-Run's `| tee`).
+- Values reach the scripts quoted (`compactlm.launch.shell.shell_quote`): NeMo-Run writes `export K=<value>` and
+  (Slurm) the whole srun line verbatim; `SlurmJobExecutor` keeps the stage environment, which NeMo-Run would
+  macro-substitute in place, and the sbatch and DGX Cloud scripts are rendered with the values quoted.
 - Lepton's launch script sets torchrun's rendezvous (NODE_RANK, MASTER_ADDR, MASTER_PORT) from the job's
   environment itself, as leptonai/scripts' `lepton_env_to_pytorch.sh` does, instead of downloading that
   script from GitHub at run time.
