@@ -19,6 +19,9 @@ what a compactlm run needs:
   stage whatever its outcome); a stage that is not submitted reports CANCELLED.
 - `cancel` suspends the Run:ai workload (POST .../suspend; NeMo-Run sent GET, which the API does not define),
   and the job's shell script keeps the stage's exit status (`set -o pipefail` in front of NeMo-Run's `| tee`).
+- Values reach the scripts quoted (`compactlm.launch.shell.shell_quote`): NeMo-Run writes `export K=<value>` and
+  (Slurm) the whole srun line verbatim; `SlurmJobExecutor` keeps the stage environment, which NeMo-Run would
+  macro-substitute in place, and the sbatch and DGX Cloud scripts are rendered with the values quoted.
 - Lepton's launch script sets torchrun's rendezvous (NODE_RANK, MASTER_ADDR, MASTER_PORT) from the job's
   environment itself, as leptonai/scripts' `lepton_env_to_pytorch.sh` does, instead of downloading that
   script from GitHub at run time.
@@ -39,7 +42,7 @@ import os
 import sys
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -49,9 +52,9 @@ from leptonai.api.v1.types.common import Metadata
 from leptonai.api.v1.types.dedicated_node_group import DedicatedNodeGroup, Node
 from leptonai.api.v1.types.job import LeptonJobState
 from nemo_run.config import get_nemorun_home, set_nemorun_home
-from nemo_run.core.execution.dgxcloud import DGXCloudExecutor, DGXCloudState
+from nemo_run.core.execution.dgxcloud import DGXCloudExecutor, DGXCloudRequest, DGXCloudState
 from nemo_run.core.execution.lepton import LeptonExecutor
-from nemo_run.core.execution.slurm import SlurmBatchRequest
+from nemo_run.core.execution.slurm import SlurmBatchRequest, SlurmExecutor
 from nemo_run.run.experiment import Experiment
 from nemo_run.run.torchx_backend.schedulers import api as schedulers_api
 from nemo_run.run.torchx_backend.schedulers import dgxcloud as dgx_scheduler
@@ -63,6 +66,7 @@ from compactlm.config import CompactLMConfig
 from compactlm.launch.records import CONFIG_FILE
 from compactlm.pipeline import split_task, stage_tasks
 from compactlm.launch.resources import stage_env, stage_gpus, stage_image, stage_processes
+from compactlm.launch.shell import shell_quote
 
 log = logging.getLogger(__name__)
 NEMO_RUN_VERSION = "0.11.1"
@@ -150,13 +154,14 @@ class RunAIExecutor(DGXCloudExecutor):
     def launch_script(self, cmd: list[str]) -> str:
         """The workload's command file: NeMo-Run's, with the stage's exit status kept through `| tee`."""
         d = self.pvc_job_dir
-        return (f"\nset -o pipefail\nln -s {d}/ /nemo_run\ncd /nemo_run/code\nmkdir -p {d}/logs\n"
-                f"{' '.join(cmd)} 2>&1 | tee -a {d}/log_$HOSTNAME.out {d}/log-allranks_0.out\n")
+        q = shell_quote
+        return (f"\nset -o pipefail\nln -s {q(d + '/')} /nemo_run\ncd /nemo_run/code\nmkdir -p {q(d + '/logs')}\n"
+                f"{' '.join(map(q, cmd))} 2>&1 | tee -a {q(d + '/log_')}$HOSTNAME.out {q(d + '/log-allranks_0.out')}\n")
 
     def workload(self, name: str, project_id: str, cluster_id: str) -> tuple[str, dict]:
         """(kind, body) of the POST /workloads/<kind> request: a training on one node, distributed on several."""
         spec = {
-            "command": f"/bin/bash {self.pvc_job_dir}/launch_script.sh",
+            "command": f"/bin/bash {shell_quote(self.pvc_job_dir + '/launch_script.sh')}",
             "image": self.container_image,
             "compute": {"gpuDevicesRequest": self.gpus_per_node, "largeShmRequest": True},
             "storage": {"pvc": self.pvcs},
@@ -266,7 +271,9 @@ class LeptonJobExecutor(LeptonExecutor):
 
     def launch_script(self, cmd: list[str]) -> str:
         pre = "".join(f"{c}\n" for c in self.pre_launch_commands)
-        return f"\n{pre}{LEPTON_RENDEZVOUS}ln -s {self.lepton_job_dir}/ /nemo_run\ncd /nemo_run/code\n{' '.join(cmd)}\n"
+        # `cmd` is NeMo-Run's rendered command (torchrun's arguments already quoted, its $NODE_RANK... left to expand)
+        return (f"\n{pre}{LEPTON_RENDEZVOUS}ln -s {shell_quote(self.lepton_job_dir + '/')} /nemo_run\n"
+                f"cd /nemo_run/code\n{' '.join(cmd)}\n")
 
     def launch(self, name: str, cmd: list[str]) -> tuple[str, str]:
         self._validate_mounts()
@@ -309,15 +316,57 @@ _REQUEUE_UNLESS_CONFIG_ERROR = '''    if [ -n "${COMPACTLM_NO_REQUEUE:-}" ] && [
 _materialize = SlurmBatchRequest.materialize
 
 
-def _materialize_without_config_error_requeue(self) -> str:
-    text = _materialize(self)
+@dataclass(kw_only=True)
+class SlurmJobExecutor(SlurmExecutor):
+    """NeMo-Run's `SlurmExecutor`, whose sbatch script carries every value compactlm gives it quoted.
+
+    NeMo-Run 0.11.1 pastes `export K=<value>`, the container image, the mounts and the srun arguments into the
+    script as they are (its srun line means to quote, but its `noquote` type is plain `str`, so nothing is), and it
+    substitutes its `$`-macros in `env_vars` in place each time it renders (`$$` becomes `$`). compactlm hands it
+    the image, mounts and srun arguments already quoted (`executors._slurm`) and keeps the environment here; the
+    script is rendered with the environment quoted (`_materialize_sbatch`)."""
+
+    stage_env: dict[str, str] = field(default_factory=dict)
+    """The stage's environment exactly as compactlm sets it (NeMo-Run's own `env_vars` stays empty)."""
+
+
+def _materialize_sbatch(self) -> str:
+    """NeMo-Run's sbatch script with the environment quoted by `shell_quote` and no requeue after a configuration
+    error (see _REQUEUE_UNLESS_CONFIG_ERROR)."""
+    ex = self.executor
+    saved = ex.env_vars, self.extra_env
+    env = ex.stage_env if isinstance(ex, SlurmJobExecutor) else ex.env_vars
+    # NeMo-Run writes `export {KEY}={value}` verbatim: hand it the values as shell words, for this rendering only
+    ex.env_vars = {k: shell_quote(v) for k, v in env.items()}
+    self.extra_env = {k: shell_quote(v) for k, v in self.extra_env.items()}  # NeMo-Run's own (LOGLEVEL=INFO)
+    try:
+        text = _materialize(self)
+    finally:
+        ex.env_vars, self.extra_env = saved
     if _REQUEUE not in text:
         raise RuntimeError("NeMo-Run's sbatch template changed: compactlm's no-requeue-on-configuration-error fix "
                            f"(compactlm.launch.cloud) no longer applies; it is written for nemo_run=={NEMO_RUN_VERSION}")
     return text.replace(_REQUEUE, _REQUEUE_UNLESS_CONFIG_ERROR)
 
 
-SlurmBatchRequest.materialize = _materialize_without_config_error_requeue
+SlurmBatchRequest.materialize = _materialize_sbatch
+_materialize_dgxc = DGXCloudRequest.materialize
+
+
+def _materialize_dgxc_quoted(self) -> str:
+    """NeMo-Run's DGX Cloud entry script (torchrun_job.sh), whose `export {KEY}={value}` lines it writes verbatim,
+    rendered with the values quoted by `shell_quote`."""
+    ex = self.executor
+    saved = ex.env_vars, self.extra_env
+    ex.env_vars = {k: shell_quote(v) for k, v in ex.env_vars.items()}
+    self.extra_env = {k: shell_quote(v) for k, v in self.extra_env.items()}
+    try:
+        return _materialize_dgxc(self)
+    finally:
+        ex.env_vars, self.extra_env = saved
+
+
+DGXCloudRequest.materialize = _materialize_dgxc_quoted
 
 
 def use_home(home: str | Path) -> None:
@@ -337,9 +386,11 @@ def use_home(home: str | Path) -> None:
 def register() -> None:
     """Make NeMo-Run accept the subclasses (it looks executors up by exact class) and point its job records
     at the current NEMORUN_HOME (its scheduler modules fix those paths when first imported)."""
-    for cls, scheduler in ((RunAIExecutor, "dgx_cloud"), (LeptonJobExecutor, "lepton")):
+    tables = ("_PARALLEL_SUPPORTED_EXECUTORS", "_DETACH_SUPPORTED_EXECUTORS")
+    for cls, scheduler, extra in ((RunAIExecutor, "dgx_cloud", ()), (LeptonJobExecutor, "lepton", ()),
+                                  (SlurmJobExecutor, "slurm_tunnel", ("_DEPENDENCY_SUPPORTED_EXECUTORS",))):
         schedulers_api.EXECUTOR_MAPPING[cls] = scheduler
-        for table in ("_PARALLEL_SUPPORTED_EXECUTORS", "_DETACH_SUPPORTED_EXECUTORS"):
+        for table in (*tables, *extra):
             if cls not in getattr(Experiment, table):
                 setattr(Experiment, table, (*getattr(Experiment, table), cls))
     home = get_nemorun_home()

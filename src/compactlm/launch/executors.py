@@ -19,7 +19,7 @@ from pathlib import Path
 import nemo_run as run
 
 from compactlm.config import CompactLMConfig, ConfigError
-from compactlm.launch.cloud import dgxc_executor, lepton_executor, rendered_spec, use_home
+from compactlm.launch.cloud import SlurmJobExecutor, dgxc_executor, lepton_executor, rendered_spec, use_home
 from compactlm.launch.records import CONFIG_FILE, REPO, nemorun_home, resolved_yaml
 from compactlm.launch.resources import (
     CLOUD_EXECUTORS,
@@ -32,6 +32,7 @@ from compactlm.launch.resources import (
     stage_image,
     stage_processes,
 )
+from compactlm.launch.shell import shell_quote
 from compactlm.pipeline import CONFIG_ERROR, INSTANCED, run_tasks, stage_tasks
 
 
@@ -72,16 +73,19 @@ def _slurm(conf, run, stage, local_dir):
         tunnel = run.LocalTunnel(job_dir=s.job_dir or "")
     image = stage_image(conf, stage)
     gpus = stage_gpus(conf, stage)
-    executor = run.SlurmExecutor(
+    # NeMo-Run pastes the image, the mounts and the srun arguments into the srun line as they are: hand them over as
+    # shell words (shell.check_shell_values refused what pyxis cannot read); the #SBATCH values it quotes itself.
+    executor = SlurmJobExecutor(
         account=s.account, partition=s.partition, time=s.time, nodes=c.nodes_for(stage),
         ntasks_per_node=stage_processes(conf, stage), gpus_per_node=gpus or None,
         cpus_per_task=s.cpus_per_task, mem=s.mem, qos=s.qos, constraint=s.constraint,
         exclusive=True if s.exclusive else None,
         signal=f"USR1@{s.signal_before_limit}" if s.signal_before_limit else None,
-        container_image=image, container_mounts=container_mounts(conf) if image else [],
-        setup_lines="\n".join(s.setup_lines) or None, srun_args=list(s.srun_args) or None,
+        container_image=shell_quote(image) if image else None,
+        container_mounts=[shell_quote(m) for m in container_mounts(conf)] if image else [],
+        setup_lines="\n".join(s.setup_lines) or None, srun_args=[shell_quote(a) for a in s.srun_args] or None,
         job_name_prefix="compactlm-", tunnel=tunnel,
-        env_vars={**stage_env(conf, remote=True), "COMPACTLM_NO_REQUEUE": f"{conf.run_dir}/{stage}/{CONFIG_ERROR}"},
+        stage_env={**stage_env(conf, remote=True), "COMPACTLM_NO_REQUEUE": f"{conf.run_dir}/{stage}/{CONFIG_ERROR}"},
         packager=packager(conf, run, local_dir),
         # a stage that failed for good cancels the stages waiting on it (afterok); without this they stay
         # PENDING (DependencyNeverSatisfied) forever and the launcher, which waits for every job, with them
@@ -146,7 +150,7 @@ def render_submission(conf: CompactLMConfig, local_dir: Path) -> list[tuple[str,
         lines = []
         for task in run_tasks(conf):
             path, args = stage_args(conf, task, local_dir / CONFIG_FILE)
-            lines.append((task, " ".join(["python", path, *args])))
+            lines.append((task, " ".join(map(shell_quote, ["python", path, *args]))))
         return lines
     saved, stdin = os.environ.get("NEMORUN_HOME"), sys.stdin
     sys.stdin = io.StringIO()  # NeMo-Run's shell calls (invoke) must not wait on, or read, our stdin

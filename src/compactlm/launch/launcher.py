@@ -30,6 +30,7 @@ from compactlm.launch.local_runs import (
 from compactlm.launch.records import CONFIG_FILE, REPO, nemorun_home, resolved_yaml, stage_logs
 from compactlm.launch.report import summary_table, write_report
 from compactlm.launch.search import format_candidates, prune_presets, resolve_search
+from compactlm.launch.shell import check_shell_values
 from compactlm.launch.validate import to_config, validate
 from compactlm.manifest import atomic_write_json, atomic_write_text, read_manifest, versions
 from compactlm.model.loading import read_hf_config
@@ -48,6 +49,8 @@ def launch(cfg) -> int:
         shape = validate(conf, STAGE_NAMES)
         resolve_search(conf, shape)
         local_dir = place_run(conf)
+        if conf.recipe.stages:
+            check_shell_values(conf, local_dir)
         if conf.recipe.stages and not (conf.dryrun or conf.prepare_only):
             check_credentials(conf)
         if not conf.dryrun:
