@@ -159,3 +159,84 @@ def test_a_stage_sees_only_the_sections_it_declares():
         view.importance
     with pytest.raises(AttributeError):
         view.prune = None
+
+
+# ------------------------------------------------------------------------------------------ writes
+# Every write goes through compactlm.manifest (atomic_write_text, atomic_file, staging_dir, open_nofollow), which
+# never writes through a symbolic link. Libraries that write by path (save_pretrained, save_file, torch.save,
+# savefig, shutil.copy2) write only into what `staging_dir` or `atomic_file` just made (mkdtemp/mkstemp: nothing can
+# be planted there beforehand). Anything else says why on its line: `# write-ok: <reason>`.
+WRITERS = {"manifest"}
+PATH_WRITES = {"write_text", "write_bytes"}
+LIBRARY_WRITES = {"save_pretrained", "save_file", "savefig", "export_hf_checkpoint", "copy", "copy2", "copyfile",
+                  "copytree", "move", "symlink_to", "hardlink_to"}
+FRESH = {"staging_dir", "atomic_file"}
+WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"}
+
+
+def _name(func: ast.expr) -> str:
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+
+
+def _receiver(func: ast.expr) -> str:
+    return func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+
+
+def _mode(call: ast.Call, position: int) -> str:
+    args = [*call.args[position:position + 1], *(k.value for k in call.keywords if k.arg == "mode")]
+    return next((a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)), "r")
+
+
+def unsafe_writes(source: str) -> list[tuple[int, str]]:
+    """(line, what) of every write in `source` that does not go through compactlm.manifest's link-refusing writers
+    (see WRITERS above) and carries no `# write-ok:` reason."""
+    tree, lines, out = ast.parse(source), source.splitlines(), []
+
+    def visit(node: ast.AST, fresh: bool) -> None:
+        if isinstance(node, ast.With):
+            fresh = fresh or any(isinstance(i.context_expr, ast.Call) and _name(i.context_expr.func) in FRESH
+                                 for i in node.items)
+        if isinstance(node, ast.Call):
+            name, func = _name(node.func), node.func
+            is_os = _receiver(func) == "os"
+            what = None
+            if name in PATH_WRITES:
+                what = name
+            elif name == "open" and is_os:
+                flags = {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)} if len(node.args) > 1 else set()
+                what = "os.open for writing" if flags & WRITE_FLAGS else None
+            elif name == "open" and set(_mode(node, 1 if isinstance(func, ast.Name) else 0)) & set("wax+"):
+                what = "open for writing"
+            elif name in LIBRARY_WRITES or name == "save" and _receiver(func) in ("torch", "np", "numpy"):
+                what = None if fresh else f"{name} outside staging_dir/atomic_file"
+            if what and "# write-ok:" not in lines[node.lineno - 1]:
+                out.append((node.lineno, what))
+        for child in ast.iter_child_nodes(node):
+            visit(child, fresh)
+
+    visit(tree, False)
+    return out
+
+
+def test_every_write_refuses_symbolic_links():
+    bad = []
+    for mod, path in MODULES.items():
+        if mod.rsplit(".", 1)[-1] in WRITERS:
+            continue
+        bad += [f"{path.relative_to(REPO)}:{line}: {what}" for line, what in unsafe_writes(path.read_text())]
+    assert bad == []
+
+
+def test_the_write_finder_finds_writes():
+    found = unsafe_writes("from pathlib import Path\n"
+                          "Path('a').write_text('x')\n"
+                          "open('b', 'a')\n"
+                          "Path('c').open(mode='wb')\n"
+                          "os.open('d', os.O_RDWR | os.O_CREAT)\n"
+                          "np.save('e.npy', x)\n"
+                          "open('f')\n"
+                          "os.open('g', os.O_RDONLY)\n"
+                          "with atomic_file('h') as tmp:\n    fig.savefig(tmp)\n"
+                          "open('i', 'w')  # write-ok: a reason\n")
+    assert found == [(2, "write_text"), (3, "open for writing"), (4, "open for writing"), (5, "os.open for writing"),
+                     (6, "save outside staging_dir/atomic_file")]

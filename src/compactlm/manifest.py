@@ -10,22 +10,31 @@ its stage runs again, while an untouched 22 GB checkpoint costs nothing. A manif
 own content: one edited by hand (or half-copied) is not trusted.
 
 Files and folders are created with the permissions the umask gives (teammates on a shared file system can read
-them), although they are written under temporary names first.
+them), although they are written under temporary names first; :func:`apply_umask_tree` gives whatever a library
+wrote (safetensors writes 0600) the same modes.
+
+Writing never follows a symbolic link: a link planted at a destination (`.launch.lock`, `config.yaml`, a manifest, a
+log) is refused with one line naming it (:class:`LinkRefused`), so nothing outside the run folder is truncated or
+overwritten through one. Every write of compactlm goes through this module (tests/test_architecture.py checks it).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import platform
 import shutil
+import stat
 import sys
 import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
+
+from compactlm.errors import ConfigError
 
 MANIFEST = "manifest.json"
 CHECKSUM = "checksum"
@@ -111,6 +120,71 @@ def apply_umask(path: Path, is_dir: bool = False) -> None:
     os.chmod(path, (0o777 if is_dir else 0o666) & ~umask())
 
 
+def apply_umask_tree(root: Path) -> None:
+    """Give `root` and every file and folder under it the mode a plain open/mkdir would have under the umask
+    (0644/0755 under umask 022), whatever wrote them: safetensors' `save_file` (and so `save_pretrained`) creates
+    0600 files, mkstemp/mkdtemp 0600/0700. A file with an execute bit (a script, a binary) keeps it, as 0755.
+    Links are neither followed nor changed."""
+    mask = umask()
+    root = Path(root)
+    if root.is_symlink() or not root.exists():
+        return
+    if not root.is_dir():
+        _chmod_masked(root, mask)
+        return
+    for folder, dirs, files in os.walk(root):  # os.walk never descends into a linked folder
+        _chmod_masked(Path(folder), mask)
+        for name in files:
+            _chmod_masked(Path(folder) / name, mask)
+
+
+def _chmod_masked(path: Path, mask: int) -> None:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return
+    full = 0o777 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o111 else 0o666
+    if stat.S_IMODE(st.st_mode) != full & ~mask:
+        os.chmod(path, full & ~mask)
+
+
+class LinkRefused(ConfigError):
+    """A destination compactlm was about to write is a symbolic link: it is never written through."""
+
+
+def refuse_link(path: Path) -> None:
+    """Raise LinkRefused when `path` is a symbolic link (writing would replace or follow it)."""
+    if os.path.islink(path):
+        raise LinkRefused(_link_message(path))
+
+
+def _link_message(path: Path) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return (f"{path} is a symbolic link (to {target}): compactlm never writes through a link in a run folder; "
+            "remove the link and run again")
+
+
+def open_nofollow(path: Path, mode: str = "w", encoding: str | None = None) -> IO:
+    """`open(path, mode)` for writing ("w", "a", "wb", "ab") that refuses a symbolic link at `path` (O_NOFOLLOW:
+    the kernel checks, so no link can be swapped in after a check) with LinkRefused; the file gets the umask's
+    mode."""
+    base = {"w": os.O_TRUNC, "a": os.O_APPEND}[mode.rstrip("b")]
+    fd = open_fd_nofollow(path, os.O_WRONLY | os.O_CREAT | base)
+    return os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None)
+
+
+def open_fd_nofollow(path: Path, flags: int) -> int:
+    """`os.open(path, flags | O_NOFOLLOW | O_CLOEXEC, 0o666)`: a descriptor, or LinkRefused for a link at `path`."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # what O_NOFOLLOW gives for a link, dangling or not
+            raise LinkRefused(_link_message(path)) from None
+        raise
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in PACKAGES:
@@ -125,6 +199,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` via a temporary file in the same folder and `os.replace`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_link(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         apply_umask(tmp)
@@ -141,14 +216,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """A temporary name beside `path` for a library to write to (savefig, save_file); renamed to `path`, with
-    the umask's permissions, when the block succeeds, removed when it fails."""
+    the umask's permissions, when the block succeeds, removed when it fails. A link at `path` is refused."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_link(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
         apply_umask(tmp)
+        refuse_link(path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -160,8 +237,11 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
-    """Move a fully written folder into place; an older folder at `final_dir` is replaced."""
+    """Move a fully written folder into place, every file and folder in it with the umask's mode; an older folder
+    at `final_dir` is replaced. A link at `final_dir` is refused."""
     final_dir = Path(final_dir)
+    refuse_link(final_dir)
+    apply_umask_tree(tmp_dir)
     if final_dir.exists():
         old = final_dir.with_name(f".{final_dir.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -179,6 +259,7 @@ def staging_dir(final_dir: Path) -> Iterator[Path]:
     success, removed on any failure, so a half-written folder never appears under the final name."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    refuse_link(final_dir)
     tmp = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.", suffix=".tmp"))
     try:
         apply_umask(tmp, is_dir=True)

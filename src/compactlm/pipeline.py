@@ -28,6 +28,7 @@ from compactlm.cli import UsageError, parse
 from compactlm.config import CompactLMConfig, ConfigError, check_run_name
 from compactlm.manifest import (
     MANIFEST,
+    apply_umask_tree,
     atomic_write_json,
     atomic_write_text,
     file_records,
@@ -35,6 +36,7 @@ from compactlm.manifest import (
     is_current,
     read_manifest,
     records_digest,
+    refuse_link,
     resolve_output,
     seal,
     sha256_json,
@@ -69,8 +71,13 @@ STAGE_NAMES = tuple(STAGES)
 INSTANCED = {"candidate": "search"}
 CONFIG_FILE = "config.yaml"
 RESUME_KEY = "resume_key.json"
-# In a stage folder while the stage runs: who runs it (pid, process group, host), for status, cancel and Ctrl-C.
+# In a stage folder while the stage runs: who runs it (pid, process group, host, and the process's identity:
+# boot, start time, command line), for status, cancel and Ctrl-C. It outlives a kill -9, so it is trusted only
+# while its pid still belongs to the process that wrote it (`same_process`).
 RUNNING = ".running.json"
+# What tells a process apart from a later one given the same pid (see process_identity).
+IDENTITY = ("boot_id", "start_ticks", "cmdline")
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # In the run folder after `launch.py cancel`: stages not yet started refuse to start.
 CANCELLED = "cancelled.json"
 # In a stage folder after it stopped on a configuration error: the Slurm job script does not requeue it.
@@ -269,9 +276,7 @@ def run_stage(name: str, config_path: Path) -> int:
         # the distill stage replaces this with its own handler, which checkpoints first.
         signal.signal(signal.SIGTERM, _exit_on_signal)
     if rank == 0:
-        atomic_write_json(stage_dir / RUNNING, {"pid": os.getpid(), "pgid": os.getpgid(0), "host": socket.gethostname(),
-                                                "attempt": uuid.uuid4().hex,  # this run of the stage: the stages after it are fingerprinted against it
-        "started_at": started,
+        atomic_write_json(stage_dir / RUNNING, {**running_record(), "started_at": started,
                                                 "launcher_pid": os.environ.get("COMPACTLM_LAUNCHER_PID")})
     try:
         out = stage.run(ctx)
@@ -280,6 +285,9 @@ def run_stage(name: str, config_path: Path) -> int:
             (stage_dir / RUNNING).unlink(missing_ok=True)
     if rank != 0:
         return 0
+    # libraries write with modes of their own (safetensors: 0600): the whole folder gets the umask's, before the
+    # manifest records it
+    apply_umask_tree(stage_dir)
     expected = RESULTS[stage_name]
     if type(out.result) is not expected:
         raise TypeError(f"stage {name!r} returned {type(out.result).__name__}, not {expected.__name__}")
@@ -322,17 +330,63 @@ def stage_folder(run_dir: Path, run_name: str, stage: str) -> Path:
         raise ConfigError(f"run_dir={str(run_dir)!r} is not a folder named after run_name={run_name!r}: the "
                           "stages write and clean only inside <runs_root>/<run_name>")
     folder = run_dir / stage
+    refuse_link(folder)  # even one to another folder of the run: a stage writes into its own folder only
     if folder.resolve().parent != run_dir.resolve():
         raise ConfigError(f"{folder} resolves to {folder.resolve()}, outside the run folder {run_dir.resolve()}")
     return folder
 
 
 def running(stage_dir: Path) -> dict[str, Any] | None:
-    """Who runs the stage of `stage_dir` (pid, pgid, host, started_at, launcher_pid), while a process does."""
+    """The stage's RUNNING record (pid, pgid, host, boot_id, start_ticks, cmdline, started_at, launcher_pid), while
+    the file exists; whether its process still runs is `same_process(record)`."""
     try:
-        return json.loads((Path(stage_dir) / RUNNING).read_text())
+        info = json.loads((Path(stage_dir) / RUNNING).read_text())
     except (OSError, ValueError):
         return None
+    return info if isinstance(info, dict) else None
+
+
+def running_record() -> dict[str, Any]:
+    """This process as RUNNING records it: pid, process group, host and identity (see process_identity)."""
+    return {"pid": os.getpid(), "pgid": os.getpgid(0), "host": socket.gethostname(),
+            **(process_identity(os.getpid()) or {})}
+
+
+def process_identity(pid: int) -> dict[str, Any] | None:
+    """What tells process `pid` apart from any later process that gets the same pid: the boot it runs in
+    (`/proc/sys/kernel/random/boot_id`), its start time in clock ticks after that boot (`/proc/<pid>/stat` field 22)
+    and its command line (a list of arguments). None when no such process runs (gone, or a zombie) or /proc cannot
+    tell (not Linux, or /proc mounted with hidepid): such a pid is never trusted."""
+    try:
+        boot = BOOT_ID.read_text().strip()
+        before = _stat_fields(pid)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        after = _stat_fields(pid)  # the same start time after: the command line read is not a newcomer's
+    except (OSError, IndexError, ValueError):
+        return None
+    if before[19] != after[19] or after[0] in ("Z", "X"):  # a zombie has exited, only its parent has not reaped it
+        return None
+    return {"boot_id": boot, "start_ticks": int(before[19]),
+            "cmdline": [a.decode(errors="replace") for a in cmdline.split(b"\0")[:-1]]}
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from field 3 (state) on: field n is item n - 3. The command name (field 2) is cut off
+    at its last ")", as it may itself hold spaces and parentheses."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def same_process(info: dict[str, Any] | None) -> bool:
+    """Whether the process a RUNNING record names still runs: on this host, and its pid still belongs to the very
+    process that wrote the record (same boot, start time and command line), not to one that got the pid after it
+    died (kill -9, OOM). Every place that trusts or signals a recorded pid asks this first."""
+    if not info or info.get("host") != socket.gethostname():
+        return False
+    try:
+        now = process_identity(int(info["pid"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return now is not None and all(info.get(k) == now[k] for k in IDENTITY)
 
 
 def readable(stage: str, manifest: dict[str, Any] | None) -> bool:
@@ -360,6 +414,7 @@ def _clean(stage_dir: Path, keep: tuple[str, ...], resume_key: dict[str, Any], f
     root = stage_dir.resolve()
     for entry in stage_dir.iterdir():
         if resumable and entry.name in keep:
+            _refuse_links_in(entry)  # a kept checkpoint is written into again: through no link
             continue
         if entry.parent.resolve() != root:  # never reached through a symlinked stage folder
             raise RuntimeError(f"refusing to delete {entry}: it is not inside {root}")
@@ -369,6 +424,13 @@ def _clean(stage_dir: Path, keep: tuple[str, ...], resume_key: dict[str, Any], f
             entry.unlink()
     if keep:
         atomic_write_json(key_file, resume_key)
+
+
+def _refuse_links_in(path: Path) -> None:
+    """LinkRefused (a ConfigError: one line, exit 2) when `path`, or anything under it, is a symbolic link."""
+    refuse_link(path)
+    for p in path.rglob("*") if path.is_dir() else ():  # rglob does not descend into linked folders
+        refuse_link(p)
 
 
 def main(name: str, argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from transformers import TrainerCallback
 
 from compactlm.config import TrainerOptions
-from compactlm.manifest import atomic_write_json, staging_dir
+from compactlm.manifest import atomic_file, atomic_write_json, staging_dir
 from compactlm.model.loading import load_tokenizer
 from compactlm.model.precision import Precision
 from compactlm.preempt import PreemptFlag, Preempted
@@ -173,7 +173,8 @@ def plot_curves(rows: list[dict[str, float]], series: dict[str, str], path: Path
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from compactlm.config import ConfigError, DataConfig
-from compactlm.manifest import atomic_write_text
+from compactlm.manifest import atomic_file, atomic_write_text
 
 SPLITS = ("validation", "calibration", "train")
 
@@ -234,9 +234,15 @@ def save_splits(arrays: dict[str, np.ndarray], folder: Path) -> dict[str, str]:
     out = {}
     for split, arr in arrays.items():
         name = f"{split}.npy"
-        np.save(Path(folder) / name, arr)
+        save_array(Path(folder) / name, arr)
         out[split] = name
     return out
+
+
+def save_array(path: Path, arr: np.ndarray) -> None:
+    """`np.save` to `path` through a temporary sibling (atomic_file: no link at `path` is followed)."""
+    with atomic_file(path) as tmp, open(tmp, "r+b") as f:  # write-ok: atomic_file's own new temporary file
+        np.save(f, arr)
 
 
 def load_split(folder: Path, split: str, mmap: bool = True) -> np.ndarray:

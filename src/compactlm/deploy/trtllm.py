@@ -40,6 +40,7 @@ import yaml
 from packaging.version import InvalidVersion, Version
 
 from compactlm.config import DeployConfig as DeploySettings
+from compactlm.manifest import atomic_write_text, open_nofollow
 
 # Said by every DeployUnavailable: where the stage can run.
 WHERE_IT_RUNS = (
@@ -353,7 +354,7 @@ def _step_name(argv: list[str]) -> str:
 def _run_logged(run: Runner, argv: list[str], log: Path, env: dict) -> None:
     """Run argv with stdout and stderr in `log`; raise DeployError with the log's tail when it fails."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
+    with open_nofollow(log, "w") as f:
         proc = run(argv, stdout=f, stderr=subprocess.STDOUT, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise DeployError(f"`{' '.join(argv)}` exited with {proc.returncode}; last lines of {log}:\n{_tail(log)}")
@@ -386,7 +387,7 @@ def run_deploy(models: dict[str, str | Path], workdir: str | Path, settings: Dep
     root.mkdir(parents=True, exist_ok=True)
     plan = {label: bench_commands(label, Path(ckpt).resolve(), root / label, settings)
             for label, ckpt in models.items()}
-    (root / "commands.json").write_text(json.dumps(plan, indent=2) + "\n")
+    atomic_write_text(root / "commands.json", json.dumps(plan, indent=2) + "\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # --model is a label, never a hub id: fail fast, never download
     results: dict[str, dict] = {}
     for label, commands in plan.items():
@@ -395,7 +396,7 @@ def run_deploy(models: dict[str, str | Path], workdir: str | Path, settings: Dep
         options = llm_api_options(settings)
         if options:
 
-            p.llm_api_options.write_text(yaml.safe_dump(options, sort_keys=False))
+            atomic_write_text(p.llm_api_options, yaml.safe_dump(options, sort_keys=False))
         metrics: dict[str, Any] = {
             "checkpoint": str(models[label]), "checkpoint_quantization": checkpoint_quantization(models[label]),
             "backend": settings.backend, "tensorrt_llm_version": version, "throughput": [], "latency": None,

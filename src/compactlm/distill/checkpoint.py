@@ -4,7 +4,7 @@ Layout of `<out_dir>/checkpoint/`:
     state.pt            student weights, optimizer, LR scheduler, RNG states of every process (torch.save)
     trainer_state.json  step, data position (samples consumed), metrics history, the config it was made with
 
-The folder is written under a temporary name and renamed into place (`publish_dir`), so a process killed
+The folder is written under a temporary name and renamed into place (`staging_dir`), so a process killed
 at any instant leaves either the previous checkpoint or the new one, never a torn one. `publish_dir`
 swaps through `.checkpoint.old`; a kill between its two renames leaves only that folder, which
 :func:`load_checkpoint` falls back to.
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from compactlm.manifest import atomic_write_json, publish_dir
+from compactlm.manifest import atomic_write_json, staging_dir
 
 CHECKPOINT = "checkpoint"
 STATE = "state.pt"
@@ -66,15 +66,11 @@ def _fsync_file(path: Path) -> None:
 
 def save_checkpoint(out_dir: Path, state: dict[str, Any], trainer_state: dict[str, Any]) -> Path:
     """Write `state` (tensors) and `trainer_state` (JSON) as the new latest checkpoint; returns its folder."""
-    out_dir = Path(out_dir)
-    tmp = out_dir / f".{CHECKPOINT}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(state, tmp / STATE)
-    _fsync_file(tmp / STATE)
-    atomic_write_json(tmp / TRAINER_STATE, trainer_state)
-    final = out_dir / CHECKPOINT
-    publish_dir(tmp, final)
+    final = Path(out_dir) / CHECKPOINT
+    with staging_dir(final) as tmp:
+        torch.save(state, tmp / STATE)
+        _fsync_file(tmp / STATE)
+        atomic_write_json(tmp / TRAINER_STATE, trainer_state)
     return final
 
 
@@ -99,7 +95,8 @@ def load_checkpoint(out_dir: Path, map_location: str = "cpu") -> tuple[dict[str,
 
 
 def remove_stale_temporaries(out_dir: Path, names: tuple[str, ...] = (CHECKPOINT, "student")) -> None:
-    """Delete half-written `.<name>.tmp*` folders (checkpoint, exported student) left by a killed process."""
+    """Delete half-written `.<name>.<random>.tmp` folders (staging_dir's, of the checkpoint and the exported student)
+    left by a killed process."""
     for name in names:
-        for p in Path(out_dir).glob(f".{name}.tmp*"):
+        for p in Path(out_dir).glob(f".{name}.*tmp*"):
             shutil.rmtree(p, ignore_errors=True)

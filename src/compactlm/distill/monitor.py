@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from compactlm.manifest import atomic_file
 
 
 class Scalars:
@@ -60,8 +61,6 @@ def plot_loss_curve(history: list[dict], evals: list[dict], path: Path, title: s
     ax_r.set_title("validation")
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
 import shutil
 import signal
@@ -54,7 +53,7 @@ from compactlm.distill.parallel import (
     wrap_student,
 )
 from compactlm.distill.sampler import SequenceOrder, micro_batches, padded_shard, rank_slice
-from compactlm.manifest import atomic_write_json, file_digest, path_digest, publish_dir
+from compactlm.manifest import atomic_write_json, file_digest, path_digest, staging_dir
 from compactlm.model.loading import load_model, read_hf_config, setup_engine
 from compactlm.preempt import PreemptFlag, Preempted
 
@@ -383,13 +382,11 @@ class _Trainer:
             student.load_state_dict(sharded)
         final = self.out_dir / "student"
         if self.env.is_main:
-            tmp = self.out_dir / f".student.tmp{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            student.to(self.precision.frozen_dtype).save_pretrained(tmp, safe_serialization=True)
-            for name in TOKENIZER_FILES:
-                if (self.student_dir / name).is_file():
-                    shutil.copy2(self.student_dir / name, tmp / name)
-            publish_dir(tmp, final)
+            with staging_dir(final) as tmp:
+                student.to(self.precision.frozen_dtype).save_pretrained(tmp, safe_serialization=True)
+                for name in TOKENIZER_FILES:
+                    if (self.student_dir / name).is_file():
+                        shutil.copy2(self.student_dir / name, tmp / name)
         barrier(self.env)
         return final
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from compactlm.errors import ConfigError
 from compactlm.gguf.llamacpp import LlamaCpp
+from compactlm.manifest import open_nofollow
 
 # Hugging Face architectures llama.cpp's converter handles and compactlm prunes (config.json "architectures").
 CONVERTIBLE = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -64,7 +65,7 @@ def _atomic_tool(cmd: list[str], final: Path, log_file: Path, env: dict[str, str
     tmp = final.with_name(f".{final.name}.tmp")
     tmp.unlink(missing_ok=True)
     cmd = [str(tmp) if c == "{out}" else c for c in cmd]
-    with open(log_file, "a") as fh:
+    with open_nofollow(log_file, "a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)

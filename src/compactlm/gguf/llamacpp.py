@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from compactlm.errors import ConfigError
+from compactlm.manifest import atomic_write_text, open_nofollow
 
 LLAMA_CPP_PYTHON = "0.3.36"
 """The `llama-cpp-python` sdist whose vendored llama.cpp is built (pinned: its tools' flags and output
@@ -129,7 +130,7 @@ def find(cache_dir: str | Path, folder: str | None = None) -> LlamaCpp | None:
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
+    with open_nofollow(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -197,10 +198,10 @@ def build(home: Path, log: Callable[[str], None] = print, sdist: str | Path | No
         (work / "bin").mkdir()
         for t in TOOLS:
             exe = next(build_dir.rglob(t))
-            shutil.copy2(exe, work / "bin" / t)
+            shutil.copy2(exe, work / "bin" / t)  # write-ok: into this build's own mkdtemp folder
         shutil.rmtree(build_dir)
         seconds = round(time.monotonic() - t0, 1)
-        (work / BUILD_RECORD).write_text(json.dumps({
+        atomic_write_text(work / BUILD_RECORD, json.dumps({
             "llama_cpp_python": LLAMA_CPP_PYTHON, "version": f"llama-cpp-python {LLAMA_CPP_PYTHON}",
             "cmake_flags": list(CMAKE_FLAGS), "cpu_key": cpu_key(), "build_seconds": seconds}, indent=2))
         os.replace(work, home)
@@ -211,7 +212,7 @@ def build(home: Path, log: Callable[[str], None] = print, sdist: str | Path | No
 
 
 def _run(cmd: list[str], log_file: Path) -> None:
-    with open(log_file, "a") as fh:
+    with open_nofollow(log_file, "a") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode:
         raise RuntimeError(f"`{' '.join(cmd[:3])} ...` failed (exit {proc.returncode}); see {log_file}:\n"
@@ -222,7 +223,7 @@ def _run_with_progress(cmd: list[str], log_file: Path, log: Callable[[str], None
     """Run the build, printing its progress at every tenth of the steps (ninja/make print [i/n] or [ p%])."""
     step = re.compile(r"^\[\s*(\d+)/(\d+)\]|^\[\s*(\d+)%\]")
     shown = -1
-    with open(log_file, "a") as fh:
+    with open_nofollow(log_file, "a") as fh:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             fh.write(line)

@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from compactlm.gguf.llamacpp import LlamaCpp
+from compactlm.manifest import open_nofollow
 
 _PPL = re.compile(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)")
 
 
 def _tool(cmd: list[str], log_file: Path, what: str) -> str:
-    with open(log_file, "a") as fh:
+    with open_nofollow(log_file, "a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    with open(log_file, "a") as fh:
+    with open_nofollow(log_file, "a") as fh:
         fh.write(proc.stdout + proc.stderr)
     if proc.returncode:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])

@@ -17,6 +17,7 @@ from compactlm.evaluate.quality import quality
 from compactlm.gguf import convert as gg
 from compactlm.gguf.llamacpp import ensure
 from compactlm.gguf.measure import perplexity, serving_speed, summary_row
+from compactlm.manifest import atomic_write_text
 from compactlm.model.loading import load_model, setup_engine
 from compactlm.pipeline import StageContext, StageOutput
 from compactlm.results import MODEL_LABELS, TEACHER, GGUFFile, GGUFResult, ParamCounts, student_label
@@ -96,7 +97,7 @@ class GGUFStage:
 def heldout_text(folder: Path, out: Path) -> Path:
     """The held-out documents (the validation split's, never trained on) as one text file for llama-perplexity."""
     docs = [p.read_text(encoding="utf-8") for p in sorted(folder.rglob("*.txt"))]
-    out.write_text("\n\n".join(docs), encoding="utf-8")
+    atomic_write_text(out, "\n\n".join(docs))
     return out
 
 

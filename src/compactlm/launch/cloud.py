@@ -64,6 +64,7 @@ from nemo_run.run.torchx_backend.schedulers import slurm as slurm_scheduler
 
 from compactlm.config import CompactLMConfig
 from compactlm.launch.records import CONFIG_FILE
+from compactlm.manifest import atomic_write_text
 from compactlm.pipeline import split_task, stage_tasks
 from compactlm.launch.resources import stage_env, stage_gpus, stage_image, stage_processes
 from compactlm.launch.shell import shell_quote
@@ -193,7 +194,7 @@ class RunAIExecutor(DGXCloudExecutor):
                                "(cluster.dgxc.project_name)")
         # cmd is ["bash", "<job_dir>/torchrun_job.sh"]: the same file, seen from the pods.
         cmd = [c.replace(self.job_dir, self.pvc_job_dir) for c in cmd]
-        Path(self.job_dir, "launch_script.sh").write_text(self.launch_script(cmd))
+        atomic_write_text(Path(self.job_dir, "launch_script.sh"), self.launch_script(cmd))
         if not self.launched_from_cluster:
             self.move_data(token, project_id, cluster_id, sleep=self.poll_seconds)
         kind, body = self.workload(name, project_id, cluster_id)
@@ -282,7 +283,7 @@ class LeptonJobExecutor(LeptonExecutor):
         if blocked:
             _say(f"stage {self.job_name!r} not submitted: stage {self.after!r} ended {blocked}")
             return NOT_SUBMITTED + name, LeptonJobState.Stopped
-        Path(self.job_dir, "launch_script.sh").write_text(self.launch_script(cmd))
+        atomic_write_text(Path(self.job_dir, "launch_script.sh"), self.launch_script(cmd))
         self.move_data(poll_interval=self.poll_seconds)
         job = self.create_lepton_job(name)
         if not job or not job.metadata.id_:

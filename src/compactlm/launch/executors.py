@@ -33,6 +33,7 @@ from compactlm.launch.resources import (
     stage_processes,
 )
 from compactlm.launch.shell import shell_quote
+from compactlm.manifest import atomic_write_text
 from compactlm.pipeline import CONFIG_ERROR, INSTANCED, run_tasks, stage_tasks
 
 
@@ -160,7 +161,7 @@ def render_submission(conf: CompactLMConfig, local_dir: Path) -> list[tuple[str,
     with tempfile.TemporaryDirectory(prefix="compactlm-dryrun-") as tmp, contextlib.redirect_stdout(io.StringIO()):
         tmp_dir = Path(tmp) / conf.run_name
         tmp_dir.mkdir()
-        (tmp_dir / CONFIG_FILE).write_text(resolved_yaml(conf))
+        atomic_write_text(tmp_dir / CONFIG_FILE, resolved_yaml(conf))
         try:
             exp = build_experiment(conf, tmp_dir)
             with exp:

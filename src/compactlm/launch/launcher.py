@@ -22,6 +22,7 @@ from compactlm.launch.local_runs import (
     RunBusy,
     RunLock,
     cancelled,
+    check_no_links,
     check_no_orphans,
     clear_cancelled,
     mark_cancelled,
@@ -51,6 +52,8 @@ def launch(cfg) -> int:
         local_dir = place_run(conf)
         if conf.recipe.stages:
             check_shell_values(conf, local_dir)
+        if conf.recipe.stages and not conf.dryrun:
+            check_no_links(local_dir, Path(conf.run_dir), run_tasks(conf))
         if conf.recipe.stages and not (conf.dryrun or conf.prepare_only):
             check_credentials(conf)
         if not conf.dryrun:
@@ -203,6 +206,10 @@ def submit(conf: CompactLMConfig, local_dir: Path) -> int:
         lock.release()
         print(f"compactlm: {e}", file=sys.stderr)
         return EXIT_BUSY
+    except ConfigError as e:  # a link planted at the lock since check_no_links (LinkRefused)
+        lock.release()
+        print(f"compactlm: configuration error: {e}", file=sys.stderr)
+        return 2
     if conf.cluster.executor != "local":
         try:
             return _submit(conf, local_dir)

@@ -1,9 +1,14 @@
 """Runs on this machine: one launcher per run folder (a lock), the stage processes it started, and stopping them.
 
-A stage process announces itself in `<run>/<stage>/.running.json` (pid, process group, host) while it runs
-(`compactlm.pipeline.RUNNING`). From that, and from the lock a launcher holds on its run folder, this module
-answers `launch.py status` (which stage runs right now), stops stages on Ctrl-C and on `launch.py cancel`, and
-refuses a second launcher of the same run, or a launch while a stage of a dead launcher still runs.
+A stage process announces itself in `<run>/<stage>/.running.json` (pid, process group, host, and the process's
+start time and command line) while it runs (`compactlm.pipeline.RUNNING`). From that, and from the lock a launcher
+holds on its run folder, this module answers `launch.py status` (which stage runs right now), stops stages on
+Ctrl-C and on `launch.py cancel`, and refuses a second launcher of the same run, or a launch while a stage of a
+dead launcher still runs.
+
+The record outlives a stage killed by kill -9, the OOM killer or a native abort, and its pid may since belong to
+an unrelated process: a recorded pid is trusted, and signalled, only while `pipeline.same_process` finds the very
+process that wrote the record (same boot, start time and command line).
 """
 
 from __future__ import annotations
@@ -19,30 +24,19 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from compactlm.config import ConfigError
-from compactlm.manifest import atomic_write_json, read_manifest
-from compactlm.pipeline import CANCELLED, running
+from compactlm.launch.records import NEMORUN_DIR
+from compactlm.manifest import atomic_write_json, open_fd_nofollow, read_manifest, refuse_link
+from compactlm.pipeline import CANCELLED, CONFIG_FILE, process_identity, running, same_process
 
 LOCK = ".launch.lock"
+# What the launcher writes in a run folder, besides the stage folders.
+LAUNCHER_FILES = (LOCK, CONFIG_FILE, "launch.json", CANCELLED, "report.md", "report.html", NEMORUN_DIR)
 # How long a stopped stage gets to checkpoint and exit after SIGTERM before SIGKILL.
 GRACE_S = 8.0
 
 
 class RunBusy(ConfigError):
     """The run folder is in use by another launcher, or by a stage a dead launcher left running."""
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by its parent) is not running any more
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class RunLock:
@@ -55,7 +49,7 @@ class RunLock:
 
     def acquire(self, run_name: str) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = open_fd_nofollow(self.path, os.O_RDWR | os.O_CREAT)  # a link planted here: LinkRefused, one line
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -76,9 +70,9 @@ class RunLock:
 
     def held_elsewhere(self) -> bool:
         """Whether another process holds the lock now (for status), without taking it."""
-        if not self.path.is_file():
+        if self.path.is_symlink() or not self.path.is_file():
             return False
-        fd = os.open(self.path, os.O_RDONLY)
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             return False
@@ -86,6 +80,16 @@ class RunLock:
             return True
         finally:
             os.close(fd)
+
+
+def check_no_links(local_dir: Path, run_dir: Path, tasks: Iterable[str]) -> None:
+    """Refuse (LinkRefused, one line) a run folder with a symbolic link where the launcher or a stage writes: its
+    own files (LAUNCHER_FILES) and the stage folders. Checked before anything is written; every write checks again
+    (compactlm.manifest), so a link planted later is refused too."""
+    for name in LAUNCHER_FILES:
+        refuse_link(Path(local_dir) / name)
+    for task in tasks:
+        refuse_link(Path(run_dir) / task)
 
 
 def holder_of(lock_path: Path) -> str:
@@ -97,13 +101,13 @@ def holder_of(lock_path: Path) -> str:
 
 
 def running_stages(run_dir: Path, stages: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """stage -> its .running.json, for every stage whose process runs on this host right now. Markers of
-    processes that died (kill -9, a crash) are stale and left out."""
-    host = socket.gethostname()
+    """stage -> its .running.json, for every stage whose process runs on this host right now. Records of
+    processes that died (kill -9, a crash) are stale and left out, also when their pid now belongs to another
+    process (same_process)."""
     out = {}
     for stage in stages:
         info = running(Path(run_dir) / stage)
-        if info and info.get("host") == host and alive(int(info["pid"])):
+        if same_process(info):
             out[stage] = info
     return out
 
@@ -123,21 +127,29 @@ def stop_stages(run_dir: Path, stages: Iterable[str], grace_s: float = GRACE_S) 
     for info in targets.values():
         _signal_group(info, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(alive(int(i["pid"])) for i in targets.values()):
+    while time.monotonic() < deadline and any(same_process(i) for i in targets.values()):
         time.sleep(0.1)
     for info in targets.values():
-        if alive(int(info["pid"])):
-            _signal_group(info, signal.SIGKILL)
+        _signal_group(info, signal.SIGKILL)  # only a stage still running: _signal_group checks
     return list(targets)
 
 
-def _signal_group(info: dict[str, Any], sig: int) -> None:
+def _signal_group(info: dict[str, Any], sig: int) -> bool:
+    """Send `sig` to the stage's process group, when its recorded pid is still the stage (same_process) and still
+    leads the recorded group; to the stage's pid alone when the group is another. Returns whether it signalled."""
+    if not same_process(info):
+        return False  # gone, or its pid reused by an unrelated process: never signalled
+    pid, pgid = int(info["pid"]), int(info["pgid"])
     try:
-        os.killpg(int(info["pgid"]), sig)
+        if os.getpgid(pid) == pgid:
+            os.killpg(pgid, sig)
+        else:
+            os.kill(pid, sig)
     except ProcessLookupError:
-        pass
+        return False
     except PermissionError:
-        os.kill(int(info["pid"]), sig)
+        os.kill(pid, sig)
+    return True
 
 
 def mark_cancelled(run_dir: Path, by: str) -> None:
@@ -161,11 +173,18 @@ def stage_state(run_dir: Path, stage: str, launcher_running: bool) -> str:
     if read_manifest(stage_dir) is not None:
         return "SUCCEEDED"
     info = running(stage_dir)
-    here = bool(info) and info.get("host") == socket.gethostname()
-    if here and alive(int(info["pid"])):
+    if same_process(info):
         return f"RUNNING (pid {info['pid']})"
     if cancelled(run_dir):
         return "CANCELLED"
-    if here:
-        return f"DIED (pid {info['pid']} is gone)"
+    if info and info.get("host") == socket.gethostname():
+        return f"DIED (pid {info.get('pid')} {_stale(info)})"
     return "WAITING" if launcher_running else "-"
+
+
+def _stale(info: dict[str, Any]) -> str:
+    """Why a RUNNING record of this host no longer names its stage."""
+    try:
+        return "is gone" if process_identity(int(info["pid"])) is None else "now belongs to another process"
+    except (KeyError, TypeError, ValueError):
+        return "unreadable"

@@ -17,7 +17,7 @@ from typing import Any
 
 from compactlm.arch import adapter_for
 from compactlm.config import ConfigError, EngineConfig, ModelConfig, hub_id_like
-from compactlm.manifest import sha256_json, staging_dir
+from compactlm.manifest import atomic_write_text, sha256_json, staging_dir
 from compactlm.model.precision import Precision, resolve_precision
 
 
@@ -189,7 +189,7 @@ def restore_byte_level(tokenizer_json: Path) -> None:
         return
     tok["model"]["byte_fallback"] = False
     tok["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
-    tokenizer_json.write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
+    atomic_write_text(tokenizer_json, json.dumps(tok, ensure_ascii=False))
 
 
 def resolve_device(engine: EngineConfig) -> str:

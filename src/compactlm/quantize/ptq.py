@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from compactlm.config import ConfigError
 from compactlm.config import QuantizeConfig as QuantizeSpec  # the name kept for library users
-from compactlm.manifest import staging_dir
+from compactlm.manifest import atomic_write_text, staging_dir
 from compactlm.quantize.formats import EXPORT_DTYPES, format_of
 
 
@@ -169,13 +169,13 @@ def _cast_high_precision(folder: Path, dtype) -> None:
             tensors = {k: f.get_tensor(k) for k in keys}
         for k in todo:
             tensors[k] = tensors[k].to(dtype)
-        save_file(tensors, str(path), metadata={**meta, "format": "pt"})
+        save_file(tensors, str(path), metadata={**meta, "format": "pt"})  # write-ok: in export()'s fresh staging folder
     index = folder / "model.safetensors.index.json"
     if index.is_file():  # shard sizes changed; loaders only read weight_map, keep total_size honest
 
         idx = json.loads(index.read_text())
         idx.setdefault("metadata", {})["total_size"] = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-        index.write_text(json.dumps(idx, indent=2) + "\n")
+        atomic_write_text(index, json.dumps(idx, indent=2) + "\n")
     cfg_path = folder / "config.json"
     if cfg_path.is_file():
         cfg = json.loads(cfg_path.read_text())
@@ -183,7 +183,7 @@ def _cast_high_precision(folder: Path, dtype) -> None:
         cfg["dtype"] = name
         if "torch_dtype" in cfg:
             cfg["torch_dtype"] = name
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def export(model, tokenizer, out_dir: str | Path, dtype: str = "bfloat16") -> dict[str, Any]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from compactlm.bench.speed import params_read_per_token
 from compactlm.config import CompactLMConfig, ConfigError, DistillConfig, SearchCandidate
-from compactlm.data.splits import load_split
+from compactlm.data.splits import load_split, save_array
 from compactlm.distill.parallel import init_distributed
 from compactlm.distill.train import distill, open_teacher_caches, total_steps
 from compactlm.evaluate.quality import quality
@@ -79,8 +79,8 @@ class TeacherCacheStage:
         rows = min(len(train), ranking_rows(cfg.distill, cfg.search.distill_tokens, train.shape[1]))
         data = ctx.stage_dir / "data"
         data.mkdir(exist_ok=True)
-        np.save(data / "train.npy", np.ascontiguousarray(train[:rows]))
-        np.save(data / "validation.npy", np.asarray(load_split(src, "validation")))
+        save_array(data / "train.npy", np.ascontiguousarray(train[:rows]))
+        save_array(data / "validation.npy", np.asarray(load_split(src, "validation")))
         device, precision = setup_engine(cfg.engine)
         env = init_distributed(device)
         teacher_dir = ctx.upstream_output("model", "checkpoint")
