@@ -55,6 +55,7 @@ from compactlm.distill.parallel import (
 )
 from compactlm.distill.sampler import SequenceOrder, micro_batches, padded_shard, rank_slice
 from compactlm.manifest import atomic_write_json, file_digest, path_digest, publish_dir
+from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.model.loading import load_model, read_hf_config, setup_engine
 from compactlm.preempt import PreemptFlag, Preempted
 
@@ -386,6 +387,7 @@ class _Trainer:
             tmp = self.out_dir / f".student.tmp{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             student.to(self.precision.frozen_dtype).save_pretrained(tmp, safe_serialization=True)
+            write_both_rope_layouts(tmp)
             for name in TOKENIZER_FILES:
                 if (self.student_dir / name).is_file():
                     shutil.copy2(self.student_dir / name, tmp / name)
