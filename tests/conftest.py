@@ -5,6 +5,7 @@ Nothing here downloads anything; every model is built from a config and saved to
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -153,6 +154,34 @@ def make_gguf_ready_model(model_type: str, folder: Path, tokenizer_dir: Path, **
     model.save_pretrained(folder, safe_serialization=True)
     for f in tokenizer_dir.iterdir():
         shutil.copy2(f, folder / f.name)
+    return folder
+
+
+def llama3_rope(factor: float = 8.0) -> dict:
+    """Llama-3.1's RoPE (factor 8; Llama-3.2's: 32) as its config.json on the Hub writes it, in transformers 4.x's
+    layout: top-level rope_theta and rope_scaling, no rope_parameters. A new dict on every call: transformers 5
+    adds rope_theta to the rope_scaling dict it is given."""
+    return {"rope_theta": 500000.0, "rope_scaling": {"factor": factor, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                                     "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
+
+
+def write_hub_layout(folder: Path, rope: dict) -> dict:
+    """Rewrite folder/config.json as a checkpoint downloaded from the Hub has it: `rope` (rope_theta, rope_scaling)
+    at the top level and no transformers 5 `rope_parameters`; returns the new config."""
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.pop("rope_parameters", None)
+    cfg.update(rope)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    return cfg
+
+
+def make_llama3_model(folder: Path, tokenizer_dir: Path, factor: float = 8.0, **overrides) -> Path:
+    """A tiny random model with Llama-3.1's quirks: GQA, untied output layer, rope_theta 500000 and llama3 RoPE
+    scaling by `factor`, 131072 positions, its config.json in the Hub's layout; SmolLM2's tokenizer, so that
+    llama.cpp converts it. Llama-3.2: factor=32, tie_word_embeddings=True."""
+    kw = dict(tie_word_embeddings=False, max_position_embeddings=131072, **llama3_rope(factor))
+    make_gguf_ready_model("llama", folder, tokenizer_dir, **{**kw, **overrides})
+    write_hub_layout(folder, llama3_rope(factor))
     return folder
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
-from conftest import TINY, build_tiny_model, tiny_config
+from conftest import TINY, build_tiny_model, llama3_rope, tiny_config, write_hub_layout
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from compactlm.arch import adapter_for, decoder_layers
@@ -168,6 +169,26 @@ def test_pruned_checkpoint_reloads_generates_and_counts(arch, tied, tmp_path, ti
     # the KV cache path (layer_idx after depth pruning) agrees with a full forward for the first new token
     assert gen[0, -6] == logits(loaded, prompt["input_ids"])[0, -1].argmax()
     assert isinstance(tiny_tokenizer.decode(gen[0]), str)
+
+
+def test_a_llama31_checkpoint_pruned_keeps_its_rope_for_transformers_4_and_5(tmp_path, tiny_tokenizer):
+    """A Llama-3.1-style teacher (config.json as on the Hub: rope_theta 500000, llama3 rope_scaling) pruned: the
+    pruned config.json has the keys transformers 4.x reads equal to the teacher's, beside transformers 5's."""
+    teacher = tmp_path / "teacher"
+    build_tiny_model("llama", tie_word_embeddings=False, max_position_embeddings=131072,
+                     **llama3_rope()).save_pretrained(teacher)
+    hub = write_hub_layout(teacher, llama3_rope())
+    model, adapter = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval(), adapter_for("llama")
+    scores = collect_importance(model, adapter, batches(), progress=False)
+    prune_model(model, adapter, scores, SMALLER, "block_influence")
+    out = save_pruned(model, tiny_tokenizer, tmp_path / "pruned")
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["rope_theta"], saved["rope_scaling"]) == (hub["rope_theta"], hub["rope_scaling"])
+    assert saved["rope_parameters"] == {**hub["rope_scaling"], "rope_theta": hub["rope_theta"]}
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert torch.equal(loaded.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)
+    ids = batches(1)[0]
+    assert torch.allclose(logits(loaded, ids), logits(model, ids), atol=1e-6, rtol=0)
 
 
 def test_prune_with_lm_loss_depth_drops_lowest_loss_block():

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from compactlm.config import TrainerOptions
 from compactlm.manifest import atomic_file, atomic_write_json, staging_dir
+from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.model.loading import load_tokenizer
 from compactlm.model.precision import Precision
 from compactlm.preempt import PreemptFlag, Preempted
@@ -143,6 +144,7 @@ def save_model(model, tok, final: Path, dtype) -> Path:
         return final
     with staging_dir(final) as tmp:
         model.to(dtype).save_pretrained(tmp, safe_serialization=True)
+        write_both_rope_layouts(tmp)
         tok.save_pretrained(tmp)
     return final
 

@@ -54,6 +54,7 @@ from compactlm.distill.parallel import (
 )
 from compactlm.distill.sampler import SequenceOrder, micro_batches, padded_shard, rank_slice
 from compactlm.manifest import atomic_write_json, file_digest, path_digest, staging_dir
+from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.model.loading import load_model, read_hf_config, setup_engine
 from compactlm.preempt import PreemptFlag, Preempted
 
@@ -384,6 +385,7 @@ class _Trainer:
         if self.env.is_main:
             with staging_dir(final) as tmp:
                 student.to(self.precision.frozen_dtype).save_pretrained(tmp, safe_serialization=True)
+                write_both_rope_layouts(tmp)
                 for name in TOKENIZER_FILES:
                     if (self.student_dir / name).is_file():
                         shutil.copy2(self.student_dir / name, tmp / name)

@@ -18,6 +18,7 @@ from typing import Any
 from compactlm.arch import adapter_for
 from compactlm.config import ConfigError, EngineConfig, ModelConfig, hub_id_like
 from compactlm.manifest import atomic_write_text, sha256_json, staging_dir
+from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.model.precision import Precision, resolve_precision
 
 
@@ -171,6 +172,7 @@ def materialize(model: ModelConfig, cache_dir: str | Path) -> Path:
     lm.config.architectures = [type(lm).__name__]
     with staging_dir(final) as tmp:
         lm.save_pretrained(tmp, safe_serialization=True)
+        write_both_rope_layouts(tmp)
         tok.save_pretrained(tmp)
         restore_byte_level(tmp / "tokenizer.json")
     return final

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from compactlm.arch import Adapter, decoder_layers
 from compactlm.config import EXPORT_KEYS, EXPORT_TO_HF, ConfigError
 from compactlm.manifest import staging_dir
+from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.prune.importance import ImportanceScores, select_layers
 
 
@@ -235,6 +236,7 @@ def save_pruned(model, tokenizer, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     with staging_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
+        write_both_rope_layouts(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return out_dir

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from compactlm.config import ConfigError
 from compactlm.config import QuantizeConfig as QuantizeSpec  # the name kept for library users
 from compactlm.manifest import atomic_write_text, staging_dir
+from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.quantize.formats import EXPORT_DTYPES, format_of
 
 
@@ -211,6 +212,7 @@ def export(model, tokenizer, out_dir: str | Path, dtype: str = "bfloat16") -> di
         with torch.inference_mode():
             export_hf_checkpoint(model, dtype=compute_dtype, export_dir=tmp)
         _cast_high_precision(tmp, getattr(torch, dtype))
+        write_both_rope_layouts(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     size = sum(p.stat().st_size for p in out_dir.glob("*.safetensors"))
