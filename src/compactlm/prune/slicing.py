@@ -363,8 +363,7 @@ def stream_prune(folder: str | Path, scores: ImportanceScores, export_config: di
     `shard_bytes` plus `model.safetensors.index.json`. Each source file is memory-mapped (`safe_open`) and
     released before the next; counts are {"total", "embedding", "without_lm_head"} as in `count_parameters`.
     """
-    # transformers: heavy (seconds to import), only for AutoConfig / GenerationConfig here
-    from transformers import AutoConfig, GenerationConfig
+    from transformers import AutoConfig, GenerationConfig  # heavy (seconds to import); only this function needs it
 
     folder, out_dir = Path(folder), Path(out_dir)
     cfg = AutoConfig.from_pretrained(folder)
