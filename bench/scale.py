@@ -13,8 +13,8 @@ and each stage's wall time, tokens processed and peak RSS are read from its mani
 log(seconds per token) against log(parameters) (target <= 1.15: cost per token grows at most linearly), where a
 stage processes no tokens (model, prune, gguf) the slope of log(seconds); and peak RSS / bf16 bytes of the
 models the stage holds, against the target 1.3 x those bytes + 1.5 GiB. The PNG draws time and RSS per stage.
-With the other helper's `compactlm.launch.plan` importable, the plan's memory estimate is printed next to the
-measured peak RSS.
+The launch plan's memory estimate of each stage is printed next to its measured peak RSS
+(`compactlm.launch.plan`, for the same command line).
 
     python bench/scale.py                                 # 135m, 0.5b, 1.5b (~25 min on 2 cores)
     python bench/scale.py --sizes 3b --stages-b none      # one size, run A only
@@ -41,6 +41,9 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from compactlm.config import ModelConfig
+from compactlm.launch.compose import compose
+from compactlm.launch.plan import plan_run
+from compactlm.launch.validate import model_shape, to_config
 from compactlm.manifest import read_manifest
 from compactlm.model.loading import materialize
 from compactlm.model.synthetic import SHAPES, write_checkpoint
@@ -65,9 +68,10 @@ def pruned_sizes(size: str) -> dict[str, int]:
     return {"num_layers": round(s.layers * 0.8), "ffn_hidden_size": round(s.ffn * 0.786 / 128) * 128}
 
 
-def launch(ckpt: Path, runs: Path, size: str, stages: list[str], dtype: str, log: Path) -> None:
+def overrides(ckpt: Path, runs: Path, size: str, stages: list[str], dtype: str) -> list[str]:
+    """launch.py's command line for one run of one size: the stages, small budgets, the pruning target."""
     p = pruned_sizes(size)
-    overrides = [
+    return [
         "recipe=prune", "model=local", f"model.path={ckpt}", f"model.name=scale_{size.replace('.', 'p')}",
         f"run_name=scale_{size.replace('.', 'p')}", f"runs_root={runs}", f"recipe.stages=[{','.join(stages)}]",
         "data=pydoc", f"data.seq_len={SEQ_LEN}", "data.validation_sequences=4", f"data.calibration_sequences={CALIB}",
@@ -80,13 +84,23 @@ def launch(ckpt: Path, runs: Path, size: str, stages: list[str], dtype: str, log
         f"quantize.calibration_sequences={CALIB}", "quantize.evaluate=false",
         "gguf.types=[q4_k_m]", "gguf.perplexity=false", "gguf.hf_check=false", "gguf.bench=false", "gguf.teacher=false",
     ]
-    cmd = [sys.executable, str(REPO / "launch.py"), *overrides]
+
+
+def plan_memory(args: list[str]) -> dict[str, int]:
+    """Stage -> the launch plan's memory estimate (bytes of host RAM for one process on this CPU), for the same
+    command line: what launch.py prints before it submits."""
+    conf = to_config(compose(args))
+    return {sp.stage: sp.memory_total for sp in plan_run(conf, model_shape(conf)).stages}
+
+
+def launch(args: list[str], size: str, log: Path) -> None:
+    cmd = [sys.executable, str(REPO / "launch.py"), *args]
     with log.open("a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
         rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
     if rc:
-        raise SystemExit(f"launch.py exited {rc} for {size} {stages}; see {log}")
+        raise SystemExit(f"launch.py exited {rc} for {size}; see {log}")
 
 
 def tokens(stage: str, m: dict) -> int:
@@ -117,9 +131,12 @@ def measure_size(size: str, args, tok_dir: Path, log: Path) -> list[dict]:
     runs = root / "runs"
     stages_a = ["model", "data", "importance", "prune"] + ([] if args.no_train or size not in args.train_sizes
                                                            else ["distill"])
-    launch(ckpt, runs, size, stages_a, args.engine_dtype, log)
-    if args.stages_b != "none":
-        launch(ckpt, runs, size, ["model", "data", *args.stages_b.split(",")], args.engine_dtype, log)
+    runs_ab = [stages_a] + ([["model", "data", *args.stages_b.split(",")]] if args.stages_b != "none" else [])
+    plans: dict[str, int] = {}
+    for stages in runs_ab:
+        cmd = overrides(ckpt, runs, size, stages, args.engine_dtype)
+        plans.update(plan_memory(cmd))
+        launch(cmd, size, log)
     run_dir = runs / f"scale_{size.replace('.', 'p')}"
     pruned = read_manifest(run_dir / "prune")["result"]["params_after"]["total"]
     rows = []
@@ -130,7 +147,8 @@ def measure_size(size: str, args, tok_dir: Path, log: Path) -> list[dict]:
         rows.append({"size": size, "params": shape.params(), "stage": stage, "seconds": m["wall_time_s"],
                      "tokens": tokens(stage, m), "peak_rss": m["peak_rss_bytes"],
                      "peak_rss_children": m.get("peak_rss_children_bytes", 0),
-                     "held_bytes": held_bytes(stage, shape.params(), pruned), "dtype": args.engine_dtype})
+                     "held_bytes": held_bytes(stage, shape.params(), pruned), "dtype": args.engine_dtype,
+                     "plan_bytes": plans.get(stage)})
     if not args.keep:
         shutil.rmtree(root)
     return rows
@@ -143,15 +161,6 @@ def exponent(rows: list[dict]) -> float | None:
     x = np.log([r["params"] for r in rows])
     y = np.log([r["seconds"] / (r["tokens"] or 1) for r in rows])
     return float(np.polyfit(x, y, 1)[0])
-
-
-def plan_memory(size: str, stage: str, dtype: str) -> int | None:
-    """The launch plan's memory estimate for one stage of this size (bytes), when compactlm.launch.plan exists."""
-    try:
-        from compactlm.launch import plan  # optional: written on another branch; absent, no comparison is printed
-    except ImportError:
-        return None
-    return plan.bench_estimate(size, stage, dtype) if hasattr(plan, "bench_estimate") else None
 
 
 def report(rows: list[dict], png: Path) -> None:
@@ -174,13 +183,13 @@ def report(rows: list[dict], png: Path) -> None:
             note = "" if k <= TARGET_EXPONENT else "  ABOVE TARGET"
             per = "s/token" if any(r["tokens"] for r in rows if r["stage"] == s) else "s"
             print(f"  {s:<10} {k:5.2f}  ({per} vs params){note}")
-    plans = [(r, plan_memory(r["size"], r["stage"], r["dtype"])) for r in rows if r["stage"] not in TRAINS]
-    if any(p for _, p in plans):
-        print("\nplan memory estimate vs measured peak RSS (target: within +-25%):")
-        for r, p in plans:
-            if p:
-                print(f"  {r['size']:>6} {r['stage']:<10} plan {p / GIB:6.2f} GiB  measured {r['peak_rss'] / GIB:6.2f} "
-                      f"GiB  plan/measured {p / r['peak_rss']:.2f}")
+    planned = sorted((r for r in rows if r.get("plan_bytes")), key=lambda r: (r["params"], stages.index(r["stage"])))
+    if planned:
+        print("\nlaunch plan's memory estimate vs measured peak RSS of the stage process (target: within +-25%):")
+        for r in planned:
+            ratio = r["plan_bytes"] / r["peak_rss"]
+            print(f"  {r['size']:>6} {r['stage']:<10} plan {r['plan_bytes'] / GIB:6.2f} GiB  measured "
+                  f"{r['peak_rss'] / GIB:6.2f} GiB  plan/measured {ratio:5.2f}{'' if 0.75 <= ratio <= 1.25 else '  OFF'}")
     plot(rows, stages, png)
     print(f"\nplot: {png}")
 
