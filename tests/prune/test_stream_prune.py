@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from compactlm.arch import adapter_for
+from compactlm.model.loading import load_model, storage_dtype, upcast_while_running
 from compactlm.model.params import count_on_meta
 from compactlm.prune.importance import collect_importance
 from compactlm.prune.slicing import checkpoint_files, prune_model, save_pruned, stream_prune
@@ -81,3 +82,21 @@ def test_stream_prune_refuses_a_tensor_it_cannot_slice(tmp_path, tiny_tokenizer)
     with pytest.raises(ValueError, match="extra_proj"):
         stream_prune(tmp_path / "teacher", scores, SMALLER, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_bf16_checkpoint_upcast_block_by_block_scores_exactly_as_float32(tmp_path):
+    """The importance stage keeps a bf16 checkpoint in bf16 on a float32 CPU and upcasts one block at a time:
+    the scores are those of the model loaded whole in float32."""
+    model, adapter = build_tiny_model("qwen3"), adapter_for("qwen3")
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "teacher")
+    assert storage_dtype(tmp_path / "teacher", "float32") == "bfloat16"
+    assert storage_dtype(tmp_path / "teacher", "bfloat16") == "bfloat16"
+    ids = [torch.randint(3, 384, (2, 16), generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    full = collect_importance(load_model(tmp_path / "teacher", dtype=torch.float32), adapter, ids, progress=False)
+    half = load_model(tmp_path / "teacher", dtype=torch.bfloat16)
+    body = half.model
+    with upcast_while_running([body.embed_tokens, *body.layers, body.norm], torch.float32):
+        streamed = collect_importance(half, adapter, ids, progress=False)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}  # back to bf16 after every block
+    for field in ("hidden", "ffn", "heads", "depth"):
+        assert torch.equal(getattr(streamed, field), getattr(full, field)), field
