@@ -287,6 +287,11 @@ class DistillConfig:
     """Distill from precomputed teacher top-k logits instead of running the teacher."""
     topk: int = 64
     """Logits kept per token in the teacher cache."""
+    activation_checkpointing: bool = False
+    """Recompute each student decoder layer in the backward pass instead of keeping its activations
+    (transformers' `gradient_checkpointing_enable()`): the student's activations shrink to one layer's input per
+    layer plus one layer recomputed, for about one more student forward per step. 8k-token sequences on an 11B
+    teacher need it (`launch.py ... dryrun=true` prints both estimates)."""
 
     def __post_init__(self) -> None:
         _choice("distill.strategy", self.strategy, DISTILL_STRATEGIES)
@@ -822,6 +827,8 @@ class LeptonOptions:
 TRAIN_STAGES = ("distill", "sft", "dpo", "grpo", "candidate")
 # a search candidate's short distillation uses every GPU of one node; the others span every node by default
 MULTI_NODE_STAGES = ("distill", "sft", "dpo", "grpo")
+# GPUs the plan knows (memory and bf16 dense peak: compactlm.launch.plan.DEVICES)
+GPU_NAMES = ("h100", "h200")
 
 
 @dataclass
@@ -835,6 +842,9 @@ class ClusterConfig:
     """Nodes the multi-node stages (distill) use; every other stage runs on one node."""
     gpus_per_node: int = 0
     """GPUs per node (0 runs on CPU); distill runs one process per GPU with torchrun."""
+    gpu: Optional[str] = None
+    """GPU model of the nodes, for the plan's memory per GPU and hours: h100 (H100 SXM 80 GB) or h200 (H200 SXM
+    141 GB); None: h100 where gpus_per_node > 0 (compactlm.launch.plan.DEVICES)."""
     stage_nodes: dict[str, int] = field(default_factory=dict)
     """Per-stage node count overriding the default (distill: all nodes, others: 1), e.g. +cluster.stage_nodes.distill=1."""
     container_image: Optional[str] = None
@@ -859,6 +869,8 @@ class ClusterConfig:
         _choice("cluster.executor", self.executor, EXECUTORS)
         _positive("cluster.nodes", self.nodes)
         _positive("cluster.gpus_per_node", self.gpus_per_node, 0)
+        if self.gpu is not None:
+            _choice("cluster.gpu", self.gpu, GPU_NAMES)
         if self.gpus_per_node > MAX_GPUS_PER_NODE:
             raise ConfigError(f"cluster.gpus_per_node={self.gpus_per_node} exceeds {MAX_GPUS_PER_NODE}, the most GPUs "
                               "one node has (DGX H100/H200/B200); use more cluster.nodes instead")
@@ -1149,6 +1161,25 @@ class DeployConfig:
                               "quantize.kv_cache_fp8=true) or deploy.backend=pytorch")
 
 
+# ------------------------------------------------------------------------------------------------ plan
+@dataclass
+class PlanConfig:
+    """The plan printed before submission (compactlm.launch.plan): memory per GPU, disk, FLOPs and hours."""
+
+    mfu: float = 0.40
+    """Model FLOPs utilisation assumed for the hours: achieved / peak bf16 dense FLOP/s. 0.40 is the low end of
+    what Megatron-Core publishes for GPT models on H100 (about 0.40-0.47); transformers modeling code under
+    FSDP2 rarely does better."""
+    check: bool = True
+    """Refuse, before anything is submitted, a distillation that does not fit the memory of one GPU and a teacher
+    cache larger than the free space of its folder; false: print the plan and submit anyway."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mfu <= 1:
+            raise ConfigError(f"plan.mfu={self.mfu} must be in (0, 1]: a fraction of the GPU's peak bf16 FLOP/s "
+                              "(0.40 = 40%)")
+
+
 # ---------------------------------------------------------------------------------------------- recipe
 @dataclass
 class RecipeConfig:
@@ -1183,6 +1214,7 @@ class CompactLMConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     run_name: str = "${recipe.name}_${model.name}"
     """Folder name of the run under runs_root; the same name resumes the same run."""
     runs_root: str = "runs"

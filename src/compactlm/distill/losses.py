@@ -21,9 +21,7 @@ import torch
 import torch.nn.functional as F
 from modelopt.torch.distill import LogitsDistillationLoss
 
-
-CHUNK_ELEMENTS = 1 << 24
-"""Float32 elements of one slice of `per_token_chunked` (64 MiB per temporary): rows = CHUNK_ELEMENTS // vocab."""
+from compactlm.distill import CHUNK_ELEMENTS
 
 
 def _token_slices(logits: torch.Tensor, chunk_elements: int):

@@ -28,6 +28,7 @@ from compactlm.launch.local_runs import (
     mark_cancelled,
     stop_stages,
 )
+from compactlm.launch.plan import RunPlan, check_plan, format_plan, plan_run
 from compactlm.launch.records import CONFIG_FILE, REPO, nemorun_home, resolved_yaml, stage_logs
 from compactlm.launch.report import summary_table, write_report
 from compactlm.launch.search import format_candidates, prune_presets, resolve_search
@@ -54,6 +55,9 @@ def launch(cfg) -> int:
             check_shell_values(conf, local_dir)
         if conf.recipe.stages and not conf.dryrun:
             check_no_links(local_dir, Path(conf.run_dir), run_tasks(conf))
+        plan = plan_run(conf, shape) if conf.recipe.stages else None
+        if plan is not None:
+            check_plan(plan, conf)
         if conf.recipe.stages and not (conf.dryrun or conf.prepare_only):
             check_credentials(conf)
         if not conf.dryrun:
@@ -64,13 +68,14 @@ def launch(cfg) -> int:
     if not conf.recipe.stages:
         return print_params(conf)
     if conf.dryrun:
-        return dryrun(conf, local_dir)
+        return dryrun(conf, local_dir, plan)
     if conf.prepare_only:
+        print(f"# plan\n{format_plan(plan)}")
         write_run_dir(conf, local_dir)
         print(f"compactlm: wrote {local_dir / CONFIG_FILE} (stages: {' '.join(conf.recipe.stages)}); submit by hand with\n"
               f"  launchers/slurm/submit.sh {local_dir / CONFIG_FILE} --account=<account> [--partition=<p>]")
         return 0
-    return submit(conf, local_dir)
+    return submit(conf, local_dir, plan)
 
 
 def place_run(conf: CompactLMConfig) -> Path:
@@ -177,8 +182,8 @@ def git_sha() -> str | None:
         return None
 
 
-def dryrun(conf: CompactLMConfig, local_dir: Path) -> int:
-    """Print the resolved config, the executors and what would be submitted (sbatch scripts, job specs).
+def dryrun(conf: CompactLMConfig, local_dir: Path, plan: RunPlan) -> int:
+    """Print the resolved config, the plan, the executors and what would be submitted (sbatch scripts, job specs).
 
     Nothing is written to the run folder and nothing is contacted: scripts and specs are rendered in a
     temporary folder by the same code that submits them.
@@ -186,6 +191,7 @@ def dryrun(conf: CompactLMConfig, local_dir: Path) -> int:
     print("# resolved config\n" + resolved_yaml(conf))
     if conf.search.resolved:
         print(f"# search candidates ({len(conf.search.resolved)})\n{format_candidates(conf)}")
+    print(f"# plan\n{format_plan(plan)}")
     print(f"# executor\n{describe_executor(conf)}")
     print("# tasks (each depends on the task(s) of the stage before)")
     for stage, text in render_submission(conf, local_dir):
@@ -194,8 +200,10 @@ def dryrun(conf: CompactLMConfig, local_dir: Path) -> int:
     return 0
 
 
-def submit(conf: CompactLMConfig, local_dir: Path) -> int:
-    """Run (local) or submit (cluster) the recipe's stages, holding the run folder's lock meanwhile."""
+def submit(conf: CompactLMConfig, local_dir: Path, plan: RunPlan) -> int:
+    """Print the plan, then run (local) or submit (cluster) the recipe's stages, holding the run folder's lock
+    meanwhile."""
+    print(f"compactlm: plan of run {conf.run_name}\n{format_plan(plan)}", flush=True)
     lock = RunLock(local_dir)
     try:
         lock.acquire(conf.run_name)

@@ -1,0 +1,642 @@
+"""The plan of a run, printed before anything is submitted: per stage, its processes, memory per GPU (host RAM for
+a stage on CPU) broken down, disk written, FLOPs and hours; and the refusals of what cannot fit.
+
+Submit side, no torch model code at import. Parameter counts are the project's own (`model.params.count_on_meta`:
+the real transformers module on the meta device, no weights), as `recipe=params` and the search's candidates
+count them; it imports transformers (seconds) when the plan is made. A formula would drift the day an
+architecture adds a bias or a norm, and the counts feed every figure below.
+
+Memory, in bytes, per process (= per GPU under torchrun), from what each stage's code holds at once:
+
+- distill (`distill/train.py`): the student's float32 master weights, float32 gradients and AdamW's two float32
+  states (16 bytes a parameter), the teacher in the compute dtype (bf16: 2 bytes), DDP's gradient buckets (a
+  second float32 copy of the gradients), or under FSDP2 all of these divided by the world size plus the layers
+  FSDP2 gathers (the root module's embedding and output layer, the current and the prefetched layer, one layer's
+  unsharded gradient; the teacher's likewise); the activations the student keeps for its backward pass; the
+  logits; the KL's float32 slices (`distill/losses.py`).
+- Activations were measured on transformers' Llama layer with `torch.autograd.graph.saved_tensors_hooks` (every
+  tensor saved for backward, counted once): per token and decoder layer, under bf16 autocast
+  26·h + 4·a + 4·k + 8·f + 4·heads bytes plus a bf16 copy of the layer's weights (autocast's cast, kept for the
+  backward), in float32 24·h + 8·a + 8·k + 16·f + 4·heads, with h the hidden size, a = heads × head_dim,
+  k = KV heads × head_dim, f the FFN width (tests/launch/test_plan.py checks the formula against the hooks). With
+  activation checkpointing a layer keeps only its float32 input (4·h) and one layer is recomputed at a time.
+- Runtime: on a GPU, an allowance for the CUDA context, cuBLAS workspaces and NCCL buffers (not measured here);
+  on a CPU, the resident memory of a bare `import torch, transformers` process, measured here.
+
+FLOPs per token are `bench/flops.py`'s (PaLM's convention); hours = FLOPs / (GPUs × peak × `plan.mfu`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compactlm.bench.flops import forward_flops_per_token
+from compactlm.config import TRAIN_STAGES, CompactLMConfig, ConfigError, DistillConfig
+from compactlm.distill import CHUNK_ELEMENTS
+from compactlm.launch.resources import CPU_STAGES, stage_gpus, stage_processes
+from compactlm.model.params import count_on_meta, hf_config_from_shape, pruned_hf_config
+from compactlm.model.precision import cpu_bf16_flags
+from compactlm.pipeline import run_tasks, split_task
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Device:
+    """One GPU model: its memory and peak dense bf16 matmul rate (without sparsity), from NVIDIA's datasheet."""
+
+    name: str
+    memory: int
+    """Bytes of GPU memory (the datasheet's GB, 10^9 bytes: below what CUDA reports, so the plan errs safe)."""
+    bf16_flops: float
+    """Peak dense bf16 FLOP/s (the datasheets print the figure with sparsity, twice this)."""
+    source: str
+
+
+DEVICES = {
+    "h100": Device("H100 SXM 80 GB", 80 * 10**9, 989e12,
+                   "NVIDIA H100 Tensor Core GPU datasheet: H100 SXM, BF16 Tensor Core 1,979 TFLOPS with sparsity"),
+    "h200": Device("H200 SXM 141 GB", 141 * 10**9, 989e12,
+                   "NVIDIA H200 Tensor Core GPU datasheet: H200 SXM, BF16 Tensor Core 1,979 TFLOPS with sparsity"),
+}
+DEFAULT_GPU = "h100"
+
+GPU_RUNTIME = 2 * GiB
+"""Per GPU: CUDA context, cuBLAS workspaces, NCCL buffers and allocator slack; an allowance, not a measurement."""
+HOST_RUNTIME = 520 * 2**20
+"""Peak RSS of `python -c "import torch, transformers"` on the development machine (torch 2.13 CPU, transformers
+5.14): 519.5 MiB, measured with resource.getrusage (ru_maxrss) twice."""
+MODELOPT_RUNTIME = 128 * 2**20
+"""What `import modelopt.torch.distill` adds to that (648 MiB in all, same measurement): distill and quantize."""
+MODELOPT_STAGES = ("distill", "candidate", "quantize", "teacher_cache")
+
+KL_SLICE_TEMPORARIES = 8
+"""Float32 [slice, vocab] tensors alive at once in one slice of the KL and its gradient (losses._kl_rows: the two
+upcasts, two log-softmaxes, the pointwise KL, and autograd's gradients of them)."""
+
+QUANT_BITS = {"fp8": 8.0, "int8_sq": 8.0, "nvfp4": 4.5, "int4_awq": 4.125}
+"""Bits per quantized weight in the export: FP8 and INT8 one byte; NVFP4 4 bits + an FP8 scale per 16 weights;
+INT4-AWQ 4 bits + an fp16 scale per 128 weights."""
+GGUF_BITS = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.5625, "q5_k": 5.5, "q5_0": 5.5, "q5_1": 6.0,
+             "q4_k": 4.5, "q4_0": 4.5, "q4_1": 5.0, "iq4_nl": 4.5, "iq4_xs": 4.25, "q3_k": 3.4375, "q2_k": 2.625}
+"""Bits per weight of llama.cpp's block formats (ggml block bytes × 8 / block weights, e.g. Q8_0: 34 bytes per 32).
+The _S/_M/_L mixes are counted as their base type; llama.cpp keeps a few tensors of a _M mix at a wider type."""
+
+
+# ------------------------------------------------------------------------------------------------ sizes
+@dataclass(frozen=True)
+class ModelSizes:
+    """Parameter counts (meta device) and the sizes the memory and FLOP formulas need."""
+
+    hf: dict[str, Any]
+    """config.json-style sizes (hidden_size, intermediate_size, ...), for `bench.flops`."""
+    total: int
+    without_lm_head: int
+    layer: int
+    """Parameters of one decoder layer."""
+    root: int
+    """Parameters outside the decoder layers (embedding, final norm, output layer)."""
+
+    @property
+    def layers(self) -> int:
+        return self.hf["num_hidden_layers"]
+
+
+NEEDED = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+@functools.lru_cache(maxsize=64)
+def _count(items: tuple) -> ModelSizes:
+    hf_config = hf_config_from_shape(dict(items))
+    counts = count_on_meta(hf_config)
+    layers = hf_config.num_hidden_layers
+    one = count_on_meta(pruned_hf_config(hf_config, {"num_layers": 1}))["total"] if layers > 1 else counts["total"]
+    layer = (counts["total"] - one) // (layers - 1) if layers > 1 else 0
+    if layers == 1:  # one layer: count a two-layer copy to split the layer from the rest
+        layer = count_on_meta(pruned_hf_config(hf_config, {"num_layers": 2}))["total"] - counts["total"]
+    hf = {k: getattr(hf_config, k) for k in NEEDED if k != "model_type"}
+    hf["num_key_value_heads"] = getattr(hf_config, "num_key_value_heads", None) or hf["num_attention_heads"]
+    hf["head_dim"] = getattr(hf_config, "head_dim", None) or hf["hidden_size"] // hf["num_attention_heads"]
+    return ModelSizes(hf=hf, total=counts["total"], without_lm_head=counts["without_lm_head"], layer=layer,
+                      root=counts["total"] - layers * layer)
+
+
+def model_sizes(shape: dict[str, Any], export: dict[str, int] | None = None) -> ModelSizes | None:
+    """Sizes of the model of `shape` (pruned to ModelOpt `export` sizes when given); None when `shape` lacks one
+    of NEEDED (a hub model whose YAML has no `model.shape`)."""
+    if any(shape.get(k) is None for k in NEEDED):
+        return None
+    merged = dict(shape)
+    if export:
+        hf = pruned_hf_config(hf_config_from_shape(shape), export)
+        merged.update({k: getattr(hf, k) for k in NEEDED if k != "model_type"}, head_dim=hf.head_dim)
+    return _count(tuple(sorted(merged.items())))
+
+
+# ------------------------------------------------------------------------------------------------ plan
+@dataclass
+class StagePlan:
+    """What one task (a stage, or one instance of it) needs."""
+
+    stage: str
+    """Task name: the stage, or `candidate-<name>`."""
+    processes: int
+    """Processes in all (nodes × processes per node)."""
+    nodes: int
+    gpus_per_node: int
+    """GPUs per node the task uses (0: it runs on CPU, and `memory` is host RAM of one process)."""
+    memory: dict[str, int] = field(default_factory=dict)
+    """Named bytes per process (per GPU on a GPU) that add up to `memory_total`."""
+    disk: dict[str, int] = field(default_factory=dict)
+    """Named bytes the task writes."""
+    flops: float | None = None
+    hours: float | None = None
+    """Wall hours at the device's peak × plan.mfu; None on CPU (no peak table) or without FLOPs."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def memory_total(self) -> int:
+        return sum(self.memory.values())
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpus_per_node > 0
+
+
+@dataclass
+class RunPlan:
+    stages: list[StagePlan]
+    device: Device | None
+    """The GPU of the cluster; None on CPU."""
+    mfu: float
+    compute: str
+    """bfloat16 or float32: the compute dtype of the stages."""
+    teacher: ModelSizes | None
+    student: ModelSizes | None
+    student_label: str
+    """Where the student's sizes come from (prune=exp_010, the largest search candidate, ...)."""
+    shape: dict[str, Any] = field(default_factory=dict)
+    """The teacher's sizes the plan was made from (`launch.validate.model_shape`)."""
+    notes: list[str] = field(default_factory=list)
+
+    def stage(self, name: str) -> StagePlan:
+        return next(s for s in self.stages if s.stage == name)
+
+
+def plan_run(conf: CompactLMConfig, shape: dict[str, Any]) -> RunPlan:
+    """The plan of `conf`'s tasks; `shape` is the teacher's sizes as `launch.validate.model_shape` returns them."""
+    teacher = model_sizes(shape)
+    student, label = _student(conf, shape, teacher)
+    device = gpu_device(conf)
+    compute = compute_dtype(conf)
+    plan = RunPlan(stages=[], device=device, mfu=conf.plan.mfu, compute=compute, teacher=teacher, student=student,
+                   student_label=label, shape=shape)
+    if teacher is None:
+        plan.notes.append(f"model={conf.model.name} has no sizes here (model.shape.* in its YAML, or a local folder): "
+                          "memory, disk and FLOPs are not estimated")
+    if device is not None and conf.cluster.gpu is None:
+        plan.notes.append(f"cluster.gpu is unset: {device.name} assumed (cluster.gpu=h100|h200)")
+    for task in run_tasks(conf):
+        plan.stages.append(plan_task(conf, task, shape, plan))
+    return plan
+
+
+def gpu_device(conf: CompactLMConfig) -> Device | None:
+    return DEVICES[conf.cluster.gpu or DEFAULT_GPU] if conf.cluster.gpus_per_node > 0 else None
+
+
+def compute_dtype(conf: CompactLMConfig) -> str:
+    """The dtype `model.precision` will resolve on the nodes: engine.dtype, else bf16 on GPUs and on CPUs with
+    native bf16 (read from this CPU for cluster=local), else float32."""
+    if conf.engine.dtype != "auto":
+        return conf.engine.dtype
+    if conf.cluster.gpus_per_node > 0 or conf.engine.device == "cuda":
+        return "bfloat16"
+    if conf.cluster.executor == "local":
+        return "bfloat16" if cpu_bf16_flags() else "float32"
+    return "bfloat16"
+
+
+def _student(conf: CompactLMConfig, shape: dict[str, Any], teacher: ModelSizes | None):
+    stages = conf.recipe.stages
+    if teacher is None:
+        return None, "unknown"
+    if "prune" in stages:
+        return model_sizes(shape, conf.prune.export_config.known()), f"prune={conf.prune.name}"
+    if conf.search.resolved:
+        biggest = max(conf.search.resolved, key=lambda c: c.params)
+        return (model_sizes(shape, biggest.export_config.known()),
+                f"the largest search candidate ({biggest.name}) until the ranking picks one")
+    return teacher, f"model={conf.model.name}"
+
+
+def plan_task(conf: CompactLMConfig, task: str, shape: dict[str, Any], plan: RunPlan) -> StagePlan:
+    stage, instance = split_task(task)
+    nodes = conf.cluster.nodes_for(task)
+    gpus = stage_gpus(conf, task)
+    per_node = stage_processes(conf, task) if stage in TRAIN_STAGES else 1
+    sp = StagePlan(stage=task, processes=nodes * per_node, nodes=nodes, gpus_per_node=gpus)
+    if plan.teacher is None:
+        return sp
+    cbytes = 2 if plan.compute in ("bfloat16", "float16") else 4
+    on_gpu = gpus > 0
+    ctx = _Ctx(conf, plan, cbytes, on_gpu, world=nodes * per_node)
+    if stage in ("distill", "candidate"):
+        student = plan.student
+        cfg = conf.distill
+        if stage == "candidate":
+            cand = next(c for c in conf.search.resolved if c.name == instance)
+            student = model_sizes(shape, cand.export_config.known())
+            # a candidate distills from the shared teacher cache for search.distill_tokens (search/stage.py)
+            cfg = dataclasses.replace(cfg, teacher_cache=True, max_steps=None, max_tokens=conf.search.distill_tokens)
+        sp.memory, sp.disk, sp.flops, sp.notes = distill_plan(ctx, cfg, plan.teacher, student)
+    else:
+        sp.memory, sp.disk, sp.flops = STAGE_PLANS.get(stage, _small)(ctx, plan.teacher, plan.student)
+    sp.memory["runtime"] = (GPU_RUNTIME if on_gpu else
+                            HOST_RUNTIME + (MODELOPT_RUNTIME if stage in MODELOPT_STAGES else 0))
+    if on_gpu and sp.flops is not None:
+        sp.hours = sp.flops / (ctx.world_gpus(task) * plan.device.bf16_flops * plan.mfu) / 3600
+    return sp
+
+
+@dataclass
+class _Ctx:
+    conf: CompactLMConfig
+    plan: RunPlan
+    cbytes: int
+    """Bytes per value of the compute dtype."""
+    on_gpu: bool
+    world: int
+
+    @property
+    def seq(self) -> int:
+        return self.conf.data.seq_len
+
+    def world_gpus(self, task: str) -> int:
+        return self.conf.cluster.nodes_for(task) * stage_gpus(self.conf, task)
+
+
+# ------------------------------------------------------------------------------------------ activations
+def layer_activation_bytes(hf: dict[str, Any], cbytes: int) -> int:
+    """Bytes a decoder layer saves for its backward pass per token (see the module docstring; measured on
+    transformers' Llama layer), without autocast's weight copies."""
+    h, f, heads = hf["hidden_size"], hf["intermediate_size"], hf["num_attention_heads"]
+    a = heads * hf["head_dim"]
+    k = hf["num_key_value_heads"] * hf["head_dim"]
+    if cbytes == 2:
+        return 26 * h + 4 * a + 4 * k + 8 * f + 4 * heads
+    return 24 * h + 8 * a + 8 * k + 16 * f + 4 * heads
+
+
+def student_activations(s: ModelSizes, tokens: int, cbytes: int, checkpointing: bool) -> dict[str, int]:
+    """Activations a trained model keeps for one micro-batch of `tokens` tokens, and autocast's weight copies.
+
+    Without checkpointing every layer keeps its saved tensors (plus one layer's worth of gradients while the
+    backward pass runs through it); with checkpointing every layer keeps its float32 input and one layer at a time
+    is recomputed. Outside the layers: about 12·h bytes per token (final norm, the output layer's input)."""
+    per_layer = tokens * layer_activation_bytes(s.hf, cbytes)
+    h = s.hf["hidden_size"]
+    out = {}
+    if checkpointing:
+        out["activations (layer inputs, checkpointed)"] = s.layers * tokens * 4 * h
+        out["activations (one layer recomputed + its backward)"] = 2 * per_layer
+    else:
+        out["activations (every layer, for backward)"] = (s.layers + 1) * per_layer
+    out["activations (final norm, output layer input)"] = tokens * 12 * h
+    if cbytes == 2:  # autocast keeps the bf16 cast of each weight it used until the backward pass
+        kept_layers = 1 if checkpointing else s.layers
+        out["bf16 weight copies (autocast)"] = 2 * (kept_layers * s.layer + s.hf["vocab_size"] * h)
+    return out
+
+
+def forward_working_set(s: ModelSizes, tokens: int, cbytes: int) -> int:
+    """A no-grad forward's largest live tensors in one layer: the residual stream, q/k/v and the MLP's three."""
+    hf = s.hf
+    a = hf["num_attention_heads"] * hf["head_dim"]
+    k = hf["num_key_value_heads"] * hf["head_dim"]
+    return tokens * cbytes * (2 * hf["hidden_size"] + a + 2 * k + 3 * hf["intermediate_size"])
+
+
+# ------------------------------------------------------------------------------------------------ distill
+def distill_plan(ctx: _Ctx, cfg: DistillConfig, teacher: ModelSizes, student: ModelSizes):
+    """(memory, disk, flops, notes) of one distillation process: the student trained, the teacher run or cached."""
+    c, seq, world = ctx.cbytes, ctx.seq, ctx.world
+    fsdp = cfg.strategy == "fsdp2" and world > 1
+    shard = world if fsdp else 1
+    tokens = cfg.micro_batch_size * seq
+    vocab = student.hf["vocab_size"]
+    n = student.total
+    mem = {
+        "student weights (fp32)": 4 * n // shard,
+        "gradients (fp32)": 4 * n // shard,
+        "AdamW states (2 × fp32)": 8 * n // shard,
+    }
+    if cfg.strategy == "ddp" and world > 1:
+        mem["DDP gradient buckets (fp32)"] = 4 * n
+    if not cfg.teacher_cache:
+        mem[f"teacher weights ({_dtype(c)})"] = c * teacher.total // shard
+    if fsdp:
+        gathered = 4 * (student.root + 3 * student.layer)  # root + current + prefetched layer, one layer's gradient
+        if not cfg.teacher_cache:
+            gathered += c * (teacher.root + 2 * teacher.layer)
+        mem["FSDP2 gathered (root, 2 layers, 1 layer's gradient)"] = gathered
+    mem.update(student_activations(student, tokens, c, cfg.activation_checkpointing))
+    logits = 2 if cfg.teacher_cache else 3  # student logits and their gradient (+ the teacher's)
+    mem[f"logits [micro_batch, seq, vocab] ({logits} × {_dtype(c)})"] = logits * c * tokens * vocab
+    if cfg.teacher_cache:
+        mem["teacher cache rows (top-k)"] = tokens * (cfg.topk * 6 + 4)
+    else:
+        mem["teacher forward (one layer, no grad)"] = forward_working_set(teacher, tokens, c)
+    mem["KL slices (fp32)"] = KL_SLICE_TEMPORARIES * 4 * min(CHUNK_ELEMENTS, tokens * vocab)
+
+    steps = _steps(cfg, seq)
+    trained = steps * cfg.global_batch_size * seq
+    per_token = 3 * forward_flops_per_token(student.hf, seq)
+    if cfg.activation_checkpointing:
+        per_token += forward_flops_per_token(student.hf, seq)  # the recomputed forward
+    flops = trained * per_token
+    if cfg.teacher_cache:
+        flops += cache_tokens(ctx.conf, cfg) * forward_flops_per_token(teacher.hf, seq)
+    else:
+        flops += trained * forward_flops_per_token(teacher.hf, seq)
+    disk = {"checkpoint (fp32 weights + AdamW; 2 while one is written)": 2 * 12 * n,
+            f"student export ({_dtype(c)})": c * n}
+    if cfg.teacher_cache and ctx.conf.recipe.stages and "teacher_cache" not in ctx.conf.recipe.stages:
+        disk["teacher top-k cache"] = teacher_cache_bytes(ctx.conf, cfg)
+    notes = [f"{steps} steps × {cfg.global_batch_size} × {seq} tokens, micro-batch {cfg.micro_batch_size}, "
+             f"strategy {cfg.strategy if world > 1 else 'single process'}"
+             f"{', activation checkpointing' if cfg.activation_checkpointing else ''}"]
+    return mem, disk, flops, notes
+
+
+def _steps(cfg: DistillConfig, seq: int) -> int:
+    """distill/train.py's total_steps, without importing torch."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.max_tokens / (cfg.global_batch_size * seq)))
+
+
+def cache_tokens(conf: CompactLMConfig, cfg: DistillConfig) -> int:
+    """Tokens the teacher cache covers: the train split (data.max_train_sequences, else the sequences the
+    distillation reads, each once) and the validation split."""
+    train = conf.data.max_train_sequences or _steps(cfg, conf.data.seq_len) * cfg.global_batch_size
+    return (train + conf.data.validation_sequences) * conf.data.seq_len
+
+
+def teacher_cache_bytes(conf: CompactLMConfig, cfg: DistillConfig) -> int:
+    """distill/cache.py's layout: per token k float16 log-probs, k int32 ids and one float32 tail."""
+    return cache_tokens(conf, cfg) * (cfg.topk * (2 + 4) + 4)
+
+
+def _dtype(cbytes: int) -> str:
+    return "bf16" if cbytes == 2 else "fp32"
+
+
+# ------------------------------------------------------------------------------------------ other stages
+def _model(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+    """model: a packaged GGUF is dequantized to float32 and saved once; a hub model is downloaded (bf16)."""
+    m = ctx.conf.model
+    if m.source == "gguf_package":
+        return {"teacher dequantized (fp32)": 4 * t.total}, {"teacher safetensors (fp32, cache_dir)": 4 * t.total}, None
+    if m.is_local():
+        return {}, {}, None
+    return {}, {"teacher download (bf16, Hugging Face cache)": 2 * t.total}, None
+
+
+def _data(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+    d = ctx.conf.data
+    train = d.max_train_sequences or _steps(ctx.conf.distill, d.seq_len) * ctx.conf.distill.global_batch_size
+    tokens = (train + d.validation_sequences + d.calibration_sequences) * d.seq_len
+    return {"token ids (int64 while packing)": 8 * tokens}, {"train/validation/calibration splits (int32)": 4 * tokens}, None
+
+
+def _importance(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+    imp = ctx.conf.importance
+    tokens = imp.batch_size * ctx.seq
+    calib = (imp.max_sequences or ctx.conf.data.calibration_sequences) * ctx.seq
+    mem = {f"teacher weights ({_dtype(ctx.cbytes)})": ctx.cbytes * t.total,
+           "forward (one layer, no grad)": forward_working_set(t, tokens, ctx.cbytes),
+           f"logits ({_dtype(ctx.cbytes)})": ctx.cbytes * tokens * t.hf["vocab_size"]}
+    return mem, {}, calib * forward_flops_per_token(t.hf, ctx.seq)
+
+
+def _prune(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+    mem = {f"teacher weights ({_dtype(ctx.cbytes)}), sliced in place": ctx.cbytes * t.total}
+    return mem, {f"pruned checkpoint ({_dtype(ctx.cbytes)})": ctx.cbytes * (s or t).total}, None
+
+
+def _quantize(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+    s = s or t
+    q = ctx.conf.quantize
+    c = ctx.cbytes
+    tokens = q.batch_size * ctx.seq
+    mem = {f"model ({_dtype(c)})": c * s.total}
+    if q.evaluate:
+        mem[f"reference copy ({_dtype(c)})"] = c * s.total
+    mem["calibration forward"] = forward_working_set(s, tokens, c) + 4 * tokens * s.hf["vocab_size"]
+    embed = s.root  # embedding and output layer stay in quantize.export_dtype
+    export = int((s.total - embed) * QUANT_BITS[q.format] / 8) + 2 * embed
+    calib = (q.calibration_sequences or ctx.conf.data.calibration_sequences) * ctx.seq
+    return mem, {f"{q.format} export": export}, calib * forward_flops_per_token(s.hf, ctx.seq)
+
+
+def _gguf(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+    g = ctx.conf.gguf
+    s = s or t
+    mem = {}
+    if g.hf_check:  # gguf/stage.py hf_check: the student and one dequantized file, both float32
+        tokens = ctx.conf.evaluate.batch_size * ctx.seq
+        mem = {"student (fp32) + one dequantized file (fp32)": 8 * s.total,
+               "logits of both (fp32)": 2 * 4 * tokens * s.hf["vocab_size"]}
+    disk = {f"student {g.outtype}": _gguf_bytes(s.total, g.outtype)}
+    for typ in g.types:
+        if typ != g.outtype:
+            disk[f"student {typ}"] = _gguf_bytes(s.total, typ)
+    if g.teacher:
+        disk[f"teacher {g.outtype}"] = _gguf_bytes(t.total, g.outtype)
+    return mem, disk, None
+
+
+def _gguf_bytes(params: int, typ: str) -> int:
+    base = typ.removesuffix("_m").removesuffix("_s").removesuffix("_l")
+    return int(params * GGUF_BITS.get(base, GGUF_BITS.get(typ, 16)) / 8)
+
+
+def _evaluated(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None) -> list[ModelSizes]:
+    """The models the evaluate stage loads together: the teacher and each later model of the run."""
+    stages = ctx.conf.recipe.stages
+    later = [st for st in ("prune", "distill", "quantize") if st in stages]
+    if "ranking" in stages:
+        later.append("ranking")
+    return [t] + [s or t] * len(later)
+
+
+def _evaluate(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+    e = ctx.conf.evaluate
+    c = ctx.cbytes
+    models = _evaluated(ctx, t, s)
+    tokens = e.batch_size * ctx.seq
+    mem = {f"{len(models)} models resident ({_dtype(c)})": sum(c * m.total for m in models),
+           "logits (teacher + one model, fp32)": 2 * 4 * tokens * t.hf["vocab_size"]}
+    val = (e.max_sequences or ctx.conf.data.validation_sequences) * ctx.seq
+    return mem, {}, val * sum(forward_flops_per_token(m.hf, ctx.seq) for m in models)
+
+
+def _bench(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+    return {f"one model at a time ({_dtype(ctx.cbytes)})": ctx.cbytes * max(t.total, (s or t).total)}, {}, None
+
+
+def _teacher_cache(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+    cfg = dataclasses.replace(ctx.conf.distill, teacher_cache=True, max_steps=None,
+                              max_tokens=ctx.conf.search.distill_tokens)
+    tokens = cfg.micro_batch_size * ctx.seq
+    c = ctx.cbytes
+    mem = {f"teacher weights ({_dtype(c)})": c * t.total,
+           "forward (one layer, no grad)": forward_working_set(t, tokens, c),
+           f"logits ({_dtype(c)})": c * tokens * t.hf["vocab_size"],
+           "top-k slices (fp32)": 3 * 4 * min(CHUNK_ELEMENTS, tokens * t.hf["vocab_size"])}
+    return mem, {"teacher top-k cache": teacher_cache_bytes(ctx.conf, cfg)}, \
+        cache_tokens(ctx.conf, cfg) * forward_flops_per_token(t.hf, ctx.seq)
+
+
+def _small(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+    """Stages that hold no model (ranking, deploy's launcher side) or run elsewhere: the runtime alone."""
+    return {}, {}, None
+
+
+STAGE_PLANS = {"model": _model, "data": _data, "importance": _importance, "prune": _prune, "quantize": _quantize,
+               "gguf": _gguf, "evaluate": _evaluate, "bench": _bench, "teacher_cache": _teacher_cache}
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def check_plan(plan: RunPlan, conf: CompactLMConfig) -> None:
+    """Raise ConfigError (one line, the keys to change) for a distillation that does not fit one GPU and for a
+    teacher cache larger than the free space of its folder, where that folder is on this machine."""
+    if not conf.plan.check:
+        return
+    for sp in plan.stages:
+        stage = split_task(sp.stage)[0]
+        if stage in ("distill", "candidate") and sp.on_gpu and plan.device and sp.memory_total > plan.device.memory:
+            raise ConfigError(_no_fit(plan, conf, sp))
+    _check_cache_space(plan, conf)
+
+
+def _no_fit(plan: RunPlan, conf: CompactLMConfig, sp: StagePlan) -> str:
+    d = conf.distill
+    now = (f"distill.strategy={d.strategy} distill.micro_batch_size={d.micro_batch_size} "
+           f"distill.activation_checkpointing={str(d.activation_checkpointing).lower()} cluster.nodes={conf.cluster.nodes}")
+    fixes = [f"{' '.join(keys)} ({_gib(m)})" for keys, m in _remedies(plan, conf, sp)]
+    return (f"{sp.stage} needs {_gib(sp.memory_total)} per GPU, more than one {plan.device.name} holds, with {now} "
+            f"on {sp.nodes}×{sp.gpus_per_node} GPUs (data.seq_len={conf.data.seq_len}): "
+            + (f"it fits with {' or '.join(fixes)}" if fixes else
+               "change distill.strategy, distill.micro_batch_size, distill.activation_checkpointing or cluster.nodes")
+            + "; python launch.py ... dryrun=true prints the plan")
+
+
+def _changes(conf: CompactLMConfig, sp: StagePlan) -> list[tuple[str, Any]]:
+    """The single changes the refusal may propose: (key=value, function of the config to the changed config)."""
+    d, c = conf.distill, conf.cluster
+    out = []
+    if d.strategy != "fsdp2" and sp.processes > 1:
+        out.append(("distill.strategy=fsdp2", lambda x: dataclasses.replace(
+            x, distill=dataclasses.replace(x.distill, strategy="fsdp2"))))
+    if not d.activation_checkpointing:
+        out.append(("distill.activation_checkpointing=true", lambda x: dataclasses.replace(
+            x, distill=dataclasses.replace(x.distill, activation_checkpointing=True))))
+    if d.micro_batch_size > 1:
+        out.append(("distill.micro_batch_size=1", lambda x: dataclasses.replace(
+            x, distill=dataclasses.replace(x.distill, micro_batch_size=1))))
+    if split_task(sp.stage)[0] == "distill" and c.executor != "local" and "distill" not in c.stage_nodes:
+        out.append((f"cluster.nodes={2 * c.nodes}", lambda x: dataclasses.replace(
+            x, cluster=dataclasses.replace(x.cluster, nodes=2 * x.cluster.nodes))))
+    return out
+
+
+def _remedies(plan: RunPlan, conf: CompactLMConfig, sp: StagePlan) -> list[tuple[list[str], int]]:
+    """The fewest changes of `_changes` that make `sp` fit (every set of that size that does), each with its
+    memory per GPU then."""
+    changes = _changes(conf, sp)
+    for size in range(1, len(changes) + 1):
+        fits = []
+        for combo in itertools.combinations(changes, size):
+            other = conf
+            for _, change in combo:
+                other = change(other)
+            m = plan_task(other, sp.stage, plan.shape, plan).memory_total
+            if m <= plan.device.memory:
+                fits.append(([key for key, _ in combo], m))
+        if fits:
+            return fits
+    return []
+
+
+def _check_cache_space(plan: RunPlan, conf: CompactLMConfig) -> None:
+    """A teacher cache written on this machine (cluster=local, or a Slurm login node's runs_root) must fit the free
+    space of the nearest existing folder above where it goes."""
+    if conf.cluster.is_remote():
+        return
+    for sp in plan.stages:
+        size = sp.disk.get("teacher top-k cache")
+        if not size:
+            continue
+        folder = Path(conf.run_dir).expanduser() / sp.stage / ("cache" if sp.stage == "teacher_cache" else "teacher_cache")
+        parent = next(p for p in (folder, *folder.parents) if p.exists())
+        free = shutil.disk_usage(parent).free
+        if size > free:
+            key = "search.distill_tokens" if sp.stage == "teacher_cache" else "distill.max_steps/distill.max_tokens"
+            raise ConfigError(f"the teacher cache of {sp.stage} needs {_gb(size)} but {parent} has {_gb(free)} free: "
+                              f"lower distill.topk={conf.distill.topk}, data.max_train_sequences or {key}, or set "
+                              f"runs_root to a folder with more space")
+
+
+# ------------------------------------------------------------------------------------------------ printing
+def _gib(n: float) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _count_str(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def format_plan(plan: RunPlan) -> str:
+    """The plan as text: a header (models, device, MFU), one row per task and its breakdown beneath."""
+    lines = []
+    if plan.teacher is not None:
+        lines.append(f"teacher {_count_str(plan.teacher.total)} parameters, student {_count_str(plan.student.total)} "
+                     f"({plan.student_label}); counted on the meta device; compute dtype {plan.compute}")
+    if plan.device is not None:
+        lines.append(f"GPU {plan.device.name}: {plan.device.bf16_flops / 1e12:.0f} TFLOP/s bf16 dense "
+                     f"({plan.device.source}); hours at MFU {plan.mfu:.2f} (plan.mfu)")
+    else:
+        lines.append("CPU: memory is the peak resident memory of one stage process; no hours (no CPU peak table)")
+    lines += [f"note: {n}" for n in plan.notes]
+    where = "memory/GPU" if plan.device is not None else "memory"
+    head = f"{'stage':<22}{'procs':>6}  {'nodes×GPUs':<11}{where:>12}{'disk':>11}{'FLOPs':>10}{'hours':>8}"
+    lines += [head, "-" * len(head)]
+    for sp in plan.stages:
+        place = f"{sp.nodes}×{sp.gpus_per_node}" if sp.on_gpu else f"{sp.nodes}×CPU"
+        mem = _gib(sp.memory_total) + ("" if sp.on_gpu or plan.device is None else " host")
+        flops = f"{sp.flops:.2e}" if sp.flops else "-"
+        hours = f"{sp.hours:.2f}" if sp.hours is not None else "-"
+        lines.append(f"{sp.stage:<22}{sp.processes:>6}  {place:<11}{mem:>12}{_gb(sum(sp.disk.values())):>11}"
+                     f"{flops:>10}{hours:>8}")
+        if sp.memory:
+            lines.append("    memory: " + ", ".join(f"{k} {v / GiB:.2f}" for k, v in sp.memory.items()) + " GiB")
+        if sp.disk:
+            lines.append("    disk: " + ", ".join(f"{k} {_gb(v)}" for k, v in sp.disk.items()))
+        lines += [f"    {n}" for n in sp.notes]
+    total = [sp.hours for sp in plan.stages if sp.hours is not None]
+    if total:
+        lines.append(f"hours in all (stages with FLOPs, at MFU {plan.mfu:.2f}): {sum(total):.1f}")
+    return "\n".join(lines)
