@@ -326,9 +326,41 @@ def test_torchrun_two_processes_ddp_matches_one_process(pair, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,teacher_cache", [("fsdp2", False), ("ddp", True), ("fsdp2", True)])
-def test_torchrun_two_processes_other_strategies_match_one_process(pair, tmp_path, strategy, teacher_cache):
-    cfg = dataclasses.replace(SHORT, strategy=strategy, teacher_cache=teacher_cache, topk=16)
+@pytest.mark.parametrize("strategy,teacher_cache,checkpointing",
+                         [("fsdp2", False, False), ("ddp", True, False), ("fsdp2", True, False), ("fsdp2", False, True)])
+def test_torchrun_two_processes_other_strategies_match_one_process(pair, tmp_path, strategy, teacher_cache,
+                                                                   checkpointing):
+    cfg = dataclasses.replace(SHORT, strategy=strategy, teacher_cache=teacher_cache, topk=16,
+                              activation_checkpointing=checkpointing)
     out = tmp_path / strategy
     assert torchrun(pair, out, cfg)["strategy"] == strategy
     _compare_to_single_process(pair, tmp_path, cfg, out)
+
+
+# ------------------------------------------------------------------------------ activation checkpointing
+@pytest.mark.parametrize("teacher_cache", [False, True])
+def test_activation_checkpointing_trains_to_the_same_losses(pair, tmp_path, teacher_cache, monkeypatch):
+    """Recomputing each student layer in the backward pass changes memory, not the mathematics: the same losses
+    and gradient norms step after step (float32: only the order of a few float sums may differ); and the
+    student's layers do go through torch.utils.checkpoint (transformers' gradient_checkpointing_enable)."""
+    import transformers.modeling_utils as mu
+
+    calls = []
+    original = mu.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        calls.append(kwargs.get("use_reentrant"))
+        return original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(mu, "checkpoint", counting)
+    cfg = dataclasses.replace(SHORT, max_steps=3, teacher_cache=teacher_cache, topk=16)
+    plain = run(pair, tmp_path / "plain", cfg)
+    assert not calls
+    ckpt = run(pair, tmp_path / "ckpt", dataclasses.replace(cfg, activation_checkpointing=True))
+    # 3 steps x 2 micro-batches x 2 student layers at least; validation runs in eval mode, without it
+    assert len(calls) >= 3 * 2 * 2 and set(calls) == {False}
+    a, b = history(tmp_path / "plain")["train"], history(tmp_path / "ckpt")["train"]
+    assert len(a) == len(b) == 3
+    np.testing.assert_allclose([h["loss"] for h in b], [h["loss"] for h in a], rtol=1e-5)
+    np.testing.assert_allclose([h["grad_norm"] for h in b], [h["grad_norm"] for h in a], rtol=1e-4)
+    assert ckpt["val_kl"] == pytest.approx(plain["val_kl"], rel=1e-4)

@@ -59,7 +59,8 @@ from compactlm.model.loading import load_model, read_hf_config, setup_engine
 from compactlm.preempt import PreemptFlag, Preempted
 
 # Changing these between an interrupted run and its resumption does not change what is optimized.
-RESUMABLE_CHANGES = ("eval_every", "checkpoint_every", "nproc_per_node", "strategy", "micro_batch_size")
+RESUMABLE_CHANGES = ("eval_every", "checkpoint_every", "nproc_per_node", "strategy", "micro_batch_size",
+                     "activation_checkpointing")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
@@ -219,6 +220,9 @@ class _Trainer:
         if resume is not None:  # full weights into the unsharded model, before any wrapping
             student.load_state_dict(resume[0]["model"])
         student.train()
+        if cfg.activation_checkpointing:
+            # torch.utils.checkpoint around every decoder layer; the non-reentrant form is the one FSDP2 supports
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.teacher_cache:
             self.dm = None
             self.root = student
