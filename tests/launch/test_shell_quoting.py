@@ -28,7 +28,8 @@ from compactlm.pipeline import STAGE_NAMES
 
 # a space, command substitution both ways, a command separator, both quotes and non-ASCII letters
 HOSTILE = "a b$(touch PWNED)`touch PWNED2`;touch PWNED3 'q' \"dq\" ünï"
-HOSTILE_NL = HOSTILE + "\n$(touch PWNED4) line 2"  # where a newline can be carried
+# where a newline can be carried; with what NeMo-Run's $-macro substitution of env_vars would change ($$ -> $)
+HOSTILE_NL = HOSTILE + "\n$(touch PWNED4) $$ ${head_node_ip_var} line 2"
 STUBS = ("srun", "scontrol", "sbatch", "torchrun", "python", "bash", "ln", "mkdir", "tee")
 RECORDED_ENV = ("FOO", "COMPACTLM_NO_REQUEUE", "PYTHONPATH")
 # the stub: argv and a few environment values, each list NUL-separated, in a new file per call
@@ -222,11 +223,14 @@ def test_lepton_launch_script_runs_only_the_stage_and_the_spec_carries_hostile_v
 
 
 # ------------------------------------------------------------------------------------- the issue's repro commands
-def test_repro_a_space_in_runs_root_is_refused_with_one_line(tmp_path):
-    r = run_launch(["recipe=eval", "cluster=slurm", "cluster.slurm.account=a", f"runs_root='{tmp_path}/my runs'",
-                    "dryrun=true"], timeout=120)
+@pytest.mark.parametrize("folder, bad", [("my runs", " "), ("$(touch x)", "$")])
+def test_repro_runs_root_that_needs_quoting_is_refused_with_one_line(tmp_path, folder, bad):
+    """NeMo-Run keeps its records and job folders under the run folder and pastes it unquoted into its own
+    commands (packaging, sbatch): such a runs_root cannot be carried, whatever compactlm quotes."""
+    r = run_launch(["recipe=eval", "cluster=slurm", "cluster.slurm.account=a", f"runs_root='{tmp_path}/{folder}'",
+                    "dryrun=true"], cwd=tmp_path, timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert r.stderr.count("\n") == 1 and "runs_root=" in r.stderr and "has ' '" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "runs_root=" in r.stderr and f"has {bad!r}" in r.stderr, r.stderr
     assert not any(tmp_path.iterdir())
 
 
