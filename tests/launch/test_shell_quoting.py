@@ -146,7 +146,8 @@ def test_slurm_scripts_carry_hostile_values_as_single_words(tmp_path):
 
 
 def test_slurm_scripts_without_a_container_carry_hostile_values(tmp_path):
-    hostile = {k: v for k, v in SLURM_HOSTILE.items() if k not in ("cluster.container_image", "cluster.container_mounts")}
+    hostile = {k: v for k, v in SLURM_HOSTILE.items()
+               if k not in ("cluster.container_image", "cluster.container_mounts")}
     conf, _ = _placed(SLURM_SSH, tmp_path, **hostile)
     text = dict(render_submission(conf, tmp_path / "runs" / "hostile"))["evaluate"]
     argv, env = _stage_srun(_run_script(text, tmp_path, "evaluate"))
@@ -168,6 +169,7 @@ def test_slurm_scripts_without_a_container_carry_hostile_values(tmp_path):
     (SLURM_SSH, {"cluster.slurm.job_dir": f"/j/{HOSTILE}"}, "cluster.slurm.job_dir="),
     (SLURM_SSH, {"cluster.slurm.job_dir": "/scratch/nemo_runs"}, "contains '/nemo_run'"),
     (SLURM_SSH, {"cluster.env": {"A-B": "1"}}, "cluster.env.A-B='A-B' is not an environment variable name"),
+    (SLURM_SSH, {"cluster.env": {"A\nB": "1"}}, "cluster.env.A\\nB='A\\nB' is not an environment variable name"),
     (SLURM_SSH, {"cluster.env": {"http_proxy": "x"}}, "exports it as HTTP_PROXY"),
     (DGXC, {"cluster.dgxc.pvc_nemo_run_dir": f"/workspace/{HOSTILE}"}, "cluster.dgxc.pvc_nemo_run_dir="),
     (LEPTON, {"cluster.lepton.nemo_run_dir": f"/workspace/{HOSTILE}"}, "cluster.lepton.nemo_run_dir="),
@@ -175,7 +177,7 @@ def test_slurm_scripts_without_a_container_carry_hostile_values(tmp_path):
 def test_values_no_quoting_can_carry_are_refused_with_one_line(tmp_path, overrides, fields, message):
     with pytest.raises(ConfigError) as e:
         _placed(overrides, tmp_path, **fields)
-    assert message in str(e.value) and "\n" not in str(e.value).replace(repr(HOSTILE_NL)[1:-1], ""), str(e.value)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def test_a_local_run_folder_that_needs_quoting_is_refused_for_cluster_executors(tmp_path):
