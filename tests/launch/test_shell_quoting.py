@@ -198,11 +198,12 @@ def _sections(text: str) -> dict[str, str]:
 
 
 def test_dgxc_scripts_carry_hostile_values_as_single_words(tmp_path):
-    conf, local_dir = _placed(DGXC, tmp_path, **{"cluster.env": {"FOO": HOSTILE_NL}})
+    conf, local_dir = _placed(DGXC, tmp_path,
+                              **{"cluster.env": {"FOO": HOSTILE_NL}, "cluster.container_image": HOSTILE})
     text = dict(render_submission(conf, local_dir))["evaluate"]
     parts = _sections(text)
     env = {e["name"]: e["value"] for e in parts["json"]["spec"]["environmentVariables"]}
-    assert env["FOO"] == HOSTILE_NL
+    assert env["FOO"] == HOSTILE_NL and parts["json"]["spec"]["image"] == HOSTILE  # JSON: no shell on the way
     calls = _run_script(parts["torchrun_job.sh"], tmp_path, "torchrun_job")
     (name, argv, env_values), = calls
     assert name == "python" and argv == ["/opt/compactlm/recipes/evaluate.py", "config=/nemo_run/code/config.yaml"]
@@ -214,11 +215,12 @@ def test_dgxc_scripts_carry_hostile_values_as_single_words(tmp_path):
 
 
 def test_lepton_launch_script_runs_only_the_stage_and_the_spec_carries_hostile_values(tmp_path):
-    conf, local_dir = _placed(LEPTON, tmp_path, **{"cluster.env": {"FOO": HOSTILE_NL}})
+    conf, local_dir = _placed(LEPTON, tmp_path,
+                              **{"cluster.env": {"FOO": HOSTILE_NL}, "cluster.container_image": HOSTILE})
     text = dict(render_submission(conf, local_dir))["evaluate"]
     parts = _sections(text)
     env = {e["name"]: e.get("value") for e in parts["json"]["spec"]["envs"]}
-    assert env["FOO"] == HOSTILE_NL
+    assert env["FOO"] == HOSTILE_NL and parts["json"]["spec"]["container"]["image"] == HOSTILE
     calls = {name: argv for name, argv, _ in _run_script(parts["launch_script.sh"], tmp_path, "lepton")}
     assert set(calls) == {"ln", "python"}, calls
     assert calls["python"] == ["/opt/compactlm/recipes/evaluate.py", "config=/nemo_run/code/config.yaml"]
