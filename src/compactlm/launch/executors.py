@@ -131,7 +131,8 @@ def describe_executor(conf: CompactLMConfig) -> str:
                   f"succeeded (node group {c.lepton.node_group}, shape {c.lepton.resource_shape}; credentials from "
                   f"`lep login` or $LEPTON_WORKSPACE_ID/$LEPTON_WORKSPACE_TOKEN; code from the image's {IMAGE_CODE_DIR})",
     }[c.executor]
-    env = " ".join(f"{k}={v}" for k, v in stage_env(conf, remote=c.executor != "local").items() if k != "PATH")
+    env = stage_env(conf, remote=c.executor != "local")
+    env = " ".join(f"{k}={shell_quote(v)}" for k, v in env.items() if k != "PATH")
     lines = [f"{where} (cluster={c.name})", f"  env: {env}"]
     for stage in run_tasks(conf):
         nodes, nproc, gpus = c.nodes_for(stage), stage_processes(conf, stage), stage_gpus(conf, stage)

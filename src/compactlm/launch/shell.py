@@ -46,8 +46,9 @@ def shell_quote(value: str) -> str:
 def check_env_name(key: str, executor: str) -> None:
     """`cluster.env.<key>`: an identifier, in upper case where NeMo-Run upper-cases it (Slurm, DGX Cloud)."""
     if not ENV_NAME.fullmatch(key):
-        raise ConfigError(f"cluster.env.{key}={key!r} is not an environment variable name: use letters, digits and _, "
-                          "not starting with a digit")
+        shown = key if key.isprintable() else repr(key)[1:-1]  # the message stays one line
+        raise ConfigError(f"cluster.env.{shown}={key!r} is not an environment variable name: use letters, digits "
+                          "and _, not starting with a digit")
     if executor in ("slurm", "dgxc") and key != key.upper():
         raise ConfigError(f"cluster.env.{key}: NeMo-Run's {executor} job script exports it as {key.upper()}; "
                           f"write the name in upper case (+cluster.env.{key.upper()}=...)")
