@@ -72,6 +72,12 @@ def test_every_shipped_combination_composes_and_validates(tiny_llama_dir, jsonl_
         if "deploy" in conf.recipe.stages:
             ov.append("cluster.deploy_image=nvcr.io/nvidia/tensorrt-llm/release:1.2.0")
             conf = to_config(compose(ov))
+        if model == "bielik_11b_v3" and cluster == "local" and "model" in conf.recipe.stages:
+            # its Hub id is checked last, against the offline cache (HF_HUB_OFFLINE=1), which holds no Bielik here:
+            # every other check passed when this is the error
+            with pytest.raises(ConfigError, match=r"^model.path='speakleash/.* nor a Hub model in the local cache"):
+                validate(conf, STAGE_NAMES)
+            continue
         validate(conf, STAGE_NAMES)
         assert conf.recipe.name == recipe and conf.model.name == model and conf.data.name == data
 

@@ -9,7 +9,7 @@ import pytest
 from helpers import config_error, run_launch
 
 from compactlm.align.data import CHARS_PER_TOKEN, BadExample, budgets, read_jsonl, split_heldout, to_conversational
-from compactlm.align.train import CHATML, chat_tokens, fit_prompts
+from compactlm.align.train import CHATML, chat_tokens, fit_prompts, report_over
 from compactlm.config import ConfigError, DPOConfig, GRPOConfig, SFTConfig
 
 GOOD = {
@@ -178,3 +178,12 @@ def test_grpo_stage_truncates_long_prompts_to_their_end_and_says_so(chat_tok, ca
     assert fitted[0]["prompt"].endswith("How many now?") and len(fitted[0]["prompt"]) < len(rows[0]["prompt"])
     assert chat_tokens(chat_tok, [{"role": "user", "content": fitted[0]["prompt"]}], prompt_only=True) <= 80
     assert "[grpo] 1 of 2 prompts are longer than 80 tokens" in capsys.readouterr().out
+
+
+def test_sft_and_dpo_stages_say_how_many_sequences_trl_truncates(chat_tok, capsys):
+    short = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    long = [{"role": "user", "content": "Name a keyword. " * 30}, {"role": "assistant", "content": "yield"}]
+    limit = chat_tokens(chat_tok, short) + 1
+    assert report_over("sft", [short, long, short], chat_tok, limit) == 1
+    assert f"[sft] 1 of 3 sequences are longer than sft.max_length={limit} tokens; TRL truncates" in capsys.readouterr().out
+    assert report_over("dpo", [short], chat_tok, limit) == 0 and capsys.readouterr().out == ""

@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -302,6 +304,99 @@ def test_hub_ids_and_existing_relative_folders_are_accepted(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "a" / "b").mkdir(parents=True)
     assert ModelConfig(name="local", path="models/a/b").is_local()
+
+
+# A Hub id that is not a folder: it must be in the local cache, or (HF_HUB_OFFLINE unset) on the Hub. The Hub is a
+# service that cannot run here: a fake of its model-info endpoint on 127.0.0.1 answers as huggingface.co does.
+HUB_REPRO = ["model=local", "model.path=nosuch/rel_model", "recipe=eval", "dryrun=true"]
+
+
+def _hub_env(tmp_path, **extra) -> dict:
+    """An empty Hugging Face cache and no stored token (tmp_path), HF_HUB_OFFLINE=1 unless `extra` says otherwise."""
+    return {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"), "HF_TOKEN": "", **extra}
+
+
+def test_a_hub_id_missing_from_the_offline_cache_is_refused(tmp_path):
+    proc = run_launch(HUB_REPRO, cwd=tmp_path, env=_hub_env(tmp_path), timeout=300)
+    assert one_error_line(proc) == (
+        f"model.path='nosuch/rel_model' is neither a folder (no {tmp_path}/nosuch/rel_model) nor a Hub model in the "
+        f"local cache ({tmp_path}/hf/hub), and HF_HUB_OFFLINE is set, so the model stage cannot download it; give an "
+        "existing folder, or download it first (hf download nosuch/rel_model)")
+
+
+def test_a_hub_id_in_the_cache_is_what_the_model_stage_loads_offline(tmp_path, tiny_llama_dir):
+    """The cache as huggingface_hub lays it out (refs/main -> snapshots/<commit>/): the launcher accepts it, and the
+    model stage's own snapshot_download finds the same folder offline."""
+    repo = tmp_path / "hf" / "hub" / "models--someorg--tiny"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_llama_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    args = ["model=local", "model.path=someorg/tiny", "recipe=eval", "dryrun=true"]
+    proc = run_launch(args, cwd=tmp_path, env=_hub_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    code = ("from compactlm.config import ModelConfig; from compactlm.model.loading import materialize; "
+            "print(materialize(ModelConfig(name='local', path='someorg/tiny'), '.'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **_hub_env(tmp_path, HF_HUB_OFFLINE="1")})
+    assert out.stdout.strip() == str(repo / "snapshots" / commit), out.stderr[-2000:]
+
+
+class _FakeHub(BaseHTTPRequestHandler):
+    """GET /api/models/<org>/<name>[/revision/<rev>] as huggingface.co answers it: 200 with the model's info for
+    someorg/exists at main, 404 with X-Error-Code RepoNotFound or RevisionNotFound otherwise."""
+
+    def do_GET(self):
+        parts = self.path.split("?")[0].split("/")[3:]  # ['', 'api', 'models', org, name, ...]
+        repo, rev = "/".join(parts[:2]), parts[3] if len(parts) > 3 else "main"
+        if repo == "someorg/exists" and rev == "main":
+            body, status, code = json.dumps({"id": repo, "sha": "0" * 40}).encode(), 200, None
+        else:
+            body, status = b"{}", 404
+            code = "RevisionNotFound" if repo == "someorg/exists" else "RepoNotFound"
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if code:
+            self.send_header("X-Error-Code", code)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_hub():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_online_the_hub_is_asked_and_a_missing_model_or_revision_is_refused(tmp_path, fake_hub):
+    online = _hub_env(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=fake_hub)
+    proc = run_launch(HUB_REPRO, cwd=tmp_path, env=online, timeout=300)
+    assert one_error_line(proc) == (
+        f"model.path='nosuch/rel_model' is neither a folder (no {tmp_path}/nosuch/rel_model) nor a model on the "
+        "Hugging Face Hub (repository not found; a private one needs hf auth login); give an existing folder or a "
+        "Hub id like org/name")
+    exists = ["model=local", "model.path=someorg/exists", "recipe=eval", "dryrun=true"]
+    assert run_launch(exists, cwd=tmp_path, env=online, timeout=300).returncode == 0
+    proc = run_launch([*exists, "model.revision=v9"], cwd=tmp_path, env=online, timeout=300)
+    assert one_error_line(proc) == ("model.revision='v9' is not a branch, tag or commit of someorg/exists on the "
+                                    "Hugging Face Hub")
+
+
+def test_online_an_unreachable_hub_is_one_line(tmp_path, fake_hub):
+    closed = fake_hub.rsplit(":", 1)[0] + ":9"  # a port nothing listens on: the connection is refused
+    proc = run_launch(HUB_REPRO, cwd=tmp_path, env=_hub_env(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=closed),
+                      timeout=300)
+    assert one_error_line(proc).startswith(
+        f"model.path='nosuch/rel_model' is neither a folder (no {tmp_path}/nosuch/rel_model) nor a Hub model in the "
+        f"local cache ({tmp_path}/hf/hub), and the Hub cannot be reached from here (ConnectError: ")
 
 
 # --------------------------------------------------------------------------------- 8. learning rate, seq_len

@@ -25,7 +25,7 @@ from compactlm.evaluate.lmeval import TASK_DIR, unknown_tasks
 from compactlm.gguf.convert import check_source
 from compactlm.gguf.llamacpp import from_folder
 from compactlm.launch.search import check_export, check_search_recipe
-from compactlm.model.loading import check_model_folder
+from compactlm.model.loading import check_hub_model, check_model_folder
 from compactlm.quantize.formats import check_deploy_support
 from compactlm.rewards import check_paths as check_reward_paths
 
@@ -116,6 +116,9 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
         check_tasks(conf)
         if not conf.cluster.is_remote():
             check_task_text(conf)
+    m = conf.model
+    if "model" in conf.recipe.stages and m.source == "hf" and not m.is_local() and not conf.cluster.is_remote():
+        check_hub_model(m)  # last: it may ask the Hub, and every cheaper mistake should be named first
     return shape
 
 

@@ -132,6 +132,38 @@ def gguf_package_file(model: ModelConfig) -> Path:
     return path
 
 
+def check_hub_model(model: ModelConfig) -> str:
+    """Refuse a `model.path` that :func:`materialize` could not turn into a folder here: not an existing folder, and a
+    Hub id neither in the local Hugging Face cache nor, when the Hub may be asked (HF_HUB_OFFLINE unset), on the Hub.
+    Returns where it will come from: "cache" or "hub". One metadata request at most, never a download."""
+    from huggingface_hub import HfApi, constants, errors, try_to_load_from_cache  # heavy: see the module docstring
+
+    path, revision = model.path, model.revision
+    if isinstance(try_to_load_from_cache(path, "config.json", revision=revision), str):
+        return "cache"
+    where = f"model.path={path!r} is neither a folder (no {os.path.abspath(os.path.expanduser(path))}) nor"
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(f"{where} a Hub model in the local cache ({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is "
+                          f"set, so the model stage cannot download it; give an existing folder, or download it first "
+                          f"(hf download {path})")
+    try:
+        HfApi().model_info(path, revision=revision, timeout=10)
+    except errors.GatedRepoError:
+        raise ConfigError(f"model.path={path!r} is a gated Hub model: accept its terms on huggingface.co and log in "
+                          "(hf auth login) before launching") from None
+    except errors.RepositoryNotFoundError:
+        raise ConfigError(f"{where} a model on the Hugging Face Hub (repository not found; a private one needs "
+                          "hf auth login); give an existing folder or a Hub id like org/name") from None
+    except errors.RevisionNotFoundError:
+        raise ConfigError(f"model.revision={revision!r} is not a branch, tag or commit of {path} on the Hugging Face "
+                          "Hub") from None
+    except (errors.HTTPError, OSError) as e:
+        raise ConfigError(f"{where} a Hub model in the local cache ({constants.HF_HUB_CACHE}), and the Hub cannot be "
+                          f"reached from here ({type(e).__name__}: {e}); give an existing folder, or download it "
+                          f"where there is network (hf download {path})") from None
+    return "hub"
+
+
 def materialized_dir(model: ModelConfig, cache_dir: str | Path) -> Path:
     """Where the safetensors copy of a GGUF-packaged model lives; keyed by the model's identity."""
     # "tokenizer": 2 — folders materialized before the byte-level tokenizer fix (see below) are not reused
