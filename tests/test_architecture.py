@@ -1,6 +1,7 @@
 """The layout's rules, checked on the source: the import graph has no cycle, the node side never imports the
 submit side's tools (NeMo-Run, Hydra, leptonai) nor `compactlm.launch`, imports sit at the top of modules (one
-inside a function says why on its line), and every stage follows the stage contract."""
+inside a function says why on its line), every write goes through compactlm.manifest's writers (which never write
+through a symbolic link), and every stage follows the stage contract."""
 
 from __future__ import annotations
 
