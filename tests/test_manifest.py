@@ -64,11 +64,12 @@ def _write_staging_dir(dest):
 def test_a_link_at_the_destination_is_refused_and_left_alone(tmp_path, victim, write):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "dest").symlink_to(victim if write is not _write_staging_dir else victim.parent)
+    target = victim.parent if write is _write_staging_dir else victim
+    (run / "dest").symlink_to(target)
     with pytest.raises(LinkRefused) as e:
         write(run / "dest")
     assert isinstance(e.value, ConfigError) and "\n" not in str(e.value)
-    assert f"{run / 'dest'} is a symbolic link (to {victim if write is not _write_staging_dir else victim.parent})" in str(e.value)
+    assert f"{run / 'dest'} is a symbolic link (to {target})" in str(e.value)
     assert victim.read_text() == "not compactlm's\n" and os.listdir(victim.parent) == ["victim.txt"]
     assert (run / "dest").is_symlink() and os.listdir(run) == ["dest"]  # no temporary left behind
 
