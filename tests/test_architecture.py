@@ -1,6 +1,7 @@
 """The layout's rules, checked on the source: the import graph has no cycle, the node side never imports the
 submit side's tools (NeMo-Run, Hydra, leptonai) nor `compactlm.launch`, imports sit at the top of modules (one
-inside a function says why on its line), and every stage follows the stage contract."""
+inside a function says why on its line), every write goes through compactlm.manifest's writers (which never write
+through a symbolic link), and every stage follows the stage contract."""
 
 from __future__ import annotations
 
@@ -203,7 +204,8 @@ def unsafe_writes(source: str) -> list[tuple[int, str]]:
             if name in PATH_WRITES:
                 what = name
             elif name == "open" and is_os:
-                flags = {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)} if len(node.args) > 1 else set()
+                flags = {n.attr for n in ast.walk(node.args[1])
+                         if isinstance(n, ast.Attribute)} if len(node.args) > 1 else set()
                 what = "os.open for writing" if flags & WRITE_FLAGS else None
             elif name == "open" and set(_mode(node, 1 if isinstance(func, ast.Name) else 0)) & set("wax+"):
                 what = "open for writing"

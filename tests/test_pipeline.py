@@ -13,8 +13,9 @@ from helpers import compose
 from compactlm.config import ConfigError
 from compactlm.launch.launcher import write_run_dir
 from compactlm.launch.validate import to_config
-from compactlm.manifest import MANIFEST, read_manifest
-from compactlm.pipeline import CONFIG_FILE, run_stage, stage_folder
+from compactlm.manifest import MANIFEST, LinkRefused, read_manifest
+from compactlm.pipeline import CONFIG_FILE, _clean, run_stage, stage_folder
+from compactlm.pipeline import main as pipeline_main
 from compactlm.results import EvaluateResult, read_result
 
 STAGES = ["model", "data", "evaluate"]
@@ -208,3 +209,81 @@ def test_a_stage_never_cleans_outside_its_run_folder(tmp_path, tiny_llama_dir):
     for bad in ("..", "."):
         with pytest.raises(ConfigError):
             stage_folder(tmp_path / bad, bad, "model")
+
+
+# ------------------------------------------------------------------------------------------ run folder safety (#28)
+PRUNE_DISTILL = ["model", "data", "importance", "prune", "distill"]
+
+
+def _prune_distill(tmp_path, model_dir):
+    conf = to_config(compose([
+        "recipe=prune_distill", f"recipe.stages=[{','.join(PRUNE_DISTILL)}]", "model=local", f"model.path={model_dir}",
+        "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=4",
+        "data.calibration_sequences=4", "data.max_train_sequences=16", "prune.model=null",
+        "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64", "distill.max_steps=2",
+        "distill.micro_batch_size=2", "distill.global_batch_size=2", "distill.eval_every=2",
+        "distill.checkpoint_every=1", f"runs_root={tmp_path}",
+    ]))
+    conf.run_dir = str(tmp_path / conf.run_name)
+    return conf
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)],
+                         ids=["umask022", "umask002"])
+def test_every_file_and_folder_of_a_whole_run_gets_the_umasks_mode(tmp_path, tiny_llama_dir, mask, file_mode,
+                                                                   dir_mode):
+    """#28 item 4: model.safetensors written by save_pretrained (the pruned checkpoint, the distilled student) and
+    the distill checkpoint were 0600 (safetensors' own mode), unreadable for teammates on a shared file system."""
+    old = os.umask(mask)
+    try:
+        run_dir = write_run_dir(_prune_distill(tmp_path, tiny_llama_dir))
+        for stage in PRUNE_DISTILL:
+            assert run_stage(stage, run_dir / CONFIG_FILE) == 0, stage
+    finally:
+        os.umask(old)
+    paths = [run_dir, *run_dir.rglob("*")]
+    assert [p for p in paths if p.is_symlink()] == []
+    bad = {str(p.relative_to(run_dir)): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths
+           if stat.S_IMODE(p.stat().st_mode) != (dir_mode if p.is_dir() else file_mode)}
+    assert bad == {}
+    weights = {str(p.relative_to(run_dir)) for p in run_dir.rglob("*.safetensors")}
+    assert {"prune/checkpoint/model.safetensors", "distill/student/model.safetensors"} <= weights, weights
+    assert (run_dir / "distill" / "checkpoint" / "state.pt").is_file()
+
+
+def test_a_link_planted_at_a_stage_output_is_removed_not_followed(tmp_path, tiny_llama_dir):
+    conf = _conf(tmp_path / "runs", tiny_llama_dir)
+    run_dir = write_run_dir(conf)
+    victim = tmp_path / "victim.npy"
+    victim.write_bytes(b"not compactlm's")
+    (run_dir / "data").mkdir()
+    (run_dir / "data" / "train.npy").symlink_to(victim)  # where the data stage writes
+    (run_dir / "data" / MANIFEST).symlink_to(victim)  # and where its manifest goes
+    assert run_stage("model", run_dir / CONFIG_FILE) == 0 and run_stage("data", run_dir / CONFIG_FILE) == 0
+    assert victim.read_bytes() == b"not compactlm's"
+    assert not (run_dir / "data" / "train.npy").is_symlink() and read_manifest(run_dir / "data") is not None
+
+
+def test_a_linked_stage_folder_or_a_link_in_a_kept_checkpoint_is_refused_in_one_line(tmp_path, tiny_llama_dir,
+                                                                                      capsys):
+    conf = _conf(tmp_path / "runs", tiny_llama_dir)
+    run_dir = write_run_dir(conf)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (run_dir / "model").symlink_to(outside)
+    capsys.readouterr()
+    assert pipeline_main("model", [f"config={run_dir / CONFIG_FILE}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{run_dir / 'model'} is a symbolic link (to {outside})" in err[0], err
+    assert os.listdir(outside) == []
+
+    # distill keeps its checkpoint across a restart and writes into it again: a link inside it is refused
+    (run_dir / "model").unlink()
+    stage_dir = run_dir / "distill"
+    (stage_dir / "checkpoint").mkdir(parents=True)
+    (stage_dir / "checkpoint" / "state.pt").symlink_to(outside / "state.pt")
+    key = {"config_hash": "h", "input_hashes": {}}
+    (stage_dir / "resume_key.json").write_text(json.dumps(key))
+    with pytest.raises(LinkRefused, match="state.pt is a symbolic link"):
+        _clean(stage_dir, ("checkpoint",), key, fresh=False)
+    assert os.listdir(outside) == []

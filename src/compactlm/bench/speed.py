@@ -106,7 +106,8 @@ class PeakMemory:
             return self
         _malloc_trim()
         try:
-            _CLEAR_REFS.write_text("5")  # write-ok: the kernel's /proc/self/clear_refs; resets VmHWM to the RSS (Linux >= 4.0)
+            # resets VmHWM to the current RSS (Linux >= 4.0)
+            _CLEAR_REFS.write_text("5")  # write-ok: the kernel's /proc/self/clear_refs, no file
             self.method = "VmHWM after clear_refs"
         except OSError:
             self.method = "VmRSS sampled every 1 ms"
