@@ -9,6 +9,8 @@ from collections import namedtuple
 
 import pytest
 import torch
+from conftest import TINY as TINY_ARCHS
+from conftest import tiny_config
 from helpers import compose, run_launch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -16,6 +18,7 @@ from compactlm.config import ConfigError
 from compactlm.launch.launcher import place_run
 from compactlm.launch.plan import (
     DEVICES,
+    model_sizes,
     GPU_RUNTIME,
     HOST_RUNTIME,
     MODELOPT_RUNTIME,
@@ -26,6 +29,7 @@ from compactlm.launch.plan import (
 )
 from compactlm.launch.search import resolve_search
 from compactlm.launch.validate import to_config, validate
+from compactlm.model.params import count_on_meta, pruned_hf_config
 from compactlm.pipeline import STAGE_NAMES
 
 # A tiny Llama: 2 layers, hidden 64, FFN 128, 4 heads of 16 (2 KV heads), vocabulary 256, untied output layer.
@@ -60,6 +64,34 @@ def launcher_plan(overrides: list[str]):
     resolve_search(conf, shape)
     place_run(conf)
     return plan_run(conf, shape), conf
+
+
+# ------------------------------------------------------------------------------------------ counting
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "head_dim", "vocab_size", "tie_word_embeddings")
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_ARCHS))
+@pytest.mark.parametrize("export", [{}, {"num_layers": 2, "ffn_hidden_size": 48, "hidden_size": 48,
+                                         "num_attention_heads": 2}])
+@pytest.mark.parametrize("tied", [False, True])
+def test_counts_from_sizes_equal_the_meta_device_count(model_type, export, tied):
+    """The plan counts without building a model; every architecture of the table, pruned or not, tied or not,
+    gives what transformers' module holds (model.params.count_on_meta)."""
+    cfg = tiny_config(model_type, tie_word_embeddings=tied)
+    shape = {"model_type": model_type, **{k: getattr(cfg, k) for k in SHAPE_KEYS}}
+    sizes = model_sizes(shape, export)
+    meta = count_on_meta(pruned_hf_config(cfg, export) if export else cfg)
+    assert (sizes.total, sizes.without_lm_head) == (meta["total"], meta["without_lm_head"])
+    one = count_on_meta(pruned_hf_config(cfg, {**export, "num_layers": 1}))["total"]
+    assert sizes.layer == (meta["total"] - one) // (sizes.layers - 1)
+
+
+def test_bielik_counts_are_the_reports():
+    """11.04B without the output layer for Bielik-11B-v3 and 7.35B for EXP_010 (the reports' convention)."""
+    shape = to_config(compose(["model=bielik_11b_v3"])).model.shape.known()
+    assert round(model_sizes(shape).without_lm_head / 1e9, 2) == 11.04
+    assert round(model_sizes(shape, {"num_layers": 40, "ffn_hidden_size": 11264}).without_lm_head / 1e9, 2) == 7.35
 
 
 # ----------------------------------------------------------------------------------- hand calculations
