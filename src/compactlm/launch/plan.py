@@ -423,7 +423,7 @@ def _data(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     d = ctx.conf.data
     train = d.max_train_sequences or _steps(ctx.conf.distill, d.seq_len) * ctx.conf.distill.global_batch_size
     tokens = (train + d.validation_sequences + d.calibration_sequences) * d.seq_len
-    return {"token ids (int64 while packing)": 8 * tokens}, {"train/validation/calibration splits (int32)": 4 * tokens}, None
+    return {"token ids (int32 sequences + their np.stack)": 8 * tokens}, {"train/validation/calibration splits (int32)": 4 * tokens}, None
 
 
 def _importance(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
