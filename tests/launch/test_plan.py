@@ -31,6 +31,7 @@ from compactlm.launch.search import resolve_search
 from compactlm.launch.validate import to_config, validate
 from compactlm.model.params import count_on_meta, pruned_hf_config
 from compactlm.pipeline import STAGE_NAMES
+from compactlm.search.stage import ranking_rows
 
 # A tiny Llama: 2 layers, hidden 64, FFN 128, 4 heads of 16 (2 KV heads), vocabulary 256, untied output layer.
 TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -252,7 +253,12 @@ def test_search_candidates_are_planned_one_by_one():
     assert (c1.nodes, c1.gpus_per_node, c1.processes) == (1, 8, 8)
     assert c1.memory["student weights (fp32)"] != c10.memory["student weights (fp32)"]
     assert "teacher weights (bf16)" not in c1.memory  # candidates read the shared teacher cache
-    assert plan.stage("teacher_cache").disk["teacher top-k cache"] > 0
+    rows = ranking_rows(conf.distill, conf.search.distill_tokens, 4096)  # what the teacher_cache stage caches
+    assert plan.stage("teacher_cache").disk["teacher top-k cache"] == \
+        (rows + conf.data.validation_sequences) * 4096 * (conf.distill.topk * 6 + 4)
+    exp_001 = next(c for c in conf.search.resolved if c.name == "exp_001").export_config.known()
+    assert "teacher top-k cache" not in c1.disk
+    assert c1.disk["pruned checkpoint (bf16)"] == 2 * model_sizes(plan.shape, exp_001).total
     assert "largest search candidate" in plan.student_label
 
 

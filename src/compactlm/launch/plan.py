@@ -265,7 +265,7 @@ def plan_task(conf: CompactLMConfig, task: str, shape: dict[str, Any], plan: Run
             student = model_sizes(shape, cand.export_config.known())
             # a candidate distills from the shared teacher cache for search.distill_tokens (search/stage.py)
             cfg = dataclasses.replace(cfg, teacher_cache=True, max_steps=None, max_tokens=conf.search.distill_tokens)
-        sp.memory, sp.disk, sp.flops, sp.notes = distill_plan(ctx, cfg, plan.teacher, student)
+        sp.memory, sp.disk, sp.flops, sp.notes = distill_plan(ctx, cfg, plan.teacher, student, stage == "candidate")
     else:
         sp.memory, sp.disk, sp.flops = STAGE_PLANS.get(stage, _small)(ctx, plan.teacher, plan.student)
     sp.memory["runtime"] = (GPU_RUNTIME if on_gpu else
@@ -334,8 +334,9 @@ def forward_working_set(s: ModelSizes, tokens: int, cbytes: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ distill
-def distill_plan(ctx: _Ctx, cfg: DistillConfig, teacher: ModelSizes, student: ModelSizes):
-    """(memory, disk, flops, notes) of one distillation process: the student trained, the teacher run or cached."""
+def distill_plan(ctx: _Ctx, cfg: DistillConfig, teacher: ModelSizes, student: ModelSizes, candidate: bool = False):
+    """(memory, disk, flops, notes) of one distillation process: the student trained, the teacher run or cached
+    (a search `candidate` reads the teacher_cache stage's cache: it neither builds nor writes one)."""
     c, seq, world = ctx.cbytes, ctx.seq, ctx.world
     fsdp = cfg.strategy == "fsdp2" and world > 1
     shard = world if fsdp else 1
@@ -371,14 +372,16 @@ def distill_plan(ctx: _Ctx, cfg: DistillConfig, teacher: ModelSizes, student: Mo
     if cfg.activation_checkpointing:
         per_token += forward_flops_per_token(student.hf, seq)  # the recomputed forward
     flops = trained * per_token
-    if cfg.teacher_cache:
+    if cfg.teacher_cache and not candidate:
         flops += cache_tokens(ctx.conf, cfg) * forward_flops_per_token(teacher.hf, seq)
-    else:
+    elif not cfg.teacher_cache:
         flops += trained * forward_flops_per_token(teacher.hf, seq)
     disk = {"checkpoint (fp32 weights + AdamW; 2 while one is written)": 2 * 12 * n,
             f"student export ({_dtype(c)})": c * n}
-    if cfg.teacher_cache and ctx.conf.recipe.stages and "teacher_cache" not in ctx.conf.recipe.stages:
+    if cfg.teacher_cache and not candidate:
         disk["teacher top-k cache"] = teacher_cache_bytes(ctx.conf, cfg)
+    if candidate:  # each candidate prunes its own student first (prune/stage.py prune_checkpoint)
+        disk[f"pruned checkpoint ({_dtype(c)})"] = c * n
     notes = [f"{steps} steps × {cfg.global_batch_size} × {seq} tokens, micro-batch {cfg.micro_batch_size}, "
              f"strategy {cfg.strategy if world > 1 else 'single process'}"
              f"{', activation checkpointing' if cfg.activation_checkpointing else ''}"]
@@ -392,16 +395,20 @@ def _steps(cfg: DistillConfig, seq: int) -> int:
     return max(1, math.ceil(cfg.max_tokens / (cfg.global_batch_size * seq)))
 
 
-def cache_tokens(conf: CompactLMConfig, cfg: DistillConfig) -> int:
-    """Tokens the teacher cache covers: the train split (data.max_train_sequences, else the sequences the
-    distillation reads, each once) and the validation split."""
-    train = conf.data.max_train_sequences or _steps(cfg, conf.data.seq_len) * cfg.global_batch_size
+def cache_tokens(conf: CompactLMConfig, cfg: DistillConfig, ranking: bool = False) -> int:
+    """Tokens the teacher cache covers, and the validation split: a distillation's cache covers the train split
+    (data.max_train_sequences, else assumed to be the sequences the distillation reads, each once); the search's
+    only the ranking's sequences (search/stage.py ranking_rows)."""
+    reads = _steps(cfg, conf.data.seq_len) * cfg.global_batch_size
+    train = conf.data.max_train_sequences or reads
+    if ranking:
+        train = min(train, reads)
     return (train + conf.data.validation_sequences) * conf.data.seq_len
 
 
-def teacher_cache_bytes(conf: CompactLMConfig, cfg: DistillConfig) -> int:
+def teacher_cache_bytes(conf: CompactLMConfig, cfg: DistillConfig, ranking: bool = False) -> int:
     """distill/cache.py's layout: per token k float16 log-probs, k int32 ids and one float32 tail."""
-    return cache_tokens(conf, cfg) * (cfg.topk * (2 + 4) + 4)
+    return cache_tokens(conf, cfg, ranking) * (cfg.topk * (2 + 4) + 4)
 
 
 def _dtype(cbytes: int) -> str:
@@ -511,8 +518,8 @@ def _teacher_cache(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
            "forward (one layer, no grad)": forward_working_set(t, tokens, c),
            f"logits ({_dtype(c)})": c * tokens * t.hf["vocab_size"],
            "top-k slices (fp32)": 3 * 4 * min(CHUNK_ELEMENTS, tokens * t.hf["vocab_size"])}
-    return mem, {"teacher top-k cache": teacher_cache_bytes(ctx.conf, cfg)}, \
-        cache_tokens(ctx.conf, cfg) * forward_flops_per_token(t.hf, ctx.seq)
+    return mem, {"teacher top-k cache": teacher_cache_bytes(ctx.conf, cfg, ranking=True)}, \
+        cache_tokens(ctx.conf, cfg, ranking=True) * forward_flops_per_token(t.hf, ctx.seq)
 
 
 def _small(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
