@@ -9,6 +9,8 @@ from collections import namedtuple
 
 import pytest
 import torch
+from conftest import TINY as TINY_ARCHS
+from conftest import tiny_config
 from helpers import compose, run_launch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -16,6 +18,7 @@ from compactlm.config import ConfigError
 from compactlm.launch.launcher import place_run
 from compactlm.launch.plan import (
     DEVICES,
+    model_sizes,
     GPU_RUNTIME,
     HOST_RUNTIME,
     MODELOPT_RUNTIME,
@@ -26,7 +29,9 @@ from compactlm.launch.plan import (
 )
 from compactlm.launch.search import resolve_search
 from compactlm.launch.validate import to_config, validate
+from compactlm.model.params import count_on_meta, pruned_hf_config
 from compactlm.pipeline import STAGE_NAMES
+from compactlm.search.stage import ranking_rows
 
 # A tiny Llama: 2 layers, hidden 64, FFN 128, 4 heads of 16 (2 KV heads), vocabulary 256, untied output layer.
 TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -60,6 +65,34 @@ def launcher_plan(overrides: list[str]):
     resolve_search(conf, shape)
     place_run(conf)
     return plan_run(conf, shape), conf
+
+
+# ------------------------------------------------------------------------------------------ counting
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "head_dim", "vocab_size", "tie_word_embeddings")
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_ARCHS))
+@pytest.mark.parametrize("export", [{}, {"num_layers": 2, "ffn_hidden_size": 48, "hidden_size": 48,
+                                         "num_attention_heads": 2}])
+@pytest.mark.parametrize("tied", [False, True])
+def test_counts_from_sizes_equal_the_meta_device_count(model_type, export, tied):
+    """The plan counts without building a model; every architecture of the table, pruned or not, tied or not,
+    gives what transformers' module holds (model.params.count_on_meta)."""
+    cfg = tiny_config(model_type, tie_word_embeddings=tied)
+    shape = {"model_type": model_type, **{k: getattr(cfg, k) for k in SHAPE_KEYS}}
+    sizes = model_sizes(shape, export)
+    meta = count_on_meta(pruned_hf_config(cfg, export) if export else cfg)
+    assert (sizes.total, sizes.without_lm_head) == (meta["total"], meta["without_lm_head"])
+    one = count_on_meta(pruned_hf_config(cfg, {**export, "num_layers": 1}))["total"]
+    assert sizes.layer == (meta["total"] - one) // (sizes.layers - 1)
+
+
+def test_bielik_counts_are_the_reports():
+    """11.04B without the output layer for Bielik-11B-v3 and 7.35B for EXP_010 (the reports' convention)."""
+    shape = to_config(compose(["model=bielik_11b_v3"])).model.shape.known()
+    assert round(model_sizes(shape).without_lm_head / 1e9, 2) == 11.04
+    assert round(model_sizes(shape, {"num_layers": 40, "ffn_hidden_size": 11264}).without_lm_head / 1e9, 2) == 7.35
 
 
 # ----------------------------------------------------------------------------------- hand calculations
@@ -220,7 +253,12 @@ def test_search_candidates_are_planned_one_by_one():
     assert (c1.nodes, c1.gpus_per_node, c1.processes) == (1, 8, 8)
     assert c1.memory["student weights (fp32)"] != c10.memory["student weights (fp32)"]
     assert "teacher weights (bf16)" not in c1.memory  # candidates read the shared teacher cache
-    assert plan.stage("teacher_cache").disk["teacher top-k cache"] > 0
+    rows = ranking_rows(conf.distill, conf.search.distill_tokens, 4096)  # what the teacher_cache stage caches
+    assert plan.stage("teacher_cache").disk["teacher top-k cache"] == \
+        (rows + conf.data.validation_sequences) * 4096 * (conf.distill.topk * 6 + 4)
+    exp_001 = next(c for c in conf.search.resolved if c.name == "exp_001").export_config.known()
+    assert "teacher top-k cache" not in c1.disk
+    assert c1.disk["pruned checkpoint (bf16)"] == 2 * model_sizes(plan.shape, exp_001).total
     assert "largest search candidate" in plan.student_label
 
 

@@ -81,6 +81,7 @@ def test_prepare_only_still_writes_the_run_folder(tmp_path):
     proc = run_launch([f"runs_root={tmp_path}", "run_name=prep", "prepare_only=true", "recipe=eval"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "prep" / "config.yaml").is_file()
+    assert proc.stdout.startswith("# plan\n") and "memory" in proc.stdout  # the plan comes first (launch/plan.py)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prep"], "Hydra must write no outputs/ nor .hydra/"
 
 

@@ -1,10 +1,10 @@
 """The plan of a run, printed before anything is submitted: per stage, its processes, memory per GPU (host RAM for
 a stage on CPU) broken down, disk written, FLOPs and hours; and the refusals of what cannot fit.
 
-Submit side, no torch model code at import. Parameter counts are the project's own (`model.params.count_on_meta`:
-the real transformers module on the meta device, no weights), as `recipe=params` and the search's candidates
-count them; it imports transformers (seconds) when the plan is made. A formula would drift the day an
-architecture adds a bias or a norm, and the counts feed every figure below.
+Submit side, no torch: it builds no model. Parameter counts come from the sizes and the architecture table
+(`count_from_shape`), equal to `model.params.count_on_meta` of the built module (the tests compare them for every
+architecture), so that the plan, made at every launch, costs no transformers import (the meta count made a dry run
+seconds slower: 61.7 s against 33.8 s for `launch.py dryrun=true` on the loaded 2-core development machine).
 
 Memory, in bytes, per process (= per GPU under torchrun), from what each stage's code holds at once:
 
@@ -29,7 +29,6 @@ FLOPs per token are `bench/flops.py`'s (PaLM's convention); hours = FLOPs / (GPU
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 import shutil
@@ -38,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from compactlm.bench.flops import forward_flops_per_token
-from compactlm.config import TRAIN_STAGES, CompactLMConfig, ConfigError, DistillConfig
+from compactlm.arch import adapter_for
+from compactlm.config import EXPORT_TO_HF, TRAIN_STAGES, CompactLMConfig, ConfigError, DistillConfig
 from compactlm.distill import CHUNK_ELEMENTS
 from compactlm.launch.resources import CPU_STAGES, stage_gpus, stage_processes
-from compactlm.model.params import count_on_meta, hf_config_from_shape, pruned_hf_config
 from compactlm.model.precision import cpu_bf16_flags
 from compactlm.pipeline import run_tasks, split_task
 
@@ -93,7 +92,7 @@ The _S/_M/_L mixes are counted as their base type; llama.cpp keeps a few tensors
 # ------------------------------------------------------------------------------------------------ sizes
 @dataclass(frozen=True)
 class ModelSizes:
-    """Parameter counts (meta device) and the sizes the memory and FLOP formulas need."""
+    """Parameter counts and the sizes the memory and FLOP formulas need."""
 
     hf: dict[str, Any]
     """config.json-style sizes (hidden_size, intermediate_size, ...), for `bench.flops`."""
@@ -112,32 +111,42 @@ class ModelSizes:
 NEEDED = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
-@functools.lru_cache(maxsize=64)
-def _count(items: tuple) -> ModelSizes:
-    hf_config = hf_config_from_shape(dict(items))
-    counts = count_on_meta(hf_config)
-    layers = hf_config.num_hidden_layers
-    one = count_on_meta(pruned_hf_config(hf_config, {"num_layers": 1}))["total"] if layers > 1 else counts["total"]
-    layer = (counts["total"] - one) // (layers - 1) if layers > 1 else 0
-    if layers == 1:  # one layer: count a two-layer copy to split the layer from the rest
-        layer = count_on_meta(pruned_hf_config(hf_config, {"num_layers": 2}))["total"] - counts["total"]
-    hf = {k: getattr(hf_config, k) for k in NEEDED if k != "model_type"}
-    hf["num_key_value_heads"] = getattr(hf_config, "num_key_value_heads", None) or hf["num_attention_heads"]
-    hf["head_dim"] = getattr(hf_config, "head_dim", None) or hf["hidden_size"] // hf["num_attention_heads"]
-    return ModelSizes(hf=hf, total=counts["total"], without_lm_head=counts["without_lm_head"], layer=layer,
-                      root=counts["total"] - layers * layer)
+def count_from_shape(shape: dict[str, Any]) -> ModelSizes:
+    """Parameter counts of a `shape` (config.json sizes) from the architecture table (`compactlm.arch`): per layer
+    the q/k/v/o projections (with Qwen2's q/k/v biases), the gated MLP's three matrices, two RMSNorms (and Qwen3's
+    q/k norms on head_dim); outside, the embedding, the final norm and an untied output layer.
+
+    The same numbers as `model.params.count_on_meta` of the built transformers module (tests/launch/test_plan.py
+    compares them for every architecture of the table, pruned and not), without importing transformers here:
+    the plan is made at every launch, on the submit side, which builds no model."""
+    adapter = adapter_for(shape["model_type"])
+    h, f, heads, vocab = (shape[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size"))
+    kv = shape.get("num_key_value_heads") or heads
+    head_dim = shape.get("head_dim") or h // heads
+    q, k = heads * head_dim, kv * head_dim
+    layer = h * q + 2 * h * k + q * h + 3 * h * f + 2 * h + len(adapter.qk_norm) * head_dim
+    if adapter.attn_bias:
+        layer += q + 2 * k
+    head = 0 if shape.get("tie_word_embeddings") else vocab * h
+    root = vocab * h + h + head
+    layers = shape["num_hidden_layers"]
+    hf = {key: shape[key] for key in NEEDED if key != "model_type"}
+    hf.update(num_key_value_heads=kv, head_dim=head_dim)
+    return ModelSizes(hf=hf, total=root + layers * layer, without_lm_head=root - head + layers * layer, layer=layer,
+                      root=root)
 
 
 def model_sizes(shape: dict[str, Any], export: dict[str, int] | None = None) -> ModelSizes | None:
-    """Sizes of the model of `shape` (pruned to ModelOpt `export` sizes when given); None when `shape` lacks one
-    of NEEDED (a hub model whose YAML has no `model.shape`)."""
+    """Sizes of the model of `shape`, pruned to ModelOpt `export` sizes when given (head_dim kept, as
+    `model.params.pruned_hf_config` keeps it); None when `shape` lacks one of NEEDED (a hub model whose YAML has
+    no `model.shape`)."""
     if any(shape.get(k) is None for k in NEEDED):
         return None
-    merged = dict(shape)
-    if export:
-        hf = pruned_hf_config(hf_config_from_shape(shape), export)
-        merged.update({k: getattr(hf, k) for k in NEEDED if k != "model_type"}, head_dim=hf.head_dim)
-    return _count(tuple(sorted(merged.items())))
+    merged = dict(shape, head_dim=shape.get("head_dim") or shape["hidden_size"] // shape["num_attention_heads"])
+    for key, value in (export or {}).items():
+        if value is not None:
+            merged[EXPORT_TO_HF[key]] = int(value)
+    return count_from_shape(merged)
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -256,7 +265,7 @@ def plan_task(conf: CompactLMConfig, task: str, shape: dict[str, Any], plan: Run
             student = model_sizes(shape, cand.export_config.known())
             # a candidate distills from the shared teacher cache for search.distill_tokens (search/stage.py)
             cfg = dataclasses.replace(cfg, teacher_cache=True, max_steps=None, max_tokens=conf.search.distill_tokens)
-        sp.memory, sp.disk, sp.flops, sp.notes = distill_plan(ctx, cfg, plan.teacher, student)
+        sp.memory, sp.disk, sp.flops, sp.notes = distill_plan(ctx, cfg, plan.teacher, student, stage == "candidate")
     else:
         sp.memory, sp.disk, sp.flops = STAGE_PLANS.get(stage, _small)(ctx, plan.teacher, plan.student)
     sp.memory["runtime"] = (GPU_RUNTIME if on_gpu else
@@ -325,8 +334,9 @@ def forward_working_set(s: ModelSizes, tokens: int, cbytes: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ distill
-def distill_plan(ctx: _Ctx, cfg: DistillConfig, teacher: ModelSizes, student: ModelSizes):
-    """(memory, disk, flops, notes) of one distillation process: the student trained, the teacher run or cached."""
+def distill_plan(ctx: _Ctx, cfg: DistillConfig, teacher: ModelSizes, student: ModelSizes, candidate: bool = False):
+    """(memory, disk, flops, notes) of one distillation process: the student trained, the teacher run or cached
+    (a search `candidate` reads the teacher_cache stage's cache: it neither builds nor writes one)."""
     c, seq, world = ctx.cbytes, ctx.seq, ctx.world
     fsdp = cfg.strategy == "fsdp2" and world > 1
     shard = world if fsdp else 1
@@ -362,14 +372,16 @@ def distill_plan(ctx: _Ctx, cfg: DistillConfig, teacher: ModelSizes, student: Mo
     if cfg.activation_checkpointing:
         per_token += forward_flops_per_token(student.hf, seq)  # the recomputed forward
     flops = trained * per_token
-    if cfg.teacher_cache:
+    if cfg.teacher_cache and not candidate:
         flops += cache_tokens(ctx.conf, cfg) * forward_flops_per_token(teacher.hf, seq)
-    else:
+    elif not cfg.teacher_cache:
         flops += trained * forward_flops_per_token(teacher.hf, seq)
     disk = {"checkpoint (fp32 weights + AdamW; 2 while one is written)": 2 * 12 * n,
             f"student export ({_dtype(c)})": c * n}
-    if cfg.teacher_cache and ctx.conf.recipe.stages and "teacher_cache" not in ctx.conf.recipe.stages:
+    if cfg.teacher_cache and not candidate:
         disk["teacher top-k cache"] = teacher_cache_bytes(ctx.conf, cfg)
+    if candidate:  # each candidate prunes its own student first (prune/stage.py prune_checkpoint)
+        disk[f"pruned checkpoint ({_dtype(c)})"] = c * n
     notes = [f"{steps} steps × {cfg.global_batch_size} × {seq} tokens, micro-batch {cfg.micro_batch_size}, "
              f"strategy {cfg.strategy if world > 1 else 'single process'}"
              f"{', activation checkpointing' if cfg.activation_checkpointing else ''}"]
@@ -383,16 +395,20 @@ def _steps(cfg: DistillConfig, seq: int) -> int:
     return max(1, math.ceil(cfg.max_tokens / (cfg.global_batch_size * seq)))
 
 
-def cache_tokens(conf: CompactLMConfig, cfg: DistillConfig) -> int:
-    """Tokens the teacher cache covers: the train split (data.max_train_sequences, else the sequences the
-    distillation reads, each once) and the validation split."""
-    train = conf.data.max_train_sequences or _steps(cfg, conf.data.seq_len) * cfg.global_batch_size
+def cache_tokens(conf: CompactLMConfig, cfg: DistillConfig, ranking: bool = False) -> int:
+    """Tokens the teacher cache covers, and the validation split: a distillation's cache covers the train split
+    (data.max_train_sequences, else assumed to be the sequences the distillation reads, each once); the search's
+    only the ranking's sequences (search/stage.py ranking_rows)."""
+    reads = _steps(cfg, conf.data.seq_len) * cfg.global_batch_size
+    train = conf.data.max_train_sequences or reads
+    if ranking:
+        train = min(train, reads)
     return (train + conf.data.validation_sequences) * conf.data.seq_len
 
 
-def teacher_cache_bytes(conf: CompactLMConfig, cfg: DistillConfig) -> int:
+def teacher_cache_bytes(conf: CompactLMConfig, cfg: DistillConfig, ranking: bool = False) -> int:
     """distill/cache.py's layout: per token k float16 log-probs, k int32 ids and one float32 tail."""
-    return cache_tokens(conf, cfg) * (cfg.topk * (2 + 4) + 4)
+    return cache_tokens(conf, cfg, ranking) * (cfg.topk * (2 + 4) + 4)
 
 
 def _dtype(cbytes: int) -> str:
@@ -414,7 +430,7 @@ def _data(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     d = ctx.conf.data
     train = d.max_train_sequences or _steps(ctx.conf.distill, d.seq_len) * ctx.conf.distill.global_batch_size
     tokens = (train + d.validation_sequences + d.calibration_sequences) * d.seq_len
-    return {"token ids (int64 while packing)": 8 * tokens}, {"train/validation/calibration splits (int32)": 4 * tokens}, None
+    return {"token ids (int32 sequences + their np.stack)": 8 * tokens}, {"train/validation/calibration splits (int32)": 4 * tokens}, None
 
 
 def _importance(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
@@ -502,8 +518,8 @@ def _teacher_cache(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
            "forward (one layer, no grad)": forward_working_set(t, tokens, c),
            f"logits ({_dtype(c)})": c * tokens * t.hf["vocab_size"],
            "top-k slices (fp32)": 3 * 4 * min(CHUNK_ELEMENTS, tokens * t.hf["vocab_size"])}
-    return mem, {"teacher top-k cache": teacher_cache_bytes(ctx.conf, cfg)}, \
-        cache_tokens(ctx.conf, cfg) * forward_flops_per_token(t.hf, ctx.seq)
+    return mem, {"teacher top-k cache": teacher_cache_bytes(ctx.conf, cfg, ranking=True)}, \
+        cache_tokens(ctx.conf, cfg, ranking=True) * forward_flops_per_token(t.hf, ctx.seq)
 
 
 def _small(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
@@ -614,7 +630,7 @@ def format_plan(plan: RunPlan) -> str:
     lines = []
     if plan.teacher is not None:
         lines.append(f"teacher {_count_str(plan.teacher.total)} parameters, student {_count_str(plan.student.total)} "
-                     f"({plan.student_label}); counted on the meta device; compute dtype {plan.compute}")
+                     f"({plan.student_label}); compute dtype {plan.compute}")
     if plan.device is not None:
         lines.append(f"GPU {plan.device.name}: {plan.device.bf16_flops / 1e12:.0f} TFLOP/s bf16 dense "
                      f"({plan.device.source}); hours at MFU {plan.mfu:.2f} (plan.mfu)")
