@@ -18,7 +18,7 @@ The launch plan's memory estimate of each stage is printed next to its measured 
 
     python bench/scale.py                                 # 135m, 0.5b, 1.5b (~25 min on 2 cores)
     python bench/scale.py --sizes 3b --stages-b none      # one size, run A only
-    python bench/scale.py --sizes 7b --no-train --engine-dtype bfloat16 --stages-b none   # the 7B-shaped prune
+    python bench/scale.py --sizes 7b --no-train --calib 2 --stages-b none   # the 7B-shaped importance + prune
 
 Checkpoints and runs go under --workdir (default /work/tmp-scalebench); each size's folder is deleted when its
 row is measured (a 7B-shaped checkpoint is ~15 GB), unless --keep. Results accumulate in <workdir>/scale.json,
@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
 TRAINS = {"distill"}
 TARGET_RATIO, TARGET_FIXED, TARGET_EXPONENT = 1.3, 1.5 * GIB, 1.15
-SEQ_LEN, CALIB, DISTILL_STEPS, DISTILL_BATCH = 128, 8, 2, 2
+SEQ_LEN, DISTILL_STEPS, DISTILL_BATCH = 128, 2, 2
 
 
 def smol_tokenizer_dir(cache_dir: str) -> Path:
@@ -68,20 +68,20 @@ def pruned_sizes(size: str) -> dict[str, int]:
     return {"num_layers": round(s.layers * 0.8), "ffn_hidden_size": round(s.ffn * 0.786 / 128) * 128}
 
 
-def overrides(ckpt: Path, runs: Path, size: str, stages: list[str], dtype: str) -> list[str]:
+def overrides(ckpt: Path, runs: Path, size: str, stages: list[str], dtype: str, calib: int) -> list[str]:
     """launch.py's command line for one run of one size: the stages, small budgets, the pruning target."""
     p = pruned_sizes(size)
     return [
         "recipe=prune", "model=local", f"model.path={ckpt}", f"model.name=scale_{size.replace('.', 'p')}",
         f"run_name=scale_{size.replace('.', 'p')}", f"runs_root={runs}", f"recipe.stages=[{','.join(stages)}]",
-        "data=pydoc", f"data.seq_len={SEQ_LEN}", "data.validation_sequences=4", f"data.calibration_sequences={CALIB}",
+        "data=pydoc", f"data.seq_len={SEQ_LEN}", "data.validation_sequences=4", f"data.calibration_sequences={calib}",
         "data.max_train_sequences=16", f"engine.dtype={dtype}",
-        f"importance.max_sequences={CALIB}", "importance.batch_size=4",
+        f"importance.max_sequences={calib}", "importance.batch_size=4",
         "prune.model=null", f"prune.export_config.num_layers={p['num_layers']}",
         f"prune.export_config.ffn_hidden_size={p['ffn_hidden_size']}",
         f"distill.max_steps={DISTILL_STEPS}", f"distill.micro_batch_size={DISTILL_BATCH}",
         f"distill.global_batch_size={DISTILL_BATCH}", "distill.eval_every=1000", "distill.checkpoint_every=1000",
-        f"quantize.calibration_sequences={CALIB}", "quantize.evaluate=false",
+        f"quantize.calibration_sequences={calib}", "quantize.evaluate=false",
         "gguf.types=[q4_k_m]", "gguf.perplexity=false", "gguf.hf_check=false", "gguf.bench=false", "gguf.teacher=false",
     ]
 
@@ -103,13 +103,13 @@ def launch(args: list[str], size: str, log: Path) -> None:
         raise SystemExit(f"launch.py exited {rc} for {size}; see {log}")
 
 
-def tokens(stage: str, m: dict) -> int:
+def tokens(stage: str, m: dict, calib: int) -> int:
     """Tokens the stage pushed through a model (0 for stages that run none)."""
     r = m["result"]
     if stage == "importance":
         return r["calibration_sequences"] * SEQ_LEN
     if stage == "quantize":
-        return CALIB * SEQ_LEN
+        return calib * SEQ_LEN
     if stage == "distill":
         return DISTILL_STEPS * DISTILL_BATCH * SEQ_LEN
     return 0
@@ -134,7 +134,7 @@ def measure_size(size: str, args, tok_dir: Path, log: Path) -> list[dict]:
     runs_ab = [stages_a] + ([["model", "data", *args.stages_b.split(",")]] if args.stages_b != "none" else [])
     plans: dict[str, int] = {}
     for stages in runs_ab:
-        cmd = overrides(ckpt, runs, size, stages, args.engine_dtype)
+        cmd = overrides(ckpt, runs, size, stages, args.engine_dtype, args.calib)
         plans.update(plan_memory(cmd))
         launch(cmd, size, log)
     run_dir = runs / f"scale_{size.replace('.', 'p')}"
@@ -145,7 +145,7 @@ def measure_size(size: str, args, tok_dir: Path, log: Path) -> list[dict]:
         if m is None:
             continue
         rows.append({"size": size, "params": shape.params(), "stage": stage, "seconds": m["wall_time_s"],
-                     "tokens": tokens(stage, m), "peak_rss": m["peak_rss_bytes"],
+                     "tokens": tokens(stage, m, args.calib), "peak_rss": m["peak_rss_bytes"],
                      "peak_rss_children": m.get("peak_rss_children_bytes", 0),
                      "held_bytes": held_bytes(stage, shape.params(), pruned), "dtype": args.engine_dtype,
                      "plan_bytes": plans.get(stage)})
@@ -227,6 +227,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/work/tmp-scalebench")
     ap.add_argument("--engine-dtype", default="auto", help="engine.dtype of every stage (auto: float32 on a CPU "
                     "without bf16 instructions)")
+    ap.add_argument("--calib", type=int, default=8, help=f"calibration sequences of {SEQ_LEN} tokens (importance, "
+                    "quantize)")
     ap.add_argument("--stages-b", default="quantize,gguf", help="run B's stages after model and data, or none")
     ap.add_argument("--train-sizes", default="135m,0.5b", help="sizes that also distill (a few steps)")
     ap.add_argument("--no-train", action="store_true", help="never distill")
