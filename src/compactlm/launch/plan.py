@@ -266,8 +266,10 @@ def plan_task(conf: CompactLMConfig, task: str, shape: dict[str, Any], plan: Run
             # a candidate distills from the shared teacher cache for search.distill_tokens (search/stage.py)
             cfg = dataclasses.replace(cfg, teacher_cache=True, max_steps=None, max_tokens=conf.search.distill_tokens)
         sp.memory, sp.disk, sp.flops, sp.notes = distill_plan(ctx, cfg, plan.teacher, student, stage == "candidate")
-    else:
-        sp.memory, sp.disk, sp.flops = STAGE_PLANS.get(stage, _small)(ctx, plan.teacher, plan.student)
+    elif stage in STAGE_PLANS:
+        sp.memory, sp.disk, sp.flops = STAGE_PLANS[stage](ctx, plan.teacher, plan.student)
+    elif stage != "ranking":  # ranking reads results only; the alignment stages and deploy are not modelled yet
+        sp.notes.append(f"{stage}: only the runtime is estimated (its models are not modelled by the plan)")
     sp.memory["runtime"] = (GPU_RUNTIME if on_gpu else
                             HOST_RUNTIME + (MODELOPT_RUNTIME if stage in MODELOPT_STAGES else 0))
     if on_gpu and sp.flops is not None:
@@ -520,11 +522,6 @@ def _teacher_cache(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
            "top-k slices (fp32)": 3 * 4 * min(CHUNK_ELEMENTS, tokens * t.hf["vocab_size"])}
     return mem, {"teacher top-k cache": teacher_cache_bytes(ctx.conf, cfg, ranking=True)}, \
         cache_tokens(ctx.conf, cfg, ranking=True) * forward_flops_per_token(t.hf, ctx.seq)
-
-
-def _small(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
-    """Stages that hold no model (ranking, deploy's launcher side) or run elsewhere: the runtime alone."""
-    return {}, {}, None
 
 
 STAGE_PLANS = {"model": _model, "data": _data, "importance": _importance, "prune": _prune, "quantize": _quantize,
