@@ -142,6 +142,30 @@ def smol_tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
+SPM_VOCAB = 1024
+
+
+@pytest.fixture(scope="session")
+def spm_tokenizer_dir(tmp_path_factory) -> Path:
+    """A SentencePiece BPE tokenizer.model (vocab 1024, byte fallback) trained here on CPython's pydoc text.
+
+    llama.cpp's converter reads a tokenizer.model before any tokenizer.json and needs no fingerprint for it, so
+    every family converts with it at a small vocabulary; SmolLM2's tokenizer does not serve a qwen2 folder, to
+    which transformers gives its Qwen2Tokenizer, whose pre-tokenizer llama.cpp knows only with Qwen's vocabulary."""
+    import io
+
+    import sentencepiece as spm
+    from pydoc_data.topics import topics
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(list(topics.values())), model_writer=model,
+                                   vocab_size=SPM_VOCAB, model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1,
+                                   eos_id=2, minloglevel=2)
+    out = tmp_path_factory.mktemp("spm-tokenizer")
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    return out
+
+
 def make_gguf_ready_model(model_type: str, folder: Path, tokenizer_dir: Path, **overrides) -> Path:
     """A tiny random `model_type` model with SmolLM2's tokenizer; hidden 256 and FFN 512, so that K-quant blocks
     (256 weights) fit its rows and llama.cpp does not fall back to other types."""

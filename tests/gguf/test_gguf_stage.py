@@ -3,10 +3,14 @@ llama.cpp's perplexity beside the dequantized check, the evaluate rows, the repo
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from helpers import compose
+from conftest import llama3_rope, make_llama3_model
+from helpers import compose, run_launch
 
 from compactlm.bench.stage import bench_from_gguf
+from compactlm.gguf import convert as gg
 from compactlm.launch.launcher import write_run_dir
 from compactlm.launch.report import write_report
 from compactlm.launch.validate import to_config
@@ -53,6 +57,41 @@ def test_gguf_stage_in_the_quantize_recipe(tmp_path, gguf_llama_dir, llama_cpp, 
     # a re-run skips the stage: its manifest matches
     assert run_stage("gguf", run_dir / CONFIG_FILE) == 0
     assert "[gguf] up to date" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_llama31_checkpoint_through_prune_distill_quantize_and_gguf(tmp_path, smol_tokenizer_dir, llama_cpp):
+    """launch.py on a Llama-3.1-style teacher (GQA, untied, rope_theta 500000 and llama3 RoPE scaling, config.json
+    as on the Hub): every checkpoint it writes keeps the teacher's RoPE in the keys transformers 4.x reads, and
+    the gguf stage converts, verifies (llama.cpp's generated rope_freqs included) and loads back its files."""
+    teacher = make_llama3_model(tmp_path / "llama31", smol_tokenizer_dir, num_hidden_layers=4)
+    hub = json.loads((teacher / "config.json").read_text())
+    stages = ["model", "data", "importance", "prune", "distill", "quantize", "gguf"]
+    r = run_launch([
+        "recipe=prune_distill", f"recipe.stages=[{','.join(stages)}]", "model=local", f"model.path={teacher}",
+        "prune.model=null", "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=384",
+        "data=pydoc", "data.max_documents=30", "data.seq_len=64", "data.validation_sequences=4",
+        "data.calibration_sequences=4", "data.max_train_sequences=8", "distill.max_steps=3",
+        "distill.micro_batch_size=2", "distill.global_batch_size=2", "engine.dtype=float32", "engine.threads=2",
+        "gguf.types=[q8_0]", "gguf.perplexity_chunks=2", "gguf.bench=false", f"runs_root={tmp_path}", "run_name=l31",
+    ], timeout=1200)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    run_dir = tmp_path / "l31"
+    for folder in ("prune/checkpoint", "distill/student", "quantize/export"):
+        saved = json.loads((run_dir / folder / "config.json").read_text())
+        assert (saved["rope_theta"], saved["rope_scaling"]) == (hub["rope_theta"], hub["rope_scaling"]), folder
+        assert saved["rope_parameters"] == {**llama3_rope()["rope_scaling"], "rope_theta": 500000.0}, folder
+    g = read_manifest(run_dir / "gguf")["result"]
+    files = {(f["model"], f["type"]): f for f in g["files"]}
+    assert g["student"] == "distilled" and sorted(files) == [("distilled", "f16"), ("distilled", "q8_0"),
+                                                              ("teacher", "f16")]
+    assert "distilled-q8_0.gguf: " in r.stdout and "matches distilled's architecture" in r.stdout
+    for f in files.values():
+        info = gg.inspect(run_dir / "gguf" / f["file"])
+        assert len(info["rope_freqs"]) == 256 // 4 // 2 and info["metadata"]["rope.freq_base"] == 500000.0
+    # loaded back by transformers with the source's llama3 RoPE: the f16 file is the distilled model to f16 rounding
+    f16 = files[("distilled", "f16")]["hf"]
+    assert f16["tokens"] == g["source_hf"]["tokens"] and f16["top1_agreement_to_source"] > 0.99, f16
 
 
 def _file(model, type_, tps, tpot):

@@ -5,7 +5,8 @@ Every file is written under a temporary name and renamed into place when the too
 half-written GGUF never carries the final name. :func:`inspect` reads a file back with the `gguf`
 package (metadata, tensors, bits per weight); :func:`check_against_source` compares it with the source
 folder's config.json, safetensors headers and tokenizer, and raises :class:`GGUFMismatch` naming what
-disagrees.
+disagrees. That includes RoPE: the file must rotate each head's pairs at the frequencies transformers computes
+for the checkpoint (rope_theta, and llama3 scaling, which llama.cpp carries as a generated `rope_freqs` tensor).
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ _SHAPES = {
     "ffn_up.weight": ("hidden", "ffn"),
     "ffn_down.weight": ("ffn", "hidden"),
 }
+# Tensors llama.cpp's converter generates that are no weights of the checkpoint, so the weight count leaves them
+# out (from `generate_extra_tensors` of the converter classes of CONVERTIBLE, llama.cpp of llama-cpp-python 0.3.36):
+# - rope_freqs.weight: LlamaModel (LlamaForCausalLM and MistralForCausalLM) writes it when rope_type is "llama3"
+#   (Llama-3.1, Llama-3.2): [head_dim / 2] float32, one divisor per rotary pair, applied by llama.cpp to that pair's
+#   frequency freq_base^(-2i/head_dim). :func:`rope_problems` checks its values. Qwen2 and Qwen3 generate none.
+GENERATED = ("rope_freqs.weight",)
+ROPE_FREQS = "rope_freqs.weight"
+# RoPE types whose frequencies :func:`rope_problems` compares (llama.cpp writes other scalings, e.g. yarn, as
+# metadata that it does not check).
+ROPE_TYPES_CHECKED = ("default", "llama3")
 
 
 class GGUFMismatch(RuntimeError):
@@ -116,8 +127,10 @@ def inspect(path: Path) -> dict[str, Any]:
     arch = _field(reader, "general.architecture")
     meta = {k: _field(reader, f"{arch}.{k}") for k in
             ("block_count", "embedding_length", "feed_forward_length", "attention.head_count",
-             "attention.head_count_kv", "context_length", "rope.freq_base")}
+             "attention.head_count_kv", "attention.key_length", "context_length", "rope.freq_base",
+             "rope.dimension_count")}
     tokens = reader.fields.get("tokenizer.ggml.tokens")
+    rope_freqs = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
     elements = sum(int(t.n_elements) for t in reader.tensors)
     nbytes = sum(int(t.n_bytes) for t in reader.tensors)
     return {
@@ -128,6 +141,7 @@ def inspect(path: Path) -> dict[str, Any]:
         "tokenizer_model": _field(reader, "tokenizer.ggml.model"),
         "chat_template": _field(reader, "tokenizer.chat_template"),
         "tensors": {t.name: [int(x) for x in t.shape] for t in reader.tensors},
+        "rope_freqs": None if rope_freqs is None else [float(x) for x in rope_freqs.data.reshape(-1)],
         "tensor_types": dict(Counter(t.tensor_type.name for t in reader.tensors)),
         "elements": elements,
         "bits_per_weight": nbytes * 8 / elements if elements else 0.0,
@@ -180,6 +194,10 @@ def check_against_source(info: dict[str, Any], source: Path, name: str) -> None:
                       ("attention.head_count_kv", size["kv_heads"])):
         if meta.get(key) != want:
             problems.append(f"{info['architecture']}.{key} is {meta.get(key)}, the source has {want}")
+    head_dim = size["q"] // size["heads"]
+    if meta.get("attention.key_length") not in (None, head_dim):  # written where head_dim is given explicitly
+        problems.append(f"{info['architecture']}.attention.key_length is {meta['attention.key_length']}, the "
+                        f"source's head_dim is {head_dim}")
     if info["vocab"] != size["vocab"]:
         problems.append(f"the tokenizer has {info['vocab']} tokens, the source's vocab_size is {size['vocab']}")
     blocks = {int(n.split(".")[1]) for n in info["tensors"] if n.startswith("blk.")}
@@ -191,14 +209,63 @@ def check_against_source(info: dict[str, Any], source: Path, name: str) -> None:
         dims = _SHAPES.get(short)
         if dims and shape[:2] != [size[dims[0]], size[dims[1]]]:
             problems.append(f"{tensor} has shape {shape}, the source implies {[size[dims[0]], size[dims[1]]]}")
+    problems += rope_problems(info, source)
     stored = safetensors_elements(source)
-    if stored and info["elements"] != stored:
-        problems.append(f"{info['elements']:,} weights in the GGUF, {stored:,} in the source's safetensors")
+    weights = info["elements"] - sum(math.prod(info["tensors"][t]) for t in GENERATED if t in info["tensors"])
+    if stored and weights != stored:
+        generated = [t for t in GENERATED if t in info["tensors"]]
+        problems.append(f"{weights:,} weights in the GGUF{f' (besides the generated {generated})' if generated else ''}"
+                        f", {stored:,} in the source's safetensors")
     template = chat_template(source)
     if isinstance(template, str) and info["chat_template"] != template:
         problems.append("the source's chat template was not carried over")
     if problems:
         raise GGUFMismatch(f"{name} does not match {source}: " + "; ".join(problems[:6]))
+
+
+def rope_problems(info: dict[str, Any], source: Path) -> list[str]:
+    """Where the file's RoPE differs from what transformers runs for checkpoint `source` (empty: none).
+
+    llama.cpp rotates pair i of a head by position × freq_base^(-2i/d) / rope_freqs[i] (d = rope.dimension_count,
+    rope_freqs[i] = 1 without the tensor); transformers by position × inv_freq[i], computed from the config's
+    `rope_parameters` by its own RoPE functions. Both are compared per pair (relative tolerance 1e-4: float32 on
+    both sides). RoPE types other than ROPE_TYPES_CHECKED are compared on freq_base alone.
+    """
+    import torch  # heavy: only where a file is checked (the launcher imports this module for check_source)
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cfg = AutoConfig.from_pretrained(source)
+    params = cfg.rope_parameters
+    meta, name = info["metadata"], info["architecture"]
+    theta, rope_type = float(params["rope_theta"]), params.get("rope_type", "default")
+    base = meta.get("rope.freq_base") or 10000.0  # llama.cpp's default when the file has none
+    if not math.isclose(base, theta, rel_tol=1e-6):
+        return [f"{name}.rope.freq_base is {base:g}, the source's rope_theta is {theta:g}"]
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    dim = meta.get("rope.dimension_count") or head_dim
+    if dim != head_dim:
+        return [f"{name}.rope.dimension_count is {dim}, the source's head_dim is {head_dim}"]
+    factors = info["rope_freqs"]
+    if factors is not None and len(factors) != dim // 2:
+        return [f"{ROPE_FREQS} has {len(factors)} values, rope.dimension_count {dim} implies {dim // 2}"]
+    if rope_type not in ROPE_TYPES_CHECKED:
+        return []
+    if rope_type == "llama3" and factors is None:
+        return [f"the file has no {ROPE_FREQS}, so llama.cpp would run without the source's llama3 RoPE scaling"]
+    if rope_type == "default" and factors is not None:
+        return [f"the file has {ROPE_FREQS}, the source has no RoPE scaling"]
+    if rope_type == "default":
+        want = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).double() / dim))
+    else:
+        want = ROPE_INIT_FUNCTIONS[rope_type](cfg, "cpu")[0].double()
+    have = base ** (-torch.arange(0, dim, 2, dtype=torch.int64).double() / dim)
+    if factors is not None:
+        have = have / torch.tensor(factors, dtype=torch.float64)
+    err = ((have - want).abs() / want).max().item()
+    if err > 1e-4:
+        return [f"RoPE frequencies differ from the source's {rope_type} RoPE by up to {err:.2%} (relative)"]
+    return []
 
 
 def param_counts(folder: Path) -> dict[str, int]:
@@ -212,10 +279,29 @@ def param_counts(folder: Path) -> dict[str, int]:
     return {"total": total, "embedding": embedding, "without_lm_head": total if tied else total - embedding}
 
 
-def load_dequantized(path: Path, device: str = "cpu"):
-    """A GGUF file as a float32 transformers model (transformers' GGUF loader dequantizes every tensor)."""
-    import torch  # heavy: only where a file is loaded back
-    from transformers import AutoModelForCausalLM
+def load_dequantized(path: Path, device: str = "cpu", source: Path | None = None):
+    """A GGUF file as a float32 transformers model (transformers' GGUF loader dequantizes every tensor).
 
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    transformers' loader rebuilds the config from the file's metadata, but ignores llama.cpp's `rope_freqs` (llama3
+    RoPE scaling: the model would run with plain RoPE) and leaves Qwen3's head_dim at its default 128. With
+    `source`, the checkpoint the file was made from (and was verified against, :func:`check_against_source`), the
+    file's RoPE is checked against the source's (:func:`rope_problems`) and the source's RoPE settings and head_dim
+    are used. A file with `rope_freqs` needs `source`. GGUFMismatch when the check fails or `source` is missing.
+    """
+    import torch  # heavy: only where a file is loaded back
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    info = inspect(path)
+    if info["rope_freqs"] is not None and source is None:
+        raise GGUFMismatch(f"{path.name} has {ROPE_FREQS}, which transformers' GGUF loader ignores; pass the source "
+                           "checkpoint to load it with the source's RoPE settings")
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    if source is not None:
+        problems = rope_problems(info, source)
+        if problems:
+            raise GGUFMismatch(f"{path.name} does not match {source}: " + "; ".join(problems))
+        src = AutoConfig.from_pretrained(source)
+        config.rope_parameters = src.rope_parameters
+        config.head_dim = getattr(src, "head_dim", None) or src.hidden_size // src.num_attention_heads
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config, dtype=torch.float32)
     return model.to(device).eval()

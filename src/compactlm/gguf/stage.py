@@ -113,7 +113,7 @@ def hf_check(ctx: StageContext, files: list[GGUFFile], source: Path, student: st
     for f in files:
         if f.model != student:
             continue
-        model = gg.load_dequantized(ctx.stage_dir / f.file, device)
+        model = gg.load_dequantized(ctx.stage_dir / f.file, device, source)
         rows = quality({"source": reference, f.type: model}, "source", val, ctx.cfg.evaluate.batch_size, device,
                        progress=False)
         source_row = rows["source"]
