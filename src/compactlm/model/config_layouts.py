@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from compactlm.manifest import atomic_write_text
+
 # Keys transformers 5 moved into rope_parameters that transformers 4.x reads at the top level of config.json.
 TOP_LEVEL_4X = ("rope_theta", "partial_rotary_factor")
 
@@ -49,4 +51,4 @@ def write_both_rope_layouts(folder: str | Path) -> None:
     transformers writes it (indent 2, sorted keys)."""
     path = Path(folder) / "config.json"
     cfg = json.loads(path.read_text(encoding="utf-8"))
-    path.write_text(json.dumps(with_both_rope_layouts(cfg), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(with_both_rope_layouts(cfg), indent=2, sort_keys=True) + "\n")

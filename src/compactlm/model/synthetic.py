@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from compactlm.manifest import staging_dir
+from compactlm.manifest import atomic_write_text, staging_dir
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,8 @@ def write_checkpoint(s: Shape, out_dir: str | Path, tokenizer_dir: str | Path, s
             weight_map.update({n: file for n in group})
             del shard  # one shard in memory at a time
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(hf_config(s, tok_model_cfg), indent=2) + "\n")
+        atomic_write_text(tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+        atomic_write_text(tmp / "config.json", json.dumps(hf_config(s, tok_model_cfg), indent=2) + "\n")
         for f in tokenizer_dir.iterdir():
             if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens")) or f.name in ("vocab.json",
                                                                                                  "merges.txt")):

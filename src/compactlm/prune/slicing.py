@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from compactlm.arch import Adapter, adapter_for, decoder_layers
 from compactlm.config import EXPORT_KEYS, EXPORT_TO_HF, ConfigError
-from compactlm.manifest import staging_dir
+from compactlm.manifest import atomic_write_text, staging_dir
 from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.prune.importance import ImportanceScores, select_layers
 
@@ -453,7 +453,7 @@ def _name_shards(folder: Path, n: int) -> None:
                 sl = f.get_slice(name)
                 total += math.prod(sl.get_shape()) * _DTYPE_BYTES[sl.get_dtype()]
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    atomic_write_text(folder / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
 
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
