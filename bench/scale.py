@@ -204,6 +204,7 @@ def plot(rows: list[dict], stages: list[str], png: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
     for s in stages:
@@ -218,6 +219,8 @@ def plot(rows: list[dict], stages: list[str], png: Path) -> None:
     for ax, title in ((ax_t, "wall time per stage (s)"), (ax_m, "peak RSS per stage (GiB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # 2x10^-1 ... crowd the axis
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("parameters (billions)")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
