@@ -45,6 +45,7 @@ def test_stages_write_manifests_last_with_hashes_metrics_and_versions(tmp_path, 
         assert set(m["input_hashes"]) == set(STAGES[: STAGES.index(stage)])
         assert set(m["output_digests"]) == set(m["outputs"])
         assert "torch" in m["versions"] and m["wall_time_s"] >= 0
+        assert m["peak_rss_bytes"] > 0 and m["peak_rss_children_bytes"] >= 0
     assert sorted(read_manifest(run_dir / "data")["outputs"]) == ["calibration", "heldout", "train", "validation"]
     evaluation = read_result(run_dir, "evaluate")
     assert isinstance(evaluation, EvaluateResult)

@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -299,10 +300,19 @@ def run_stage(name: str, config_path: Path) -> int:
         "started_at": started,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(time.time() - t0, 3),
+        **peak_rss(),
     }
     atomic_write_json(stage_dir / MANIFEST, seal(manifest))  # last: its presence means "finished"
     print(f"[{name}] done in {manifest['wall_time_s']:.1f} s", flush=True)
     return 0
+
+
+def peak_rss() -> dict[str, int]:
+    """Peak resident memory, in bytes, of this stage's process (`peak_rss_bytes`: one process runs one stage, so
+    from its start, imports included) and of the largest child it waited for (`peak_rss_children_bytes`: the
+    llama.cpp tools of the gguf stage, 0 when none). Linux reports ru_maxrss in KiB."""
+    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss_children_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
 
 
 def _exit_on_signal(signum: int, _frame) -> None:

@@ -73,7 +73,8 @@ def summary_table(conf: CompactLMConfig, launched_at: float) -> str:
             continue
         finished = datetime.fromisoformat(m["finished_at"]).timestamp()
         how = "ran" if finished >= int(launched_at) else "reused (up to date)"
-        lines.append(f"  {task:<{width}} {how:<20} {m['wall_time_s']:>8.1f} s")
+        rss = f"  peak RSS {m['peak_rss_bytes'] / 2**30:.2f} GiB" if "peak_rss_bytes" in m else ""  # older manifests: none
+        lines.append(f"  {task:<{width}} {how:<20} {m['wall_time_s']:>8.1f} s{rss}")
     rs = results(ms)
     ranking = rs.get("ranking")
     if ranking:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,44 @@ def count_parameters(model) -> dict[str, int]:
     tied = head is None or head.weight is emb
     head_n = 0 if tied else head.weight.numel() + (head.bias.numel() if getattr(head, "bias", None) is not None else 0)
     return {"total": total, "embedding": emb.numel(), "without_lm_head": total - head_n}
+
+
+def checkpoint_dtype(folder: str | Path) -> str | None:
+    """The dtype a Hugging Face folder's weights are stored in, from config.json ("dtype", formerly
+    "torch_dtype"), e.g. "bfloat16"; None when it does not say."""
+    cfg = read_hf_config(Path(folder))
+    value = cfg.get("dtype") or cfg.get("torch_dtype")
+    return value if isinstance(value, str) else None
+
+
+def storage_dtype(folder: str | Path, compute: str) -> str:
+    """What to load a frozen model in when each block is upcast to `compute` only while it runs
+    (:func:`upcast_while_running`): the checkpoint's own 16-bit dtype when it is narrower than `compute`
+    (a bf16 checkpoint on a float32 CPU: half the memory, the same float32 values once upcast), else `compute`."""
+    stored = checkpoint_dtype(folder)
+    return stored if compute == "float32" and stored in ("bfloat16", "float16") else compute
+
+
+@contextmanager
+def upcast_while_running(modules, dtype):
+    """Within the block, each module of `modules` is cast to `dtype` just before its forward and back to its
+    own dtype right after: a bf16-stored model computes exactly as if it had been loaded in float32 (bf16 ->
+    float32 is exact), while holding one float32 block at a time instead of a float32 copy of the model.
+
+    modules: e.g. the embedding, every decoder layer and the final norm; their parameters must share one dtype.
+    """
+    def cast(to):
+        def hook(mod, *_):  # pre-hook (mod, args) and hook (mod, args, out); returns None: nothing is replaced
+            mod.to(to)
+        return hook
+
+    handles = []
+    for m in modules:
+        stored = next(m.parameters()).dtype
+        if stored != dtype:
+            handles += [m.register_forward_pre_hook(cast(dtype)), m.register_forward_hook(cast(stored))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

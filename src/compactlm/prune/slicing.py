@@ -18,13 +18,20 @@ What each export_config key slices:
 
 from __future__ import annotations
 
+import copy
+import json
+import math
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from compactlm.arch import Adapter, decoder_layers
+from compactlm.arch import Adapter, adapter_for, decoder_layers
 from compactlm.config import EXPORT_KEYS, EXPORT_TO_HF, ConfigError
 from compactlm.manifest import staging_dir
 from compactlm.prune.importance import ImportanceScores, select_layers
@@ -238,3 +245,214 @@ def save_pruned(model, tokenizer, out_dir: str | Path) -> Path:
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+# ------------------------------------------------------------------------------------------ streamed
+# The same slicing, done tensor by tensor on the checkpoint's safetensors files instead of on a loaded model:
+# the teacher is never built, so a prune holds one source shard (memory-mapped) and one output shard at a time,
+# in the checkpoint's own dtype, whatever the size of the model (a 7B-shaped bf16 checkpoint prunes in ~3 GiB).
+SHARD_BYTES = 1 << 30
+"""Largest output shard: safetensors' `save_file` serializes a shard in memory, so this bounds the peak."""
+
+
+@dataclass(frozen=True)
+class PruneIndices:
+    """Which units survive, as sorted index tensors over the ORIGINAL model (None: that size is unchanged)."""
+
+    layers: list[int]
+    """Kept layers, original numbering, ascending; their new numbers are their positions here."""
+    hidden: Optional[Tensor]
+    ffn: dict[int, Tensor]
+    """Original layer -> kept FFN neurons [ffn_hidden_size] (empty when the FFN is not pruned)."""
+    head_channels: dict[int, Tensor]
+    """Original layer -> kept q_proj rows / o_proj columns [heads * head_dim] (empty when heads are not pruned)."""
+
+
+def prune_indices(cfg, scores: ImportanceScores, export_config: dict[str, Any],
+                  depth_method: str = "block_influence") -> PruneIndices:
+    """The units :func:`prune_model` keeps, computed from the HF config alone (no model)."""
+    export_config = {k: v for k, v in export_config.items() if v is not None}
+    validate_export_config(export_config, cfg)
+    L = cfg.num_hidden_layers
+    _check_scores(scores, cfg, L)
+    n_layers = export_config.get("num_layers", L)
+    layers = select_layers(scores, n_layers, depth_method) if n_layers < L else list(range(L))
+    ffn = export_config.get("ffn_hidden_size", cfg.intermediate_size)
+    heads = export_config.get("num_attention_heads", cfg.num_attention_heads)
+    hidden = export_config.get("hidden_size", cfg.hidden_size)
+    kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    return PruneIndices(
+        layers=layers,
+        hidden=top_k_sorted(scores.hidden, hidden) if hidden < cfg.hidden_size else None,
+        ffn={i: top_k_sorted(scores.ffn[i], ffn) for i in layers} if ffn < cfg.intermediate_size else {},
+        head_channels={i: _channel_index(top_heads_per_group(scores.heads[i], kv, heads), _head_dim(cfg))
+                       for i in layers} if heads < cfg.num_attention_heads else {},
+    )
+
+
+def pruned_config(cfg, export_config: dict[str, Any], layers: list[int]):
+    """Copy of HF config `cfg` with the sizes of `export_config`, as :func:`prune_model` leaves `model.config`."""
+    new = copy.deepcopy(cfg)
+    export_config = {k: v for k, v in export_config.items() if v is not None}
+    new.head_dim = _head_dim(cfg)
+    for key, value in export_config.items():
+        setattr(new, EXPORT_TO_HF[key], int(value))
+    types = getattr(cfg, "layer_types", None)
+    if isinstance(types, (list, tuple)):
+        new.layer_types = [types[i] for i in layers]
+    new.num_hidden_layers = len(layers)
+    return new
+
+
+def tensor_rule(name: str, adapter: Adapter, idx: PruneIndices, tied: bool) -> Optional[tuple[str, list]]:
+    """Where tensor `name` of the original checkpoint goes: (new name, [(dim, kept indices), ...]), or None when
+    the pruned model has no such tensor (a dropped layer, a tied lm_head). Raises ValueError for a tensor the
+    adapter does not describe, rather than copying it unsliced."""
+    h = idx.hidden
+    top = f"{adapter.backbone}."
+    if name == f"{adapter.lm_head}.weight":
+        return None if tied else (name, [(1, h)])
+    if name == f"{top}{adapter.embed}.weight":
+        return name, [(1, h)]
+    if name in (f"{top}{adapter.final_norm}.weight", f"{top}{adapter.final_norm}.bias"):
+        return name, [(0, h)]
+    prefix = f"{top}{adapter.layers}."
+    if not name.startswith(prefix):
+        raise ValueError(f"tensor {name!r} is not part of a {adapter.model_type} decoder that compactlm can prune")
+    number, _, rest = name[len(prefix):].partition(".")
+    layer = int(number)
+    if layer not in idx.layers:
+        return None
+    new = f"{prefix}{idx.layers.index(layer)}.{rest}"
+    module, _, param = rest.rpartition(".")
+    ffn, ch = idx.ffn.get(layer), idx.head_channels.get(layer)
+    a, m = adapter.attn, adapter.mlp
+    weight = param == "weight"
+    rules = {
+        adapter.input_norm: [(0, h)], adapter.post_attn_norm: [(0, h)],
+        f"{a}.{adapter.q_proj}": [(0, ch), (1, h)] if weight else [(0, ch)],
+        f"{a}.{adapter.k_proj}": [(1, h)] if weight else [], f"{a}.{adapter.v_proj}": [(1, h)] if weight else [],
+        f"{a}.{adapter.o_proj}": [(0, h), (1, ch)] if weight else [(0, h)],
+        f"{m}.{adapter.gate_proj}": [(0, ffn), (1, h)] if weight else [(0, ffn)],
+        f"{m}.{adapter.up_proj}": [(0, ffn), (1, h)] if weight else [(0, ffn)],
+        f"{m}.{adapter.down_proj}": [(0, h), (1, ffn)] if weight else [(0, h)],
+        **{f"{a}.{n}": [] for n in adapter.qk_norm},  # act on head_dim, which never changes
+    }
+    if module not in rules or param not in ("weight", "bias"):
+        raise ValueError(f"tensor {name!r} is not part of a {adapter.model_type} decoder that compactlm can prune")
+    return new, rules[module]
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The safetensors files of a HF folder: model.safetensors, or the shards its index lists (sorted)."""
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    return [folder / f for f in sorted(set(weight_map.values()))]
+
+
+@torch.no_grad()
+def stream_prune(folder: str | Path, scores: ImportanceScores, export_config: dict[str, Any], out_dir: str | Path,
+                 depth_method: str = "block_influence", tokenizer=None, shard_bytes: int = SHARD_BYTES) -> dict:
+    """Prune the checkpoint in `folder` to `export_config` without loading it as a model; returns
+    {"before": counts, "after": counts, "kept_layers": [...], "config": the new HF config}.
+
+    Writes exactly the tensors :func:`prune_model` + :func:`save_pruned` write (bitwise, same names), in the
+    checkpoint's own dtype, into `out_dir` (atomically): `model.safetensors`, or shards of at most
+    `shard_bytes` plus `model.safetensors.index.json`. Each source file is memory-mapped (`safe_open`) and
+    released before the next; counts are {"total", "embedding", "without_lm_head"} as in `count_parameters`.
+    """
+    from transformers import AutoConfig, GenerationConfig  # heavy (seconds to import); only this function needs it
+
+    folder, out_dir = Path(folder), Path(out_dir)
+    cfg = AutoConfig.from_pretrained(folder)
+    adapter = adapter_for(cfg.model_type)
+    idx = prune_indices(cfg, scores, export_config, depth_method)
+    new_cfg = pruned_config(cfg, export_config, idx.layers)
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    embed, head = f"{adapter.backbone}.{adapter.embed}.weight", f"{adapter.lm_head}.weight"
+    before, after = _Counts(), _Counts()
+    with staging_dir(out_dir) as tmp:
+        shards: list[dict[str, Tensor]] = [{}]
+        pending = 0
+
+        def flush() -> None:
+            nonlocal pending
+            if shards[-1]:
+                save_file(shards[-1], str(tmp / f"part-{len(shards):05d}.safetensors"), metadata={"format": "pt"})
+                shards[-1] = {}  # freed before the next shard fills
+                shards.append({})
+                pending = 0
+
+        for path in checkpoint_files(folder):
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    t = f.get_tensor(name)
+                    if not (tied and name == head):  # a tied head stored twice is one parameter
+                        before.add(name, t.numel(), embed, head)
+                    rule = tensor_rule(name, adapter, idx, tied)
+                    if rule is None:
+                        continue
+                    new_name, cuts = rule
+                    for dim, keep in cuts:
+                        if keep is not None:
+                            t = t.index_select(dim, keep)
+                    t = t.contiguous()
+                    after.add(new_name, t.numel(), embed, head)
+                    nbytes = t.numel() * t.element_size()
+                    if pending and pending + nbytes > shard_bytes:
+                        flush()
+                    shards[-1][new_name], pending = t, pending + nbytes
+                    del t
+            # leaving `with` unmaps the file: the next shard's pages replace this one's
+        flush()
+        _name_shards(tmp, len(shards) - 1)
+        new_cfg.architectures = cfg.architectures
+        new_cfg.save_pretrained(tmp)
+        gen = folder / "generation_config.json"
+        if gen.is_file():
+            shutil.copy2(gen, tmp / gen.name)
+        else:
+            GenerationConfig.from_model_config(new_cfg).save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return {"before": before.asdict(), "after": after.asdict(), "kept_layers": idx.layers, "config": new_cfg}
+
+
+@dataclass
+class _Counts:
+    total: int = 0
+    embedding: int = 0
+    head: int = 0
+
+    def add(self, name: str, n: int, embed: str, head: Optional[str]) -> None:
+        self.total += n
+        self.embedding += n if name == embed else 0
+        self.head += n if name == head else 0
+
+    def asdict(self) -> dict[str, int]:
+        return {"total": self.total, "embedding": self.embedding, "without_lm_head": self.total - self.head}
+
+
+def _name_shards(folder: Path, n: int) -> None:
+    """Rename `part-0000k.safetensors` to transformers' names (`model.safetensors`, or `model-0000k-of-0000n`
+    plus `model.safetensors.index.json`) once their number is known."""
+    if n == 1:
+        (folder / "part-00001.safetensors").rename(folder / "model.safetensors")
+        return
+    weight_map, total = {}, 0
+    for k in range(1, n + 1):
+        final = f"model-{k:05d}-of-{n:05d}.safetensors"
+        (folder / f"part-{k:05d}.safetensors").rename(folder / final)
+        with safe_open(str(folder / final), framework="pt") as f:
+            for name in f.keys():
+                weight_map[name] = final
+                sl = f.get_slice(name)
+                total += math.prod(sl.get_shape()) * _DTYPE_BYTES[sl.get_dtype()]
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1}

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import gc
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from compactlm.arch import adapter_for
+from compactlm.arch import adapter_for, decoder_layers
 from compactlm.data.splits import load_split
-from compactlm.model.loading import count_parameters, load_model, load_tokenizer, setup_engine
+from compactlm.model.loading import load_model, load_tokenizer, setup_engine, storage_dtype, upcast_while_running
 from compactlm.model.params import architecture, count_on_meta
 from compactlm.pipeline import StageContext, StageOutput
 from compactlm.prune.importance import ImportanceScores, add_lm_loss_scores, collect_importance, select_layers
 from compactlm.prune.plots import plot_depth, plot_width
-from compactlm.prune.slicing import prune_model, save_pruned
+from compactlm.prune.slicing import stream_prune
 from compactlm.results import ImportanceResult, ParamCounts, PruneResult
 
 
@@ -37,14 +39,18 @@ class ImportanceStage:
 
     def run(self, ctx: StageContext) -> StageOutput:
         device, precision = setup_engine(ctx.cfg.engine)
-        model = load_model(ctx.upstream_output("model", "checkpoint"), device, precision.frozen_dtype)
+        folder = ctx.upstream_output("model", "checkpoint")
+        # a bf16 checkpoint on a float32 CPU stays bf16 in memory; each block runs in float32 (same values)
+        model = load_model(folder, device, getattr(torch, storage_dtype(folder, precision.compute)))
+        adapter = adapter_for(model.config.model_type)
+        backbone = getattr(model, adapter.backbone)
+        blocks = [getattr(backbone, adapter.embed), *decoder_layers(model, adapter), getattr(backbone, adapter.final_norm)]
         calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
         if ctx.cfg.importance.max_sequences:
             calib = calib[: ctx.cfg.importance.max_sequences]
         t0 = time.perf_counter()
-        with precision.autocast():
-            scores = collect_importance(model, adapter_for(model.config.model_type),
-                                        batches(calib, ctx.cfg.importance.batch_size))
+        with precision.autocast(), upcast_while_running(blocks, precision.frozen_dtype):
+            scores = collect_importance(model, adapter, batches(calib, ctx.cfg.importance.batch_size))
         seconds = time.perf_counter() - t0
         scores.save(ctx.stage_dir / "scores.safetensors")
         plot_depth(scores, ctx.stage_dir / "depth.png")
@@ -74,32 +80,35 @@ class PruneStage:
 def prune_checkpoint(ctx: StageContext, export: dict[str, int], depth_method: str, out_dir: Path,
                      tag: str = "prune") -> tuple[PruneResult, dict]:
     """Slice the run's teacher (upstream `model`) to `export` with the upstream `importance` scores and save it
-    to `out_dir` (atomically); the prune stage and every search candidate prune through this.
+    to `out_dir` (atomically); the prune stage and every search candidate prune through this. The slicing
+    streams the checkpoint's tensors (:func:`stream_prune`); only depth_method=lm_loss loads the teacher.
 
     Returns the result and the engine record. `ctx.cfg` must declare `engine` and `importance`."""
     device, precision = setup_engine(ctx.cfg.engine)
     folder = ctx.upstream_output("model", "checkpoint")
-    model = load_model(folder, device, precision.frozen_dtype)
-    adapter = adapter_for(model.config.model_type)
     scores = ImportanceScores.load(ctx.upstream_output("importance", "scores"))
-    before = count_parameters(model)
-    num_layers = model.config.num_hidden_layers
+    num_layers = scores.num_layers
     if depth_method == "lm_loss" and export.get("num_layers", num_layers) < num_layers:
+        # The one case that runs the teacher (loss with each block dropped), so the one case that loads it.
         # Scored on the calibration split so the validation split stays held out for the evaluate stage.
+        model = load_model(folder, device, precision.frozen_dtype)
         calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
         with precision.autocast():
-            add_lm_loss_scores(scores, model, adapter, batches(calib, ctx.cfg.importance.batch_size),
+            add_lm_loss_scores(scores, model, adapter_for(model.config.model_type),
+                               batches(calib, ctx.cfg.importance.batch_size),
                                block_size=num_layers - export["num_layers"])
-    kept_layers = select_layers(scores, export.get("num_layers", num_layers), depth_method)
-    prune_model(model, adapter, scores, export, depth_method)
-    after = count_parameters(model)
-    accounted = count_on_meta(model.config)
+        del model  # freed before the slicing below reads the checkpoint
+        gc.collect()
+    # sliced tensor by tensor from the safetensors files, in the checkpoint's dtype: the teacher is never built
+    pruned = stream_prune(folder, scores, export, out_dir, depth_method, tokenizer=load_tokenizer(folder))
+    before, after, kept_layers, config = pruned["before"], pruned["after"], pruned["kept_layers"], pruned["config"]
+    accounted = count_on_meta(config)
     if accounted != after:  # the checkpoint must hold exactly what recipe=params promised
+        shutil.rmtree(out_dir)
         raise RuntimeError(f"pruned model has {after} parameters but accounting says {accounted}")
-    save_pruned(model, load_tokenizer(folder), out_dir)
     result = PruneResult(
         export_config=export, depth_method=depth_method, kept_layers=kept_layers,
-        architecture=architecture(model.config), params_before=ParamCounts(**before),
+        architecture=architecture(config), params_before=ParamCounts(**before),
         params_after=ParamCounts(**after), params_change=after["without_lm_head"] / before["without_lm_head"] - 1.0,
         depth_lm_loss={str(k): v for k, v in scores.depth_lm_loss.items()} if scores.depth_lm_loss else None,
     )
