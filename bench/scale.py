@@ -154,6 +154,22 @@ def measure_size(size: str, args, tok_dir: Path, log: Path) -> list[dict]:
     return rows
 
 
+def replan_size(size: str, args, tok_dir: Path, rows: list[dict]) -> None:
+    """Set `plan_bytes` of `size`'s measured rows to what the launch plan says today, for the same two command
+    lines (run A: model, data, importance, prune[, distill]; run B: model, data and the other stages)."""
+    root = Path(args.workdir) / size
+    ckpt = write_checkpoint(SHAPES[size], root / "ckpt", tok_dir, seed=0, shards=4)
+    measured = [r["stage"] for r in rows]
+    run_a = [s for s in ("model", "data", "importance", "prune", "distill") if s in measured]
+    run_b = ["model", "data", *(s for s in measured if s not in run_a)]
+    plans: dict[str, int] = {}
+    for stages in (run_a, run_b):
+        plans.update(plan_memory(overrides(ckpt, root / "runs", size, stages, args.engine_dtype, args.calib)))
+    for r in rows:
+        r["plan_bytes"] = plans.get(r["stage"])
+    shutil.rmtree(root)
+
+
 def exponent(rows: list[dict]) -> float | None:
     """Least-squares slope of log(seconds per token) (or log(seconds)) against log(parameters)."""
     if len({r["params"] for r in rows}) < 2:
@@ -232,7 +248,8 @@ def plot(rows: list[dict], stages: list[str], png: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="135m,0.5b,1.5b", help=f"comma-separated, of {', '.join(SHAPES)}")
-    ap.add_argument("--workdir", default="/work/tmp-scalebench")
+    ap.add_argument("--workdir", default="runs/scale-bench", help="checkpoints, runs and scale.json (~15 GB free "
+                    "for the 7b size)")
     ap.add_argument("--engine-dtype", default="auto", help="engine.dtype of every stage (auto: float32 on a CPU "
                     "without bf16 instructions)")
     ap.add_argument("--calib", type=int, default=8, help=f"calibration sequences of {SEQ_LEN} tokens (importance, "
@@ -243,6 +260,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep each size's checkpoint and runs")
     ap.add_argument("--cache-dir", default="~/.cache/compactlm")
     ap.add_argument("--report-only", action="store_true", help="print the table of <workdir>/scale.json and exit")
+    ap.add_argument("--replan", action="store_true", help="recompute the plan column of <workdir>/scale.json for "
+                    "--sizes (writes each checkpoint again, runs no stage), then print the table")
     args = ap.parse_args()
     sizes = args.sizes.split(",")
     unknown = [s for s in sizes if s not in SHAPES]
@@ -253,7 +272,12 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     store = work / "scale.json"
     rows = json.loads(store.read_text()) if store.is_file() else []
-    if not args.report_only:
+    if args.replan:
+        tok_dir = smol_tokenizer_dir(args.cache_dir)
+        for size in sizes:
+            replan_size(size, args, tok_dir, [r for r in rows if r["size"] == size])
+            store.write_text(json.dumps(rows, indent=1))
+    elif not args.report_only:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         tok_dir = smol_tokenizer_dir(args.cache_dir)
         for size in sizes:

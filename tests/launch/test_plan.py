@@ -15,6 +15,7 @@ from helpers import compose, run_launch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from compactlm.config import ConfigError
+from compactlm.launch import plan as plan_module
 from compactlm.launch.launcher import place_run
 from compactlm.launch.plan import (
     DEVICES,
@@ -23,6 +24,7 @@ from compactlm.launch.plan import (
     HOST_RUNTIME,
     MODELOPT_RUNTIME,
     check_plan,
+    checkpoint_layout,
     format_plan,
     layer_activation_bytes,
     plan_run,
@@ -282,3 +284,32 @@ def test_teacher_cache_larger_than_the_free_space_is_refused(tmp_path, monkeypat
     assert seen == [tmp_path]  # the nearest folder that exists above <runs_root>/<run>/distill/teacher_cache
     monkeypatch.setattr(shutil, "disk_usage", lambda path: DiskUsage(10**12, 10**12 - size, size))
     check_plan(plan, conf)
+
+
+# ------------------------------------------------------------------------------- non-training host memory
+def test_checkpoint_layout_reads_the_dtype_and_the_largest_file(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "dtype": "bfloat16"}')
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"\0" * 100)
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"\0" * 300)
+    local = to_config(compose(["model=local", f"model.path={tmp_path}", "recipe.stages=[prune]", "prune.model=null"]))
+    assert checkpoint_layout(local) == (2, 300)
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    assert checkpoint_layout(local) == (2, None)  # one file: the whole checkpoint
+    assert checkpoint_layout(to_config(compose([]))) == (4, None)  # the demo's GGUF, dequantized to float32
+
+
+def test_streamed_prune_and_block_upcast_are_what_the_plan_holds(monkeypatch):
+    monkeypatch.setattr(plan_module, "checkpoint_layout", lambda conf: (2, 1000))
+    conf = to_config(compose(["recipe.stages=[importance,prune]", "engine.dtype=float32", "data.seq_len=32",
+                              "prune.model=null", "prune.export_config.num_layers=1"]))
+    plan = plan_run(conf, dict(TINY))
+    imp, prune = plan.stage("importance"), plan.stage("prune")
+    # a bf16 checkpoint on a float32 machine: 2 bytes a weight, plus the largest block (here the embedding) in fp32
+    assert imp.memory["teacher weights (bf16)"] == 2 * TOTAL
+    assert imp.memory["one block upcast (fp32)"] == 4 * max(LAYER, 256 * 64)
+    # the teacher is never built: the largest source file (mapped) and one output shard being serialized
+    student = plan.student.total  # the preset's sizes on the tiny shape
+    assert prune.memory == {"largest source safetensors file (memory-mapped)": 1000,
+                            "output shard + its serialization": int(1.5 * 2 * student),
+                            "runtime": HOST_RUNTIME}
+    assert prune.disk == {"pruned checkpoint (bf16)": 2 * student}

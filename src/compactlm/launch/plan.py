@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -66,6 +67,8 @@ DEVICES = {
                    "NVIDIA H200 Tensor Core GPU datasheet: H200 SXM, BF16 Tensor Core 1,979 TFLOPS with sparsity"),
 }
 DEFAULT_GPU = "h100"
+PRUNE_SHARD_BYTES = 1 << 30
+"""The streamed prune's output shard size (compactlm.prune.slicing.SHARD_BYTES; that module imports torch)."""
 
 GPU_RUNTIME = 2 * GiB
 """Per GPU: CUDA context, cuBLAS workspaces, NCCL buffers and allocator slack; an allowance, not a measurement."""
@@ -193,6 +196,10 @@ class RunPlan:
     """Where the student's sizes come from (prune=exp_010, the largest search candidate, ...)."""
     shape: dict[str, Any] = field(default_factory=dict)
     """The teacher's sizes the plan was made from (`launch.validate.model_shape`)."""
+    stored_bytes: int = 2
+    """Bytes per weight of the teacher checkpoint the model stage leaves (its config.json dtype)."""
+    largest_file: int | None = None
+    """Bytes of the teacher checkpoint's largest safetensors file; None: the whole checkpoint in one file."""
     notes: list[str] = field(default_factory=list)
 
     def stage(self, name: str) -> StagePlan:
@@ -205,8 +212,9 @@ def plan_run(conf: CompactLMConfig, shape: dict[str, Any]) -> RunPlan:
     student, label = _student(conf, shape, teacher)
     device = gpu_device(conf)
     compute = compute_dtype(conf)
+    stored, largest = checkpoint_layout(conf)
     plan = RunPlan(stages=[], device=device, mfu=conf.plan.mfu, compute=compute, teacher=teacher, student=student,
-                   student_label=label, shape=shape)
+                   student_label=label, shape=shape, stored_bytes=stored, largest_file=largest)
     if teacher is None:
         plan.notes.append(f"model={conf.model.name} has no sizes here (model.shape.* in its YAML, or a local folder): "
                           "memory, disk and FLOPs are not estimated")
@@ -215,6 +223,31 @@ def plan_run(conf: CompactLMConfig, shape: dict[str, Any]) -> RunPlan:
     for task in run_tasks(conf):
         plan.stages.append(plan_task(conf, task, shape, plan))
     return plan
+
+
+HUB_SHARD_BYTES = 5 * 10**9
+"""Largest safetensors file assumed for a hub checkpoint (transformers' long-time `max_shard_size` default, "5GB",
+which most released checkpoints are split at); a local folder's files are measured instead."""
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def checkpoint_layout(conf: CompactLMConfig) -> tuple[int, int | None]:
+    """(bytes per stored weight, bytes of the largest safetensors file or None for one file) of the checkpoint the
+    model stage leaves: a packaged GGUF is dequantized into one float32 file; a local folder says its dtype in
+    config.json and its files are measured; a hub checkpoint is assumed bf16 in HUB_SHARD_BYTES files."""
+    m = conf.model
+    if m.source == "gguf_package":
+        return 4, None
+    folder = Path(m.path).expanduser() if m.is_local() else None
+    if folder is None or not folder.is_dir():
+        return 2, HUB_SHARD_BYTES
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cfg = {}
+    stored = DTYPE_BYTES.get(cfg.get("dtype") or cfg.get("torch_dtype"), 2)
+    sizes = [f.stat().st_size for f in folder.glob("*.safetensors")]
+    return stored, (max(sizes) if len(sizes) > 1 else None)
 
 
 def gpu_device(conf: CompactLMConfig) -> Device | None:
@@ -436,18 +469,32 @@ def _data(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
 
 
 def _importance(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+    """importance (prune/stage.py): a 16-bit checkpoint on a float32 machine stays 16-bit, and each block (the
+    embedding, a decoder layer, the final norm) is upcast to float32 only while it runs."""
     imp = ctx.conf.importance
     tokens = imp.batch_size * ctx.seq
     calib = (imp.max_sequences or ctx.conf.data.calibration_sequences) * ctx.seq
-    mem = {f"teacher weights ({_dtype(ctx.cbytes)})": ctx.cbytes * t.total,
-           "forward (one layer, no grad)": forward_working_set(t, tokens, ctx.cbytes),
-           f"logits ({_dtype(ctx.cbytes)})": ctx.cbytes * tokens * t.hf["vocab_size"]}
+    held = min(ctx.cbytes, ctx.plan.stored_bytes)
+    mem = {f"teacher weights ({_dtype(held)})": held * t.total}
+    if held < ctx.cbytes:
+        embed = t.hf["vocab_size"] * t.hf["hidden_size"]
+        mem["one block upcast (fp32)"] = ctx.cbytes * max(t.layer, embed)
+    mem.update({"forward (one layer, no grad)": forward_working_set(t, tokens, ctx.cbytes),
+                f"logits ({_dtype(ctx.cbytes)})": ctx.cbytes * tokens * t.hf["vocab_size"]})
     return mem, {}, calib * forward_flops_per_token(t.hf, ctx.seq)
 
 
 def _prune(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
-    mem = {f"teacher weights ({_dtype(ctx.cbytes)}), sliced in place": ctx.cbytes * t.total}
-    return mem, {f"pruned checkpoint ({_dtype(ctx.cbytes)})": ctx.cbytes * (s or t).total}, None
+    """prune (prune/slicing.py stream_prune): the teacher is never built; one source safetensors file is
+    memory-mapped at a time (its pages resident once read) and the output is written in shards of at most
+    SHARD_BYTES, held while safetensors serializes them (1.5x: measured 1.2-1.4x by bench/scale.py)."""
+    stored = ctx.plan.stored_bytes
+    out = stored * (s or t).total
+    mem = {"largest source safetensors file (memory-mapped)": ctx.plan.largest_file or stored * t.total,
+           "output shard + its serialization": int(1.5 * min(PRUNE_SHARD_BYTES, out))}
+    if ctx.conf.prune.depth_method == "lm_loss":  # the only path that builds the teacher, for its forwards
+        mem[f"teacher weights ({_dtype(ctx.cbytes)}), lm_loss depth method"] = ctx.cbytes * t.total
+    return mem, {f"pruned checkpoint ({_dtype(stored)})": out}, None
 
 
 def _quantize(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
@@ -459,6 +506,8 @@ def _quantize(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     if q.evaluate:
         mem[f"reference copy ({_dtype(c)})"] = c * s.total
     mem["calibration forward"] = forward_working_set(s, tokens, c) + 4 * tokens * s.hf["vocab_size"]
+    # export_hf_checkpoint builds the exported state dict beside the model (bench/scale.py: ~2 bytes a parameter)
+    mem["export copy (bf16)"] = 2 * s.total
     embed = s.root  # embedding and output layer stay in quantize.export_dtype
     export = int((s.total - embed) * QUANT_BITS[q.format] / 8) + 2 * embed
     calib = (q.calibration_sequences or ctx.conf.data.calibration_sequences) * ctx.seq
