@@ -16,6 +16,7 @@ from compactlm.prune.importance import ImportanceScores, collect_importance
 from compactlm.prune.slicing import (
     prune_model,
     save_pruned,
+    stream_prune,
     top_heads_per_group,
     top_k_sorted,
     validate_export_config,
@@ -189,6 +190,10 @@ def test_a_llama31_checkpoint_pruned_keeps_its_rope_for_transformers_4_and_5(tmp
     assert torch.equal(loaded.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)
     ids = batches(1)[0]
     assert torch.allclose(logits(loaded, ids), logits(model, ids), atol=1e-6, rtol=0)
+    # the prune stage's path (tensor by tensor from the safetensors files) writes the same config.json
+    streamed = stream_prune(teacher, scores, SMALLER, tmp_path / "streamed")
+    assert streamed["config"].num_hidden_layers == saved["num_hidden_layers"]
+    assert json.loads((tmp_path / "streamed" / "config.json").read_text()) == saved
 
 
 def test_prune_with_lm_loss_depth_drops_lowest_loss_block():

@@ -412,6 +412,7 @@ def stream_prune(folder: str | Path, scores: ImportanceScores, export_config: di
         _name_shards(tmp, len(shards) - 1)
         new_cfg.architectures = cfg.architectures
         new_cfg.save_pretrained(tmp)
+        write_both_rope_layouts(tmp)
         gen = folder / "generation_config.json"
         if gen.is_file():
             shutil.copy2(gen, tmp / gen.name)
