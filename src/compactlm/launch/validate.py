@@ -117,7 +117,7 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
         if not conf.cluster.is_remote():
             check_task_text(conf)
     m = conf.model
-    if "model" in conf.recipe.stages and m.source == "hf" and not m.is_local() and not conf.cluster.is_remote():
+    if "model" in conf.recipe.stages and m.source == "hf" and not m.is_local() and conf.cluster.executor == "local":
         check_hub_model(m)  # last: it may ask the Hub, and every cheaper mistake should be named first
     return shape
 
