@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel goes in first, pinned, so that no later requirement can pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test clean llama-cpp
+.PHONY: install demo test lint format clean llama-cpp
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,6 +32,16 @@ demo: install
 TEST_WORKERS ?= 2
 test: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
+
+# ruff (pinned in the test extra, configured in pyproject.toml): lint, then check that the code is formatted.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# rewrite the code in the house format (what `make lint` checks)
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) runs

@@ -49,16 +49,26 @@ def make_pair(root: Path, hidden: int, layers: int, vocab: int, seq_len: int) ->
 
     def build(folder, n_layers, ffn, seed):
         torch.manual_seed(seed)
-        cfg = AutoConfig.for_model("llama", vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn,
-                                   num_hidden_layers=n_layers, num_attention_heads=max(1, hidden // 64),
-                                   num_key_value_heads=max(1, hidden // 128), head_dim=64,
-                                   max_position_embeddings=max(seq_len, 256), tie_word_embeddings=False)
+        cfg = AutoConfig.for_model(
+            "llama",
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=ffn,
+            num_hidden_layers=n_layers,
+            num_attention_heads=max(1, hidden // 64),
+            num_key_value_heads=max(1, hidden // 128),
+            head_dim=64,
+            max_position_embeddings=max(seq_len, 256),
+            tie_word_embeddings=False,
+        )
         cfg.architectures = ["LlamaForCausalLM"]
         AutoModelForCausalLM.from_config(cfg).save_pretrained(folder, safe_serialization=True)
         return folder
 
-    return (build(root / "teacher", layers, 4 * hidden, 0),
-            build(root / "student", max(1, layers * 3 // 4), 3 * hidden, 1))
+    return (
+        build(root / "teacher", layers, 4 * hidden, 0),
+        build(root / "student", max(1, layers * 3 // 4), 3 * hidden, 1),
+    )
 
 
 def make_data(root: Path, vocab: int, seq_len: int, n_train: int) -> Path:
@@ -80,8 +90,9 @@ def probe(a: dict) -> dict:
     from compactlm.config import EngineConfig
     from compactlm.model.loading import setup_engine
 
-    device, precision = setup_engine(EngineConfig(name="bench", device=a["device"], threads=a["threads"],
-                                                  dtype=a["dtype"]))
+    device, precision = setup_engine(
+        EngineConfig(name="bench", device=a["device"], threads=a["threads"], dtype=a["dtype"])
+    )
     return matmul_peak(precision.compute, device)
 
 
@@ -91,14 +102,25 @@ def run_ours(a: dict) -> dict:
 
     peak = probe(a)
 
-    cfg = DistillConfig(max_steps=a["steps"], micro_batch_size=a["micro"], global_batch_size=a["global_batch"],
-                        eval_every=a["steps"], checkpoint_every=a["steps"], warmup_steps=1, lr=1e-4)
+    cfg = DistillConfig(
+        max_steps=a["steps"],
+        micro_batch_size=a["micro"],
+        global_batch_size=a["global_batch"],
+        eval_every=a["steps"],
+        checkpoint_every=a["steps"],
+        warmup_steps=1,
+        lr=1e-4,
+    )
     engine = EngineConfig(name="bench", device=a["device"], threads=a["threads"], dtype=a["dtype"])
     out = Path(tempfile.mkdtemp(dir=a["root"], prefix="ours_"))  # fresh: an existing run folder would resume
-    m = distill(a["teacher"], a["student"], a["data"], out, cfg, engine, seed=0,
-                progress=a["progress"])
-    return {"tokens_per_s": m["tokens_per_s"], "wall_s": m["wall_s"], "engine": m["engine"], "peak": peak,
-            **peak_memory()}
+    m = distill(a["teacher"], a["student"], a["data"], out, cfg, engine, seed=0, progress=a["progress"])
+    return {
+        "tokens_per_s": m["tokens_per_s"],
+        "wall_s": m["wall_s"],
+        "engine": m["engine"],
+        "peak": peak,
+        **peak_memory(),
+    }
 
 
 def run_bare(a: dict) -> dict:
@@ -110,8 +132,9 @@ def run_bare(a: dict) -> dict:
     from compactlm.model.loading import load_model, setup_engine
 
     peak = probe(a)
-    device, precision = setup_engine(EngineConfig(name="bench", device=a["device"], threads=a["threads"],
-                                                  dtype=a["dtype"]))
+    device, precision = setup_engine(
+        EngineConfig(name="bench", device=a["device"], threads=a["threads"], dtype=a["dtype"])
+    )
     teacher = load_model(a["teacher"], device, precision.frozen_dtype).requires_grad_(False)
     student = load_model(a["student"], device, torch.float32).train()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, betas=(0.9, 0.95))
@@ -151,12 +174,14 @@ def run_importance(a: dict) -> dict:
     from compactlm.prune.importance import collect_importance
 
     peak = probe(a)
-    device, precision = setup_engine(EngineConfig(name="bench", device=a["device"], threads=a["threads"],
-                                                  dtype=a["dtype"]))
+    device, precision = setup_engine(
+        EngineConfig(name="bench", device=a["device"], threads=a["threads"], dtype=a["dtype"])
+    )
     model = load_model(a["teacher"], device, precision.frozen_dtype)
     rows = np.load(Path(a["data"]) / "train.npy", mmap_mode="r")[: a["importance_sequences"]]
-    batches = [torch.from_numpy(np.array(rows[i : i + a["micro"]], dtype=np.int64))
-               for i in range(0, len(rows), a["micro"])]
+    batches = [
+        torch.from_numpy(np.array(rows[i : i + a["micro"]], dtype=np.int64)) for i in range(0, len(rows), a["micro"])
+    ]
     with precision.autocast():
         collect_importance(model, adapter_for(model.config.model_type), batches[:1])  # warm-up
         t0 = time.perf_counter()
@@ -185,8 +210,11 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=8, help="random pair: teacher layers")
     p.add_argument("--vocab", type=int, default=32128, help="random pair: vocabulary (Bielik's by default)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtypes", default="float32,bfloat16",
-                   help="comma-separated engine.dtype values to measure (float32, bfloat16, float16, auto)")
+    p.add_argument(
+        "--dtypes",
+        default="float32,bfloat16",
+        help="comma-separated engine.dtype values to measure (float32, bfloat16, float16, auto)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=1, help="alternating runs per side; the best of each is compared")
     p.add_argument("--importance-sequences", type=int, default=16, help="sequences of the importance pass (0: skip)")
@@ -208,15 +236,31 @@ def main(argv=None) -> int:
         if a.teacher:
             teacher, student = Path(a.teacher), Path(a.student)
         else:
-            teacher, student = in_fresh_process(_make_pair, {"root": tmp, "hidden": a.hidden, "layers": a.layers,
-                                                             "vocab": a.vocab, "seq_len": a.seq_len})
+            teacher, student = in_fresh_process(
+                _make_pair,
+                {"root": tmp, "hidden": a.hidden, "layers": a.layers, "vocab": a.vocab, "seq_len": a.seq_len},
+            )
         t_cfg = json.loads((teacher / "config.json").read_text())
         s_cfg = json.loads((student / "config.json").read_text())
-        data = make_data(root, t_cfg["vocab_size"], a.seq_len,
-                         n_train=max(a.steps * a.global_batch, a.global_batch, a.importance_sequences))
-        base = {"teacher": str(teacher), "student": str(student), "data": str(data), "root": tmp,
-                "steps": a.steps, "micro": a.micro_batch, "global_batch": a.global_batch, "device": a.device,
-                "threads": a.threads, "progress": a.progress, "importance_sequences": a.importance_sequences}
+        data = make_data(
+            root,
+            t_cfg["vocab_size"],
+            a.seq_len,
+            n_train=max(a.steps * a.global_batch, a.global_batch, a.importance_sequences),
+        )
+        base = {
+            "teacher": str(teacher),
+            "student": str(student),
+            "data": str(data),
+            "root": tmp,
+            "steps": a.steps,
+            "micro": a.micro_batch,
+            "global_batch": a.global_batch,
+            "device": a.device,
+            "threads": a.threads,
+            "progress": a.progress,
+            "importance_sequences": a.importance_sequences,
+        }
         figures = {}
         for dtype in dtypes:
             args = {**base, "dtype": dtype}
@@ -229,53 +273,79 @@ def main(argv=None) -> int:
                     imp.append(in_fresh_process(run_importance, args))
             compute = ours[0]["engine"]["compute"]
             peak = max((r["peak"] for r in ours + bare + imp), key=lambda p: p["flops"])
-            figures[dtype] = {"ours": ours, "bare": bare, "importance": imp, "peak": peak, "compute": compute,
-                              "reason": ours[0]["engine"]["reason"]}
+            figures[dtype] = {
+                "ours": ours,
+                "bare": bare,
+                "importance": imp,
+                "peak": peak,
+                "compute": compute,
+                "reason": ours[0]["engine"]["reason"],
+            }
 
     step_flops = distill_flops_per_token(t_cfg, s_cfg, a.seq_len)
     fwd_flops = forward_flops_per_token(t_cfg, a.seq_len)
     name = teacher.name if a.teacher else f"random llama h{a.hidden} x{a.layers} v{t_cfg['vocab_size']}"
-    print(f"teacher {name} → student {student.name if a.student else 'random'}, seq {a.seq_len}, global batch "
-          f"{a.global_batch} (micro {a.micro_batch}), {a.steps} steps, device {a.device}, best of {a.repeats}")
-    print(f"FLOPs per training token (teacher fwd + student fwd/bwd): {step_flops / 1e9:.3f} GFLOP; "
-          f"importance pass (teacher fwd): {fwd_flops / 1e9:.3f} GFLOP")
+    print(
+        f"teacher {name} → student {student.name if a.student else 'random'}, seq {a.seq_len}, global batch "
+        f"{a.global_batch} (micro {a.micro_batch}), {a.steps} steps, device {a.device}, best of {a.repeats}"
+    )
+    print(
+        f"FLOPs per training token (teacher fwd + student fwd/bwd): {step_flops / 1e9:.3f} GFLOP; "
+        f"importance pass (teacher fwd): {fwd_flops / 1e9:.3f} GFLOP"
+    )
     summary = {}
     for dtype, f in figures.items():
         best = _best(f["ours"])
         peak = f["peak"]["flops"]
         achieved = best["tokens_per_s"] * step_flops
-        row = {"compute": f["compute"], "tokens_per_s": best["tokens_per_s"], "achieved_flops": achieved,
-               "peak_flops": peak, "peak_shape": f["peak"]["shape"], "mfu": achieved / peak,
-               "peak_rss_mib": max(r["peak_rss_mib"] for r in f["ours"]), "wall_s": best["wall_s"]}
+        row = {
+            "compute": f["compute"],
+            "tokens_per_s": best["tokens_per_s"],
+            "achieved_flops": achieved,
+            "peak_flops": peak,
+            "peak_shape": f["peak"]["shape"],
+            "mfu": achieved / peak,
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in f["ours"]),
+            "wall_s": best["wall_s"],
+        }
         if "peak_gpu_mib" in best:
             row["peak_gpu_mib"] = max(r["peak_gpu_mib"] for r in f["ours"])
         print(f"\nengine.dtype={dtype}: {f['reason']}")
         print(f"  matmul peak ({f['compute']}, probe {f['peak']['shape']}): {peak / 1e9:.1f} GFLOP/s")
-        print(f"  distill (compactlm)  {best['tokens_per_s']:9.1f} tokens/s  {achieved / 1e9:8.1f} GFLOP/s  "
-              f"MFU {row['mfu'] * 100:5.1f}%   peak RSS {row['peak_rss_mib']:.0f} MiB"
-              + (f", peak GPU {row['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in row else ""))
+        print(
+            f"  distill (compactlm)  {best['tokens_per_s']:9.1f} tokens/s  {achieved / 1e9:8.1f} GFLOP/s  "
+            f"MFU {row['mfu'] * 100:5.1f}%   peak RSS {row['peak_rss_mib']:.0f} MiB"
+            + (f", peak GPU {row['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in row else "")
+        )
         if f["bare"]:
             b = _best(f["bare"])
             row["bare_tokens_per_s"] = b["tokens_per_s"]
             row["ratio_to_bare"] = best["tokens_per_s"] / b["tokens_per_s"]
-            print(f"  bare loop            {b['tokens_per_s']:9.1f} tokens/s   ours/bare {row['ratio_to_bare']:.3f} "
-                  f"(target >= 0.9)   peak RSS {max(r['peak_rss_mib'] for r in f['bare']):.0f} MiB")
+            print(
+                f"  bare loop            {b['tokens_per_s']:9.1f} tokens/s   ours/bare {row['ratio_to_bare']:.3f} "
+                f"(target >= 0.9)   peak RSS {max(r['peak_rss_mib'] for r in f['bare']):.0f} MiB"
+            )
         if f["importance"]:
             i = _best(f["importance"])
             row["importance_tokens_per_s"] = i["tokens_per_s"]
             row["importance_mfu"] = i["tokens_per_s"] * fwd_flops / peak
-            print(f"  importance pass      {i['tokens_per_s']:9.1f} tokens/s  {i['tokens_per_s'] * fwd_flops / 1e9:8.1f} "
-                  f"GFLOP/s  MFU {row['importance_mfu'] * 100:5.1f}%")
+            print(
+                f"  importance pass      {i['tokens_per_s']:9.1f} tokens/s  {i['tokens_per_s'] * fwd_flops / 1e9:8.1f} "
+                f"GFLOP/s  MFU {row['importance_mfu'] * 100:5.1f}%"
+            )
         print(f"  distill() wall time incl. loading, validation, checkpoint, export: {best['wall_s']:.1f} s")
         summary[dtype] = row
     if len(summary) > 1:
         first, *rest = summary
         for other in rest:
-            print(f"{other} / {first} distill tokens/s: "
-                  f"{summary[other]['tokens_per_s'] / summary[first]['tokens_per_s']:.2f}x")
+            print(
+                f"{other} / {first} distill tokens/s: "
+                f"{summary[other]['tokens_per_s'] / summary[first]['tokens_per_s']:.2f}x"
+            )
     if a.json:
-        Path(a.json).write_text(json.dumps({"flops_per_token": step_flops, "dtypes": summary, "runs": figures},
-                                           indent=1, default=str))
+        Path(a.json).write_text(
+            json.dumps({"flops_per_token": step_flops, "dtypes": summary, "runs": figures}, indent=1, default=str)
+        )
     print(json.dumps(summary, default=str))
     return 0
 

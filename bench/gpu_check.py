@@ -30,9 +30,17 @@ def build(folder: Path, s: dict, seed: int) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    cfg = AutoConfig.for_model("llama", vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["ffn"],
-                               num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
-                               num_key_value_heads=s["kv"], max_position_embeddings=SEQ, tie_word_embeddings=False)
+    cfg = AutoConfig.for_model(
+        "llama",
+        vocab_size=s["vocab"],
+        hidden_size=s["hidden"],
+        intermediate_size=s["ffn"],
+        num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"],
+        num_key_value_heads=s["kv"],
+        max_position_embeddings=SEQ,
+        tie_word_embeddings=False,
+    )
     cfg.architectures = ["LlamaForCausalLM"]
     AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     return folder
@@ -44,27 +52,37 @@ def part(results: dict, name: str, fn, *args):
         results[name] = fn(*args)
     except ModuleNotFoundError as e:
         results[name] = {"skipped": f"{e.name} is not installed (see bench/gpu_check.sh)"}
-    except Exception as e:  # noqa: BLE001 - recorded in the JSON; the other parts still run
+    except Exception as e:  # recorded in the JSON; the other parts still run
         results[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
     results[name]["seconds"] = round(time.perf_counter() - t0, 1)
     print(f"[gpu_check] {name}: {json.dumps(results[name])[:400]}", flush=True)
 
 
 def distill_mfu(root: Path, teacher: Path, student: Path, peak: float) -> dict:
+    from distill_speed import make_data, peak_memory
+
     from compactlm.bench.flops import distill_flops_per_token
     from compactlm.config import DistillConfig, EngineConfig
     from compactlm.distill.train import distill
-    from distill_speed import make_data, peak_memory
 
     data = make_data(root, TEACHER["vocab"], SEQ, n_train=64)
-    cfg = DistillConfig(max_steps=8, micro_batch_size=4, global_batch_size=8, eval_every=8, checkpoint_every=8,
-                        warmup_steps=1, lr=1e-4)
-    m = distill(teacher, student, data, root / "distill", cfg, EngineConfig(name="gpu", device="cuda"), seed=0,
-                progress=False)
-    flops = distill_flops_per_token(json.loads((teacher / "config.json").read_text()),
-                                    json.loads((student / "config.json").read_text()), SEQ)
-    return {"tokens_per_s": m["tokens_per_s"], "tflops": m["tokens_per_s"] * flops / 1e12,
-            "mfu": m["tokens_per_s"] * flops / peak, "engine": m["engine"], "val_kl": m["val_kl"], **peak_memory()}
+    cfg = DistillConfig(
+        max_steps=8, micro_batch_size=4, global_batch_size=8, eval_every=8, checkpoint_every=8, warmup_steps=1, lr=1e-4
+    )
+    m = distill(
+        teacher, student, data, root / "distill", cfg, EngineConfig(name="gpu", device="cuda"), seed=0, progress=False
+    )
+    flops = distill_flops_per_token(
+        json.loads((teacher / "config.json").read_text()), json.loads((student / "config.json").read_text()), SEQ
+    )
+    return {
+        "tokens_per_s": m["tokens_per_s"],
+        "tflops": m["tokens_per_s"] * flops / 1e12,
+        "mfu": m["tokens_per_s"] * flops / peak,
+        "engine": m["engine"],
+        "val_kl": m["val_kl"],
+        **peak_memory(),
+    }
 
 
 def importance_mfu(teacher: Path, peak: float) -> dict:
@@ -103,8 +121,9 @@ def fake_quant(teacher: Path, fmt: str) -> dict:
     rng = np.random.default_rng(0)
     calib = rng.integers(0, TEACHER["vocab"], (16, 512), dtype=np.int32)
     quantize(model, calib, fmt, kv_cache_fp8=False, exclude=[], batch_size=4, device="cuda", progress=False)
-    q = fake_quant_quality(model, rng.integers(0, TEACHER["vocab"], (8, 512), dtype=np.int32), fmt, 4, "cuda",
-                           reference, progress=False)
+    q = fake_quant_quality(
+        model, rng.integers(0, TEACHER["vocab"], (8, 512), dtype=np.int32), fmt, 4, "cuda", reference, progress=False
+    )
     return {"quantized": q["quantized"], "reference": q["reference"]}
 
 

@@ -30,8 +30,10 @@ from compactlm.prune.importance import collect_importance, select_layers
 from compactlm.prune.slicing import top_heads_per_group, top_k_sorted
 from compactlm.results import MODEL_LABELS, TEACHER, run_models
 
-PRECISIONS = {"float32": Precision("cpu", "float32", "engine.dtype=float32"),
-              "bf16": Precision("cpu", "bfloat16", "engine.dtype=bfloat16")}
+PRECISIONS = {
+    "float32": Precision("cpu", "float32", "engine.dtype=float32"),
+    "bf16": Precision("cpu", "bfloat16", "engine.dtype=bfloat16"),
+}
 
 
 def evaluate_both(models: dict[str, Path], val: np.ndarray, batch_size: int) -> dict[str, dict]:
@@ -50,11 +52,16 @@ def kept_units(scores, export: dict, config) -> dict[str, set]:
     layers = select_layers(scores, export.get("num_layers", scores.num_layers))
     kept["layers"] = set(layers)
     if "ffn_hidden_size" in export:
-        kept["ffn"] = {(l, int(i)) for l in layers for i in top_k_sorted(scores.ffn[l], export["ffn_hidden_size"])}
+        kept["ffn"] = {
+            (layer, int(i)) for layer in layers for i in top_k_sorted(scores.ffn[layer], export["ffn_hidden_size"])
+        }
     if "num_attention_heads" in export:
         kv = config.num_key_value_heads
-        kept["heads"] = {(l, int(i)) for l in layers
-                         for i in top_heads_per_group(scores.heads[l], kv, export["num_attention_heads"])}
+        kept["heads"] = {
+            (layer, int(i))
+            for layer in layers
+            for i in top_heads_per_group(scores.heads[layer], kv, export["num_attention_heads"])
+        }
     if "hidden_size" in export:
         kept["hidden"] = {int(i) for i in top_k_sorted(scores.hidden, export["hidden_size"])}
     return kept
@@ -68,10 +75,14 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    manifests = {s: m for s in ("model", "data", "importance", "prune", "distill")
-                 if (m := read_manifest(a.run_dir / s)) is not None}
-    models = {label: path for label, path in run_models(a.run_dir, manifests).items()
-              if label != MODEL_LABELS["quantize"]}
+    manifests = {
+        s: m
+        for s in ("model", "data", "importance", "prune", "distill")
+        if (m := read_manifest(a.run_dir / s)) is not None
+    }
+    models = {
+        label: path for label, path in run_models(a.run_dir, manifests).items() if label != MODEL_LABELS["quantize"]
+    }
     data_dir = a.run_dir / "data"
     val = load_split(data_dir, "validation")
     auto = resolve_precision(EngineConfig(name="bench"), "cpu")
@@ -79,20 +90,32 @@ def main(argv=None) -> int:
 
     res = evaluate_both(models, val, a.batch_size)
     print(f"\nevaluation on {len(val)} validation sequences of {a.run_dir.name}")
-    print(f"{'model':10s} {'ppl fp32':>9s} {'ppl bf16':>9s} {'change':>8s} {'KL fp32':>8s} {'KL bf16':>8s} "
-          f"{'top-1 fp32':>10s} {'top-1 bf16':>10s}")
+    print(
+        f"{'model':10s} {'ppl fp32':>9s} {'ppl bf16':>9s} {'change':>8s} {'KL fp32':>8s} {'KL bf16':>8s} "
+        f"{'top-1 fp32':>10s} {'top-1 bf16':>10s}"
+    )
     for label in models:
         f, b = res["float32"][label], res["bf16"][label]
-        kl = (f"{f['kl_to_teacher']:8.4f} {b['kl_to_teacher']:8.4f} {f['top1_agreement']:10.1%} "
-              f"{b['top1_agreement']:10.1%}") if "kl_to_teacher" in f else f"{'-':>8s} {'-':>8s} {'-':>10s} {'-':>10s}"
-        print(f"{label:10s} {f['perplexity']:9.3f} {b['perplexity']:9.3f} "
-              f"{(b['perplexity'] / f['perplexity'] - 1) * 100:+7.2f}% {kl}")
+        kl = (
+            (
+                f"{f['kl_to_teacher']:8.4f} {b['kl_to_teacher']:8.4f} {f['top1_agreement']:10.1%} "
+                f"{b['top1_agreement']:10.1%}"
+            )
+            if "kl_to_teacher" in f
+            else f"{'-':>8s} {'-':>8s} {'-':>10s} {'-':>10s}"
+        )
+        print(
+            f"{label:10s} {f['perplexity']:9.3f} {b['perplexity']:9.3f} "
+            f"{(b['perplexity'] / f['perplexity'] - 1) * 100:+7.2f}% {kl}"
+        )
 
     if "prune" in manifests:
         export = manifests["prune"]["result"]["export_config"]
         calib = load_split(data_dir, "calibration")
-        batches = [torch.from_numpy(np.array(calib[i : i + a.batch_size], dtype=np.int64))
-                   for i in range(0, len(calib), a.batch_size)]
+        batches = [
+            torch.from_numpy(np.array(calib[i : i + a.batch_size], dtype=np.int64))
+            for i in range(0, len(calib), a.batch_size)
+        ]
         kept = {}
         for name, prec in PRECISIONS.items():
             model = load_model(models[TEACHER], "cpu", prec.frozen_dtype)

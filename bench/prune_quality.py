@@ -44,8 +44,9 @@ def batches(arr: np.ndarray, bs: int):
 
 def random_scores(like: ImportanceScores, gen: torch.Generator) -> ImportanceScores:
     r = lambda t: torch.rand(t.shape, generator=gen)  # noqa: E731
-    return ImportanceScores(hidden=r(like.hidden), ffn=r(like.ffn), heads=r(like.heads), depth=r(like.depth),
-                            num_samples=like.num_samples)
+    return ImportanceScores(
+        hidden=r(like.hidden), ffn=r(like.ffn), heads=r(like.heads), depth=r(like.depth), num_samples=like.num_samples
+    )
 
 
 def main() -> None:
@@ -64,8 +65,13 @@ def main() -> None:
     preset = load_yaml(REPO / f"conf/prune/{args.preset}.yaml", PruneConfig)
     folder = materialize(model_cfg, args.cache_dir)
     tok = load_tokenizer(folder)
-    data = DataConfig(name="pydoc", kind="pydoc", seq_len=args.seq_len, validation_sequences=args.validation,
-                      calibration_sequences=args.calibration)
+    data = DataConfig(
+        name="pydoc",
+        kind="pydoc",
+        seq_len=args.seq_len,
+        validation_sequences=args.validation,
+        calibration_sequences=args.calibration,
+    )
     splits = build_splits(data, tok, seed=1234)
     calib = batches(splits["calibration"], args.batch_size)
     teacher = load_model(folder)
@@ -96,27 +102,38 @@ def main() -> None:
     models["importance"] = prune_model(copy.deepcopy(teacher), adapter, scores, export, preset.depth_method)
     gen = torch.Generator().manual_seed(0)
     for t in range(args.random_trials):
-        models[f"random_{t}"] = prune_model(copy.deepcopy(teacher), adapter, random_scores(scores, gen), export,
-                                            "block_influence")
+        models[f"random_{t}"] = prune_model(
+            copy.deepcopy(teacher), adapter, random_scores(scores, gen), export, "block_influence"
+        )
     res = quality(models, "teacher", splits["validation"], args.batch_size, "cpu", progress=False)
     params = sum(p.numel() for p in models["importance"].parameters())
     rand_ppl = [res[f"random_{t}"]["perplexity"] for t in range(args.random_trials)]
 
-    print(f"SmolLM2-135M -> prune={args.preset} {export} ({params / 1e6:.1f}M params), "
-          f"{len(splits['calibration'])} calibration / {len(splits['validation'])} validation sequences of {args.seq_len}")
+    print(
+        f"SmolLM2-135M -> prune={args.preset} {export} ({params / 1e6:.1f}M params), "
+        f"{len(splits['calibration'])} calibration / {len(splits['validation'])} validation sequences of {args.seq_len}"
+    )
     print(f"{'model':<22}{'perplexity':>12}{'KL to teacher':>15}")
     print(f"{'teacher':<22}{res['teacher']['perplexity']:>12.2f}{'-':>15}")
-    print(f"{'importance pruning':<22}{res['importance']['perplexity']:>12.2f}{res['importance']['kl_to_teacher']:>15.4f}")
+    print(
+        f"{'importance pruning':<22}{res['importance']['perplexity']:>12.2f}{res['importance']['kl_to_teacher']:>15.4f}"
+    )
     for t in range(args.random_trials):
         r = res[f"random_{t}"]
         print(f"{f'random units #{t}':<22}{r['perplexity']:>12.2f}{r['kl_to_teacher']:>15.4f}")
-    print(f"random / importance perplexity ratio: {statistics.median(rand_ppl) / res['importance']['perplexity']:.2f}x "
-          f"(median of {args.random_trials} random draws; > 1 means importance is better)")
-    print(f"calibration time / plain forward time: {min(hooked) / min(plain):.3f}x "
-          f"(best of 2: hooked {min(hooked):.2f} s, plain {min(plain):.2f} s; target <= 1.2x)")
+    print(
+        f"random / importance perplexity ratio: {statistics.median(rand_ppl) / res['importance']['perplexity']:.2f}x "
+        f"(median of {args.random_trials} random draws; > 1 means importance is better)"
+    )
+    print(
+        f"calibration time / plain forward time: {min(hooked) / min(plain):.3f}x "
+        f"(best of 2: hooked {min(hooked):.2f} s, plain {min(plain):.2f} s; target <= 1.2x)"
+    )
     # Scoring needs no lm_head, so also compare with the decoder alone: that ratio is the hooks' own cost.
-    print(f"calibration time / decoder-only forward time (no lm_head): {min(hooked) / min(backbone):.3f}x "
-          f"(decoder-only {min(backbone):.2f} s)")
+    print(
+        f"calibration time / decoder-only forward time (no lm_head): {min(hooked) / min(backbone):.3f}x "
+        f"(decoder-only {min(backbone):.2f} s)"
+    )
 
 
 if __name__ == "__main__":

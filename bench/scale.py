@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -72,17 +71,36 @@ def overrides(ckpt: Path, runs: Path, size: str, stages: list[str], dtype: str, 
     """launch.py's command line for one run of one size: the stages, small budgets, the pruning target."""
     p = pruned_sizes(size)
     return [
-        "recipe=prune", "model=local", f"model.path={ckpt}", f"model.name=scale_{size.replace('.', 'p')}",
-        f"run_name=scale_{size.replace('.', 'p')}", f"runs_root={runs}", f"recipe.stages=[{','.join(stages)}]",
-        "data=pydoc", f"data.seq_len={SEQ_LEN}", "data.validation_sequences=4", f"data.calibration_sequences={calib}",
-        "data.max_train_sequences=16", f"engine.dtype={dtype}",
-        f"importance.max_sequences={calib}", "importance.batch_size=4",
-        "prune.model=null", f"prune.export_config.num_layers={p['num_layers']}",
+        "recipe=prune",
+        "model=local",
+        f"model.path={ckpt}",
+        f"model.name=scale_{size.replace('.', 'p')}",
+        f"run_name=scale_{size.replace('.', 'p')}",
+        f"runs_root={runs}",
+        f"recipe.stages=[{','.join(stages)}]",
+        "data=pydoc",
+        f"data.seq_len={SEQ_LEN}",
+        "data.validation_sequences=4",
+        f"data.calibration_sequences={calib}",
+        "data.max_train_sequences=16",
+        f"engine.dtype={dtype}",
+        f"importance.max_sequences={calib}",
+        "importance.batch_size=4",
+        "prune.model=null",
+        f"prune.export_config.num_layers={p['num_layers']}",
         f"prune.export_config.ffn_hidden_size={p['ffn_hidden_size']}",
-        f"distill.max_steps={DISTILL_STEPS}", f"distill.micro_batch_size={DISTILL_BATCH}",
-        f"distill.global_batch_size={DISTILL_BATCH}", "distill.eval_every=1000", "distill.checkpoint_every=1000",
-        f"quantize.calibration_sequences={calib}", "quantize.evaluate=false",
-        "gguf.types=[q4_k_m]", "gguf.perplexity=false", "gguf.hf_check=false", "gguf.bench=false", "gguf.teacher=false",
+        f"distill.max_steps={DISTILL_STEPS}",
+        f"distill.micro_batch_size={DISTILL_BATCH}",
+        f"distill.global_batch_size={DISTILL_BATCH}",
+        "distill.eval_every=1000",
+        "distill.checkpoint_every=1000",
+        f"quantize.calibration_sequences={calib}",
+        "quantize.evaluate=false",
+        "gguf.types=[q4_k_m]",
+        "gguf.perplexity=false",
+        "gguf.hf_check=false",
+        "gguf.bench=false",
+        "gguf.teacher=false",
     ]
 
 
@@ -129,8 +147,9 @@ def measure_size(size: str, args, tok_dir: Path, log: Path) -> list[dict]:
     gen_s = time.time() - t0
     print(f"[scale] {size}: {shape.params() / 1e9:.2f}B parameters written in {gen_s:.0f} s", flush=True)
     runs = root / "runs"
-    stages_a = ["model", "data", "importance", "prune"] + ([] if args.no_train or size not in args.train_sizes
-                                                           else ["distill"])
+    stages_a = ["model", "data", "importance", "prune"] + (
+        [] if args.no_train or size not in args.train_sizes else ["distill"]
+    )
     runs_ab = [stages_a] + ([["model", "data", *args.stages_b.split(",")]] if args.stages_b != "none" else [])
     plans: dict[str, int] = {}
     for stages in runs_ab:
@@ -144,11 +163,20 @@ def measure_size(size: str, args, tok_dir: Path, log: Path) -> list[dict]:
         m = read_manifest(run_dir / stage)
         if m is None:
             continue
-        rows.append({"size": size, "params": shape.params(), "stage": stage, "seconds": m["wall_time_s"],
-                     "tokens": tokens(stage, m, args.calib), "peak_rss": m["peak_rss_bytes"],
-                     "peak_rss_children": m.get("peak_rss_children_bytes", 0),
-                     "held_bytes": held_bytes(stage, shape.params(), pruned), "dtype": args.engine_dtype,
-                     "plan_bytes": plans.get(stage)})
+        rows.append(
+            {
+                "size": size,
+                "params": shape.params(),
+                "stage": stage,
+                "seconds": m["wall_time_s"],
+                "tokens": tokens(stage, m, args.calib),
+                "peak_rss": m["peak_rss_bytes"],
+                "peak_rss_children": m.get("peak_rss_children_bytes", 0),
+                "held_bytes": held_bytes(stage, shape.params(), pruned),
+                "dtype": args.engine_dtype,
+                "plan_bytes": plans.get(stage),
+            }
+        )
     if not args.keep:
         shutil.rmtree(root)
     return rows
@@ -180,23 +208,31 @@ def exponent(rows: list[dict]) -> float | None:
 
 
 def report(rows: list[dict], png: Path) -> None:
-    stages = [s for s in ["model", "data", "importance", "prune", "distill", "quantize", "gguf"]
-              if any(r["stage"] == s for r in rows)]
-    print(f"\n{'size':>6} {'params':>7} {'stage':<10} {'wall s':>8} {'tokens':>7} {'s/ktok':>8} {'peak RSS':>9} "
-          f"{'children':>9} {'model GiB':>9} {'RSS/model':>9} {'target':>8} {'ok':>3}")
-    print("(model GiB: bf16 bytes of the models the stage needs at once; target: 1.3 x those + 1.5 GiB, for stages "
-          "that do not train; children: llama.cpp's tools)")
+    stages = [
+        s
+        for s in ["model", "data", "importance", "prune", "distill", "quantize", "gguf"]
+        if any(r["stage"] == s for r in rows)
+    ]
+    print(
+        f"\n{'size':>6} {'params':>7} {'stage':<10} {'wall s':>8} {'tokens':>7} {'s/ktok':>8} {'peak RSS':>9} "
+        f"{'children':>9} {'model GiB':>9} {'RSS/model':>9} {'target':>8} {'ok':>3}"
+    )
+    print(
+        "(model GiB: bf16 bytes of the models the stage needs at once; target: 1.3 x those + 1.5 GiB, for stages "
+        "that do not train; children: llama.cpp's tools)"
+    )
     for r in sorted(rows, key=lambda r: (r["params"], stages.index(r["stage"]))):
         held = r["held_bytes"]
         target = TARGET_RATIO * held + TARGET_FIXED
         ratio = f"{r['peak_rss'] / held:9.2f}" if held else f"{'-':>9}"
         per = f"{1000 * r['seconds'] / r['tokens']:8.2f}" if r["tokens"] else f"{'-':>8}"
         # the target is for stages that do not train; a llama.cpp tool is a process of its own, held to it too
-        ok = "-" if r["stage"] in TRAINS else (
-            "yes" if max(r["peak_rss"], r["peak_rss_children"]) <= target else "NO")
-        print(f"{r['size']:>6} {r['params'] / 1e9:6.2f}B {r['stage']:<10} {r['seconds']:8.1f} {r['tokens']:7d} {per} "
-              f"{r['peak_rss'] / GIB:8.2f}G {r['peak_rss_children'] / GIB:8.2f}G {held / GIB:9.2f} {ratio} "
-              f"{target / GIB:7.2f}G {ok:>3}")
+        ok = "-" if r["stage"] in TRAINS else ("yes" if max(r["peak_rss"], r["peak_rss_children"]) <= target else "NO")
+        print(
+            f"{r['size']:>6} {r['params'] / 1e9:6.2f}B {r['stage']:<10} {r['seconds']:8.1f} {r['tokens']:7d} {per} "
+            f"{r['peak_rss'] / GIB:8.2f}G {r['peak_rss_children'] / GIB:8.2f}G {held / GIB:9.2f} {ratio} "
+            f"{target / GIB:7.2f}G {ok:>3}"
+        )
     print(f"\nfitted growth exponent per stage (target <= {TARGET_EXPONENT}; per token where the stage runs tokens):")
     for s in stages:
         k = exponent([r for r in rows if r["stage"] == s])
@@ -209,8 +245,10 @@ def report(rows: list[dict], png: Path) -> None:
         print("\nlaunch plan's memory estimate vs measured peak RSS of the stage process (target: within +-25%):")
         for r in planned:
             ratio = r["plan_bytes"] / r["peak_rss"]
-            print(f"  {r['size']:>6} {r['stage']:<10} plan {r['plan_bytes'] / GIB:6.2f} GiB  measured "
-                  f"{r['peak_rss'] / GIB:6.2f} GiB  plan/measured {ratio:5.2f}{'' if 0.75 <= ratio <= 1.25 else '  OFF'}")
+            print(
+                f"  {r['size']:>6} {r['stage']:<10} plan {r['plan_bytes'] / GIB:6.2f} GiB  measured "
+                f"{r['peak_rss'] / GIB:6.2f} GiB  plan/measured {ratio:5.2f}{'' if 0.75 <= ratio <= 1.25 else '  OFF'}"
+            )
     plot(rows, stages, png)
     print(f"\nplot: {png}")
 
@@ -230,8 +268,12 @@ def plot(rows: list[dict], stages: list[str], png: Path) -> None:
         ax_m.plot(x, [r["peak_rss"] / GIB for r in rs], "o-", label=s)
     held = sorted({(r["params"], r["held_bytes"]) for r in rows if r["stage"] == "prune"})
     if held:
-        ax_m.plot([p / 1e9 for p, _ in held], [(TARGET_RATIO * h + TARGET_FIXED) / GIB for _, h in held], "k--",
-                  label="target 1.3x bf16 + 1.5 GiB")
+        ax_m.plot(
+            [p / 1e9 for p, _ in held],
+            [(TARGET_RATIO * h + TARGET_FIXED) / GIB for _, h in held],
+            "k--",
+            label="target 1.3x bf16 + 1.5 GiB",
+        )
     for ax, title in ((ax_t, "wall time per stage (s)"), (ax_m, "peak RSS per stage (GiB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -248,20 +290,29 @@ def plot(rows: list[dict], stages: list[str], png: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="135m,0.5b,1.5b", help=f"comma-separated, of {', '.join(SHAPES)}")
-    ap.add_argument("--workdir", default="runs/scale-bench", help="checkpoints, runs and scale.json (~15 GB free "
-                    "for the 7b size)")
-    ap.add_argument("--engine-dtype", default="auto", help="engine.dtype of every stage (auto: float32 on a CPU "
-                    "without bf16 instructions)")
-    ap.add_argument("--calib", type=int, default=8, help=f"calibration sequences of {SEQ_LEN} tokens (importance, "
-                    "quantize)")
+    ap.add_argument(
+        "--workdir", default="runs/scale-bench", help="checkpoints, runs and scale.json (~15 GB free for the 7b size)"
+    )
+    ap.add_argument(
+        "--engine-dtype",
+        default="auto",
+        help="engine.dtype of every stage (auto: float32 on a CPU without bf16 instructions)",
+    )
+    ap.add_argument(
+        "--calib", type=int, default=8, help=f"calibration sequences of {SEQ_LEN} tokens (importance, quantize)"
+    )
     ap.add_argument("--stages-b", default="quantize,gguf", help="run B's stages after model and data, or none")
     ap.add_argument("--train-sizes", default="135m,0.5b", help="sizes that also distill (a few steps)")
     ap.add_argument("--no-train", action="store_true", help="never distill")
     ap.add_argument("--keep", action="store_true", help="keep each size's checkpoint and runs")
     ap.add_argument("--cache-dir", default="~/.cache/compactlm")
     ap.add_argument("--report-only", action="store_true", help="print the table of <workdir>/scale.json and exit")
-    ap.add_argument("--replan", action="store_true", help="recompute the plan column of <workdir>/scale.json for "
-                    "--sizes (writes each checkpoint again, runs no stage), then print the table")
+    ap.add_argument(
+        "--replan",
+        action="store_true",
+        help="recompute the plan column of <workdir>/scale.json for "
+        "--sizes (writes each checkpoint again, runs no stage), then print the table",
+    )
     args = ap.parse_args()
     sizes = args.sizes.split(",")
     unknown = [s for s in sizes if s not in SHAPES]

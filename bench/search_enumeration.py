@@ -36,15 +36,19 @@ def main() -> None:
     shape = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml"))["shape"]
     base = hf_config_from_shape(shape)
     count_on_meta(pruned_hf_config(base, {"num_layers": 1}))  # the model classes imported before any timing
-    search = SearchConfig(target_params=args.target, hidden_size_divisor=args.hidden_divisor,
-                          ffn_hidden_size_divisor=args.ffn_divisor)
+    search = SearchConfig(
+        target_params=args.target, hidden_size_divisor=args.hidden_divisor, ffn_hidden_size_divisor=args.ffn_divisor
+    )
 
     t0 = time.perf_counter()
     candidates = enumerate_candidates(base, search)
     enumerate_s = time.perf_counter() - t0
 
-    layers = range(max(1, round(base.num_hidden_layers * (1 - search.max_depth_pruning))), base.num_hidden_layers + 1,
-                   search.num_layers_divisor)
+    layers = range(
+        max(1, round(base.num_hidden_layers * (1 - search.max_depth_pruning))),
+        base.num_hidden_layers + 1,
+        search.num_layers_divisor,
+    )
     ffns = range(args.ffn_divisor, base.intermediate_size + 1, args.ffn_divisor)
     hiddens = range(args.hidden_divisor, base.hidden_size + 1, args.hidden_divisor)
     grid = len(layers) * len(ffns) * len(hiddens)
@@ -52,14 +56,20 @@ def main() -> None:
     for i in range(args.sample):
         count_on_meta(pruned_hf_config(base, {"num_layers": layers[i % len(layers)], "ffn_hidden_size": ffns[-1]}))
     per_point = (time.perf_counter() - t0) / args.sample
-    exact = all(c.params == count_on_meta(pruned_hf_config(base, c.export_config.known()))["without_lm_head"]
-                for c in candidates)
+    exact = all(
+        c.params == count_on_meta(pruned_hf_config(base, c.export_config.known()))["without_lm_head"]
+        for c in candidates
+    )
 
-    print(f"model={args.model}, target {args.target:g}: {len(candidates)} candidates "
-          f"({', '.join(c.name for c in candidates)})")
+    print(
+        f"model={args.model}, target {args.target:g}: {len(candidates)} candidates "
+        f"({', '.join(c.name for c in candidates)})"
+    )
     print(f"  enumeration (affine counts):            {enumerate_s:8.2f} s")
-    print(f"  one meta model per grid point (est.):   {per_point * grid:8.2f} s  "
-          f"({grid} points x {per_point * 1000:.0f} ms, heads not even varied)")
+    print(
+        f"  one meta model per grid point (est.):   {per_point * grid:8.2f} s  "
+        f"({grid} points x {per_point * 1000:.0f} ms, heads not even varied)"
+    )
     print(f"  ratio:                                   {per_point * grid / enumerate_s:8.1f}x")
     print(f"  kept candidates' counts equal full meta counts: {exact}")
 

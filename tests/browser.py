@@ -39,8 +39,16 @@ NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"
 # --disable-dev-shm-usage because a container's /dev/shm is often 64 MB, too small for Chromium
 # (Debian's launcher tries to add it itself, but its /dev/shm check is broken when findmnt prints
 # two lines); a throw-away --user-data-dir so runs never share or lock a profile.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--no-default-browser-check", "--disable-extensions", "--mute-audio")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-extensions",
+    "--mute-audio",
+)
 
 PROBE_DONE = "data-probe-done"
 PROBE = """<script id="compactlm-image-probe">
@@ -105,8 +113,9 @@ def require_chromium() -> str:
     return path
 
 
-def render_dom(html_path: str | Path, timeout: float = 60, *, virtual_time_budget_ms: int = 5000,
-               chromium: str | None = None) -> str:
+def render_dom(
+    html_path: str | Path, timeout: float = 60, *, virtual_time_budget_ms: int = 5000, chromium: str | None = None
+) -> str:
     """Load `html_path` in headless Chromium and return the DOM it serialises (`--dump-dom`) as a string.
 
     Scripts run; the dump happens once the page is idle or `virtual_time_budget_ms` of virtual time has
@@ -120,8 +129,14 @@ def render_dom(html_path: str | Path, timeout: float = 60, *, virtual_time_budge
     if chromium is None:
         raise FileNotFoundError(f"no Chromium on PATH ({', '.join(NAMES)}); install it with: {INSTALL}")
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        cmd = [chromium, *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={virtual_time_budget_ms}",
-               "--dump-dom", html_path.as_uri()]
+        cmd = [
+            chromium,
+            *FLAGS,
+            f"--user-data-dir={profile}",
+            f"--virtual-time-budget={virtual_time_budget_ms}",
+            "--dump-dom",
+            html_path.as_uri(),
+        ]
         # Own process group: on timeout the browser's helper processes (zygote, renderer) die with it.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
@@ -168,11 +183,16 @@ class _DomParser(HTMLParser):
         elif tag == "img":
             decoded = a.get("data-probe-decoded")
             number = lambda k: int(a[k]) if a.get(k, "").isdigit() else None  # noqa: E731
-            self.page.images.append(Image(
-                src=a.get("src") or "", alt=a.get("alt") or "",
-                decoded=None if decoded is None else decoded == "yes",
-                natural_width=number("data-probe-natural-width"), natural_height=number("data-probe-natural-height"),
-                error=a.get("data-probe-error")))
+            self.page.images.append(
+                Image(
+                    src=a.get("src") or "",
+                    alt=a.get("alt") or "",
+                    decoded=None if decoded is None else decoded == "yes",
+                    natural_width=number("data-probe-natural-width"),
+                    natural_height=number("data-probe-natural-height"),
+                    error=a.get("data-probe-error"),
+                )
+            )
 
     def handle_endtag(self, tag):
         if tag in ("script", "style"):
@@ -197,8 +217,9 @@ def parse_dom(dom: str) -> Page:
     return parser.page
 
 
-def inspect_page(html_path: str | Path, timeout: float = 60, *, virtual_time_budget_ms: int = 10000,
-                 chromium: str | None = None) -> Page:
+def inspect_page(
+    html_path: str | Path, timeout: float = 60, *, virtual_time_budget_ms: int = 10000, chromium: str | None = None
+) -> Page:
     """Render a probed copy of `html_path` and return its tables and images, each image marked decoded or not.
 
     The copy lives in a temporary folder with a <base href> to the original's folder, so relative image
@@ -210,18 +231,26 @@ def inspect_page(html_path: str | Path, timeout: float = 60, *, virtual_time_bud
     if not re.search(r"<base\s", text, re.I):
         base = f'<base href="{html.escape(html_path.parent.as_uri() + "/")}">'
         # right after <head>, else <html>, else the doctype: a <base> before the doctype means quirks mode
-        at = next((m.end() for p in (r"<head\b[^>]*>", r"<html\b[^>]*>", r"<!doctype[^>]*>")
-                   if (m := re.search(p, text, re.I))), 0)
+        at = next(
+            (
+                m.end()
+                for p in (r"<head\b[^>]*>", r"<html\b[^>]*>", r"<!doctype[^>]*>")
+                if (m := re.search(p, text, re.I))
+            ),
+            0,
+        )
         text = text[:at] + base + text[at:]
     ends = [m.start() for m in re.finditer(r"</body\s*>", text, re.I)]
-    text = text[: ends[-1]] + PROBE + text[ends[-1]:] if ends else text + PROBE
+    text = text[: ends[-1]] + PROBE + text[ends[-1] :] if ends else text + PROBE
     with tempfile.TemporaryDirectory(prefix="inspect-page-") as tmp:
         copy = Path(tmp) / html_path.name
         copy.write_text(text, encoding="utf-8")
         page = parse_dom(render_dom(copy, timeout, virtual_time_budget_ms=virtual_time_budget_ms, chromium=chromium))
     if page.probed_images is None:
-        raise RuntimeError(f"the image probe did not finish rendering {html_path}: its scripts may block "
-                           f"it, or virtual_time_budget_ms={virtual_time_budget_ms} is too small")
+        raise RuntimeError(
+            f"the image probe did not finish rendering {html_path}: its scripts may block "
+            f"it, or virtual_time_budget_ms={virtual_time_budget_ms} is too small"
+        )
     if page.probed_images != len(page.images):
         raise RuntimeError(f"the probe saw {page.probed_images} images but the DOM has {len(page.images)}")
     return page

@@ -19,8 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 # Real Polish text beside this team's checkouts (../shared, for tests only): a plain clone has none, so the tests
 # that read it skip there, and run in CI, where it is present.
 POLISH = REPO.parent / "shared" / "data" / "polish"
-needs_polish = pytest.mark.skipif(not any(POLISH.glob("*.txt")), reason=f"needs the Polish sample {POLISH}, which "
-                                  "is not beside this checkout (a plain clone has no ../shared; CI has it)")
+needs_polish = pytest.mark.skipif(
+    not any(POLISH.glob("*.txt")),
+    reason=f"needs the Polish sample {POLISH}, which "
+    "is not beside this checkout (a plain clone has no ../shared; CI has it)",
+)
 TINY_VOCAB = 384
 
 
@@ -43,15 +46,29 @@ def tiny_config(model_type: str, **overrides):
     from transformers import AutoConfig
 
     kw = dict(
-        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-        bos_token_id=1, eos_token_id=2, pad_token_id=None,
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
     )
     kw.update(TINY[model_type])
     kw.update(overrides)
     cfg = AutoConfig.for_model(model_type, **kw)
-    cfg.architectures = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                          "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model_type]]
+    cfg.architectures = [
+        {
+            "llama": "LlamaForCausalLM",
+            "mistral": "MistralForCausalLM",
+            "qwen2": "Qwen2ForCausalLM",
+            "qwen3": "Qwen3ForCausalLM",
+        }[model_type]
+    ]
     return cfg
 
 
@@ -66,8 +83,11 @@ def tiny_tokenizer(tmp_path_factory):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(list(topics.values()), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     path = tmp_path_factory.mktemp("tokenizer")
@@ -153,14 +173,22 @@ def spm_tokenizer_dir(tmp_path_factory) -> Path:
     every family converts with it at a small vocabulary; SmolLM2's tokenizer does not serve a qwen2 folder, to
     which transformers gives its Qwen2Tokenizer, whose pre-tokenizer llama.cpp knows only with Qwen's vocabulary."""
     import io
-
-    import sentencepiece as spm
     from pydoc_data.topics import topics
 
+    import sentencepiece as spm
+
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(list(topics.values())), model_writer=model,
-                                   vocab_size=SPM_VOCAB, model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1,
-                                   eos_id=2, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(topics.values())),
+        model_writer=model,
+        vocab_size=SPM_VOCAB,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        minloglevel=2,
+    )
     out = tmp_path_factory.mktemp("spm-tokenizer")
     (out / "tokenizer.model").write_bytes(model.getvalue())
     return out
@@ -171,8 +199,17 @@ def make_gguf_ready_model(model_type: str, folder: Path, tokenizer_dir: Path, **
     (256 weights) fit its rows and llama.cpp does not fall back to other types."""
     import shutil
 
-    kw = dict(vocab_size=SMOL_VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, head_dim=64, bos_token_id=1, eos_token_id=2)
+    kw = dict(
+        vocab_size=SMOL_VOCAB,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     kw.update(overrides)
     model = build_tiny_model(model_type, **kw)
     model.save_pretrained(folder, safe_serialization=True)
@@ -185,8 +222,16 @@ def llama3_rope(factor: float = 8.0) -> dict:
     """Llama-3.1's RoPE (factor 8; Llama-3.2's: 32) as its config.json on the Hub writes it, in transformers 4.x's
     layout: top-level rope_theta and rope_scaling, no rope_parameters. A new dict on every call: transformers 5
     adds rope_theta to the rope_scaling dict it is given."""
-    return {"rope_theta": 500000.0, "rope_scaling": {"factor": factor, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                                                     "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
+    return {
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "factor": factor,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+    }
 
 
 def write_hub_layout(folder: Path, rope: dict) -> dict:

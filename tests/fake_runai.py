@@ -48,8 +48,22 @@ from urllib.parse import parse_qs, urlsplit
 API = "/api/v1"
 REDACTED = "<redacted>"
 # Phases Run:ai reports in `actualPhase` (OpenAPI enum of DistributedWorkload.actualPhase).
-PHASES = ("Creating", "Initializing", "Resuming", "Pending", "Deleting", "Running", "Updating", "Stopped",
-          "Stopping", "Degraded", "Failed", "Completed", "Terminating", "Unknown")
+PHASES = (
+    "Creating",
+    "Initializing",
+    "Resuming",
+    "Pending",
+    "Deleting",
+    "Running",
+    "Updating",
+    "Stopped",
+    "Stopping",
+    "Degraded",
+    "Failed",
+    "Completed",
+    "Terminating",
+    "Unknown",
+)
 DISTRIBUTED_FRAMEWORKS = ("MPI", "PyTorch", "TF", "XGBoost", "JAX")
 # NeMo-Run keeps each data-mover command under 9500 chars because of this API limit (dgxcloud.py:217-222).
 MAX_ARGS_CHARS = 10_000
@@ -91,8 +105,16 @@ class Workload:
 class FakeRunAI:
     """Start with `with FakeRunAI(client_id=..., client_secret=...) as fake:`; point the executor at `fake.base_url`."""
 
-    def __init__(self, *, client_id: str, client_secret: str, projects: list[dict] | None = None,
-                 pvc_root: str | Path | None = None, polls_per_phase: int = 1, outcome: str = "Completed"):
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        projects: list[dict] | None = None,
+        pvc_root: str | Path | None = None,
+        polls_per_phase: int = 1,
+        outcome: str = "Completed",
+    ):
         self.client_id = client_id
         self.client_secret = client_secret
         self.cluster_id = str(uuid.uuid4())
@@ -112,15 +134,16 @@ class FakeRunAI:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def start(self) -> "FakeRunAI":
+    def start(self) -> FakeRunAI:
         fake = self
 
         class Handler(_Handler):
             server_fake = fake
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-runai", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-runai", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -130,7 +153,7 @@ class FakeRunAI:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeRunAI":
+    def __enter__(self) -> FakeRunAI:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -145,8 +168,11 @@ class FakeRunAI:
     # -- queries for tests ---------------------------------------------------------------------------------------
     def calls(self, method: str | None = None, path: str | None = None) -> list[Recorded]:
         """Recorded requests, optionally only those with this method and path (a regex matched in full)."""
-        return [r for r in self.requests
-                if (method is None or r.method == method) and (path is None or re.fullmatch(path, r.path))]
+        return [
+            r
+            for r in self.requests
+            if (method is None or r.method == method) and (path is None or re.fullmatch(path, r.path))
+        ]
 
     def sequence(self) -> list[str]:
         """'METHOD /path' of every request in order, workload ids replaced by {id}."""
@@ -166,7 +192,7 @@ class FakeRunAI:
     # -- request handling (called from the server thread) --------------------------------------------------------
     def handle(self, method: str, raw_path: str, headers: dict[str, str], raw_body: bytes) -> tuple[int, Any]:
         parts = urlsplit(raw_path)
-        path = parts.path[len(API):] if parts.path.startswith(API + "/") else parts.path
+        path = parts.path[len(API) :] if parts.path.startswith(API + "/") else parts.path
         body = None
         if raw_body:
             try:
@@ -187,7 +213,7 @@ class FakeRunAI:
         if path == "/token":
             return self._token(body) if method == "POST" else _error(405, "Method Not Allowed")
         auth = {k.lower(): v for k, v in headers.items()}.get("authorization", "")
-        if not auth.startswith("Bearer ") or auth[len("Bearer "):] not in self.tokens:
+        if not auth.startswith("Bearer ") or auth[len("Bearer ") :] not in self.tokens:
             return _error(401, "Unauthorized: missing or invalid bearer token")
 
         if path == "/org-unit/projects":
@@ -224,10 +250,16 @@ class FakeRunAI:
             if w is None or w.deleted:
                 return _error(404, f"workload {m.group(1)} not found")
             detailed = self._status(w)
-            return 200, {"id": w.workload_id, "name": detailed["name"], "type": w.kind,
-                         "projectId": detailed["projectId"], "clusterId": detailed["clusterId"],
-                         "phase": detailed["actualPhase"],
-                         "phaseMessage": w.message, "createdAt": detailed["createdAt"]}
+            return 200, {
+                "id": w.workload_id,
+                "name": detailed["name"],
+                "type": w.kind,
+                "projectId": detailed["projectId"],
+                "clusterId": detailed["clusterId"],
+                "phase": detailed["actualPhase"],
+                "phaseMessage": w.message,
+                "createdAt": detailed["createdAt"],
+            }
         return _error(404, f"no route {method} {API}{path}")
 
     def _token(self, body: Any) -> tuple[int, Any]:
@@ -245,10 +277,20 @@ class FakeRunAI:
         return 200, {"accessToken": token, "idToken": token, "refreshToken": "", "expiresIn": 3600}
 
     def _project(self, p: dict) -> dict:
-        return {"id": p["id"], "name": p["name"], "clusterId": p["clusterId"], "parentId": "2", "description": "",
-                "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z",
-                "enforceRunaiScheduler": True, "resources": [], "totalResources": {}, "effective": {},
-                "status": {"phase": "Ready"}}
+        return {
+            "id": p["id"],
+            "name": p["name"],
+            "clusterId": p["clusterId"],
+            "parentId": "2",
+            "description": "",
+            "createdAt": "2026-01-01T00:00:00Z",
+            "updatedAt": "2026-01-01T00:00:00Z",
+            "enforceRunaiScheduler": True,
+            "resources": [],
+            "totalResources": {},
+            "effective": {},
+            "status": {"phase": "Ready"},
+        }
 
     def _create(self, kind: str, body: Any) -> tuple[int, Any]:
         problem = self._validate(kind, body)
@@ -258,9 +300,19 @@ class FakeRunAI:
         if body.get("useGivenNameAsPrefix"):
             name = f"{name}-{uuid.uuid4().hex[:5]}"
         wid = str(uuid.uuid4())
-        response = {"name": name, "requestedName": body["name"], "workloadId": wid, "projectId": body["projectId"],
-                    "clusterId": body["clusterId"], "departmentId": "2", "createdBy": self.client_id,
-                    "createdAt": _now(), "desiredPhase": "Running", "actualPhase": "Creating", "spec": body.get("spec")}
+        response = {
+            "name": name,
+            "requestedName": body["name"],
+            "workloadId": wid,
+            "projectId": body["projectId"],
+            "clusterId": body["clusterId"],
+            "departmentId": "2",
+            "createdBy": self.client_id,
+            "createdAt": _now(),
+            "desiredPhase": "Running",
+            "actualPhase": "Creating",
+            "spec": body.get("spec"),
+        }
         w = Workload(kind, wid, body, response, [])
         if kind == "workspaces":
             w.phases = ["Running", self._run_data_mover(w)]
@@ -320,7 +372,7 @@ class FakeRunAI:
         for pvc in (spec.get("storage") or {}).get("pvc") or []:
             mount = pvc["path"].rstrip("/")
             if abs_path == mount or abs_path.startswith(mount + "/"):
-                return self.pvc_root / pvc.get("claimName", "unnamed") / abs_path[len(mount):].lstrip("/")
+                return self.pvc_root / pvc.get("claimName", "unnamed") / abs_path[len(mount) :].lstrip("/")
         self.lost_writes.append(abs_path)
         return None
 

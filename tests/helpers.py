@@ -23,8 +23,12 @@ def compose(overrides: list[str] | None = None):
 def plain_clone(dest: Path) -> Path:
     """A copy of this repository's files alone (tracked, and untracked ones git does not ignore) at `dest`, with
     no ../shared beside it: what a user has after `git clone`. Run it with `clone_env(dest)`."""
-    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
-                           capture_output=True, text=True, check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for name in filter(None, files):
         src = REPO / name
         if src.is_file():
@@ -46,8 +50,16 @@ def group_options(group: str) -> list[str]:
 def run_launch(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 900, **kw):
     """`python launch.py ARGS` in a subprocess; returns CompletedProcess with text output."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+    return subprocess.run(
+        [sys.executable, str(REPO / "launch.py"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kw,
+    )
 
 
 def config_error(overrides: list[str]) -> str:

@@ -119,7 +119,7 @@ def test_imports_inside_functions_say_why():
     """Imports belong at the top; one inside a function (a heavy or optional dependency) carries its reason as a
     comment on its line (or on the first line of a block of imports), and never imports compactlm itself."""
     bad = []
-    for mod, path in MODULES.items():
+    for _mod, path in MODULES.items():
         lines = path.read_text().splitlines()
         for target, line, in_function in imports(path):
             if not in_function:
@@ -140,8 +140,16 @@ def test_imports_inside_functions_say_why():
 def test_every_stage_follows_the_contract(name):
     module, cls = STAGES[name].split(":")
     # both pruning stages live in prune/stage.py, the alignment stages in align/stage.py, the search's in search/
-    package = {"importance": "prune", "align_data": "align", "sft": "align", "dpo": "align", "grpo": "align",
-               "teacher_cache": "search", "candidate": "search", "ranking": "search"}.get(name, name)
+    package = {
+        "importance": "prune",
+        "align_data": "align",
+        "sft": "align",
+        "dpo": "align",
+        "grpo": "align",
+        "teacher_cache": "search",
+        "candidate": "search",
+        "ranking": "search",
+    }.get(name, name)
     assert module == f"compactlm.{package}.stage", "a stage's module sits next to the library it drives"
     stage = getattr(importlib.import_module(module), cls)
     fields = {f.name for f in dataclasses.fields(CompactLMConfig)}
@@ -157,7 +165,7 @@ def test_a_stage_sees_only_the_sections_it_declares():
     view = StageConfig(conf, "prune", ("prune", "engine"))
     assert view.prune is conf.prune and view.engine is conf.engine
     with pytest.raises(UndeclaredRead, match=r"stage 'prune' read cfg.importance, which it does not declare"):
-        view.importance
+        view.importance  # noqa: B018 (the read itself must raise)
     with pytest.raises(AttributeError):
         view.prune = None
 
@@ -169,8 +177,19 @@ def test_a_stage_sees_only_the_sections_it_declares():
 # be planted there beforehand). Anything else says why on its line: `# write-ok: <reason>`.
 WRITERS = {"manifest"}
 PATH_WRITES = {"write_text", "write_bytes"}
-LIBRARY_WRITES = {"save_pretrained", "save_file", "savefig", "export_hf_checkpoint", "copy", "copy2", "copyfile",
-                  "copytree", "move", "symlink_to", "hardlink_to"}
+LIBRARY_WRITES = {
+    "save_pretrained",
+    "save_file",
+    "savefig",
+    "export_hf_checkpoint",
+    "copy",
+    "copy2",
+    "copyfile",
+    "copytree",
+    "move",
+    "symlink_to",
+    "hardlink_to",
+}
 FRESH = {"staging_dir", "atomic_file"}
 WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"}
 
@@ -184,7 +203,7 @@ def _receiver(func: ast.expr) -> str:
 
 
 def _mode(call: ast.Call, position: int) -> str:
-    args = [*call.args[position:position + 1], *(k.value for k in call.keywords if k.arg == "mode")]
+    args = [*call.args[position : position + 1], *(k.value for k in call.keywords if k.arg == "mode")]
     return next((a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)), "r")
 
 
@@ -195,8 +214,9 @@ def unsafe_writes(source: str) -> list[tuple[int, str]]:
 
     def visit(node: ast.AST, fresh: bool) -> None:
         if isinstance(node, ast.With):
-            fresh = fresh or any(isinstance(i.context_expr, ast.Call) and _name(i.context_expr.func) in FRESH
-                                 for i in node.items)
+            fresh = fresh or any(
+                isinstance(i.context_expr, ast.Call) and _name(i.context_expr.func) in FRESH for i in node.items
+            )
         if isinstance(node, ast.Call):
             name, func = _name(node.func), node.func
             is_os = _receiver(func) == "os"
@@ -204,8 +224,11 @@ def unsafe_writes(source: str) -> list[tuple[int, str]]:
             if name in PATH_WRITES:
                 what = name
             elif name == "open" and is_os:
-                flags = {n.attr for n in ast.walk(node.args[1])
-                         if isinstance(n, ast.Attribute)} if len(node.args) > 1 else set()
+                flags = (
+                    {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+                    if len(node.args) > 1
+                    else set()
+                )
                 what = "os.open for writing" if flags & WRITE_FLAGS else None
             elif name == "open" and set(_mode(node, 1 if isinstance(func, ast.Name) else 0)) & set("wax+"):
                 what = "open for writing"
@@ -230,15 +253,22 @@ def test_every_write_refuses_symbolic_links():
 
 
 def test_the_write_finder_finds_writes():
-    found = unsafe_writes("from pathlib import Path\n"
-                          "Path('a').write_text('x')\n"
-                          "open('b', 'a')\n"
-                          "Path('c').open(mode='wb')\n"
-                          "os.open('d', os.O_RDWR | os.O_CREAT)\n"
-                          "np.save('e.npy', x)\n"
-                          "open('f')\n"
-                          "os.open('g', os.O_RDONLY)\n"
-                          "with atomic_file('h') as tmp:\n    fig.savefig(tmp)\n"
-                          "open('i', 'w')  # write-ok: a reason\n")
-    assert found == [(2, "write_text"), (3, "open for writing"), (4, "open for writing"), (5, "os.open for writing"),
-                     (6, "save outside staging_dir/atomic_file")]
+    found = unsafe_writes(
+        "from pathlib import Path\n"
+        "Path('a').write_text('x')\n"
+        "open('b', 'a')\n"
+        "Path('c').open(mode='wb')\n"
+        "os.open('d', os.O_RDWR | os.O_CREAT)\n"
+        "np.save('e.npy', x)\n"
+        "open('f')\n"
+        "os.open('g', os.O_RDONLY)\n"
+        "with atomic_file('h') as tmp:\n    fig.savefig(tmp)\n"
+        "open('i', 'w')  # write-ok: a reason\n"
+    )
+    assert found == [
+        (2, "write_text"),
+        (3, "open for writing"),
+        (4, "open for writing"),
+        (5, "os.open for writing"),
+        (6, "save outside staging_dir/atomic_file"),
+    ]

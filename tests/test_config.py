@@ -19,11 +19,16 @@ REQUIRED = {
     ("data", "text"): None,
     ("data", "hf"): ["data.hf_dataset=allenai/c4"],
     ("cluster", "slurm"): ["cluster.slurm.account=compactlm"],
-    ("cluster", "dgxc"): ["cluster.dgxc.base_url=https://acme.run.ai/api/v1", "cluster.dgxc.project_name=compactlm",
-                          "cluster.dgxc.pvcs.0.claim_name=compactlm-ws",
-                          "cluster.container_image=nvcr.io/acme/compactlm-train:1.0"],
-    ("cluster", "dgx_h200"): ["cluster.lepton.node_group=h200-pool",
-                              "cluster.container_image=nvcr.io/acme/compactlm-train:1.0"],
+    ("cluster", "dgxc"): [
+        "cluster.dgxc.base_url=https://acme.run.ai/api/v1",
+        "cluster.dgxc.project_name=compactlm",
+        "cluster.dgxc.pvcs.0.claim_name=compactlm-ws",
+        "cluster.container_image=nvcr.io/acme/compactlm-train:1.0",
+    ],
+    ("cluster", "dgx_h200"): [
+        "cluster.lepton.node_group=h200-pool",
+        "cluster.container_image=nvcr.io/acme/compactlm-train:1.0",
+    ],
 }
 
 
@@ -49,16 +54,26 @@ def text_file(tmp_path_factory):
 def test_every_shipped_combination_composes_and_validates(tiny_llama_dir, jsonl_file, text_file):
     # every recipe x model x data on this machine, and every cluster with every recipe (the cluster does not
     # interact with the model or data choice: those pairs would only multiply the composing time)
-    combos = [(r, m, d, "local") for r, m, d in itertools.product(group_options("recipe"), group_options("model"),
-                                                                  group_options("data"))]
-    combos += [(r, "smollm2_135m", "pydoc", c) for r in group_options("recipe") for c in group_options("cluster")
-               if c != "local"]
+    combos = [
+        (r, m, d, "local")
+        for r, m, d in itertools.product(group_options("recipe"), group_options("model"), group_options("data"))
+    ]
+    combos += [
+        (r, "smollm2_135m", "pydoc", c)
+        for r in group_options("recipe")
+        for c in group_options("cluster")
+        if c != "local"
+    ]
     assert len(combos) >= 6 * 3 * 4 + 6 * 3
     for recipe, model, data, cluster in combos:
         ov = [f"recipe={recipe}", f"model={model}", f"data={data}", f"cluster={cluster}", f"prune={_prune_for(model)}"]
         if model == "local":
-            ov += [f"model.path={tiny_llama_dir}", "prune.model=null", "prune.export_config.ffn_hidden_size=64",
-                   "prune.export_config.num_layers=2"]
+            ov += [
+                f"model.path={tiny_llama_dir}",
+                "prune.model=null",
+                "prune.export_config.ffn_hidden_size=64",
+                "prune.export_config.num_layers=2",
+            ]
         if data in ("jsonl", "text", "polish_text"):  # polish_text's default paths are this team's ../shared
             ov.append(f"data.paths=[{jsonl_file if data == 'jsonl' else text_file}]")
         ov += REQUIRED.get(("data", data)) or []
@@ -125,22 +140,35 @@ BAD = [
     (["recipe.stages=[model,train_everything]"], "recipe.stages contains 'train_everything'"),
     (["distill.global_batch_size=6", "distill.micro_batch_size=4"], "distill.global_batch_size=6"),
     (["distill.temperature=0"], "distill.temperature=0"),
-    (["recipe=prune", "prune.export_config.ffn_hidden_size=20000"],
-     "prune.export_config.ffn_hidden_size=20000 exceeds the model's 1536"),
-    (["recipe=prune", "prune.export_config.num_attention_heads=8"],
-     "prune.export_config.num_attention_heads=8 is not divisible by the model's num_key_value_heads=3"),
+    (
+        ["recipe=prune", "prune.export_config.ffn_hidden_size=20000"],
+        "prune.export_config.ffn_hidden_size=20000 exceeds the model's 1536",
+    ),
+    (
+        ["recipe=prune", "prune.export_config.num_attention_heads=8"],
+        "prune.export_config.num_attention_heads=8 is not divisible by the model's num_key_value_heads=3",
+    ),
     (["recipe=prune", "prune.export_config.num_layers=0"], "prune.export_config.num_layers=0 must be an integer >= 1"),
     (["recipe=prune", "prune.export_config.hidden_size=-64"], "prune.export_config.hidden_size=-64"),
     (["recipe=prune", "prune=exp_010"], "prune=exp_010 is a preset for model=bielik_11b_v3, not model=smollm2_135m"),
-    (["recipe=prune", "prune.export_config.num_layers=null", "prune.export_config.ffn_hidden_size=null"],
-     "prune.export_config is empty"),
+    (
+        ["recipe=prune", "prune.export_config.num_layers=null", "prune.export_config.ffn_hidden_size=null"],
+        "prune.export_config is empty",
+    ),
     (["recipe=prune", "prune.depth_method=random"], "prune.depth_method='random'"),
     (["recipe=quantize", "quantize.format=fp6"], "quantize.format='fp6' is not allowed"),
-    (["recipe=quantize", "quantize=nvfp4", "quantize.deploy_gpu=h100"],
-     "quantize.format=nvfp4 cannot be served on quantize.deploy_gpu='h100'"),
-    (["recipe=quantize", "quantize.exclude=[model.layers.30.*]"], "quantize.exclude: pattern 'model.layers.30.*' matches no module"),
-    (["recipe=prune", "model=bielik_11b_v3", "prune=exp_001", "prune.export_config.hidden_size=8192"],
-     "prune.export_config.hidden_size=8192 exceeds the model's 4096"),
+    (
+        ["recipe=quantize", "quantize=nvfp4", "quantize.deploy_gpu=h100"],
+        "quantize.format=nvfp4 cannot be served on quantize.deploy_gpu='h100'",
+    ),
+    (
+        ["recipe=quantize", "quantize.exclude=[model.layers.30.*]"],
+        "quantize.exclude: pattern 'model.layers.30.*' matches no module",
+    ),
+    (
+        ["recipe=prune", "model=bielik_11b_v3", "prune=exp_001", "prune.export_config.hidden_size=8192"],
+        "prune.export_config.hidden_size=8192 exceeds the model's 4096",
+    ),
     (["gguf.types=[q8_0,q9_k]"], "gguf.types='q9_k' is not allowed; choose one of: q8_0, q6_k"),
     (["gguf.types=[iq2_xs]"], "gguf.types: 'iq2_xs' needs an importance matrix"),
     (["gguf.types=[]"], "gguf.types=[] must be a non-empty list of llama.cpp types"),
@@ -179,8 +207,10 @@ def test_cli_rejects_bad_input_before_writing_anything(tmp_path):
 def test_cli_unknown_group_option_lists_the_choices(tmp_path):
     proc = run_launch(["model=gpt5", f"runs_root={tmp_path}"])
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("compactlm: configuration error: model=gpt5: Could not find 'model/gpt5'; "
-                                   "choose one of: bielik_11b_v3, local, smollm2_135m")
+    assert proc.stderr.strip() == (
+        "compactlm: configuration error: model=gpt5: Could not find 'model/gpt5'; "
+        "choose one of: bielik_11b_v3, local, smollm2_135m"
+    )
 
 
 def test_gguf_export_of_a_checkpoint_without_tokenizer_is_refused_at_launch(tmp_path, tiny_llama_dir):

@@ -59,8 +59,10 @@ def _write_staging_dir(dest):
         (tmp / "a").mkdir()
 
 
-@pytest.mark.parametrize("write", [_write_atomic_text, _write_atomic_json, _write_atomic_file, _write_nofollow,
-                                   _append_nofollow, _write_staging_dir])
+@pytest.mark.parametrize(
+    "write",
+    [_write_atomic_text, _write_atomic_json, _write_atomic_file, _write_nofollow, _append_nofollow, _write_staging_dir],
+)
 def test_a_link_at_the_destination_is_refused_and_left_alone(tmp_path, victim, write):
     run = tmp_path / "run"
     run.mkdir()
@@ -89,8 +91,9 @@ def test_publish_dir_refuses_a_link_where_the_folder_goes(tmp_path, victim):
     assert os.listdir(victim.parent) == ["victim.txt"]
 
 
-@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)],
-                         ids=["umask022", "umask002"])
+@pytest.mark.parametrize(
+    "mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)], ids=["umask022", "umask002"]
+)
 def test_weights_saved_by_safetensors_get_the_umasks_mode(tmp_path, mask, file_mode, dir_mode):
     """safetensors (under save_pretrained) creates 0600 files: published folders and files get the umask's mode."""
     old = os.umask(mask)
@@ -107,9 +110,14 @@ def test_weights_saved_by_safetensors_get_the_umasks_mode(tmp_path, mask, file_m
     finally:
         os.umask(old)
     modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
-    assert modes == {"raw.safetensors": 0o600, "model": dir_mode, "model/sub": dir_mode,
-                     "model/sub/model.safetensors": file_mode, "model/run.sh": dir_mode,  # an executable stays one
-                     "scores.safetensors": file_mode}
+    assert modes == {
+        "raw.safetensors": 0o600,
+        "model": dir_mode,
+        "model/sub": dir_mode,
+        "model/sub/model.safetensors": file_mode,
+        "model/run.sh": dir_mode,  # an executable stays one
+        "scores.safetensors": file_mode,
+    }
 
 
 def test_apply_umask_tree_changes_no_link_and_nothing_behind_one(tmp_path, victim):

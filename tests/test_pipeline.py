@@ -22,11 +22,24 @@ STAGES = ["model", "data", "evaluate"]
 
 
 def _conf(tmp_path, model_dir, *extra):
-    conf = to_config(compose([
-        "recipe=eval", "model=local", f"model.path={model_dir}", "data=pydoc", "data.max_documents=20",
-        "data.seq_len=32", "data.validation_sequences=4", "data.calibration_sequences=4",
-        "data.max_train_sequences=8", "evaluate.generate_tokens=4", f"runs_root={tmp_path}", *extra,
-    ]))
+    conf = to_config(
+        compose(
+            [
+                "recipe=eval",
+                "model=local",
+                f"model.path={model_dir}",
+                "data=pydoc",
+                "data.max_documents=20",
+                "data.seq_len=32",
+                "data.validation_sequences=4",
+                "data.calibration_sequences=4",
+                "data.max_train_sequences=8",
+                "evaluate.generate_tokens=4",
+                f"runs_root={tmp_path}",
+                *extra,
+            ]
+        )
+    )
     conf.run_dir = str(tmp_path / conf.run_name)
     return conf
 
@@ -76,7 +89,11 @@ def test_rerun_skips_up_to_date_stages_and_force_reruns(tmp_path, tiny_llama_dir
     changed = _conf(tmp_path, tiny_llama_dir, "data.seq_len=16")
     _run_all(changed)
     after = {s: (run_dir / s / MANIFEST).stat().st_mtime_ns for s in STAGES}
-    assert after["model"] == before["model"] and after["data"] != before["data"] and after["evaluate"] != before["evaluate"]
+    assert (
+        after["model"] == before["model"]
+        and after["data"] != before["data"]
+        and after["evaluate"] != before["evaluate"]
+    )
 
     capsys.readouterr()
     _run_all(_conf(tmp_path, tiny_llama_dir, "data.seq_len=16", "force_stages=[evaluate]"))
@@ -188,8 +205,11 @@ def test_files_and_folders_get_the_umask_permissions(tmp_path, tiny_llama_dir):
     finally:
         os.umask(old)
     modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [run_dir, *run_dir.rglob("*")] if not p.is_symlink()}
-    bad = {str(p.relative_to(run_dir)): oct(m) for p, m in modes.items()
-           if m != (0o755 if p.is_dir() else 0o644) and p.name != ".launch.lock"}
+    bad = {
+        str(p.relative_to(run_dir)): oct(m)
+        for p, m in modes.items()
+        if m != (0o755 if p.is_dir() else 0o644) and p.name != ".launch.lock"
+    }
     assert bad == {}
 
 
@@ -216,22 +236,39 @@ PRUNE_DISTILL = ["model", "data", "importance", "prune", "distill"]
 
 
 def _prune_distill(tmp_path, model_dir):
-    conf = to_config(compose([
-        "recipe=prune_distill", f"recipe.stages=[{','.join(PRUNE_DISTILL)}]", "model=local", f"model.path={model_dir}",
-        "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=4",
-        "data.calibration_sequences=4", "data.max_train_sequences=16", "prune.model=null",
-        "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64", "distill.max_steps=2",
-        "distill.micro_batch_size=2", "distill.global_batch_size=2", "distill.eval_every=2",
-        "distill.checkpoint_every=1", f"runs_root={tmp_path}",
-    ]))
+    conf = to_config(
+        compose(
+            [
+                "recipe=prune_distill",
+                f"recipe.stages=[{','.join(PRUNE_DISTILL)}]",
+                "model=local",
+                f"model.path={model_dir}",
+                "data=pydoc",
+                "data.max_documents=20",
+                "data.seq_len=32",
+                "data.validation_sequences=4",
+                "data.calibration_sequences=4",
+                "data.max_train_sequences=16",
+                "prune.model=null",
+                "prune.export_config.num_layers=3",
+                "prune.export_config.ffn_hidden_size=64",
+                "distill.max_steps=2",
+                "distill.micro_batch_size=2",
+                "distill.global_batch_size=2",
+                "distill.eval_every=2",
+                "distill.checkpoint_every=1",
+                f"runs_root={tmp_path}",
+            ]
+        )
+    )
     conf.run_dir = str(tmp_path / conf.run_name)
     return conf
 
 
-@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)],
-                         ids=["umask022", "umask002"])
-def test_every_file_and_folder_of_a_whole_run_gets_the_umasks_mode(tmp_path, tiny_llama_dir, mask, file_mode,
-                                                                   dir_mode):
+@pytest.mark.parametrize(
+    "mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)], ids=["umask022", "umask002"]
+)
+def test_every_file_and_folder_of_a_whole_run_gets_the_umasks_mode(tmp_path, tiny_llama_dir, mask, file_mode, dir_mode):
     """#28 item 4: model.safetensors written by save_pretrained (the pruned checkpoint, the distilled student) and
     the distill checkpoint were 0600 (safetensors' own mode), unreadable for teammates on a shared file system."""
     old = os.umask(mask)
@@ -243,8 +280,11 @@ def test_every_file_and_folder_of_a_whole_run_gets_the_umasks_mode(tmp_path, tin
         os.umask(old)
     paths = [run_dir, *run_dir.rglob("*")]
     assert [p for p in paths if p.is_symlink()] == []
-    bad = {str(p.relative_to(run_dir)): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths
-           if stat.S_IMODE(p.stat().st_mode) != (dir_mode if p.is_dir() else file_mode)}
+    bad = {
+        str(p.relative_to(run_dir)): oct(stat.S_IMODE(p.stat().st_mode))
+        for p in paths
+        if stat.S_IMODE(p.stat().st_mode) != (dir_mode if p.is_dir() else file_mode)
+    }
     assert bad == {}
     weights = {str(p.relative_to(run_dir)) for p in run_dir.rglob("*.safetensors")}
     assert {"prune/checkpoint/model.safetensors", "distill/student/model.safetensors"} <= weights, weights
@@ -264,8 +304,7 @@ def test_a_link_planted_at_a_stage_output_is_removed_not_followed(tmp_path, tiny
     assert not (run_dir / "data" / "train.npy").is_symlink() and read_manifest(run_dir / "data") is not None
 
 
-def test_a_linked_stage_folder_or_a_link_in_a_kept_checkpoint_is_refused_in_one_line(tmp_path, tiny_llama_dir,
-                                                                                      capsys):
+def test_a_linked_stage_folder_or_a_link_in_a_kept_checkpoint_is_refused_in_one_line(tmp_path, tiny_llama_dir, capsys):
     conf = _conf(tmp_path / "runs", tiny_llama_dir)
     run_dir = write_run_dir(conf)
     outside = tmp_path / "outside"

@@ -20,7 +20,11 @@ from compactlm.arch import SUPPORTED as SUPPORTED_ARCHITECTURES
 from compactlm.errors import ConfigError
 from compactlm.quantize.formats import check_deploy_support
 
-__all__ = ["ConfigError", "check_run_name", "hub_id_like"]  # ConfigError re-exported: most callers import it with the schemas
+__all__ = [
+    "ConfigError",
+    "check_run_name",
+    "hub_id_like",
+]  # ConfigError re-exported: most callers import it with the schemas
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
@@ -39,8 +43,10 @@ def _positive(key: str, value: Optional[int], minimum: int = 1) -> None:
 
 RUN_NAME_MAX_CHARS = 100
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_RUN_NAME_RULE = (f"a run name is a folder name of at most {RUN_NAME_MAX_CHARS} characters A-Z a-z 0-9 . _ -, "
-                  "starting with a letter or digit")
+_RUN_NAME_RULE = (
+    f"a run name is a folder name of at most {RUN_NAME_MAX_CHARS} characters A-Z a-z 0-9 . _ -, "
+    "starting with a letter or digit"
+)
 
 
 def check_run_name(value: str, key: str = "run_name") -> None:
@@ -114,12 +120,16 @@ class ModelConfig:
         if self.source == "hf" and not self.path:
             raise ConfigError("model.path is required for model.source=hf: a hub id or a local folder")
         if self.source != "hf" and self.path is not None:
-            raise ConfigError(f"model.path={self.path!r} is only read with model.source=hf, but model={self.name} has "
-                              f"model.source={self.source}; for a local Hugging Face folder use "
-                              f"model=local model.path={self.path}")
+            raise ConfigError(
+                f"model.path={self.path!r} is only read with model.source=hf, but model={self.name} has "
+                f"model.source={self.source}; for a local Hugging Face folder use "
+                f"model=local model.path={self.path}"
+            )
         if self.source == "hf" and not self.is_local() and not hub_id_like(self.path):
-            raise ConfigError(f"model.path={self.path!r} does not exist (and is not a Hugging Face Hub id like "
-                              "org/name); give an existing local folder or a Hub id")
+            raise ConfigError(
+                f"model.path={self.path!r} does not exist (and is not a Hugging Face Hub id like "
+                "org/name); give an existing local folder or a Hub id"
+            )
         if self.source == "gguf_package" and not (self.gguf_package and self.gguf_file):
             raise ConfigError("model.gguf_package and model.gguf_file are required for model.source=gguf_package")
         s = self.shape
@@ -136,8 +146,10 @@ class ModelConfig:
             )
 
     def is_local(self) -> bool:
-        return self.source == "hf" and self.path is not None and (
-            self.path.startswith((".", "/", "~")) or Path(os.path.expanduser(self.path)).exists()
+        return (
+            self.source == "hf"
+            and self.path is not None
+            and (self.path.startswith((".", "/", "~")) or Path(os.path.expanduser(self.path)).exists())
         )
 
 
@@ -346,8 +358,10 @@ def check_target_params(value: Optional[float]) -> None:
     if value is None or 0 < value <= 1 or (value >= MIN_TARGET_COUNT and float(value).is_integer()):
         return
     hint = f" (a percentage? use {value / 100:g})" if 1 < value <= 100 and float(value).is_integer() else ""
-    raise ConfigError(f"search.target_params={value:g} is neither a fraction of the teacher's parameters in (0, 1] "
-                      f"(0.67) nor a whole parameter count of at least {MIN_TARGET_COUNT:,} (7.35e9){hint}")
+    raise ConfigError(
+        f"search.target_params={value:g} is neither a fraction of the teacher's parameters in (0, 1] "
+        f"(0.67) nor a whole parameter count of at least {MIN_TARGET_COUNT:,} (7.35e9){hint}"
+    )
 
 
 @dataclass
@@ -394,8 +408,14 @@ class SearchConfig:
     """Written by the launcher (the candidates with their sizes and counts); not set by hand."""
 
     def __post_init__(self) -> None:
-        for k in ("max_candidates", "num_layers_divisor", "hidden_size_divisor", "ffn_hidden_size_divisor",
-                  "distill_tokens", "parallel"):
+        for k in (
+            "max_candidates",
+            "num_layers_divisor",
+            "hidden_size_divisor",
+            "ffn_hidden_size_divisor",
+            "distill_tokens",
+            "parallel",
+        ):
             _positive(f"search.{k}", getattr(self, k))
         check_target_params(self.target_params)
         if not 0 < self.tolerance < 1:
@@ -419,8 +439,23 @@ class SearchConfig:
 ALIGN_SOURCES = ("demo", "jsonl", "hf")
 ALIGN_KINDS = ("sft", "dpo", "grpo")
 # TRL 1.16's DPO losses usable alone, plus dpop (DPO-Positive, compactlm.align.dpop)
-DPO_LOSSES = ("dpop", "sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "exo_pair",
-              "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+DPO_LOSSES = (
+    "dpop",
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "nca_pair",
+    "exo_pair",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+)
 
 
 @dataclass
@@ -448,7 +483,9 @@ class AlignSource:
         _positive(f"{key}.heldout", self.heldout)
         _positive(f"{key}.max_examples", self.max_examples)
         if self.source == "jsonl" and not self.paths:
-            raise ConfigError(f"{key}.paths is empty: {key}.source=jsonl needs jsonl files, e.g. {key}.paths=[data/{key.split('.')[-1]}.jsonl]")
+            raise ConfigError(
+                f"{key}.paths is empty: {key}.source=jsonl needs jsonl files, e.g. {key}.paths=[data/{key.split('.')[-1]}.jsonl]"
+            )
         if self.source == "hf" and not self.hf_path:
             raise ConfigError(f"{key}.hf_path is not set: {key}.source=hf needs a dataset id")
 
@@ -546,8 +583,9 @@ class GRPOConfig(TrainerOptions):
     lr: float = 3e-5
     max_steps: int = 32
     batch_size: int = 8
-    rewards: list[str] = field(default_factory=lambda: ["compactlm.rewards.numeric_match",
-                                                         "compactlm.rewards.answer_format"])
+    rewards: list[str] = field(
+        default_factory=lambda: ["compactlm.rewards.numeric_match", "compactlm.rewards.answer_format"]
+    )
     """Reward functions by dotted path (`pkg.mod.fn` or `pkg.mod:fn`), TRL's signature:
     fn(prompts, completions, **columns) -> list[float]; the grpo examples' `answer` column is passed as `answer`."""
     reward_weights: Optional[list[float]] = None
@@ -565,20 +603,27 @@ class GRPOConfig(TrainerOptions):
         for k in ("num_generations", "max_completion_length"):
             _positive(f"grpo.{k}", getattr(self, k))
         if self.max_completion_length >= self.max_length:
-            raise ConfigError(f"grpo.max_completion_length={self.max_completion_length} leaves no room for the prompt "
-                              f"in grpo.max_length={self.max_length} tokens; use grpo.max_completion_length<"
-                              f"{self.max_length} or raise grpo.max_length")
+            raise ConfigError(
+                f"grpo.max_completion_length={self.max_completion_length} leaves no room for the prompt "
+                f"in grpo.max_length={self.max_length} tokens; use grpo.max_completion_length<"
+                f"{self.max_length} or raise grpo.max_length"
+            )
         if self.num_generations < 2:
-            raise ConfigError(f"grpo.num_generations={self.num_generations} must be >= 2 (rewards are compared "
-                              "within each prompt's group)")
+            raise ConfigError(
+                f"grpo.num_generations={self.num_generations} must be >= 2 (rewards are compared "
+                "within each prompt's group)"
+            )
         if (self.batch_size * self.grad_accum) % self.num_generations:
-            raise ConfigError(f"grpo.batch_size × grpo.grad_accum = {self.batch_size * self.grad_accum} must be a "
-                              f"multiple of grpo.num_generations={self.num_generations} (whole groups per step)")
+            raise ConfigError(
+                f"grpo.batch_size × grpo.grad_accum = {self.batch_size * self.grad_accum} must be a "
+                f"multiple of grpo.num_generations={self.num_generations} (whole groups per step)"
+            )
         if not list(self.rewards):
             raise ConfigError("grpo.rewards is empty; e.g. grpo.rewards=[compactlm.rewards.numeric_match]")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
-            raise ConfigError(f"grpo.reward_weights has {len(self.reward_weights)} entries for "
-                              f"{len(self.rewards)} grpo.rewards")
+            raise ConfigError(
+                f"grpo.reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} grpo.rewards"
+            )
         if not self.temperature > 0:
             raise ConfigError(f"grpo.temperature={self.temperature} must be > 0")
         if self.beta < 0:
@@ -631,7 +676,10 @@ TUNNELS = ("local", "ssh")
 MAX_GPUS_PER_NODE = 8
 # Lepton resource shapes offered on DGX Cloud Lepton for the GPUs we target (gpu.<count>x<gpu>), plus CPU shapes.
 LEPTON_SHAPES = tuple(f"gpu.{n}x{g}" for g in ("h200", "h100-sxm", "b200") for n in (1, 2, 4, 8)) + (
-    "cpu.small", "cpu.medium", "cpu.large")
+    "cpu.small",
+    "cpu.medium",
+    "cpu.large",
+)
 _SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
 
 
@@ -674,17 +722,23 @@ class SlurmOptions:
 
     def check(self) -> None:
         if not self.account:
-            raise ConfigError("cluster.slurm.account is required for cluster.executor=slurm "
-                              "(the Slurm account to charge, e.g. cluster.slurm.account=my_project)")
+            raise ConfigError(
+                "cluster.slurm.account is required for cluster.executor=slurm "
+                "(the Slurm account to charge, e.g. cluster.slurm.account=my_project)"
+            )
         if not _SLURM_TIME.match(self.time):
-            raise ConfigError(f"cluster.slurm.time={self.time!r} is not a Slurm time limit; use [D-]HH:MM:SS, e.g. 04:00:00")
+            raise ConfigError(
+                f"cluster.slurm.time={self.time!r} is not a Slurm time limit; use [D-]HH:MM:SS, e.g. 04:00:00"
+            )
         _choice("cluster.slurm.tunnel", self.tunnel, TUNNELS)
         if self.tunnel == "ssh":
             if not self.host:
                 raise ConfigError("cluster.slurm.host is required for cluster.slurm.tunnel=ssh (the login node)")
             if not self.job_dir:
-                raise ConfigError("cluster.slurm.job_dir is required for cluster.slurm.tunnel=ssh "
-                                  "(a folder on the cluster's shared file system)")
+                raise ConfigError(
+                    "cluster.slurm.job_dir is required for cluster.slurm.tunnel=ssh "
+                    "(a folder on the cluster's shared file system)"
+                )
         _positive("cluster.slurm.max_retries", self.max_retries, 0)
         _positive("cluster.slurm.signal_before_limit", self.signal_before_limit, 0)
         _positive("cluster.slurm.cpus_per_task", self.cpus_per_task)
@@ -726,24 +780,32 @@ class DGXCOptions:
             if not getattr(self, key):
                 raise ConfigError(f"cluster.dgxc.{key} is required for cluster.executor=dgxc")
         if not self.base_url.startswith(("http://", "https://")) or not self.base_url.rstrip("/").endswith("/api/v1"):
-            raise ConfigError(f"cluster.dgxc.base_url={self.base_url!r} must be an http(s) URL ending in /api/v1, "
-                              "e.g. https://<tenant>.run.ai/api/v1")
+            raise ConfigError(
+                f"cluster.dgxc.base_url={self.base_url!r} must be an http(s) URL ending in /api/v1, "
+                "e.g. https://<tenant>.run.ai/api/v1"
+            )
         if not self.pvcs:
-            raise ConfigError("cluster.dgxc.pvcs is empty; mount at least the PVC holding cluster.dgxc.pvc_nemo_run_dir, "
-                              "e.g. cluster.dgxc.pvcs='[{claim_name: <pvc>, path: /workspace}]'")
+            raise ConfigError(
+                "cluster.dgxc.pvcs is empty; mount at least the PVC holding cluster.dgxc.pvc_nemo_run_dir, "
+                "e.g. cluster.dgxc.pvcs='[{claim_name: <pvc>, path: /workspace}]'"
+            )
         for i, pvc in enumerate(self.pvcs):
             for key in ("claim_name", "path"):
                 if not getattr(pvc, key):
-                    raise ConfigError(f"cluster.dgxc.pvcs.{i}.{key} is required (the PVC's name in the Run:ai project "
-                                      f"and its mount path), e.g. cluster.dgxc.pvcs.{i}.{key}=" +
-                                      ("my-pvc" if key == "claim_name" else "/workspace"))
+                    raise ConfigError(
+                        f"cluster.dgxc.pvcs.{i}.{key} is required (the PVC's name in the Run:ai project "
+                        f"and its mount path), e.g. cluster.dgxc.pvcs.{i}.{key}="
+                        + ("my-pvc" if key == "claim_name" else "/workspace")
+                    )
             if not pvc.path.startswith("/"):
                 raise ConfigError(f"cluster.dgxc.pvcs.{i}.path={pvc.path!r} must be an absolute path in the container")
         _on_mount("cluster.dgxc.pvc_nemo_run_dir", self.pvc_nemo_run_dir, self.mount_paths(), "cluster.dgxc.pvcs")
         for key in ("client_id_env", "client_secret_env"):
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", getattr(self, key)):
-                raise ConfigError(f"cluster.dgxc.{key}={getattr(self, key)!r} must be the NAME of an environment "
-                                  "variable (export the value; never put it in the config)")
+                raise ConfigError(
+                    f"cluster.dgxc.{key}={getattr(self, key)!r} must be the NAME of an environment "
+                    "variable (export the value; never put it in the config)"
+                )
         if self.poll_seconds <= 0:
             raise ConfigError(f"cluster.dgxc.poll_seconds={self.poll_seconds} must be > 0")
 
@@ -756,10 +818,13 @@ def _on_mount(key: str, path: Optional[str], mounts: list[str], mounts_key: str)
     if path is None:
         return
     norm = os.path.normpath(path)
-    if not path.startswith("/") or not any(norm == os.path.normpath(m) or norm.startswith(os.path.normpath(m).rstrip("/") + "/")
-                                           for m in mounts):
-        raise ConfigError(f"{key}={path!r} is not on a mounted volume ({mounts_key} mount paths: "
-                          f"{', '.join(mounts) or 'none'}); the pods could not see it")
+    if not path.startswith("/") or not any(
+        norm == os.path.normpath(m) or norm.startswith(os.path.normpath(m).rstrip("/") + "/") for m in mounts
+    ):
+        raise ConfigError(
+            f"{key}={path!r} is not on a mounted volume ({mounts_key} mount paths: "
+            f"{', '.join(mounts) or 'none'}); the pods could not see it"
+        )
 
 
 @dataclass
@@ -796,13 +861,20 @@ class LeptonOptions:
     def check(self) -> None:
         _choice("cluster.lepton.resource_shape", self.resource_shape, LEPTON_SHAPES)
         if self.resource_shape.startswith("cpu."):
-            raise ConfigError(f"cluster.lepton.resource_shape={self.resource_shape}: the stages need GPUs; "
-                              f"choose one of: {', '.join(s for s in LEPTON_SHAPES if s.startswith('gpu.'))}")
+            raise ConfigError(
+                f"cluster.lepton.resource_shape={self.resource_shape}: the stages need GPUs; "
+                f"choose one of: {', '.join(s for s in LEPTON_SHAPES if s.startswith('gpu.'))}"
+            )
         for key in ("node_group", "nemo_run_dir"):
             if not getattr(self, key):
-                raise ConfigError(f"cluster.lepton.{key} is required for cluster.executor=lepton"
-                                  + (" (the name of your dedicated node group, e.g. cluster.lepton.node_group=h200-pool)"
-                                     if key == "node_group" else ""))
+                raise ConfigError(
+                    f"cluster.lepton.{key} is required for cluster.executor=lepton"
+                    + (
+                        " (the name of your dedicated node group, e.g. cluster.lepton.node_group=h200-pool)"
+                        if key == "node_group"
+                        else ""
+                    )
+                )
         if not self.mounts:
             raise ConfigError("cluster.lepton.mounts is empty; mount the storage holding cluster.lepton.nemo_run_dir")
         for i, m in enumerate(self.mounts):
@@ -872,17 +944,22 @@ class ClusterConfig:
         if self.gpu is not None:
             _choice("cluster.gpu", self.gpu, GPU_NAMES)
         if self.gpus_per_node > MAX_GPUS_PER_NODE:
-            raise ConfigError(f"cluster.gpus_per_node={self.gpus_per_node} exceeds {MAX_GPUS_PER_NODE}, the most GPUs "
-                              "one node has (DGX H100/H200/B200); use more cluster.nodes instead")
+            raise ConfigError(
+                f"cluster.gpus_per_node={self.gpus_per_node} exceeds {MAX_GPUS_PER_NODE}, the most GPUs "
+                "one node has (DGX H100/H200/B200); use more cluster.nodes instead"
+            )
         for stage, n in self.stage_nodes.items():
             _positive(f"cluster.stage_nodes.{stage}", n)
             if n > self.nodes:
-                raise ConfigError(f"cluster.stage_nodes.{stage}={n} asks more nodes than the cluster has "
-                                  f"(cluster.nodes={self.nodes})")
+                raise ConfigError(
+                    f"cluster.stage_nodes.{stage}={n} asks more nodes than the cluster has (cluster.nodes={self.nodes})"
+                )
         for key in self.env:
             if _looks_secret(key):
-                raise ConfigError(f"cluster.env.{key}: credentials must not be in the config (it is written to the "
-                                  "run folder); export them in the environment or use the provider's login")
+                raise ConfigError(
+                    f"cluster.env.{key}: credentials must not be in the config (it is written to the "
+                    "run folder); export them in the environment or use the provider's login"
+                )
         if self.executor == "local":
             if self.nodes != 1:
                 raise ConfigError(f"cluster.nodes={self.nodes} with cluster.executor=local: this machine is one node")
@@ -891,18 +968,24 @@ class ClusterConfig:
         if self.executor == "lepton":
             shape_gpus = self.lepton.gpus()
             if self.gpus_per_node != shape_gpus:
-                raise ConfigError(f"cluster.gpus_per_node={self.gpus_per_node} does not match "
-                                  f"cluster.lepton.resource_shape={self.lepton.resource_shape} ({shape_gpus} GPUs per replica)")
+                raise ConfigError(
+                    f"cluster.gpus_per_node={self.gpus_per_node} does not match "
+                    f"cluster.lepton.resource_shape={self.lepton.resource_shape} ({shape_gpus} GPUs per replica)"
+                )
         if self.executor in ("dgxc", "lepton"):
             if not self.container_image:
-                raise ConfigError(f"cluster.container_image is required for cluster.executor={self.executor} "
-                                  "(the training image, see containers/README.md)")
+                raise ConfigError(
+                    f"cluster.container_image is required for cluster.executor={self.executor} "
+                    "(the training image, see containers/README.md)"
+                )
             for key in ("container_image", "deploy_image"):
                 image = getattr(self, key)
                 if image and ("<" in image or ">" in image):
-                    raise ConfigError(f"cluster.{key}={image!r} is a placeholder: build and push "
-                                      f"containers/{'train' if key == 'container_image' else 'deploy'}.Dockerfile "
-                                      f"(containers/README.md), then set cluster.{key}=<your registry>/<image>:<tag>")
+                    raise ConfigError(
+                        f"cluster.{key}={image!r} is a placeholder: build and push "
+                        f"containers/{'train' if key == 'container_image' else 'deploy'}.Dockerfile "
+                        f"(containers/README.md), then set cluster.{key}=<your registry>/<image>:<tag>"
+                    )
             opts = getattr(self, self.executor)
             mounts_key = "cluster.dgxc.pvcs" if self.executor == "dgxc" else "cluster.lepton.mounts"
             _on_mount("cluster.runs_root", self.runs_root, opts.mount_paths(), mounts_key)
@@ -994,9 +1077,11 @@ class EvaluateConfig:
         _positive("evaluate.task_examples", self.task_examples)
         _positive("evaluate.task_batch_size", self.task_batch_size)
         if self.folder_tasks() and not self.task_text:
-            raise ConfigError(f"evaluate.tasks has {self.folder_tasks()[0]}, which is built from a folder of .txt "
-                              "files you name: set evaluate.task_text=<folder> (or use heldout_continuation, built "
-                              "from the run's own held-out documents)")
+            raise ConfigError(
+                f"evaluate.tasks has {self.folder_tasks()[0]}, which is built from a folder of .txt "
+                "files you name: set evaluate.task_text=<folder> (or use heldout_continuation, built "
+                "from the run's own held-out documents)"
+            )
         _positive("evaluate.batch_size", self.batch_size)
         _positive("evaluate.max_sequences", self.max_sequences)
         _positive("evaluate.generate_tokens", self.generate_tokens, 0)
@@ -1029,10 +1114,39 @@ class BenchConfig:
 # ------------------------------------------------------------------------------------------------ gguf
 # llama.cpp quantization types by the name llama-quantize takes (lower case here), without those that need an
 # importance matrix (IQ1/IQ2/IQ3 types); f16/bf16 are the unquantized conversions.
-GGUF_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q5_1", "q4_k_m", "q4_k_s", "q4_0", "q4_1", "iq4_nl",
-              "iq4_xs", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k", "f16", "bf16")
-GGUF_IMATRIX_TYPES = ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq3_xxs", "iq3_xs", "iq3_s", "iq3_m",
-                      "q2_k_s")
+GGUF_TYPES = (
+    "q8_0",
+    "q6_k",
+    "q5_k_m",
+    "q5_k_s",
+    "q5_0",
+    "q5_1",
+    "q4_k_m",
+    "q4_k_s",
+    "q4_0",
+    "q4_1",
+    "iq4_nl",
+    "iq4_xs",
+    "q3_k_l",
+    "q3_k_m",
+    "q3_k_s",
+    "q2_k",
+    "f16",
+    "bf16",
+)
+GGUF_IMATRIX_TYPES = (
+    "iq1_s",
+    "iq1_m",
+    "iq2_xxs",
+    "iq2_xs",
+    "iq2_s",
+    "iq2_m",
+    "iq3_xxs",
+    "iq3_xs",
+    "iq3_s",
+    "iq3_m",
+    "q2_k_s",
+)
 GGUF_OUTTYPES = ("f16", "bf16", "f32")
 # model_type values whose checkpoints llama.cpp's converter turns into GGUF (Mistral becomes GGUF "llama").
 GGUF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -1074,13 +1188,17 @@ class GGUFConfig:
     def __post_init__(self) -> None:
         types = list(self.types) if isinstance(self.types, (list, tuple)) else None
         if not types:
-            raise ConfigError(f"gguf.types={self.types!r} must be a non-empty list of llama.cpp types, e.g. [q8_0, q4_k_m]")
+            raise ConfigError(
+                f"gguf.types={self.types!r} must be a non-empty list of llama.cpp types, e.g. [q8_0, q4_k_m]"
+            )
         normalized = []
         for t in types:
             name = str(t).lower()
             if name in GGUF_IMATRIX_TYPES:
-                raise ConfigError(f"gguf.types: {t!r} needs an importance matrix (llama-imatrix), which compactlm does "
-                                  f"not compute; choose from: {', '.join(GGUF_TYPES)}")
+                raise ConfigError(
+                    f"gguf.types: {t!r} needs an importance matrix (llama-imatrix), which compactlm does "
+                    f"not compute; choose from: {', '.join(GGUF_TYPES)}"
+                )
             _choice("gguf.types", name, GGUF_TYPES)
             if name in normalized:
                 raise ConfigError(f"gguf.types lists {t!r} twice")
@@ -1089,7 +1207,9 @@ class GGUFConfig:
         _choice("gguf.outtype", self.outtype, GGUF_OUTTYPES)
         conc = list(self.concurrency) if isinstance(self.concurrency, (list, tuple)) else None
         if not conc:
-            raise ConfigError(f"gguf.concurrency={self.concurrency!r} must be a non-empty list of integers >= 1, e.g. [1, 8]")
+            raise ConfigError(
+                f"gguf.concurrency={self.concurrency!r} must be a non-empty list of integers >= 1, e.g. [1, 8]"
+            )
         for c in conc:
             _positive("gguf.concurrency", c)
         self.concurrency = sorted(set(conc))
@@ -1132,33 +1252,44 @@ class DeployConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in DEPLOY_BACKENDS:
-            raise ConfigError(f"deploy.backend={self.backend!r} is not allowed; choose one of: {', '.join(DEPLOY_BACKENDS)}")
+            raise ConfigError(
+                f"deploy.backend={self.backend!r} is not allowed; choose one of: {', '.join(DEPLOY_BACKENDS)}"
+            )
         if self.kv_cache_dtype not in DEPLOY_KV_CACHE_DTYPES:
-            raise ConfigError(f"deploy.kv_cache_dtype={self.kv_cache_dtype!r} is not allowed; "
-                              f"choose one of: {', '.join(DEPLOY_KV_CACHE_DTYPES)}")
+            raise ConfigError(
+                f"deploy.kv_cache_dtype={self.kv_cache_dtype!r} is not allowed; "
+                f"choose one of: {', '.join(DEPLOY_KV_CACHE_DTYPES)}"
+            )
         for key in ("input_len", "output_len", "num_requests", "tp_size"):
             _positive(f"deploy.{key}", getattr(self, key))
         _positive("deploy.max_batch_size", self.max_batch_size)
         conc = list(self.concurrency) if isinstance(self.concurrency, (list, tuple)) else None
         if not conc:
-            raise ConfigError(f"deploy.concurrency={self.concurrency!r} must be a non-empty list of integers >= 1, "
-                              "e.g. [1, 8]")
+            raise ConfigError(
+                f"deploy.concurrency={self.concurrency!r} must be a non-empty list of integers >= 1, e.g. [1, 8]"
+            )
         for c in conc:
             _positive("deploy.concurrency", c)
         if len(set(conc)) != len(conc):
             raise ConfigError(f"deploy.concurrency={conc} lists a value twice; each value is one benchmark run")
         self.concurrency = conc
         if self.num_requests < max(conc):
-            raise ConfigError(f"deploy.num_requests={self.num_requests} is below the largest "
-                              f"deploy.concurrency={max(conc)}: that concurrency would never be reached")
+            raise ConfigError(
+                f"deploy.num_requests={self.num_requests} is below the largest "
+                f"deploy.concurrency={max(conc)}: that concurrency would never be reached"
+            )
         if self.max_batch_size is not None and self.max_batch_size < max(conc):
-            raise ConfigError(f"deploy.max_batch_size={self.max_batch_size} is below the largest "
-                              f"deploy.concurrency={max(conc)}: requests beyond the batch would only queue")
+            raise ConfigError(
+                f"deploy.max_batch_size={self.max_batch_size} is below the largest "
+                f"deploy.concurrency={max(conc)}: requests beyond the batch would only queue"
+            )
         if self.backend == "tensorrt" and self.kv_cache_dtype != "auto":
-            raise ConfigError(f"deploy.kv_cache_dtype={self.kv_cache_dtype} is not allowed with "
-                              "deploy.backend=tensorrt: the engine's KV-cache dtype is fixed at build from the "
-                              "checkpoint's hf_quant_config.json; use deploy.kv_cache_dtype=auto (or "
-                              "quantize.kv_cache_fp8=true) or deploy.backend=pytorch")
+            raise ConfigError(
+                f"deploy.kv_cache_dtype={self.kv_cache_dtype} is not allowed with "
+                "deploy.backend=tensorrt: the engine's KV-cache dtype is fixed at build from the "
+                "checkpoint's hf_quant_config.json; use deploy.kv_cache_dtype=auto (or "
+                "quantize.kv_cache_fp8=true) or deploy.backend=pytorch"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -1176,8 +1307,9 @@ class PlanConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.mfu <= 1:
-            raise ConfigError(f"plan.mfu={self.mfu} must be in (0, 1]: a fraction of the GPU's peak bf16 FLOP/s "
-                              "(0.40 = 40%)")
+            raise ConfigError(
+                f"plan.mfu={self.mfu} must be in (0, 1]: a fraction of the GPU's peak bf16 FLOP/s (0.40 = 40%)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- recipe

@@ -29,10 +29,11 @@ import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 from compactlm.errors import ConfigError
 
@@ -132,7 +133,7 @@ def apply_umask_tree(root: Path) -> None:
     if not root.is_dir():
         _chmod_masked(root, mask)
         return
-    for folder, dirs, files in os.walk(root):  # os.walk never descends into a linked folder
+    for folder, _dirs, files in os.walk(root):  # os.walk never descends into a linked folder
         _chmod_masked(Path(folder), mask)
         for name in files:
             _chmod_masked(Path(folder) / name, mask)
@@ -162,8 +163,10 @@ def _link_message(path: Path) -> str:
         target = os.readlink(path)
     except OSError:
         target = "?"
-    return (f"{path} is a symbolic link (to {target}): compactlm never writes through a link in a run folder; "
-            "remove the link and run again")
+    return (
+        f"{path} is a symbolic link (to {target}): compactlm never writes through a link in a run folder; "
+        "remove the link and run again"
+    )
 
 
 def open_nofollow(path: Path, mode: str = "w", encoding: str | None = None) -> IO:
@@ -286,8 +289,10 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     if not isinstance(m, dict) or m.get(CHECKSUM) != seal(m)[CHECKSUM]:
-        _warn_once(f"compactlm: {p} does not match its checksum (edited by hand, or written by an older "
-                   "compactlm): not trusted, the stage runs again")
+        _warn_once(
+            f"compactlm: {p} does not match its checksum (edited by hand, or written by an older "
+            "compactlm): not trusted, the stage runs again"
+        )
         return None
     return m
 
@@ -304,9 +309,7 @@ def _warn_once(message: str) -> None:
 def fingerprint(manifest: dict[str, Any]) -> str:
     """What a downstream stage records about this one: its config, its inputs, its outputs, and which run of
     it made them (a stage that runs again, even to the same bytes, makes the stages after it run again)."""
-    return sha256_json(
-        {k: manifest[k] for k in ("stage", "config_hash", "input_hashes", "output_digests", "attempt")}
-    )
+    return sha256_json({k: manifest[k] for k in ("stage", "config_hash", "input_hashes", "output_digests", "attempt")})
 
 
 def resolve_output(stage_dir: Path, value: str) -> Path:

@@ -107,8 +107,10 @@ class StageConfig:
         if name.startswith("__"):
             raise AttributeError(name)
         if name not in self._reads:
-            raise UndeclaredRead(f"stage {self._stage!r} read cfg.{name}, which it does not declare "
-                                 f"(reads={self._reads}); add {name!r} to its `reads`")
+            raise UndeclaredRead(
+                f"stage {self._stage!r} read cfg.{name}, which it does not declare "
+                f"(reads={self._reads}); add {name!r} to its `reads`"
+            )
         return getattr(self._cfg, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -133,8 +135,10 @@ class StageContext:
         try:
             value = self.upstream[stage]["outputs"][key]
         except KeyError:
-            raise RuntimeError(f"stage {stage!r} has no output {key!r}; the recipe's earlier stages are "
-                               f"{', '.join(self.upstream) or 'none'}") from None
+            raise RuntimeError(
+                f"stage {stage!r} has no output {key!r}; the recipe's earlier stages are "
+                f"{', '.join(self.upstream) or 'none'}"
+            ) from None
         return resolve_output(self.run_dir / stage, value)
 
     def result(self, stage: str) -> Any:
@@ -236,24 +240,37 @@ def run_stage(name: str, config_path: Path) -> int:
     run_dir = Path(cfg.run_dir)
     stage_name, instance = split_task(name)
     if stage_name in STAGES and (stage_name in INSTANCED) != (instance is not None):
-        raise ConfigError(f"stage {stage_name!r} " + (f"runs once per {INSTANCED[stage_name]} candidate: name one "
-                          f"(one of {', '.join(instances(cfg, stage_name)) or 'none'})" if instance is None
-                          else "has no instances"))
+        raise ConfigError(
+            f"stage {stage_name!r} "
+            + (
+                f"runs once per {INSTANCED[stage_name]} candidate: name one "
+                f"(one of {', '.join(instances(cfg, stage_name)) or 'none'})"
+                if instance is None
+                else "has no instances"
+            )
+        )
     if instance is not None and instance not in instances(cfg, stage_name):
-        raise ConfigError(f"{stage_name}={instance!r} is not one of this run's candidates: "
-                          f"{', '.join(instances(cfg, stage_name)) or 'none'}")
+        raise ConfigError(
+            f"{stage_name}={instance!r} is not one of this run's candidates: "
+            f"{', '.join(instances(cfg, stage_name)) or 'none'}"
+        )
     stage_dir = stage_folder(run_dir, cfg.run_name, name)
     stage = load_stage(stage_name)
     if (run_dir / CANCELLED).is_file():
-        print(f"[{name}] not started: the run was cancelled ({run_dir / CANCELLED}); re-run the launch command to "
-              "resume", file=sys.stderr)
+        print(
+            f"[{name}] not started: the run was cancelled ({run_dir / CANCELLED}); re-run the launch command to resume",
+            file=sys.stderr,
+        )
         return EXIT_CANCELLED
     upstream: dict[str, dict[str, Any]] = {}
     for up in upstream_stages(cfg, name):
         m = read_manifest(run_dir / up)
         if m is None:
-            print(f"[{name}] not started: upstream stage {up!r} has no manifest in {run_dir / up} "
-                  f"(it failed or did not run); fix it and re-run the same command", file=sys.stderr)
+            print(
+                f"[{name}] not started: upstream stage {up!r} has no manifest in {run_dir / up} "
+                f"(it failed or did not run); fix it and re-run the same command",
+                file=sys.stderr,
+            )
             return EXIT_UPSTREAM
         upstream[up] = m
     config_hash = stage_config_hash(cfg, stage, instance)
@@ -270,15 +287,22 @@ def run_stage(name: str, config_path: Path) -> int:
         print(f"[{name}] running in {stage_dir}", flush=True)
     t0 = time.time()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    ctx = StageContext(cfg=StageConfig(cfg, name, stage.reads), run_dir=run_dir, stage_dir=stage_dir, upstream=upstream,
-                       instance=instance)
+    ctx = StageContext(
+        cfg=StageConfig(cfg, name, stage.reads),
+        run_dir=run_dir,
+        stage_dir=stage_dir,
+        upstream=upstream,
+        instance=instance,
+    )
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (cancel, Ctrl-C in the launcher, Slurm) ends the stage through Python, so `finally` blocks run;
         # the distill stage replaces this with its own handler, which checkpoints first.
         signal.signal(signal.SIGTERM, _exit_on_signal)
     if rank == 0:
-        atomic_write_json(stage_dir / RUNNING, {**running_record(), "started_at": started,
-                                                "launcher_pid": os.environ.get("COMPACTLM_LAUNCHER_PID")})
+        atomic_write_json(
+            stage_dir / RUNNING,
+            {**running_record(), "started_at": started, "launcher_pid": os.environ.get("COMPACTLM_LAUNCHER_PID")},
+        )
     try:
         out = stage.run(ctx)
     finally:
@@ -319,8 +343,10 @@ def peak_rss() -> dict[str, int]:
     """Peak resident memory, in bytes, of this stage's process (`peak_rss_bytes`: one process runs one stage, so
     from its start, imports included) and of the largest child it waited for (`peak_rss_children_bytes`: the
     llama.cpp tools of the gguf stage, 0 when none). Linux reports ru_maxrss in KiB."""
-    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_rss_children_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+    return {
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_children_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+    }
 
 
 def _exit_on_signal(signum: int, _frame) -> None:
@@ -337,8 +363,10 @@ def stage_folder(run_dir: Path, run_name: str, stage: str) -> Path:
     if instance is not None:
         check_run_name(instance, name)
     if run_dir.name != run_name or ".." in run_dir.parts or run_dir.resolve() == Path(run_dir.anchor):
-        raise ConfigError(f"run_dir={str(run_dir)!r} is not a folder named after run_name={run_name!r}: the "
-                          "stages write and clean only inside <runs_root>/<run_name>")
+        raise ConfigError(
+            f"run_dir={str(run_dir)!r} is not a folder named after run_name={run_name!r}: the "
+            "stages write and clean only inside <runs_root>/<run_name>"
+        )
     folder = run_dir / stage
     refuse_link(folder)  # even one to another folder of the run: a stage writes into its own folder only
     if folder.resolve().parent != run_dir.resolve():
@@ -358,8 +386,12 @@ def running(stage_dir: Path) -> dict[str, Any] | None:
 
 def running_record() -> dict[str, Any]:
     """This process as RUNNING records it: pid, process group, host and identity (see process_identity)."""
-    return {"pid": os.getpid(), "pgid": os.getpgid(0), "host": socket.gethostname(),
-            **(process_identity(os.getpid()) or {})}
+    return {
+        "pid": os.getpid(),
+        "pgid": os.getpgid(0),
+        "host": socket.gethostname(),
+        **(process_identity(os.getpid()) or {}),
+    }
 
 
 def process_identity(pid: int) -> dict[str, Any] | None:
@@ -376,8 +408,11 @@ def process_identity(pid: int) -> dict[str, Any] | None:
         return None
     if before[19] != after[19] or after[0] in ("Z", "X"):  # a zombie has exited, only its parent has not reaped it
         return None
-    return {"boot_id": boot, "start_ticks": int(before[19]),
-            "cmdline": [a.decode(errors="replace") for a in cmdline.split(b"\0")[:-1]]}
+    return {
+        "boot_id": boot,
+        "start_ticks": int(before[19]),
+        "cmdline": [a.decode(errors="replace") for a in cmdline.split(b"\0")[:-1]],
+    }
 
 
 def _stat_fields(pid: int) -> list[str]:
@@ -453,9 +488,12 @@ def main(name: str, argv: list[str] | None = None) -> int:
         sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != recipes]
     extra = f" {name}=<name>" if name in INSTANCED else ""
     if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: python recipes/{name}.py config=<run_dir>/config.yaml{extra}\n\nRuns the {name} stage of the "
-              "run that config.yaml (written by launch.py) describes" + (f", for one of its {INSTANCED[name]} "
-              "candidates" if extra else "") + "; skipped when its manifest is up to date.")
+        print(
+            f"usage: python recipes/{name}.py config=<run_dir>/config.yaml{extra}\n\nRuns the {name} stage of the "
+            "run that config.yaml (written by launch.py) describes"
+            + (f", for one of its {INSTANCED[name]} candidates" if extra else "")
+            + "; skipped when its manifest is up to date."
+        )
         return 0
     try:
         args = parse(argv, {"config": None, **({name: None} if extra else {})})
@@ -482,5 +520,5 @@ def _record_config_error(config_path: Path, name: str, message: str) -> None:
         stage_dir = stage_folder(Path(cfg.run_dir), cfg.run_name, name)
         stage_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(stage_dir / CONFIG_ERROR, message + "\n")
-    except Exception:  # noqa: BLE001 - the config itself may be what is broken; the message is printed already
+    except Exception:  # the config itself may be what is broken; the message is printed already
         pass

@@ -20,8 +20,16 @@ from compactlm.manifest import read_manifest, resolve_output
 
 TEACHER = "teacher"
 # stage that produces a model -> that model's label in tables, in pipeline order
-MODEL_LABELS = {"model": TEACHER, "prune": "pruned", "ranking": "pruned", "distill": "distilled", "sft": "sft", "dpo": "dpo", "grpo": "grpo",
-                "quantize": "quantized"}
+MODEL_LABELS = {
+    "model": TEACHER,
+    "prune": "pruned",
+    "ranking": "pruned",
+    "distill": "distilled",
+    "sft": "sft",
+    "dpo": "dpo",
+    "grpo": "grpo",
+    "quantize": "quantized",
+}
 # the run's high-precision students, latest first
 STUDENT_LABELS = ("grpo", "dpo", "sft", "distilled", "pruned")
 
@@ -108,8 +116,10 @@ class PruneResult:
     """first dropped layer -> LM loss without that block (depth_method=lm_loss only)."""
 
     def summary(self) -> str:
-        return (f"{self.params_before.total / 1e6:.1f}M -> {self.params_after.total / 1e6:.1f}M params "
-                f"({self.params_change * 100:+.1f}%)")
+        return (
+            f"{self.params_before.total / 1e6:.1f}M -> {self.params_after.total / 1e6:.1f}M params "
+            f"({self.params_change * 100:+.1f}%)"
+        )
 
 
 @dataclass
@@ -149,9 +159,11 @@ class TeacherCacheResult:
     """The teacher's validation NLL per token: the reference of every candidate's loss."""
 
     def summary(self) -> str:
-        return (f"top-{self.topk} of {self.train_sequences} + {self.validation_sequences} sequences "
-                f"({self.size_bytes / 2**20:.0f} MiB)"
-                + ("" if self.teacher_loss is None else f", teacher val loss {self.teacher_loss:.3f}"))
+        return (
+            f"top-{self.topk} of {self.train_sequences} + {self.validation_sequences} sequences "
+            f"({self.size_bytes / 2**20:.0f} MiB)"
+            + ("" if self.teacher_loss is None else f", teacher val loss {self.teacher_loss:.3f}")
+        )
 
 
 @dataclass
@@ -262,8 +274,10 @@ class SFTResult:
     heldout_examples: int
 
     def summary(self) -> str:
-        return (f"{self.train.steps} steps from {self.train.source}, held-out loss {self.heldout_loss_before:.3f} -> "
-                f"{self.heldout_loss_after:.3f}")
+        return (
+            f"{self.train.steps} steps from {self.train.source}, held-out loss {self.heldout_loss_before:.3f} -> "
+            f"{self.heldout_loss_after:.3f}"
+        )
 
 
 @dataclass
@@ -290,9 +304,11 @@ class DPOResult:
     rejected_logp_after: float
 
     def summary(self) -> str:
-        return (f"{self.train.steps} steps ({self.loss}), held-out preference accuracy "
-                f"{self.preference_accuracy_before:.2f} -> {self.preference_accuracy_after:.2f}, reward margin "
-                f"{self.reward_margin_after:+.3f}")
+        return (
+            f"{self.train.steps} steps ({self.loss}), held-out preference accuracy "
+            f"{self.preference_accuracy_before:.2f} -> {self.preference_accuracy_after:.2f}, reward margin "
+            f"{self.reward_margin_after:+.3f}"
+        )
 
 
 @dataclass
@@ -381,8 +397,10 @@ class GGUFResult:
     def summary(self) -> str:
         quant = [f for f in self.files if f.model == self.student and f.type != self.outtype]
         return f"{self.student}: " + ", ".join(
-            f"{f.type} {f.size_bytes / 2**20:.0f} MiB" + (f" ppl {f.perplexity['perplexity']:.2f}" if f.perplexity else "")
-            for f in quant)
+            f"{f.type} {f.size_bytes / 2**20:.0f} MiB"
+            + (f" ppl {f.perplexity['perplexity']:.2f}" if f.perplexity else "")
+            for f in quant
+        )
 
 
 @dataclass
@@ -451,8 +469,10 @@ class BenchResult:
     threads: Optional[int] = None
 
     def summary(self) -> str:
-        return ", ".join(f"batch {r.batch_size}: {r.compare.get('tokens_per_s_ratio') or 0:.2f}x tok/s"
-                         for r in self.runs) + f" ({self.student} vs teacher)"
+        return (
+            ", ".join(f"batch {r.batch_size}: {r.compare.get('tokens_per_s_ratio') or 0:.2f}x tok/s" for r in self.runs)
+            + f" ({self.student} vs teacher)"
+        )
 
 
 @dataclass
@@ -466,11 +486,23 @@ class DeployResult:
 
 
 RESULTS: dict[str, type] = {
-    "model": ModelResult, "data": DataResult, "importance": ImportanceResult, "prune": PruneResult,
-    "teacher_cache": TeacherCacheResult, "candidate": CandidateResult, "ranking": RankingResult,
-    "distill": DistillResult, "align_data": AlignDataResult, "sft": SFTResult, "dpo": DPOResult, "grpo": GRPOResult,
-    "quantize": QuantizeResult, "gguf": GGUFResult, "evaluate": EvaluateResult,
-    "deploy": DeployResult, "bench": BenchResult,
+    "model": ModelResult,
+    "data": DataResult,
+    "importance": ImportanceResult,
+    "prune": PruneResult,
+    "teacher_cache": TeacherCacheResult,
+    "candidate": CandidateResult,
+    "ranking": RankingResult,
+    "distill": DistillResult,
+    "align_data": AlignDataResult,
+    "sft": SFTResult,
+    "dpo": DPOResult,
+    "grpo": GRPOResult,
+    "quantize": QuantizeResult,
+    "gguf": GGUFResult,
+    "evaluate": EvaluateResult,
+    "deploy": DeployResult,
+    "bench": BenchResult,
 }
 
 
@@ -530,8 +562,9 @@ def result_of(stage: str, manifest: dict[str, Any] | None) -> Any:
     if manifest is None:
         return None
     if "result" not in manifest:
-        raise ResultError(f"{stage}/manifest.json has no result (written by an older compactlm); re-running the "
-                          f"stage rewrites it")
+        raise ResultError(
+            f"{stage}/manifest.json has no result (written by an older compactlm); re-running the stage rewrites it"
+        )
     # a task of an instanced stage (`candidate-exp_010`) has its stage's result class
     return from_json(RESULTS[stage.partition("-")[0]], manifest["result"], f"{stage}/manifest.json result")
 

@@ -29,12 +29,32 @@ def _file(tmp_path, lines, name="data.jsonl"):
 BAD = [
     ("sft", {"text": "hi"}, ["field 'messages' is missing"]),
     ("sft", {"messages": []}, ["field 'messages'", "non-empty list"]),
-    ("sft", {"messages": [{"role": "bot", "content": "x"}]}, ["'messages[0].role'", "'bot'", "system, user, assistant"]),
-    ("sft", {"messages": [{"role": "user", "content": "x"}]}, ["'messages[0].role'", "last message must be the assistant"]),
-    ("sft", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]},
-     ["'messages[1].content'", "non-empty string"]),
-    ("sft", {"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "y"},
-                          {"role": "assistant", "content": "z"}]}, ["'messages[1].role'", "after the first message"]),
+    (
+        "sft",
+        {"messages": [{"role": "bot", "content": "x"}]},
+        ["'messages[0].role'", "'bot'", "system, user, assistant"],
+    ),
+    (
+        "sft",
+        {"messages": [{"role": "user", "content": "x"}]},
+        ["'messages[0].role'", "last message must be the assistant"],
+    ),
+    (
+        "sft",
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]},
+        ["'messages[1].content'", "non-empty string"],
+    ),
+    (
+        "sft",
+        {
+            "messages": [
+                {"role": "user", "content": "x"},
+                {"role": "system", "content": "y"},
+                {"role": "assistant", "content": "z"},
+            ]
+        },
+        ["'messages[1].role'", "after the first message"],
+    ),
     ("dpo", {"prompt": "q", "chosen": "a"}, ["field 'rejected' is missing"]),
     ("dpo", {"prompt": "q", "chosen": "same", "rejected": "same"}, ["'chosen' and 'rejected' are the same"]),
     ("dpo", {"prompt": "q", "chosen": ["a"], "rejected": "b"}, ["field 'chosen' must be a string", "list"]),
@@ -84,18 +104,26 @@ def test_good_files_read_back_as_trl_conversations(tmp_path):
 def test_launch_refuses_a_bad_file_before_submitting(tmp_path):
     good = {k: _file(tmp_path, [GOOD[k]] * 40, f"{k}.jsonl") for k in GOOD}
     bad = _file(tmp_path, [GOOD["dpo"], GOOD["dpo"], {"prompt": "q", "chosen": 1, "rejected": "b"}], "bad.jsonl")
-    base = ["recipe=prune_distill_align", "align_data=jsonl", f"align_data.sft.paths=[{good['sft']}]",
-            f"align_data.grpo.paths=[{good['grpo']}]", f"runs_root={tmp_path}"]
+    base = [
+        "recipe=prune_distill_align",
+        "align_data=jsonl",
+        f"align_data.sft.paths=[{good['sft']}]",
+        f"align_data.grpo.paths=[{good['grpo']}]",
+        f"runs_root={tmp_path}",
+    ]
     message = config_error([*base, f"align_data.dpo.paths=[{bad}]"])
     assert message == f"{bad} line 3: field 'chosen' must be a string, got int"
     assert "matches no file" in config_error([*base, f"align_data.dpo.paths=[{tmp_path}/nope*.jsonl]"])
-    assert "align_data.dpo.paths" in config_error(["recipe=prune_distill_align", "align_data=jsonl",
-                                                   f"align_data.sft.paths=[{good['sft']}]"])
+    assert "align_data.dpo.paths" in config_error(
+        ["recipe=prune_distill_align", "align_data=jsonl", f"align_data.sft.paths=[{good['sft']}]"]
+    )
     message = config_error([*base, f"align_data.dpo.paths=[{good['dpo']}]", "grpo.rewards=[mypkg_nowhere.rewards:fn]"])
     assert "grpo.rewards" in message and "mypkg_nowhere.rewards" in message
     message = config_error([*base, f"align_data.dpo.paths=[{good['dpo']}]", "grpo.rewards=[compactlm.rewards.nothing]"])
     assert "has no function 'nothing'" in message
-    assert "dpo.loss='dpo_positive' is not allowed" in config_error(["recipe=prune_distill_align", "dpo.loss=dpo_positive"])
+    assert "dpo.loss='dpo_positive' is not allowed" in config_error(
+        ["recipe=prune_distill_align", "dpo.loss=dpo_positive"]
+    )
     message = config_error(["recipe=prune_distill_align", "recipe.stages=[model,data,sft]"])
     assert "add align_data before them" in message
 
@@ -115,20 +143,38 @@ def test_hf_source_reads_a_dataset_and_checks_every_row(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ length budgets
-LIMITS = budgets(SFTConfig(max_length=16), DPOConfig(max_length=16), GRPOConfig(max_length=16, max_completion_length=6,
-                                                                                  batch_size=4, num_generations=2))
+LIMITS = budgets(
+    SFTConfig(max_length=16),
+    DPOConfig(max_length=16),
+    GRPOConfig(max_length=16, max_completion_length=6, batch_size=4, num_generations=2),
+)
 LONG = "x" * (16 * CHARS_PER_TOKEN + 1)  # one character past what 16 tokens can hold
 
 
-@pytest.mark.parametrize("kind,bad,field,tokens", [
-    ("sft", {"messages": [{"role": "user", "content": LONG}, {"role": "assistant", "content": "a"}]},
-     "messages[0].content", "16 tokens (sft.max_length=16)"),
-    ("sft", {"messages": [{"role": "user", "content": LONG[:300]}, {"role": "assistant", "content": LONG[:300]}]},
-     "messages", "16 tokens (sft.max_length=16)"),
-    ("dpo", {"prompt": "q", "chosen": "a", "rejected": LONG}, "rejected", "16 tokens (dpo.max_length=16)"),
-    ("grpo", {"prompt": "q" * (10 * CHARS_PER_TOKEN + 1), "answer": "4"}, "prompt",
-     "10 tokens (grpo.max_length=16 - grpo.max_completion_length=6)"),
-])
+@pytest.mark.parametrize(
+    "kind,bad,field,tokens",
+    [
+        (
+            "sft",
+            {"messages": [{"role": "user", "content": LONG}, {"role": "assistant", "content": "a"}]},
+            "messages[0].content",
+            "16 tokens (sft.max_length=16)",
+        ),
+        (
+            "sft",
+            {"messages": [{"role": "user", "content": LONG[:300]}, {"role": "assistant", "content": LONG[:300]}]},
+            "messages",
+            "16 tokens (sft.max_length=16)",
+        ),
+        ("dpo", {"prompt": "q", "chosen": "a", "rejected": LONG}, "rejected", "16 tokens (dpo.max_length=16)"),
+        (
+            "grpo",
+            {"prompt": "q" * (10 * CHARS_PER_TOKEN + 1), "answer": "4"},
+            "prompt",
+            "10 tokens (grpo.max_length=16 - grpo.max_completion_length=6)",
+        ),
+    ],
+)
 def test_a_field_longer_than_its_token_budget_is_refused(tmp_path, kind, bad, field, tokens):
     path = _file(tmp_path, [GOOD[kind], bad])
     with pytest.raises(BadExample) as e:
@@ -142,24 +188,39 @@ def test_launch_refuses_a_50_mb_grpo_prompt_in_one_line_before_any_stage(tmp_pat
     good = {k: _file(tmp_path, [GOOD[k]] * 40, f"{k}.jsonl") for k in GOOD}
     huge = _file(tmp_path, [GOOD["grpo"], {"prompt": "7 + 5 = ? " * 5_000_000, "answer": "12"}], "huge.jsonl")
     assert huge.stat().st_size > 50_000_000
-    proc = run_launch(["recipe=prune_distill_align", "align_data=jsonl", f"align_data.sft.paths=[{good['sft']}]",
-                       f"align_data.dpo.paths=[{good['dpo']}]", f"align_data.grpo.paths=[{huge}]",
-                       f"runs_root={tmp_path / 'runs'}"], timeout=300)
+    proc = run_launch(
+        [
+            "recipe=prune_distill_align",
+            "align_data=jsonl",
+            f"align_data.sft.paths=[{good['sft']}]",
+            f"align_data.dpo.paths=[{good['dpo']}]",
+            f"align_data.grpo.paths=[{huge}]",
+            f"runs_root={tmp_path / 'runs'}",
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr[-2000:]
-    assert lines[0].startswith(f"compactlm: configuration error: {huge} line 2: field 'prompt' has 50,000,000 "
-                               "characters, more than its 144 tokens (grpo.max_length=160 - "
-                               "grpo.max_completion_length=16)"), lines[0]
+    assert lines[0].startswith(
+        f"compactlm: configuration error: {huge} line 2: field 'prompt' has 50,000,000 "
+        "characters, more than its 144 tokens (grpo.max_length=160 - "
+        "grpo.max_completion_length=16)"
+    ), lines[0]
     assert not (tmp_path / "runs").exists()  # nothing written, no stage started
 
 
 def test_align_max_length_must_fit_the_models_context():
     message = config_error(["recipe=prune_distill_align", "grpo.max_length=9000"])
-    assert message == ("grpo.max_length=9000 exceeds the model's max_position_embeddings=8192 (smollm2_135m); "
-                       "use grpo.max_length<=8192")
-    with pytest.raises(ConfigError, match=r"^grpo.max_completion_length=16 leaves no room for the prompt in "
-                                          r"grpo.max_length=16 tokens"):
+    assert message == (
+        "grpo.max_length=9000 exceeds the model's max_position_embeddings=8192 (smollm2_135m); "
+        "use grpo.max_length<=8192"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^grpo.max_completion_length=16 leaves no room for the prompt in "
+        r"grpo.max_length=16 tokens",
+    ):
         GRPOConfig(max_length=16)
 
 
@@ -171,8 +232,10 @@ def chat_tok(tiny_tokenizer):
 
 
 def test_grpo_stage_truncates_long_prompts_to_their_end_and_says_so(chat_tok, capsys):
-    rows = [{"prompt": "Ala has 7 books and gets 5 more. " * 40 + "How many now?", "answer": "12"},
-            {"prompt": "2+2?", "answer": "4"}]
+    rows = [
+        {"prompt": "Ala has 7 books and gets 5 more. " * 40 + "How many now?", "answer": "12"},
+        {"prompt": "2+2?", "answer": "4"},
+    ]
     fitted = fit_prompts("grpo", rows, chat_tok, 80)
     assert fitted[1] == rows[1] and fitted[0]["answer"] == "12"
     assert fitted[0]["prompt"].endswith("How many now?") and len(fitted[0]["prompt"]) < len(rows[0]["prompt"])
@@ -185,5 +248,8 @@ def test_sft_and_dpo_stages_say_how_many_sequences_trl_truncates(chat_tok, capsy
     long = [{"role": "user", "content": "Name a keyword. " * 30}, {"role": "assistant", "content": "yield"}]
     limit = chat_tokens(chat_tok, short) + 1
     assert report_over("sft", [short, long, short], chat_tok, limit) == 1
-    assert f"[sft] 1 of 3 sequences are longer than sft.max_length={limit} tokens; TRL truncates" in capsys.readouterr().out
+    assert (
+        f"[sft] 1 of 3 sequences are longer than sft.max_length={limit} tokens; TRL truncates"
+        in capsys.readouterr().out
+    )
     assert report_over("dpo", [short], chat_tok, limit) == 0 and capsys.readouterr().out == ""

@@ -21,11 +21,24 @@ def _trainer(tmp_path, tokenizer, lam, policy, ref, cls=None):
 
     tok = tokenizer
     tok.chat_template = CHATML
-    rows = [{"prompt": [{"role": "user", "content": f"Say {w}."}],
-             "chosen": [{"role": "assistant", "content": f"{w} {w}, as asked."}],
-             "rejected": [{"role": "assistant", "content": f"No. {i}"}]} for i, w in enumerate(["yes", "class", "def", "return"])]
-    args = DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_length=64, beta=0.3,
-                     report_to=[], use_cpu=True, loss_type=["sigmoid"], seed=0)
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Say {w}."}],
+            "chosen": [{"role": "assistant", "content": f"{w} {w}, as asked."}],
+            "rejected": [{"role": "assistant", "content": f"No. {i}"}],
+        }
+        for i, w in enumerate(["yes", "class", "def", "return"])
+    ]
+    args = DPOConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_length=64,
+        beta=0.3,
+        report_to=[],
+        use_cpu=True,
+        loss_type=["sigmoid"],
+        seed=0,
+    )
     kw = dict(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
     return DPOPTrainer(**kw, dpop_lambda=lam) if cls is None else cls(**kw)
 

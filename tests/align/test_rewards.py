@@ -10,8 +10,13 @@ from compactlm.rewards import answer_format, extract_answer, numeric_match, reso
 
 
 def test_numeric_match_reads_the_stated_answer_else_the_last_number():
-    completions = ["3 + 4 = 7. Answer: 7", "Answer: 8", "I think it is 12", [{"role": "assistant", "content": "Answer: 1,200"}],
-                   "no idea"]
+    completions = [
+        "3 + 4 = 7. Answer: 7",
+        "Answer: 8",
+        "I think it is 12",
+        [{"role": "assistant", "content": "Answer: 1,200"}],
+        "no idea",
+    ]
     assert numeric_match(None, completions, answer=["7", "7", "12", "1200", "3"]) == [1.0, 0.0, 1.0, 1.0, 0.0]
     assert extract_answer("Answer: 5, not 6") == 5.0 and extract_answer("the answer is -3.5") == -3.5
 

@@ -47,8 +47,9 @@ def test_generation_speed_static_cache(model_type, batch_size, tiny_tokenizer):
     best = min(r["runs"], key=lambda x: x["total_ms"])
     assert r["total_ms"] == best["total_ms"]
     cfg = model.config  # K and V, fp32, every layer, for every position but the last (never fed back)
-    assert r["kv_cache_bytes"] == (2 * cfg.num_hidden_layers * batch_size * cfg.num_key_value_heads
-                                   * (12 + 5 - 1) * cfg.head_dim * 4)
+    assert r["kv_cache_bytes"] == (
+        2 * cfg.num_hidden_layers * batch_size * cfg.num_key_value_heads * (12 + 5 - 1) * cfg.head_dim * 4
+    )
     assert r["weights_bytes"] == 4 * count_parameters(model)["total"]
     assert r["peak_memory_bytes"] > 0 and r["peak_memory_increase_bytes"] >= 0 and r["memory_method"]
     assert not hasattr(model, "_cache")  # the static cache generate keeps on the model is released
@@ -99,8 +100,9 @@ def test_static_cache_failure_falls_back_to_dynamic(tiny_llama, tiny_tokenizer, 
 
 
 def test_single_new_token_has_no_tpot(tiny_llama, tiny_tokenizer):
-    r = bench.generation_speed(tiny_llama, tiny_tokenizer, prompt_tokens=8, new_tokens=1, batch_size=1,
-                               device="cpu", repeats=1)
+    r = bench.generation_speed(
+        tiny_llama, tiny_tokenizer, prompt_tokens=8, new_tokens=1, batch_size=1, device="cpu", repeats=1
+    )
     assert r["tpot_ms"] is None and r["output_tokens"] == 1
 
 
@@ -130,9 +132,21 @@ def test_peak_memory_sampling_fallback(monkeypatch, tmp_path):
 
 
 def _result(tokens_per_s, ttft, tpot, **kw):
-    return dict(output_tokens_per_s=tokens_per_s, ttft_ms=ttft, tpot_ms=tpot, peak_memory_bytes=1000,
-                kv_cache_bytes=100, weights_bytes=400, batch_size=1, prompt_tokens=64, new_tokens=32,
-                device="cpu", dtype="float32", cache="static", **kw)
+    return dict(
+        output_tokens_per_s=tokens_per_s,
+        ttft_ms=ttft,
+        tpot_ms=tpot,
+        peak_memory_bytes=1000,
+        kv_cache_bytes=100,
+        weights_bytes=400,
+        batch_size=1,
+        prompt_tokens=64,
+        new_tokens=32,
+        device="cpu",
+        dtype="float32",
+        cache="static",
+        **kw,
+    )
 
 
 def test_compare_ratios():
@@ -155,8 +169,9 @@ def test_params_read_per_token_tied_and_untied():
     assert bench.params_read_per_token(tied) == 1000  # the tied table is read in full for the logits
     assert bench.params_read_per_token(untied) == 1000  # the input table is only gathered from
     assert bench.params_read_per_token(42) == 42
-    c = bench.compare(_result(1, 1, 1), _result(1, 1, 1), tied, {"total": 500, "embedding": 300,
-                                                                 "without_lm_head": 500})
+    c = bench.compare(
+        _result(1, 1, 1), _result(1, 1, 1), tied, {"total": 500, "embedding": 300, "without_lm_head": 500}
+    )
     assert c["ideal_speedup"] == pytest.approx(2.0)
 
 

@@ -9,8 +9,16 @@ from compactlm.bench.flops import PROBE_SHAPES, distill_flops_per_token, forward
 
 @pytest.mark.parametrize("model_type,tied", [("llama", False), ("qwen3", True), ("mistral", False)])
 def test_forward_flops_are_twice_the_linear_weights_plus_attention(model_type, tied):
-    kw = dict(vocab_size=1000, hidden_size=128, intermediate_size=352, num_hidden_layers=3, num_attention_heads=4,
-              num_key_value_heads=2, head_dim=48, tie_word_embeddings=tied)
+    kw = dict(
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=48,
+        tie_word_embeddings=tied,
+    )
     cfg = AutoConfig.for_model(model_type, **kw)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)

@@ -36,8 +36,15 @@ def test_pydoc_splits_are_deterministic_and_disjoint(tiny_tokenizer):
 
 @needs_polish
 def test_polish_text_files(tiny_tokenizer, tmp_path):
-    cfg = DataConfig(name="pl", kind="text", paths=[str(POLISH / "*.txt")], seq_len=32,
-                     validation_sequences=4, calibration_sequences=4, max_train_sequences=16)
+    cfg = DataConfig(
+        name="pl",
+        kind="text",
+        paths=[str(POLISH / "*.txt")],
+        seq_len=32,
+        validation_sequences=4,
+        calibration_sequences=4,
+        max_train_sequences=16,
+    )
     docs = read_documents(cfg)
     assert len(docs) == 3018 and any("ż" in d or "ą" in d for d in docs)
     arrays = build_splits(cfg, tiny_tokenizer, seed=0)

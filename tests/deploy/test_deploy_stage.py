@@ -22,15 +22,29 @@ def test_deploy_recipe_on_this_machine_fails_before_anything_runs(tmp_path):
 
 
 def test_deploy_stage_stops_with_where_it_runs(tmp_path, tiny_llama_dir):
-    conf = to_config(compose([
-        "recipe=eval", "recipe.stages=[model,deploy]", "model=local", f"model.path={tiny_llama_dir}",
-        "data=pydoc", "data.max_documents=20", f"runs_root={tmp_path}",
-    ]))
+    conf = to_config(
+        compose(
+            [
+                "recipe=eval",
+                "recipe.stages=[model,deploy]",
+                "model=local",
+                f"model.path={tiny_llama_dir}",
+                "data=pydoc",
+                "data.max_documents=20",
+                f"runs_root={tmp_path}",
+            ]
+        )
+    )
     conf.run_dir = str(tmp_path / conf.run_name)
     run_dir = write_run_dir(conf)
     assert run_stage("model", run_dir / CONFIG_FILE) == 0
-    r = subprocess.run([sys.executable, str(REPO / "recipes" / "deploy.py"), f"config={run_dir / CONFIG_FILE}"],
-                       capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(REPO / "src"), "PATH": ""})
+    r = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "deploy.py"), f"config={run_dir / CONFIG_FILE}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": ""},
+    )
     assert r.returncode == 4, r.stdout + r.stderr
     assert "[deploy] cannot run here" in r.stderr and "nvcr.io/nvidia/tensorrt-llm/release" in r.stderr
     assert read_manifest(run_dir / "deploy") is None

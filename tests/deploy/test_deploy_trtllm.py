@@ -44,19 +44,24 @@ def test_default_settings_are_valid():
     assert (s.backend, s.concurrency, s.kv_cache_dtype, s.streaming, s.tp_size) == ("pytorch", [1], "auto", True, 1)
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"backend": "vllm"}, r"deploy\.backend='vllm' is not allowed; choose one of: pytorch, tensorrt"),
-    ({"kv_cache_dtype": "int8"}, r"deploy\.kv_cache_dtype='int8' is not allowed; choose one of: auto, fp8"),
-    ({"concurrency": []}, r"deploy\.concurrency=\[\] must be a non-empty list"),
-    ({"concurrency": [0]}, r"deploy\.concurrency=0 must be an integer >= 1"),
-    ({"concurrency": [1, 8, 1]}, r"deploy\.concurrency=\[1, 8, 1\] lists a value twice"),
-    ({"input_len": 0}, r"deploy\.input_len=0 must be an integer >= 1"),
-    ({"tp_size": True}, r"deploy\.tp_size=True must be an integer >= 1"),
-    ({"num_requests": 4}, r"deploy\.num_requests=4 is below the largest deploy\.concurrency=8"),
-    ({"max_batch_size": 4}, r"deploy\.max_batch_size=4 is below the largest deploy\.concurrency=8"),
-    ({"backend": "tensorrt", "kv_cache_dtype": "fp8"},
-     r"deploy\.kv_cache_dtype=fp8 is not allowed with deploy\.backend=tensorrt"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"backend": "vllm"}, r"deploy\.backend='vllm' is not allowed; choose one of: pytorch, tensorrt"),
+        ({"kv_cache_dtype": "int8"}, r"deploy\.kv_cache_dtype='int8' is not allowed; choose one of: auto, fp8"),
+        ({"concurrency": []}, r"deploy\.concurrency=\[\] must be a non-empty list"),
+        ({"concurrency": [0]}, r"deploy\.concurrency=0 must be an integer >= 1"),
+        ({"concurrency": [1, 8, 1]}, r"deploy\.concurrency=\[1, 8, 1\] lists a value twice"),
+        ({"input_len": 0}, r"deploy\.input_len=0 must be an integer >= 1"),
+        ({"tp_size": True}, r"deploy\.tp_size=True must be an integer >= 1"),
+        ({"num_requests": 4}, r"deploy\.num_requests=4 is below the largest deploy\.concurrency=8"),
+        ({"max_batch_size": 4}, r"deploy\.max_batch_size=4 is below the largest deploy\.concurrency=8"),
+        (
+            {"backend": "tensorrt", "kv_cache_dtype": "fp8"},
+            r"deploy\.kv_cache_dtype=fp8 is not allowed with deploy\.backend=tensorrt",
+        ),
+    ],
+)
 def test_invalid_settings_name_the_key_and_what_is_allowed(kw, message):
     with pytest.raises(ConfigError, match=message):
         _settings(**kw)
@@ -64,21 +69,81 @@ def test_invalid_settings_name_the_key_and_what_is_allowed(kw, message):
 
 
 # ---------------------------------------------------------------------------------------------- commands
-PREPARE = ["trtllm-bench", "--model", CKPT, "--workspace", WS, "prepare-dataset", "--output", DATASET,
-           "token-norm-dist", "--num-requests", "16", "--input-mean", "128", "--output-mean", "64",
-           "--input-stdev", "0", "--output-stdev", "0"]
+PREPARE = [
+    "trtllm-bench",
+    "--model",
+    CKPT,
+    "--workspace",
+    WS,
+    "prepare-dataset",
+    "--output",
+    DATASET,
+    "token-norm-dist",
+    "--num-requests",
+    "16",
+    "--input-mean",
+    "128",
+    "--output-mean",
+    "64",
+    "--input-stdev",
+    "0",
+    "--output-stdev",
+    "0",
+]
 BENCH = ["trtllm-bench", "--model", "quantized", "--model_path", CKPT, "--workspace", WS]
 
 
 def test_pytorch_commands_golden():
     assert bench_commands("quantized", CKPT, WORK, _settings()) == [
         PREPARE,
-        BENCH + ["throughput", "--backend", "pytorch", "--tp", "1", "--dataset", DATASET, "--num_requests", "16",
-                 "--concurrency", "1", "--report_json", f"{WORK}/throughput_c1.json", "--streaming"],
-        BENCH + ["throughput", "--backend", "pytorch", "--tp", "1", "--dataset", DATASET, "--num_requests", "16",
-                 "--concurrency", "8", "--report_json", f"{WORK}/throughput_c8.json", "--streaming"],
-        BENCH + ["latency", "--backend", "pytorch", "--tp", "1", "--dataset", DATASET, "--num_requests", "16",
-                 "--report_json", f"{WORK}/latency.json"],
+        BENCH
+        + [
+            "throughput",
+            "--backend",
+            "pytorch",
+            "--tp",
+            "1",
+            "--dataset",
+            DATASET,
+            "--num_requests",
+            "16",
+            "--concurrency",
+            "1",
+            "--report_json",
+            f"{WORK}/throughput_c1.json",
+            "--streaming",
+        ],
+        BENCH
+        + [
+            "throughput",
+            "--backend",
+            "pytorch",
+            "--tp",
+            "1",
+            "--dataset",
+            DATASET,
+            "--num_requests",
+            "16",
+            "--concurrency",
+            "8",
+            "--report_json",
+            f"{WORK}/throughput_c8.json",
+            "--streaming",
+        ],
+        BENCH
+        + [
+            "latency",
+            "--backend",
+            "pytorch",
+            "--tp",
+            "1",
+            "--dataset",
+            DATASET,
+            "--num_requests",
+            "16",
+            "--report_json",
+            f"{WORK}/latency.json",
+        ],
     ]
 
 
@@ -87,20 +152,64 @@ def test_tensorrt_commands_golden():
     assert bench_commands("quantized", CKPT, WORK, _settings(backend="tensorrt", tp_size=2)) == [
         PREPARE,
         BENCH + ["build", "--tp_size", "2", "--dataset", DATASET],
-        BENCH + ["throughput", "--backend", "tensorrt", "--engine_dir", engine, "--dataset", DATASET,
-                 "--num_requests", "16", "--concurrency", "1", "--report_json", f"{WORK}/throughput_c1.json",
-                 "--streaming"],
-        BENCH + ["throughput", "--backend", "tensorrt", "--engine_dir", engine, "--dataset", DATASET,
-                 "--num_requests", "16", "--concurrency", "8", "--report_json", f"{WORK}/throughput_c8.json",
-                 "--streaming"],
-        BENCH + ["latency", "--backend", "tensorrt", "--engine_dir", engine, "--dataset", DATASET,
-                 "--num_requests", "16", "--report_json", f"{WORK}/latency.json"],
+        BENCH
+        + [
+            "throughput",
+            "--backend",
+            "tensorrt",
+            "--engine_dir",
+            engine,
+            "--dataset",
+            DATASET,
+            "--num_requests",
+            "16",
+            "--concurrency",
+            "1",
+            "--report_json",
+            f"{WORK}/throughput_c1.json",
+            "--streaming",
+        ],
+        BENCH
+        + [
+            "throughput",
+            "--backend",
+            "tensorrt",
+            "--engine_dir",
+            engine,
+            "--dataset",
+            DATASET,
+            "--num_requests",
+            "16",
+            "--concurrency",
+            "8",
+            "--report_json",
+            f"{WORK}/throughput_c8.json",
+            "--streaming",
+        ],
+        BENCH
+        + [
+            "latency",
+            "--backend",
+            "tensorrt",
+            "--engine_dir",
+            engine,
+            "--dataset",
+            DATASET,
+            "--num_requests",
+            "16",
+            "--report_json",
+            f"{WORK}/latency.json",
+        ],
     ]
 
 
 def test_optional_flags():
-    cmds = bench_commands("quantized", CKPT, WORK, _settings(kv_cache_dtype="fp8", max_batch_size=8, streaming=False,
-                                                             latency=False, concurrency=[4]))
+    cmds = bench_commands(
+        "quantized",
+        CKPT,
+        WORK,
+        _settings(kv_cache_dtype="fp8", max_batch_size=8, streaming=False, latency=False, concurrency=[4]),
+    )
     assert [c[c.index("--workspace") + 2] for c in cmds] == ["prepare-dataset", "throughput"]
     throughput = cmds[1]
     assert throughput[throughput.index("--extra_llm_api_options") + 1] == f"{WORK}/llm_api_options.yaml"
@@ -142,35 +251,80 @@ def test_tensorrt_backend_only_until_it_was_removed():
 # ---------------------------------------------------------------------------------------------- reports
 def _pct(avg: float) -> dict:
     """A PercentileStats dump as reporting.py writes it (already converted to ms or tok/s)."""
-    return {"p50": avg, "p90": avg * 1.1, "p95": avg * 1.2, "p99": avg * 1.3, "minimum": avg * 0.9,
-            "maximum": avg * 1.4, "average": avg}
+    return {
+        "p50": avg,
+        "p90": avg * 1.1,
+        "p95": avg * 1.2,
+        "p99": avg * 1.3,
+        "minimum": avg * 0.9,
+        "maximum": avg * 1.4,
+        "average": avg,
+    }
 
 
 def bench_report(concurrency: int = 1, streaming: bool = True, tpot: float = 12.3) -> dict:
     """A --report_json in the schema of ReportUtility.get_statistics_dict (PyTorch backend, FP8 checkpoint)."""
     report = {
-        "engine": {"model": "quantized", "model_path": CKPT, "engine_dir": "None", "version": "1.2.1",
-                   "backend": "Pytorch", "dtype": "bfloat16", "kv_cache_dtype": "FP8", "quantization": "FP8"},
-        "world_info": {"tp_size": 1, "pp_size": 1, "ep_size": 1, "world_size": 1, "max_batch_size": 2048,
-                       "max_num_tokens": 8192, "scheduling_policy": "guaranteed_no_evict",
-                       "kv_cache_percentage": 0.9, "issue_rate": 1.0e9},
-        "request_info": {"num_requests": 16, "avg_num_concurrent_requests": concurrency * 0.97,
-                         "avg_input_length": 128.0, "avg_output_length": 64.0},
+        "engine": {
+            "model": "quantized",
+            "model_path": CKPT,
+            "engine_dir": "None",
+            "version": "1.2.1",
+            "backend": "Pytorch",
+            "dtype": "bfloat16",
+            "kv_cache_dtype": "FP8",
+            "quantization": "FP8",
+        },
+        "world_info": {
+            "tp_size": 1,
+            "pp_size": 1,
+            "ep_size": 1,
+            "world_size": 1,
+            "max_batch_size": 2048,
+            "max_num_tokens": 8192,
+            "scheduling_policy": "guaranteed_no_evict",
+            "kv_cache_percentage": 0.9,
+            "issue_rate": 1.0e9,
+        },
+        "request_info": {
+            "num_requests": 16,
+            "avg_num_concurrent_requests": concurrency * 0.97,
+            "avg_input_length": 128.0,
+            "avg_output_length": 64.0,
+        },
         "performance": {
-            "total_latency_ms": 2000.0, "avg_request_latency_ms": 64 * tpot + 25.0,
-            "request_throughput_req_s": 8.0, "system_output_throughput_tok_s": 1000.0 / tpot * concurrency,
-            "system_total_throughput_tok_s": 3000.0, "output_throughput_per_user_tok_s": 1000.0 / tpot,
+            "total_latency_ms": 2000.0,
+            "avg_request_latency_ms": 64 * tpot + 25.0,
+            "request_throughput_req_s": 8.0,
+            "system_output_throughput_tok_s": 1000.0 / tpot * concurrency,
+            "system_total_throughput_tok_s": 3000.0,
+            "output_throughput_per_user_tok_s": 1000.0 / tpot,
             "output_throughput_per_gpu_tok_s": 1000.0 / tpot * concurrency,
             "request_latency_percentiles_ms": _pct(64 * tpot + 25.0),
         },
-        "dataset": {"isl_stats": _pct(128), "osl_stats": _pct(64), "seq_len_stats": _pct(192), "num_requests": 16,
-                    "dataset_path": DATASET, "max_isl": 128, "max_osl": 64, "max_sequence_length": 192,
-                    "avg_isl": 128, "avg_osl": 64, "avg_sequence_length": 192},
+        "dataset": {
+            "isl_stats": _pct(128),
+            "osl_stats": _pct(64),
+            "seq_len_stats": _pct(192),
+            "num_requests": 16,
+            "dataset_path": DATASET,
+            "max_isl": 128,
+            "max_osl": 64,
+            "max_sequence_length": 192,
+            "avg_isl": 128,
+            "avg_osl": 64,
+            "avg_sequence_length": 192,
+        },
     }
     if streaming:
-        report["streaming_metrics"] = {"token_output_speed_tok_s": 1000.0 / tpot, "avg_ttft_ms": 25.0,
-                                       "avg_tpot_ms": tpot, "tpot_percentiles": _pct(tpot),
-                                       "ttft_percentiles": _pct(25.0), "gen_tps_percentiles": _pct(1000.0 / tpot)}
+        report["streaming_metrics"] = {
+            "token_output_speed_tok_s": 1000.0 / tpot,
+            "avg_ttft_ms": 25.0,
+            "avg_tpot_ms": tpot,
+            "tpot_percentiles": _pct(tpot),
+            "ttft_percentiles": _pct(25.0),
+            "gen_tps_percentiles": _pct(1000.0 / tpot),
+        }
     return report
 
 
@@ -181,8 +335,12 @@ def test_parse_streaming_report():
     assert (m["ttft_ms"], m["tpot_ms"]) == (25.0, 12.3)
     assert m["tpot_p99_ms"] == pytest.approx(12.3 * 1.3) and m["ttft_p50_ms"] == 25.0
     assert m["request_latency_ms"] == pytest.approx(64 * 12.3 + 25) == m["request_latency_p50_ms"]
-    assert (m["quantization"], m["kv_cache_dtype"], m["backend"], m["tensorrt_llm_version"]) == \
-        ("FP8", "FP8", "Pytorch", "1.2.1")
+    assert (m["quantization"], m["kv_cache_dtype"], m["backend"], m["tensorrt_llm_version"]) == (
+        "FP8",
+        "FP8",
+        "Pytorch",
+        "1.2.1",
+    )
     assert (m["num_requests"], m["avg_input_len"], m["avg_output_len"], m["tp_size"]) == (16, 128.0, 64.0, 1)
     json.dumps(m)  # goes into the manifest as is
 
@@ -214,7 +372,8 @@ def _checkpoint(folder: Path, quant: tuple[str, str] | None = None) -> Path:
     if quant:
         quantization = {"quant_algo": quant[0], "kv_cache_quant_algo": quant[1]}
         (folder / "hf_quant_config.json").write_text(
-            json.dumps({"producer": {"name": "modelopt"}, "quantization": quantization}))
+            json.dumps({"producer": {"name": "modelopt"}, "quantization": quantization})
+        )
     return folder
 
 
@@ -247,14 +406,19 @@ class FakeTrtllmBench:
 
 
 def test_run_deploy_runs_every_command_and_parses_every_report(tmp_path):
-    models = {"teacher": _checkpoint(tmp_path / "teacher"),
-              "distilled": _checkpoint(tmp_path / "distilled", quant=("FP8", "FP8"))}
+    models = {
+        "teacher": _checkpoint(tmp_path / "teacher"),
+        "distilled": _checkpoint(tmp_path / "distilled", quant=("FP8", "FP8")),
+    }
     settings = _settings(kv_cache_dtype="fp8")
     fake = FakeTrtllmBench()
     out = run_deploy(models, tmp_path / "deploy", settings, run=fake, version="1.2.1")
 
-    expected = [c for label, ckpt in models.items()
-                for c in bench_commands(label, ckpt.resolve(), tmp_path / "deploy" / label, settings)]
+    expected = [
+        c
+        for label, ckpt in models.items()
+        for c in bench_commands(label, ckpt.resolve(), tmp_path / "deploy" / label, settings)
+    ]
     assert [c["argv"] for c in fake.calls] == expected
     assert all(c["env"]["HF_HUB_OFFLINE"] == "1" and c["check"] is False for c in fake.calls)
     assert json.loads((tmp_path / "deploy" / "commands.json").read_text())["teacher"] == expected[:4]
@@ -264,12 +428,18 @@ def test_run_deploy_runs_every_command_and_parses_every_report(tmp_path):
         assert m["throughput"][0]["tpot_ms"] == tpot and m["latency"]["tpot_ms"] == tpot
         assert m["backend"] == "pytorch" and m["tensorrt_llm_version"] == "1.2.1"
         folder = tmp_path / "deploy" / label
-        assert m["reports"] == {"throughput_c1": str(folder / "throughput_c1.json"),
-                                "throughput_c8": str(folder / "throughput_c8.json"),
-                                "latency": str(folder / "latency.json")}
+        assert m["reports"] == {
+            "throughput_c1": str(folder / "throughput_c1.json"),
+            "throughput_c8": str(folder / "throughput_c8.json"),
+            "latency": str(folder / "latency.json"),
+        }
         assert (folder / "llm_api_options.yaml").read_text() == "kv_cache_config:\n  dtype: fp8\n"
-        assert sorted(p.name for p in (folder / "logs").iterdir()) == \
-            ["latency.log", "prepare-dataset.log", "throughput_c1.log", "throughput_c8.log"]
+        assert sorted(p.name for p in (folder / "logs").iterdir()) == [
+            "latency.log",
+            "prepare-dataset.log",
+            "throughput_c1.log",
+            "throughput_c8.log",
+        ]
     assert out["teacher"]["checkpoint_quantization"] is None
     assert out["distilled"]["checkpoint_quantization"] == {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}
     speedup = out["teacher"]["throughput"][0]["tpot_ms"] / out["distilled"]["throughput"][0]["tpot_ms"]
@@ -280,10 +450,14 @@ def test_run_deploy_runs_every_command_and_parses_every_report(tmp_path):
 def test_run_deploy_tensorrt_builds_the_engine_first(tmp_path):
     fake = FakeTrtllmBench()
     settings = _settings(backend="tensorrt", concurrency=[1], latency=False)
-    out = run_deploy({"teacher": _checkpoint(tmp_path / "teacher")}, tmp_path / "deploy", settings,
-                     run=fake, version="1.3.0rc20")
-    assert [c["argv"][c["argv"].index("--workspace") + 2] for c in fake.calls] == \
-        ["prepare-dataset", "build", "throughput"]
+    out = run_deploy(
+        {"teacher": _checkpoint(tmp_path / "teacher")}, tmp_path / "deploy", settings, run=fake, version="1.3.0rc20"
+    )
+    assert [c["argv"][c["argv"].index("--workspace") + 2] for c in fake.calls] == [
+        "prepare-dataset",
+        "build",
+        "throughput",
+    ]
     assert out["teacher"]["throughput"][0]["output_tokens_per_s"] > 0
     with pytest.raises(DeployUnavailable, match="removed the TensorRT engine backend"):
         run_deploy({"teacher": tmp_path / "teacher"}, tmp_path / "deploy2", settings, run=fake, version="1.3.0rc26")
@@ -293,15 +467,21 @@ def test_run_deploy_tensorrt_builds_the_engine_first(tmp_path):
 def test_failing_command_raises_with_its_log_tail(tmp_path):
     ckpt = _checkpoint(tmp_path / "teacher")
     with pytest.raises(DeployError, match=r"(?s)throughput .* exited with 1.*Engine supports a max sequence of 128"):
-        run_deploy({"teacher": ckpt}, tmp_path / "deploy", _settings(), run=FakeTrtllmBench(fail_on="throughput"),
-                   version="1.2.1")
+        run_deploy(
+            {"teacher": ckpt},
+            tmp_path / "deploy",
+            _settings(),
+            run=FakeTrtllmBench(fail_on="throughput"),
+            version="1.2.1",
+        )
 
 
 def test_command_that_writes_no_report_is_an_error(tmp_path):
     ckpt = _checkpoint(tmp_path / "teacher")
     with pytest.raises(DeployError, match="exited 0 but wrote no report at .*throughput_c1.json"):
-        run_deploy({"teacher": ckpt}, tmp_path / "deploy", _settings(), run=FakeTrtllmBench(skip_report=True),
-                   version="1.2.1")
+        run_deploy(
+            {"teacher": ckpt}, tmp_path / "deploy", _settings(), run=FakeTrtllmBench(skip_report=True), version="1.2.1"
+        )
 
 
 def test_run_deploy_rejects_a_folder_that_is_not_a_checkpoint(tmp_path):

@@ -12,5 +12,14 @@ from compactlm.distill.train import distill
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
-    distill(spec["teacher"], spec["student"], spec["data"], spec["out"], DistillConfig(**spec["distill"]),
-            EngineConfig(**spec["engine"]), spec["seed"], progress=False, cache_dtype=spec["cache_dtype"])
+    distill(
+        spec["teacher"],
+        spec["student"],
+        spec["data"],
+        spec["out"],
+        DistillConfig(**spec["distill"]),
+        EngineConfig(**spec["engine"]),
+        spec["seed"],
+        progress=False,
+        cache_dtype=spec["cache_dtype"],
+    )

@@ -52,8 +52,8 @@ def test_topk_with_whole_vocab_equals_full_kl_and_gradient(t):
     topk = TopKDistillationLoss(t)(zs, values, ids, tail)
     full = PerTokenKL(t)(zs, zt)
     torch.testing.assert_close(topk, full, rtol=1e-5, atol=1e-6)
-    g_topk, = torch.autograd.grad(topk.sum(), zs)
-    g_full, = torch.autograd.grad(full.sum(), zs)
+    (g_topk,) = torch.autograd.grad(topk.sum(), zs)
+    (g_full,) = torch.autograd.grad(full.sum(), zs)
     torch.testing.assert_close(g_topk, g_full, rtol=1e-4, atol=1e-6)
 
 
@@ -65,7 +65,7 @@ def test_topk_is_a_lower_bound_with_finite_gradients():
         torch.testing.assert_close(values.exp().sum(-1) + tail.exp(), torch.ones(B, S))
         loss = TopKDistillationLoss()(zs, values, ids, tail)
         assert (loss <= full + 1e-5).all() and (loss >= -1e-6).all()
-        g, = torch.autograd.grad(loss.sum(), zs)
+        (g,) = torch.autograd.grad(loss.sum(), zs)
         assert torch.isfinite(g).all()
     # A student equal to the teacher has zero loss.
     values, ids, tail = teacher_topk(zt, 7, 1.0)

@@ -15,14 +15,35 @@ STAGES = ["model", "data", "importance", "prune", "distill", "quantize", "evalua
 
 
 def test_prune_distill_recipe(tmp_path, tiny_llama_dir, capsys):
-    conf = to_config(compose([
-        "recipe=prune_distill", f"recipe.stages=[{','.join(STAGES)}]", "model=local", f"model.path={tiny_llama_dir}", "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=8",
-        "data.calibration_sequences=8", "data.max_train_sequences=64", "evaluate.generate_tokens=2",
-        "prune.model=null", "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64",
-        "distill.max_steps=12", "distill.lr=1e-3", "distill.min_lr=1e-4", "distill.warmup_steps=2",
-        "distill.micro_batch_size=4", "distill.global_batch_size=8", "distill.eval_every=6",
-        "distill.checkpoint_every=6", f"runs_root={tmp_path}",
-    ]))
+    conf = to_config(
+        compose(
+            [
+                "recipe=prune_distill",
+                f"recipe.stages=[{','.join(STAGES)}]",
+                "model=local",
+                f"model.path={tiny_llama_dir}",
+                "data=pydoc",
+                "data.max_documents=20",
+                "data.seq_len=32",
+                "data.validation_sequences=8",
+                "data.calibration_sequences=8",
+                "data.max_train_sequences=64",
+                "evaluate.generate_tokens=2",
+                "prune.model=null",
+                "prune.export_config.num_layers=3",
+                "prune.export_config.ffn_hidden_size=64",
+                "distill.max_steps=12",
+                "distill.lr=1e-3",
+                "distill.min_lr=1e-4",
+                "distill.warmup_steps=2",
+                "distill.micro_batch_size=4",
+                "distill.global_batch_size=8",
+                "distill.eval_every=6",
+                "distill.checkpoint_every=6",
+                f"runs_root={tmp_path}",
+            ]
+        )
+    )
     conf.run_dir = str(tmp_path / conf.run_name)
     run_dir = write_run_dir(conf)
     for stage in STAGES:

@@ -30,8 +30,16 @@ SEQ = 32
 ENGINE = EngineConfig(name="test", device="cpu", threads=1, dtype="float32")
 BF16 = dataclasses.replace(ENGINE, dtype="bfloat16")
 # 30 steps of 4 sequences; a checkpoint every 5 steps leaves a mid-run checkpoint to kill after.
-BASE = DistillConfig(max_steps=30, micro_batch_size=2, global_batch_size=4, eval_every=10, checkpoint_every=5,
-                     warmup_steps=3, lr=2e-3, min_lr=2e-4)
+BASE = DistillConfig(
+    max_steps=30,
+    micro_batch_size=2,
+    global_batch_size=4,
+    eval_every=10,
+    checkpoint_every=5,
+    warmup_steps=3,
+    lr=2e-3,
+    min_lr=2e-4,
+)
 SHORT = dataclasses.replace(BASE, max_steps=6, eval_every=3, checkpoint_every=3)
 
 
@@ -49,8 +57,9 @@ def pair(tmp_path_factory, tiny_tokenizer):
 
     root = tmp_path_factory.mktemp("distill")
     teacher = make_tiny_model("llama", root / "teacher", tiny_tokenizer, seed=0)
-    student = make_tiny_model("llama", root / "student", tiny_tokenizer, seed=1, num_hidden_layers=2,
-                              intermediate_size=64)
+    student = make_tiny_model(
+        "llama", root / "student", tiny_tokenizer, seed=1, num_hidden_layers=2, intermediate_size=64
+    )
     ids = [t for k in sorted(topics)[:40] for t in tiny_tokenizer(topics[k])["input_ids"]]
     seqs = np.asarray(ids[: (len(ids) // SEQ) * SEQ], dtype=np.int32).reshape(-1, SEQ)
     assert len(seqs) >= 56
@@ -76,9 +85,16 @@ WORKER = Path(__file__).with_name("distill_worker.py")
 def worker_args(pair, out, cfg: DistillConfig, cache_dtype: str = "float16", engine=ENGINE) -> list[str]:
     """`distill_worker.py` and its one argument: distill() with the same settings as `run` (seed 7, 1 thread)."""
     teacher, student, data = pair
-    spec = {"teacher": str(teacher), "student": str(student), "data": str(data), "out": str(out), "seed": 7,
-            "distill": dataclasses.asdict(cfg), "engine": dataclasses.asdict(engine),
-            "cache_dtype": cache_dtype}
+    spec = {
+        "teacher": str(teacher),
+        "student": str(student),
+        "data": str(data),
+        "out": str(out),
+        "seed": 7,
+        "distill": dataclasses.asdict(cfg),
+        "engine": dataclasses.asdict(engine),
+        "cache_dtype": cache_dtype,
+    }
     return [str(WORKER), json.dumps(spec)]
 
 
@@ -190,8 +206,13 @@ def test_teacher_cache_with_whole_vocab_reproduces_the_live_teacher(pair, tmp_pa
     assert np.load(train_cache / "indices.npy", mmap_mode="r").dtype == np.int32
     # A second run with other steps reuses the cache instead of running the teacher again.
     stamp = (train_cache / "meta.json").stat().st_mtime_ns
-    run(pair, tmp_path / "cached2", dataclasses.replace(cfg, max_steps=2), cache_dtype="float32",
-        cache_dir=tmp_path / "cached" / "teacher_cache")
+    run(
+        pair,
+        tmp_path / "cached2",
+        dataclasses.replace(cfg, max_steps=2),
+        cache_dtype="float32",
+        cache_dir=tmp_path / "cached" / "teacher_cache",
+    )
     assert (train_cache / "meta.json").stat().st_mtime_ns == stamp
 
 
@@ -269,8 +290,9 @@ def test_sigkill_mid_run_then_rerun_is_bitwise_identical(pair, reference, tmp_pa
     out = tmp_path / "killed"
     log = tmp_path / "killed.log"
     with log.open("w") as f:
-        proc = subprocess.Popen([sys.executable, *worker_args(pair, out, BASE, engine=engine)],
-                                stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, *worker_args(pair, out, BASE, engine=engine)], stdout=f, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.time() + 240
         while not (out / "checkpoint").is_dir():
@@ -293,8 +315,14 @@ def test_sigkill_mid_run_then_rerun_is_bitwise_identical(pair, reference, tmp_pa
 
 # ------------------------------------------------------------------------------------------ torchrun
 def torchrun(pair, out, cfg, nproc=2):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           *worker_args(pair, out, cfg, cache_dtype="float32")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        *worker_args(pair, out, cfg, cache_dtype="float32"),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return json.loads((out / "metrics.json").read_text())
@@ -326,12 +354,16 @@ def test_torchrun_two_processes_ddp_matches_one_process(pair, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,teacher_cache,checkpointing",
-                         [("fsdp2", False, False), ("ddp", True, False), ("fsdp2", True, False), ("fsdp2", False, True)])
-def test_torchrun_two_processes_other_strategies_match_one_process(pair, tmp_path, strategy, teacher_cache,
-                                                                   checkpointing):
-    cfg = dataclasses.replace(SHORT, strategy=strategy, teacher_cache=teacher_cache, topk=16,
-                              activation_checkpointing=checkpointing)
+@pytest.mark.parametrize(
+    "strategy,teacher_cache,checkpointing",
+    [("fsdp2", False, False), ("ddp", True, False), ("fsdp2", True, False), ("fsdp2", False, True)],
+)
+def test_torchrun_two_processes_other_strategies_match_one_process(
+    pair, tmp_path, strategy, teacher_cache, checkpointing
+):
+    cfg = dataclasses.replace(
+        SHORT, strategy=strategy, teacher_cache=teacher_cache, topk=16, activation_checkpointing=checkpointing
+    )
     out = tmp_path / strategy
     assert torchrun(pair, out, cfg)["strategy"] == strategy
     _compare_to_single_process(pair, tmp_path, cfg, out)

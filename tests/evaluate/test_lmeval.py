@@ -24,6 +24,7 @@ def polish_data(tmp_path_factory):
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a connection or resolve a name fails the test."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args!r}")
 
@@ -115,11 +116,11 @@ def test_shipped_yamls_load_in_lm_eval_task_manager(polish_data):
 
 
 @needs_polish
-def test_run_tasks_offline_returns_accuracy_and_samples(polish_data, tiny_tokenizer, tmp_path, no_network,
-                                                        one_thread):
+def test_run_tasks_offline_returns_accuracy_and_samples(polish_data, tiny_tokenizer, tmp_path, no_network, one_thread):
     model = build_tiny_model("llama")
-    out = run_tasks(model, tiny_tokenizer, ["polish_continuation"], data_dir=polish_data, limit=12,
-                    samples_dir=tmp_path / "samples")
+    out = run_tasks(
+        model, tiny_tokenizer, ["polish_continuation"], data_dir=polish_data, limit=12, samples_dir=tmp_path / "samples"
+    )
     row = out["polish_continuation"]
     assert row["num_examples"] == 12
     assert 0.0 <= row["acc"] <= 1.0 and type(row["acc"]) is float
@@ -158,7 +159,9 @@ def test_a_model_that_learned_the_text_beats_a_random_one(tiny_tokenizer, tmp_pa
         opt.step()
     trained.eval()
 
-    acc = {label: run_tasks(m, tiny_tokenizer, ["polish_continuation"], data_dir=data)["polish_continuation"]["acc"]
-           for label, m in {"trained": trained, "random": random_model}.items()}
+    acc = {
+        label: run_tasks(m, tiny_tokenizer, ["polish_continuation"], data_dir=data)["polish_continuation"]["acc"]
+        for label, m in {"trained": trained, "random": random_model}.items()
+    }
     # 7 of 8 by chance has probability 8 * 0.75 * 0.25**7 < 1e-3; a label / choice mix-up scores at chance
     assert acc["trained"] >= 7 / 8 > acc["random"], acc

@@ -137,16 +137,26 @@ def test_a_file_whose_rope_differs_from_its_source_fails(family_f16, tmp_path):
     info = gg.inspect(f16)
     if family == "llama-3.1":
         cases = {
-            "other factor": (dict(rope_scaling={**llama3_rope(32.0)["rope_scaling"]}, rope_parameters=None),
-                             "RoPE frequencies differ from the source's llama3 RoPE by up to"),
-            "no scaling": (dict(rope_scaling=None, rope_parameters=None),
-                           "the file has rope_freqs.weight, the source has no RoPE scaling"),
-            "other theta": (dict(rope_theta=10000.0, rope_parameters=None),
-                            "llama.rope.freq_base is 500000, the source's rope_theta is 10000"),
+            "other factor": (
+                dict(rope_scaling={**llama3_rope(32.0)["rope_scaling"]}, rope_parameters=None),
+                "RoPE frequencies differ from the source's llama3 RoPE by up to",
+            ),
+            "no scaling": (
+                dict(rope_scaling=None, rope_parameters=None),
+                "the file has rope_freqs.weight, the source has no RoPE scaling",
+            ),
+            "other theta": (
+                dict(rope_theta=10000.0, rope_parameters=None),
+                "llama.rope.freq_base is 500000, the source's rope_theta is 10000",
+            ),
         }
     else:
-        cases = {"llama3 scaling": (dict(llama3_rope(8.0), rope_theta=1000000.0, rope_parameters=None),
-                                    "the file has no rope_freqs.weight, so llama.cpp would run without")}
+        cases = {
+            "llama3 scaling": (
+                dict(llama3_rope(8.0), rope_theta=1000000.0, rope_parameters=None),
+                "the file has no rope_freqs.weight, so llama.cpp would run without",
+            )
+        }
     for name, (changes, message) in cases.items():
         other = _with_config(src, tmp_path / name.replace(" ", "-"), **changes)
         with pytest.raises(gg.GGUFMismatch, match=message):
@@ -155,8 +165,10 @@ def test_a_file_whose_rope_differs_from_its_source_fails(family_f16, tmp_path):
 
 def test_k_quants_where_rows_allow_and_sizes_shrink(tmp_path, llama_cpp, gguf_llama_dir, llama_f16):
     log = tmp_path / "log"
-    infos = {t: gg.inspect(gg.quantize(llama_cpp, llama_f16, tmp_path / f"m-{t}.gguf", t, 2, log))
-             for t in ("q8_0", "q6_k", "q4_k_m")}
+    infos = {
+        t: gg.inspect(gg.quantize(llama_cpp, llama_f16, tmp_path / f"m-{t}.gguf", t, 2, log))
+        for t in ("q8_0", "q6_k", "q4_k_m")
+    }
     assert "Q6_K" in infos["q6_k"]["tensor_types"] and "Q4_K" in infos["q4_k_m"]["tensor_types"]
     bpw = [infos[t]["bits_per_weight"] for t in ("q8_0", "q6_k", "q4_k_m")]
     # strictly smaller at each step (the tied embedding, most of a tiny model, stays Q6_K in q4_k_m)
@@ -167,8 +179,9 @@ def test_k_quants_where_rows_allow_and_sizes_shrink(tmp_path, llama_cpp, gguf_ll
 
 def test_a_file_that_disagrees_with_its_source_fails(tmp_path, llama_f16, gguf_llama_dir, smol_tokenizer_dir):
     f16 = llama_f16
-    other = make_gguf_ready_model("llama", tmp_path / "other", smol_tokenizer_dir, num_hidden_layers=3,
-                                  intermediate_size=768)
+    other = make_gguf_ready_model(
+        "llama", tmp_path / "other", smol_tokenizer_dir, num_hidden_layers=3, intermediate_size=768
+    )
     with pytest.raises(gg.GGUFMismatch) as e:
         gg.check_against_source(gg.inspect(f16), other, f16.name)
     msg = str(e.value)
@@ -208,8 +221,16 @@ def test_llama_cpp_perplexity_and_serving_speed(tmp_path, llama_cpp, llama_f16):
     ppl = perplexity(llama_cpp, f16, text, ctx=64, threads=2, log_file=tmp_path / "ppl.log", chunks=4)
     assert ppl["chunks"] == 4 and ppl["ctx"] == 64
     assert 1 < ppl["perplexity"] < 49152 * 10  # a random model: finite, near-uniform
-    speed = serving_speed(llama_cpp, f16, prompt_tokens=16, new_tokens=4, concurrency=[1, 2], threads=2, repeats=1,
-                          log_file=tmp_path / "bench.log")
+    speed = serving_speed(
+        llama_cpp,
+        f16,
+        prompt_tokens=16,
+        new_tokens=4,
+        concurrency=[1, 2],
+        threads=2,
+        repeats=1,
+        log_file=tmp_path / "bench.log",
+    )
     assert sorted(speed) == [1, 2]
     for c, row in speed.items():
         assert row["new_tokens"] == 4 and row["prompt_tokens"] == 16

@@ -23,13 +23,30 @@ STAGES = ["model", "data", "quantize", "gguf", "evaluate"]
 
 @pytest.mark.slow
 def test_gguf_stage_in_the_quantize_recipe(tmp_path, gguf_llama_dir, llama_cpp, capsys):
-    conf = to_config(compose([
-        "recipe=quantize", f"recipe.stages=[{','.join(STAGES)}]", "model=local", f"model.path={gguf_llama_dir}",
-        "data=pydoc", "data.max_documents=30", "data.seq_len=64", "data.validation_sequences=4",
-        "data.calibration_sequences=4", "data.max_train_sequences=4", "evaluate.generate_tokens=0",
-        "gguf.types=[q8_0,q4_k_m]", "gguf.perplexity_chunks=3", "gguf.concurrency=[1,2]", "gguf.prompt_tokens=16",
-        "gguf.new_tokens=4", "gguf.repeats=1", f"runs_root={tmp_path}",
-    ]))
+    conf = to_config(
+        compose(
+            [
+                "recipe=quantize",
+                f"recipe.stages=[{','.join(STAGES)}]",
+                "model=local",
+                f"model.path={gguf_llama_dir}",
+                "data=pydoc",
+                "data.max_documents=30",
+                "data.seq_len=64",
+                "data.validation_sequences=4",
+                "data.calibration_sequences=4",
+                "data.max_train_sequences=4",
+                "evaluate.generate_tokens=0",
+                "gguf.types=[q8_0,q4_k_m]",
+                "gguf.perplexity_chunks=3",
+                "gguf.concurrency=[1,2]",
+                "gguf.prompt_tokens=16",
+                "gguf.new_tokens=4",
+                "gguf.repeats=1",
+                f"runs_root={tmp_path}",
+            ]
+        )
+    )
     run_dir = write_run_dir(conf)
     for stage in STAGES:
         assert run_stage(stage, run_dir / CONFIG_FILE) == 0, stage
@@ -67,14 +84,34 @@ def test_a_llama31_checkpoint_through_prune_distill_quantize_and_gguf(tmp_path, 
     teacher = make_llama3_model(tmp_path / "llama31", smol_tokenizer_dir, num_hidden_layers=4)
     hub = json.loads((teacher / "config.json").read_text())
     stages = ["model", "data", "importance", "prune", "distill", "quantize", "gguf"]
-    r = run_launch([
-        "recipe=prune_distill", f"recipe.stages=[{','.join(stages)}]", "model=local", f"model.path={teacher}",
-        "prune.model=null", "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=384",
-        "data=pydoc", "data.max_documents=30", "data.seq_len=64", "data.validation_sequences=4",
-        "data.calibration_sequences=4", "data.max_train_sequences=8", "distill.max_steps=3",
-        "distill.micro_batch_size=2", "distill.global_batch_size=2", "engine.dtype=float32", "engine.threads=2",
-        "gguf.types=[q8_0]", "gguf.perplexity_chunks=2", "gguf.bench=false", f"runs_root={tmp_path}", "run_name=l31",
-    ], timeout=1200)
+    r = run_launch(
+        [
+            "recipe=prune_distill",
+            f"recipe.stages=[{','.join(stages)}]",
+            "model=local",
+            f"model.path={teacher}",
+            "prune.model=null",
+            "prune.export_config.num_layers=3",
+            "prune.export_config.ffn_hidden_size=384",
+            "data=pydoc",
+            "data.max_documents=30",
+            "data.seq_len=64",
+            "data.validation_sequences=4",
+            "data.calibration_sequences=4",
+            "data.max_train_sequences=8",
+            "distill.max_steps=3",
+            "distill.micro_batch_size=2",
+            "distill.global_batch_size=2",
+            "engine.dtype=float32",
+            "engine.threads=2",
+            "gguf.types=[q8_0]",
+            "gguf.perplexity_chunks=2",
+            "gguf.bench=false",
+            f"runs_root={tmp_path}",
+            "run_name=l31",
+        ],
+        timeout=1200,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     run_dir = tmp_path / "l31"
     for folder in ("prune/checkpoint", "distill/student", "quantize/export"):
@@ -83,8 +120,11 @@ def test_a_llama31_checkpoint_through_prune_distill_quantize_and_gguf(tmp_path, 
         assert saved["rope_parameters"] == {**llama3_rope()["rope_scaling"], "rope_theta": 500000.0}, folder
     g = read_manifest(run_dir / "gguf")["result"]
     files = {(f["model"], f["type"]): f for f in g["files"]}
-    assert g["student"] == "distilled" and sorted(files) == [("distilled", "f16"), ("distilled", "q8_0"),
-                                                              ("teacher", "f16")]
+    assert g["student"] == "distilled" and sorted(files) == [
+        ("distilled", "f16"),
+        ("distilled", "q8_0"),
+        ("teacher", "f16"),
+    ]
     assert "distilled-q8_0.gguf: " in r.stdout and "matches distilled's architecture" in r.stdout
     for f in files.values():
         info = gg.inspect(run_dir / "gguf" / f["file"])
@@ -97,17 +137,47 @@ def test_a_llama31_checkpoint_through_prune_distill_quantize_and_gguf(tmp_path, 
 
 
 def _file(model, type_, tps, tpot):
-    rows = [{"concurrency": c, "ttft_ms": 10.0 * c, "tpot_ms": tpot * c, "prompt_tokens_per_s": 100.0,
-             "output_tokens_per_s": tps, "prompt_tokens": 16, "new_tokens": 4, "threads": 2} for c in (1, 8)]
-    return GGUFFile(model=model, type=type_, file=f"{model}/{model}-{type_}.gguf", size_bytes=1, bits_per_weight=16.0,
-                    tensor_types={}, size_ratio=1.0, speed=rows)
+    rows = [
+        {
+            "concurrency": c,
+            "ttft_ms": 10.0 * c,
+            "tpot_ms": tpot * c,
+            "prompt_tokens_per_s": 100.0,
+            "output_tokens_per_s": tps,
+            "prompt_tokens": 16,
+            "new_tokens": 4,
+            "threads": 2,
+        }
+        for c in (1, 8)
+    ]
+    return GGUFFile(
+        model=model,
+        type=type_,
+        file=f"{model}/{model}-{type_}.gguf",
+        size_bytes=1,
+        bits_per_weight=16.0,
+        tensor_types={},
+        size_ratio=1.0,
+        speed=rows,
+    )
 
 
 def test_the_bench_table_comes_from_llama_cpp_when_it_ran():
-    params = {"teacher": ParamCounts(total=150, embedding=50, without_lm_head=150),
-              "distilled": ParamCounts(total=100, embedding=50, without_lm_head=100)}
-    g = GGUFResult(llama_cpp={}, student="distilled", outtype="f16", params=params, files=[
-        _file("teacher", "f16", 10.0, 100.0), _file("distilled", "f16", 14.0, 70.0), _file("distilled", "q8_0", 20.0, 50.0)])
+    params = {
+        "teacher": ParamCounts(total=150, embedding=50, without_lm_head=150),
+        "distilled": ParamCounts(total=100, embedding=50, without_lm_head=100),
+    }
+    g = GGUFResult(
+        llama_cpp={},
+        student="distilled",
+        outtype="f16",
+        params=params,
+        files=[
+            _file("teacher", "f16", 10.0, 100.0),
+            _file("distilled", "f16", 14.0, 70.0),
+            _file("distilled", "q8_0", 20.0, 50.0),
+        ],
+    )
     bench = bench_from_gguf(g)
     assert bench.source.startswith("llama.cpp llama-batched-bench") and bench.student == "distilled"
     assert [r.batch_size for r in bench.runs] == [1, 8]

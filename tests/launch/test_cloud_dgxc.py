@@ -29,9 +29,17 @@ CREDENTIALS = {"RUNAI_CLIENT_ID": CLIENT_ID, "RUNAI_CLIENT_SECRET": SECRET}
 
 
 def dgxc_args(base_url: str, runs_root: Path, *extra: str) -> list[str]:
-    return ["cluster=dgxc", f"cluster.dgxc.base_url={base_url}", "cluster.dgxc.project_name=compactlm",
-            f"cluster.dgxc.pvcs.0.claim_name={CLAIM}", f"cluster.container_image={IMAGE}",
-            "cluster.dgxc.poll_seconds=0.05", f"runs_root={runs_root}", "run_name=exp010", *extra]
+    return [
+        "cluster=dgxc",
+        f"cluster.dgxc.base_url={base_url}",
+        "cluster.dgxc.project_name=compactlm",
+        f"cluster.dgxc.pvcs.0.claim_name={CLAIM}",
+        f"cluster.container_image={IMAGE}",
+        "cluster.dgxc.poll_seconds=0.05",
+        f"runs_root={runs_root}",
+        "run_name=exp010",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -95,6 +103,7 @@ def ops(in_process, capfd):
         code = main(list(argv))
         out, err = capfd.readouterr()
         return code, out, err
+
     return call
 
 
@@ -108,7 +117,9 @@ def test_fake_requires_a_bearer_token_issued_for_the_client_credentials(fake):
     assert requests.get(projects, timeout=5).status_code == 401
     wrong = {"grantType": "client_credentials", "clientId": CLIENT_ID, "clientSecret": "nope"}
     assert requests.post(f"{fake.base_url}/token", json=wrong, timeout=5).status_code == 401
-    token = requests.post(f"{fake.base_url}/token", json={**wrong, "clientSecret": SECRET}, timeout=5).json()["accessToken"]
+    token = requests.post(f"{fake.base_url}/token", json={**wrong, "clientSecret": SECRET}, timeout=5).json()[
+        "accessToken"
+    ]
     reply = requests.get(projects, headers={"Authorization": f"Bearer {token}"}, timeout=5)
     assert reply.status_code == 200 and reply.json()["projects"][0]["name"] == "compactlm"
     assert SECRET not in json.dumps([r.__dict__ for r in fake.requests])  # the recorder redacts it
@@ -130,8 +141,12 @@ def test_launch_submits_each_stage_after_the_previous_one_and_waits(tmp_path, fa
         env = {e["name"]: e["value"] for e in w.spec["environmentVariables"]}
         assert env["PYTHONUNBUFFERED"] == "1" and "PYTHONPATH" not in env and "PATH" not in env
     assert training.request["name"] == "model" and distributed.request["name"] == "distill"
-    assert (distributed.spec["distributedFramework"], distributed.spec["numWorkers"],
-            distributed.spec["minReplicas"], distributed.spec["maxReplicas"]) == ("PyTorch", 2, 2, 2)
+    assert (
+        distributed.spec["distributedFramework"],
+        distributed.spec["numWorkers"],
+        distributed.spec["minReplicas"],
+        distributed.spec["maxReplicas"],
+    ) == ("PyTorch", 2, 2, 2)
     assert "numWorkers" not in training.spec
 
     # The order: model's data mover, model, polls until Completed, then distill's data mover and distill.
@@ -139,7 +154,7 @@ def test_launch_submits_each_stage_after_the_previous_one_and_waits(tmp_path, fa
     model_at, distill_at = seq.index("POST /workloads/trainings"), seq.index("POST /workloads/distributed")
     assert "GET /workloads/trainings/{id}" in seq[model_at:distill_at]
     assert seq[model_at:distill_at].count("POST /workloads/workspaces") == 1  # one data mover per stage: small
-    assert seq[distill_at + 1:].count("GET /workloads/distributed/{id}") >= 2  # polled until Completed
+    assert seq[distill_at + 1 :].count("GET /workloads/distributed/{id}") >= 2  # polled until Completed
     assert all(len(w.spec["args"]) <= 9500 for w in fake.of_kind("workspaces"))
     assert fake.lost_writes == []
 
@@ -153,11 +168,14 @@ def test_launch_submits_each_stage_after_the_previous_one_and_waits(tmp_path, fa
         script = on_pvc(fake, f"{job_dir}/torchrun_job.sh").read_text()
         commands[w.request["name"]] = [line for line in script.splitlines() if "/opt/compactlm/recipes/" in line]
         config = on_pvc(fake, f"{job_dir}/code/config.yaml").read_text()
-        assert "run_dir: /workspace/compactlm/runs/exp010" in config and "cache_dir: /workspace/compactlm/cache" in config
+        assert (
+            "run_dir: /workspace/compactlm/runs/exp010" in config and "cache_dir: /workspace/compactlm/cache" in config
+        )
     assert commands == {
         "model": ["python /opt/compactlm/recipes/model.py config=/nemo_run/code/config.yaml"],
-        "distill": ["torchrun --nnodes 2 --nproc-per-node 8 /opt/compactlm/recipes/distill.py "
-                    "config=/nemo_run/code/config.yaml"],
+        "distill": [
+            "torchrun --nnodes 2 --nproc-per-node 8 /opt/compactlm/recipes/distill.py config=/nemo_run/code/config.yaml"
+        ],
     }
 
     # `launch.py status` asks Run:ai again (credentials from the environment) and shows each stage's state.
@@ -222,23 +240,43 @@ def test_dryrun_prints_the_workloads_and_contacts_nothing(tmp_path):
     assert out.count("# 3. POST http://127.0.0.1:9/api/v1/workloads/distributed  (after stage prune succeeded)") == 1
     assert '"gpuDevicesRequest": 8' in out and '"numWorkers": 2' in out and f'"image": "{IMAGE}"' in out
     assert f'"claimName": "{CLAIM}"' in out
-    assert "torchrun --nnodes 2 --nproc-per-node 8 /opt/compactlm/recipes/distill.py config=/nemo_run/code/config.yaml" in out
+    assert (
+        "torchrun --nnodes 2 --nproc-per-node 8 /opt/compactlm/recipes/distill.py config=/nemo_run/code/config.yaml"
+        in out
+    )
     assert "python /opt/compactlm/recipes/quantize.py config=/nemo_run/code/config.yaml" in out
 
 
-GOOD = ["cluster=dgxc", "cluster.dgxc.base_url=https://acme.run.ai/api/v1", "cluster.dgxc.project_name=compactlm",
-        f"cluster.dgxc.pvcs.0.claim_name={CLAIM}", f"cluster.container_image={IMAGE}"]
+GOOD = [
+    "cluster=dgxc",
+    "cluster.dgxc.base_url=https://acme.run.ai/api/v1",
+    "cluster.dgxc.project_name=compactlm",
+    f"cluster.dgxc.pvcs.0.claim_name={CLAIM}",
+    f"cluster.container_image={IMAGE}",
+]
 BAD = [
     (["cluster.dgxc.base_url=null"], "cluster.dgxc.base_url is required"),
-    (["cluster.dgxc.base_url=acme.run.ai"], "cluster.dgxc.base_url='acme.run.ai' must be an http(s) URL ending in /api/v1"),
+    (
+        ["cluster.dgxc.base_url=acme.run.ai"],
+        "cluster.dgxc.base_url='acme.run.ai' must be an http(s) URL ending in /api/v1",
+    ),
     (["cluster.dgxc.project_name=null"], "cluster.dgxc.project_name is required"),
     (["cluster.dgxc.pvcs=[]"], "cluster.dgxc.pvcs is empty"),
     (["cluster.dgxc.pvcs.0.claim_name=null"], "cluster.dgxc.pvcs.0.claim_name is required"),
-    (["cluster.dgxc.pvc_nemo_run_dir=/scratch/nemo_run"], "cluster.dgxc.pvc_nemo_run_dir='/scratch/nemo_run' is not on a mounted volume"),
+    (
+        ["cluster.dgxc.pvc_nemo_run_dir=/scratch/nemo_run"],
+        "cluster.dgxc.pvc_nemo_run_dir='/scratch/nemo_run' is not on a mounted volume",
+    ),
     (["cluster.runs_root=/scratch/runs"], "cluster.runs_root='/scratch/runs' is not on a mounted volume"),
-    (["cluster.container_image='nvcr.io/<org>/compactlm-train:latest'"], "cluster.container_image='nvcr.io/<org>/compactlm-train:latest' is a placeholder"),
+    (
+        ["cluster.container_image='nvcr.io/<org>/compactlm-train:latest'"],
+        "cluster.container_image='nvcr.io/<org>/compactlm-train:latest' is a placeholder",
+    ),
     (["cluster.gpus_per_node=16"], "cluster.gpus_per_node=16 exceeds 8"),
-    (["cluster.dgxc.client_secret_env='my secret'"], "cluster.dgxc.client_secret_env='my secret' must be the NAME of an environment variable"),
+    (
+        ["cluster.dgxc.client_secret_env='my secret'"],
+        "cluster.dgxc.client_secret_env='my secret' must be the NAME of an environment variable",
+    ),
 ]
 
 

@@ -18,12 +18,24 @@ from compactlm.pipeline import STAGE_NAMES
 
 GOLDEN = REPO / "tests" / "golden"
 SLURM_2X8 = [
-    "cluster=slurm", "cluster.slurm.account=llm_research", "cluster.slurm.partition=batch", "cluster.nodes=2",
-    "cluster.gpus_per_node=8", "cluster.slurm.tunnel=ssh", "cluster.slurm.host=login.example.com",
-    "cluster.slurm.user=alice", "cluster.slurm.job_dir=/lustre/alice/nemorun", "cluster.runs_root=/lustre/alice/runs",
-    "cluster.cache_dir=/lustre/alice/cache", "cluster.container_image=/lustre/containers/compactlm-train.sqsh",
-    "cluster.container_mounts=[/lustre/datasets:/datasets]", "cluster.slurm.time=12:00:00", "cluster.slurm.exclusive=true",
-    "model=bielik_11b_v3", "prune=exp_010", "run_name=bielik_exp010",
+    "cluster=slurm",
+    "cluster.slurm.account=llm_research",
+    "cluster.slurm.partition=batch",
+    "cluster.nodes=2",
+    "cluster.gpus_per_node=8",
+    "cluster.slurm.tunnel=ssh",
+    "cluster.slurm.host=login.example.com",
+    "cluster.slurm.user=alice",
+    "cluster.slurm.job_dir=/lustre/alice/nemorun",
+    "cluster.runs_root=/lustre/alice/runs",
+    "cluster.cache_dir=/lustre/alice/cache",
+    "cluster.container_image=/lustre/containers/compactlm-train.sqsh",
+    "cluster.container_mounts=[/lustre/datasets:/datasets]",
+    "cluster.slurm.time=12:00:00",
+    "cluster.slurm.exclusive=true",
+    "model=bielik_11b_v3",
+    "prune=exp_010",
+    "run_name=bielik_exp010",
 ]
 
 
@@ -82,20 +94,36 @@ def test_dryrun_prints_what_would_be_submitted_and_writes_nothing(tmp_path, clus
     assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["cluster=slurm"], "cluster.slurm.account is required"),
-    (["cluster=slurm", "cluster.slurm.account=a", "cluster.gpus_per_node=16"], "cluster.gpus_per_node=16 exceeds 8"),
-    (["cluster=slurm", "cluster.slurm.account=a", "cluster.nodes=0"], "cluster.nodes=0 must be an integer >= 1"),
-    (["cluster=slurm", "cluster.slurm.account=a", "cluster.nodes=2", "+cluster.stage_nodes.distill=4"],
-     "cluster.stage_nodes.distill=4 asks more nodes than the cluster has (cluster.nodes=2)"),
-    (["cluster=slurm", "cluster.slurm.account=a", "cluster.slurm.time=forever"], "cluster.slurm.time='forever'"),
-    (["cluster=slurm", "cluster.slurm.account=a", "cluster.slurm.tunnel=ssh"], "cluster.slurm.host is required"),
-    (["cluster=slurm", "cluster.slurm.account=a", "cluster.slurm.tunnel=ssh", "cluster.slurm.host=h",
-      "cluster.slurm.job_dir=/j"], "cluster.runs_root=None"),
-    (["cluster.nodes=2"], "cluster.nodes=2 with cluster.executor=local"),
-    (["cluster.executor=kubernetes"], "cluster.executor='kubernetes' is not allowed"),
-    (["+cluster.env.HF_TOKEN=abc"], "cluster.env.HF_TOKEN: credentials must not be in the config"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["cluster=slurm"], "cluster.slurm.account is required"),
+        (
+            ["cluster=slurm", "cluster.slurm.account=a", "cluster.gpus_per_node=16"],
+            "cluster.gpus_per_node=16 exceeds 8",
+        ),
+        (["cluster=slurm", "cluster.slurm.account=a", "cluster.nodes=0"], "cluster.nodes=0 must be an integer >= 1"),
+        (
+            ["cluster=slurm", "cluster.slurm.account=a", "cluster.nodes=2", "+cluster.stage_nodes.distill=4"],
+            "cluster.stage_nodes.distill=4 asks more nodes than the cluster has (cluster.nodes=2)",
+        ),
+        (["cluster=slurm", "cluster.slurm.account=a", "cluster.slurm.time=forever"], "cluster.slurm.time='forever'"),
+        (["cluster=slurm", "cluster.slurm.account=a", "cluster.slurm.tunnel=ssh"], "cluster.slurm.host is required"),
+        (
+            [
+                "cluster=slurm",
+                "cluster.slurm.account=a",
+                "cluster.slurm.tunnel=ssh",
+                "cluster.slurm.host=h",
+                "cluster.slurm.job_dir=/j",
+            ],
+            "cluster.runs_root=None",
+        ),
+        (["cluster.nodes=2"], "cluster.nodes=2 with cluster.executor=local"),
+        (["cluster.executor=kubernetes"], "cluster.executor='kubernetes' is not allowed"),
+        (["+cluster.env.HF_TOKEN=abc"], "cluster.env.HF_TOKEN: credentials must not be in the config"),
+    ],
+)
 def test_bad_cluster_input_fails_before_submission(tmp_path, overrides, message):
     r = run_launch([*overrides, f"runs_root={tmp_path}"], timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr
@@ -114,8 +142,15 @@ def test_resources_per_stage():
         to_config(compose([*SLURM_2X8, "+cluster.stage_nodes.prune=3"]))
 
 
-SSH_SLURM = ["cluster=slurm", "cluster.slurm.account=a", "cluster.slurm.tunnel=ssh", "cluster.slurm.host=h",
-             "cluster.slurm.job_dir=/j", "cluster.runs_root=/lustre/runs", "cluster.cache_dir=/lustre/cache"]
+SSH_SLURM = [
+    "cluster=slurm",
+    "cluster.slurm.account=a",
+    "cluster.slurm.tunnel=ssh",
+    "cluster.slurm.host=h",
+    "cluster.slurm.job_dir=/j",
+    "cluster.runs_root=/lustre/runs",
+    "cluster.cache_dir=/lustre/cache",
+]
 
 
 def _placed(overrides):
@@ -131,8 +166,17 @@ def test_local_inputs_become_absolute_paths_the_stages_can_read_from_anywhere(tm
     texts.mkdir()
     (texts / "a.txt").write_text("Zdanie pierwsze jest tutaj. Zdanie drugie jest tam.\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    conf, _ = _placed(["cluster=slurm", "cluster.slurm.account=a", "data=text", "data.paths=[texts/*.txt]",
-                       f"runs_root={tmp_path}", "evaluate.tasks=[polish_continuation]", "evaluate.task_text=texts"])
+    conf, _ = _placed(
+        [
+            "cluster=slurm",
+            "cluster.slurm.account=a",
+            "data=text",
+            "data.paths=[texts/*.txt]",
+            f"runs_root={tmp_path}",
+            "evaluate.tasks=[polish_continuation]",
+            "evaluate.task_text=texts",
+        ]
+    )
     assert conf.data.paths == [str(texts / "*.txt")]
     assert conf.evaluate.task_text == str(texts)
 
@@ -151,9 +195,17 @@ def test_a_container_mounts_the_folders_of_local_inputs(tmp_path):
     texts = tmp_path / "pl"
     texts.mkdir()
     (texts / "a.txt").write_text("Zdanie pierwsze jest tutaj.\n", encoding="utf-8")
-    conf, _ = _placed(["cluster=slurm", "cluster.slurm.account=a", "cluster.container_image=/c/train.sqsh",
-                       "cluster.runs_root=/lustre/runs", "data=text", f"data.paths=[{texts}/*.txt]",
-                       "cluster.container_mounts=[/lustre:/lustre]"])
+    conf, _ = _placed(
+        [
+            "cluster=slurm",
+            "cluster.slurm.account=a",
+            "cluster.container_image=/c/train.sqsh",
+            "cluster.runs_root=/lustre/runs",
+            "data=text",
+            f"data.paths=[{texts}/*.txt]",
+            "cluster.container_mounts=[/lustre:/lustre]",
+        ]
+    )
     mounts = container_mounts(conf)
     assert f"{texts}:{texts}" in mounts
     assert not any(m.startswith("/lustre/runs") for m in mounts), mounts  # already inside the user's /lustre mount
@@ -174,15 +226,25 @@ def test_remote_slurm_packages_the_code_and_the_config(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO())  # the packager shells out through invoke, which reads stdin
     tar = packager(conf, run, local_dir).package(REPO, str(tmp_path), "job")
     names = set(tarfile.open(tar).getnames())
-    assert {"config.yaml", "recipes/evaluate.py", "src/compactlm/evaluate/lm_eval_tasks/heldout_continuation.yaml"} <= names
+    assert {
+        "config.yaml",
+        "recipes/evaluate.py",
+        "src/compactlm/evaluate/lm_eval_tasks/heldout_continuation.yaml",
+    } <= names
     assert not any("shared" in n.split("/") for n in names)
 
 
-@pytest.mark.parametrize("extra, key", [
-    (["data=text", "data.paths=[texts/*.txt]"], "data.paths='texts/*.txt' is relative"),
-    (["evaluate.tasks=[polish_continuation]", "evaluate.task_text=texts"], "evaluate.task_text='texts' is relative"),
-    (["recipe=eval", "model=local", "model.path=./models/teacher"], "model.path='./models/teacher' is relative"),
-])
+@pytest.mark.parametrize(
+    "extra, key",
+    [
+        (["data=text", "data.paths=[texts/*.txt]"], "data.paths='texts/*.txt' is relative"),
+        (
+            ["evaluate.tasks=[polish_continuation]", "evaluate.task_text=texts"],
+            "evaluate.task_text='texts' is relative",
+        ),
+        (["recipe=eval", "model=local", "model.path=./models/teacher"], "model.path='./models/teacher' is relative"),
+    ],
+)
 def test_relative_inputs_on_a_remote_cluster_are_refused(extra, key):
     assert key in config_error([*SSH_SLURM, *extra])
 
@@ -192,25 +254,33 @@ def test_a_stage_that_fails_cancels_the_stages_waiting_on_it():
     assert "#SBATCH --kill-on-invalid-dep=yes" in text  # (the afterok dependency is added at submission)
 
 
-@pytest.mark.parametrize("config_error, exitcode, requeued", [
-    (True, 2, False),   # the stage stopped on a configuration error: the same config would fail again
-    (False, 143, True),  # preempted / time limit: the stage checkpointed, the job comes back
-    (False, 1, True),   # a crash (node failure, OOM): retried up to max_retries
-])
+@pytest.mark.parametrize(
+    "config_error, exitcode, requeued",
+    [
+        (True, 2, False),  # the stage stopped on a configuration error: the same config would fail again
+        (False, 143, True),  # preempted / time limit: the stage checkpointed, the job comes back
+        (False, 1, True),  # a crash (node failure, OOM): retried up to max_retries
+    ],
+)
 def test_the_job_script_requeues_all_but_configuration_errors(tmp_path, config_error, exitcode, requeued):
     """The end of the real rendered sbatch script, run by bash with a `scontrol` that records its calls."""
     text = (GOLDEN / "slurm_2x8_pyxis_importance.sbatch").read_text()
-    tail = text[text.index("exitcode=$?"):]
+    tail = text[text.index("exitcode=$?") :]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/scontrol.calls\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.calls\n')
     (bin_dir / "scontrol").chmod(0o755)
     marker = tmp_path / "importance" / "config_error.txt"
     if config_error:
         marker.parent.mkdir()
         marker.write_text("evaluate.task_text='/x' has no .txt file\n")
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "TORCHX_MAX_RETRIES": "3", "SLURM_RESTART_COUNT": "0",
-           "SLURM_JOB_ID": "42", "COMPACTLM_NO_REQUEUE": str(marker)}
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "TORCHX_MAX_RETRIES": "3",
+        "SLURM_RESTART_COUNT": "0",
+        "SLURM_JOB_ID": "42",
+        "COMPACTLM_NO_REQUEUE": str(marker),
+    }
     r = subprocess.run(["bash", "-c", f"(exit {exitcode})\n{tail}"], env=env, capture_output=True, text=True)
     assert r.returncode == exitcode
     calls = (tmp_path / "scontrol.calls").read_text() if (tmp_path / "scontrol.calls").exists() else ""

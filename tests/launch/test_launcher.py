@@ -18,15 +18,33 @@ pytestmark = pytest.mark.slow
 
 def _args(tmp_path, model_dir, data_file=None, recipe="eval"):
     data = ["data=text", f"data.paths=[{data_file}]"] if data_file else ["data=pydoc", "data.max_documents=20"]
-    return [f"recipe={recipe}", "model=local", f"model.path={model_dir}", *data,
-            "data.seq_len=32", "data.validation_sequences=4", "data.calibration_sequences=4",
-            "data.max_train_sequences=8", "evaluate.generate_tokens=4", f"runs_root={tmp_path}", "run_name=tiny"]
+    return [
+        f"recipe={recipe}",
+        "model=local",
+        f"model.path={model_dir}",
+        *data,
+        "data.seq_len=32",
+        "data.validation_sequences=4",
+        "data.calibration_sequences=4",
+        "data.max_train_sequences=8",
+        "evaluate.generate_tokens=4",
+        f"runs_root={tmp_path}",
+        "run_name=tiny",
+    ]
 
 
 def _launch(args, **kw):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "launch.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def _descendants(pid: int) -> list[int]:
@@ -51,7 +69,9 @@ def test_kill_mid_stage_then_rerun_resumes(tmp_path, tiny_llama_dir):
     from pydoc_data.topics import topics
 
     big = tmp_path / "big.txt"
-    big.write_text("\n".join(p for doc in topics.values() for p in doc.split("\n\n") if p.strip()) * 30, encoding="utf-8")
+    big.write_text(
+        "\n".join(p for doc in topics.values() for p in doc.split("\n\n") if p.strip()) * 30, encoding="utf-8"
+    )
     args = _args(tmp_path / "runs", tiny_llama_dir, big)
     proc = _launch(args)
     seen = []
@@ -90,21 +110,39 @@ def test_kill_mid_stage_then_rerun_resumes(tmp_path, tiny_llama_dir):
 # validation sequences (evaluate, and the gguf stage's dequantized check, which scores the source again beside each
 # file); Q8_0 and Q4_K_M only (on this student Q6_K falls back to the Q8_0 file), 4 llama.cpp perplexity chunks, one
 # benchmark run each.
-SHORT_DEMO = ["distill.max_tokens=16384", "evaluate.task_examples=40", "evaluate.max_sequences=8",
-              "gguf.types=[q8_0,q4_k_m]", "gguf.perplexity_chunks=4", "gguf.repeats=1"]
+SHORT_DEMO = [
+    "distill.max_tokens=16384",
+    "evaluate.task_examples=40",
+    "evaluate.max_sequences=8",
+    "gguf.types=[q8_0,q4_k_m]",
+    "gguf.perplexity_chunks=4",
+    "gguf.repeats=1",
+]
 
 
 def test_demo_command_on_smollm2_from_a_plain_clone(tmp_path):
     """The README's main command, run from a copy of the repository alone (no ../shared beside it), on the embedded
     SmolLM2-135M: prune -> distill -> FP8, all side by side, with lm-eval on the run's own held-out documents."""
     clone = plain_clone(tmp_path / "clone" / "compactlm")
-    check = subprocess.run([sys.executable, "launch.py", f"runs_root={tmp_path}", "dryrun=true"], cwd=clone,
-                           env=clone_env(clone), capture_output=True, text=True, timeout=600)
+    check = subprocess.run(
+        [sys.executable, "launch.py", f"runs_root={tmp_path}", "dryrun=true"],
+        cwd=clone,
+        env=clone_env(clone),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     assert f"python {clone}/recipes/evaluate.py" in check.stdout and "shared/data" not in check.stdout
-    proc = subprocess.Popen([sys.executable, "launch.py", f"runs_root={tmp_path}", *SHORT_DEMO], cwd=clone,
-                            env=clone_env(clone),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "launch.py", f"runs_root={tmp_path}", *SHORT_DEMO],
+        cwd=clone,
+        env=clone_env(clone),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     out, _ = proc.communicate(timeout=3000)
     assert proc.returncode == 0, out[-5000:]
     assert "[evaluate] lm-eval task heldout_continuation: 40 examples" in out
@@ -149,10 +187,18 @@ def test_prune_distill_with_two_torchrun_processes(tmp_path, tiny_llama_dir):
     """The launcher runs the distill stage under torchrun (gloo on CPU) when distill.nproc_per_node=2."""
     args = _args(tmp_path, tiny_llama_dir, recipe="prune_distill") + [
         # without gguf: llama.cpp's converter refuses the tiny test tokenizer (tests/gguf cover that stage)
-        "recipe.stages=[model,data,importance,prune,distill,quantize,evaluate,bench]", "prune.model=null", "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64",
+        "recipe.stages=[model,data,importance,prune,distill,quantize,evaluate,bench]",
+        "prune.model=null",
+        "prune.export_config.num_layers=3",
+        "prune.export_config.ffn_hidden_size=64",
         "data.max_train_sequences=32",
-        "distill.nproc_per_node=2", "distill.max_steps=4", "distill.micro_batch_size=2", "distill.global_batch_size=8",
-        "distill.eval_every=2", "distill.checkpoint_every=2", "engine.threads=1",
+        "distill.nproc_per_node=2",
+        "distill.max_steps=4",
+        "distill.micro_batch_size=2",
+        "distill.global_batch_size=8",
+        "distill.eval_every=2",
+        "distill.checkpoint_every=2",
+        "engine.threads=1",
     ]
     proc = _launch(args)
     out, _ = proc.communicate(timeout=1200)

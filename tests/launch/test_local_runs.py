@@ -23,9 +23,20 @@ from compactlm.pipeline import RUNNING, process_identity, running_record, same_p
 
 
 def _args(tmp_path, model_dir, run_name):
-    return ["recipe=eval", "model=local", f"model.path={model_dir}", "data=pydoc", "data.max_documents=20",
-            "data.seq_len=32", "data.validation_sequences=4", "data.calibration_sequences=4",
-            "evaluate.generate_tokens=4", "evaluate.tasks=[]", f"runs_root={tmp_path}", f"run_name={run_name}"]
+    return [
+        "recipe=eval",
+        "model=local",
+        f"model.path={model_dir}",
+        "data=pydoc",
+        "data.max_documents=20",
+        "data.seq_len=32",
+        "data.validation_sequences=4",
+        "data.calibration_sequences=4",
+        "evaluate.generate_tokens=4",
+        "evaluate.tasks=[]",
+        f"runs_root={tmp_path}",
+        f"run_name={run_name}",
+    ]
 
 
 def _one_line_refusal(proc) -> str:
@@ -85,17 +96,23 @@ def unrelated_sleep():
 def _stale_marker(run_dir, stage, pid: int) -> None:
     """The RUNNING record a stage wrote before it was killed (kill -9: never removed), its pid since given to
     another process: written by the real writer in a process that has exited, then pointed at `pid`."""
-    code = ("import json, sys; from compactlm.pipeline import running_record; "
-            "print(json.dumps({**running_record(), 'started_at': '2026-12-06T00:00:00+00:00'}))")
-    record = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                       env={**os.environ}).stdout)
+    code = (
+        "import json, sys; from compactlm.pipeline import running_record; "
+        "print(json.dumps({**running_record(), 'started_at': '2026-12-06T00:00:00+00:00'}))"
+    )
+    record = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ}
+        ).stdout
+    )
     record.update(pid=pid, pgid=os.getpgid(pid))
     (run_dir / stage).mkdir(parents=True, exist_ok=True)
     (run_dir / stage / RUNNING).write_text(json.dumps(record))
 
 
-def test_a_stale_running_record_with_a_reused_pid_is_not_trusted_nor_signalled(tmp_path, tiny_llama_dir,
-                                                                              unrelated_sleep, capsys):
+def test_a_stale_running_record_with_a_reused_pid_is_not_trusted_nor_signalled(
+    tmp_path, tiny_llama_dir, unrelated_sleep, capsys
+):
     """Repro of #28 item 3: status said RUNNING, a re-launch was refused (exit 3), and `launch.py cancel` killed the
     unrelated process group that had been given the dead stage's pid."""
     conf = to_config(compose(_args(tmp_path, tiny_llama_dir, "stale")))
@@ -123,9 +140,11 @@ def test_cancel_still_stops_a_stage_that_really_runs(tmp_path):
     """The other side of the check: a process whose record is its own is found and stopped (SIGTERM to its group)."""
     run_dir = tmp_path / "run"
     (run_dir / "evaluate").mkdir(parents=True)
-    code = ("import json, sys, time; from compactlm.pipeline import running_record; "
-            f"open({str(run_dir / 'evaluate' / RUNNING)!r}, 'w').write(json.dumps(running_record())); "
-            "print('ready', flush=True); time.sleep(300)")
+    code = (
+        "import json, sys, time; from compactlm.pipeline import running_record; "
+        f"open({str(run_dir / 'evaluate' / RUNNING)!r}, 'w').write(json.dumps(running_record())); "
+        "print('ready', flush=True); time.sleep(300)"
+    )
     stage = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert stage.stdout.readline().strip() == "ready"

@@ -19,7 +19,6 @@ from compactlm.launch import plan as plan_module
 from compactlm.launch.launcher import place_run
 from compactlm.launch.plan import (
     DEVICES,
-    model_sizes,
     GPU_RUNTIME,
     HOST_RUNTIME,
     MODELOPT_RUNTIME,
@@ -27,6 +26,7 @@ from compactlm.launch.plan import (
     checkpoint_layout,
     format_plan,
     layer_activation_bytes,
+    model_sizes,
     plan_run,
 )
 from compactlm.launch.search import resolve_search
@@ -36,23 +36,57 @@ from compactlm.pipeline import STAGE_NAMES
 from compactlm.search.stage import ranking_rows
 
 # A tiny Llama: 2 layers, hidden 64, FFN 128, 4 heads of 16 (2 KV heads), vocabulary 256, untied output layer.
-TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256,
-        "tie_word_embeddings": False}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 256,
+    "tie_word_embeddings": False,
+}
 # by hand: embedding 256·64; per layer q 64·64, k and v 64·32, o 64·64, MLP 3·64·128, two norms of 64;
 # final norm 64; output layer 256·64
 LAYER = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128 + 2 * 64
 TOTAL = 256 * 64 + 2 * LAYER + 64 + 256 * 64
-TINY_GPU = ["recipe.stages=[distill]", "cluster=slurm", "cluster.slurm.account=acct", "cluster.gpus_per_node=4",
-            "cluster.gpu=h100", "data.seq_len=32", "distill.micro_batch_size=2", "distill.global_batch_size=8",
-            "distill.max_steps=10"]
+TINY_GPU = [
+    "recipe.stages=[distill]",
+    "cluster=slurm",
+    "cluster.slurm.account=acct",
+    "cluster.gpus_per_node=4",
+    "cluster.gpu=h100",
+    "data.seq_len=32",
+    "distill.micro_batch_size=2",
+    "distill.global_batch_size=8",
+    "distill.max_steps=10",
+]
 DiskUsage = namedtuple("DiskUsage", "total used free")  # what shutil.disk_usage returns
-BIELIK = ["recipe=prune_distill", "model=bielik_11b_v3", "prune=exp_010", "cluster=dgx_h200",
-          "cluster.lepton.node_group=h200-pool", "cluster.container_image=nvcr.io/acme/compactlm-train:1",
-          "data.seq_len=8192", "distill.max_steps=8000", "distill.global_batch_size=128"]
-BIELIK_DDP_H100 = ["recipe=prune_distill", "model=bielik_11b_v3", "prune=exp_010", "cluster=slurm",
-                   "cluster.slurm.account=acct", "cluster.gpu=h100", "cluster.nodes=2", "cluster.gpus_per_node=8",
-                   "data.seq_len=8192", "distill.global_batch_size=128", "distill.strategy=ddp"]
+BIELIK = [
+    "recipe=prune_distill",
+    "model=bielik_11b_v3",
+    "prune=exp_010",
+    "cluster=dgx_h200",
+    "cluster.lepton.node_group=h200-pool",
+    "cluster.container_image=nvcr.io/acme/compactlm-train:1",
+    "data.seq_len=8192",
+    "distill.max_steps=8000",
+    "distill.global_batch_size=128",
+]
+BIELIK_DDP_H100 = [
+    "recipe=prune_distill",
+    "model=bielik_11b_v3",
+    "prune=exp_010",
+    "cluster=slurm",
+    "cluster.slurm.account=acct",
+    "cluster.gpu=h100",
+    "cluster.nodes=2",
+    "cluster.gpus_per_node=8",
+    "data.seq_len=8192",
+    "distill.global_batch_size=128",
+    "distill.strategy=ddp",
+]
 
 
 def tiny_plan(extra: list[str] = ()):
@@ -70,13 +104,22 @@ def launcher_plan(overrides: list[str]):
 
 
 # ------------------------------------------------------------------------------------------ counting
-SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-              "head_dim", "vocab_size", "tie_word_embeddings")
+SHAPE_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+)
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY_ARCHS))
-@pytest.mark.parametrize("export", [{}, {"num_layers": 2, "ffn_hidden_size": 48, "hidden_size": 48,
-                                         "num_attention_heads": 2}])
+@pytest.mark.parametrize(
+    "export", [{}, {"num_layers": 2, "ffn_hidden_size": 48, "hidden_size": 48, "num_attention_heads": 2}]
+)
 @pytest.mark.parametrize("tied", [False, True])
 def test_counts_from_sizes_equal_the_meta_device_count(model_type, export, tied):
     """The plan counts without building a model; every architecture of the table, pruned or not, tied or not,
@@ -125,8 +168,10 @@ def test_tiny_distill_plan_matches_the_hand_calculation():
     trained = 10 * 8 * 32
     assert d.flops == pytest.approx(trained * (forward + 3 * forward))
     assert d.hours == pytest.approx(d.flops / (4 * 989e12 * 0.40) / 3600)
-    assert d.disk == {"checkpoint (fp32 weights + AdamW; 2 while one is written)": 2 * 12 * TOTAL,
-                      "student export (bf16)": 2 * TOTAL}
+    assert d.disk == {
+        "checkpoint (fp32 weights + AdamW; 2 while one is written)": 2 * 12 * TOTAL,
+        "student export (bf16)": 2 * TOTAL,
+    }
     faster, _ = tiny_plan(["plan.mfu=0.5"])
     assert faster.stage("distill").hours == pytest.approx(d.hours * 0.40 / 0.5)
 
@@ -138,7 +183,9 @@ def test_fsdp2_shards_the_states_and_gathers_layers():
     assert d.memory["student weights (fp32)"] == 4 * TOTAL // 4
     assert d.memory["AdamW states (2 × fp32)"] == 8 * TOTAL // 4
     assert d.memory["teacher weights (bf16)"] == 2 * TOTAL // 4
-    assert d.memory["FSDP2 gathered (root, 2 layers, 1 layer's gradient)"] == 4 * (root + 3 * LAYER) + 2 * (root + 2 * LAYER)
+    assert d.memory["FSDP2 gathered (root, 2 layers, 1 layer's gradient)"] == 4 * (root + 3 * LAYER) + 2 * (
+        root + 2 * LAYER
+    )
     assert "DDP gradient buckets (fp32)" not in d.memory
 
 
@@ -180,7 +227,9 @@ def test_activation_formula_is_what_transformers_saves_for_backward(dtype):
             return t
 
         ids = torch.randint(0, shape["vocab_size"], (batch, seq))
-        cast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else torch.autocast("cpu", enabled=False)
+        cast = (
+            torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else torch.autocast("cpu", enabled=False)
+        )
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), cast:
             model(input_ids=ids, use_cache=False)
         return sum(seen.values())
@@ -219,8 +268,11 @@ def test_bielik_reference_plan_fits_on_16_h200_with_fsdp2():
 
 def test_bielik_with_ddp_does_not_fit_an_h200_either():
     plan, conf = launcher_plan(BIELIK + ["distill.strategy=ddp"])
-    with pytest.raises(ConfigError, match=r"^distill needs .* per GPU, more than one H200 SXM 141 GB holds.*"
-                                          r"it fits with distill.strategy=fsdp2"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^distill needs .* per GPU, more than one H200 SXM 141 GB holds.*"
+        r"it fits with distill.strategy=fsdp2",
+    ):
         check_plan(plan, conf)
 
 
@@ -245,10 +297,21 @@ def test_bielik_dry_run_prints_the_plan(tmp_path):
 
 
 def test_search_candidates_are_planned_one_by_one():
-    plan, conf = launcher_plan(["recipe=search_distill", "model=bielik_11b_v3", "search.candidates=[exp_001,exp_010]",
-                                "cluster=slurm", "cluster.slurm.account=acct", "cluster.gpus_per_node=8",
-                                "cluster.nodes=2", "cluster.gpu=h200", "data.seq_len=4096",
-                                "distill.strategy=fsdp2", "distill.global_batch_size=64"])
+    plan, conf = launcher_plan(
+        [
+            "recipe=search_distill",
+            "model=bielik_11b_v3",
+            "search.candidates=[exp_001,exp_010]",
+            "cluster=slurm",
+            "cluster.slurm.account=acct",
+            "cluster.gpus_per_node=8",
+            "cluster.nodes=2",
+            "cluster.gpu=h200",
+            "data.seq_len=4096",
+            "distill.strategy=fsdp2",
+            "distill.global_batch_size=64",
+        ]
+    )
     tasks = [sp.stage for sp in plan.stages]
     assert "candidate-exp_001" in tasks and "candidate-exp_010" in tasks
     c1, c10 = plan.stage("candidate-exp_001"), plan.stage("candidate-exp_010")
@@ -256,8 +319,9 @@ def test_search_candidates_are_planned_one_by_one():
     assert c1.memory["student weights (fp32)"] != c10.memory["student weights (fp32)"]
     assert "teacher weights (bf16)" not in c1.memory  # candidates read the shared teacher cache
     rows = ranking_rows(conf.distill, conf.search.distill_tokens, 4096)  # what the teacher_cache stage caches
-    assert plan.stage("teacher_cache").disk["teacher top-k cache"] == \
-        (rows + conf.data.validation_sequences) * 4096 * (conf.distill.topk * 6 + 4)
+    assert plan.stage("teacher_cache").disk["teacher top-k cache"] == (rows + conf.data.validation_sequences) * 4096 * (
+        conf.distill.topk * 6 + 4
+    )
     exp_001 = next(c for c in conf.search.resolved if c.name == "exp_001").export_config.known()
     assert "teacher top-k cache" not in c1.disk
     assert c1.disk["pruned checkpoint (bf16)"] == 2 * model_sizes(plan.shape, exp_001).total
@@ -266,8 +330,14 @@ def test_search_candidates_are_planned_one_by_one():
 
 # -------------------------------------------------------------------------------------- teacher cache
 def test_teacher_cache_larger_than_the_free_space_is_refused(tmp_path, monkeypatch):
-    overrides = ["recipe.stages=[distill]", f"runs_root={tmp_path / 'runs'}", "data.seq_len=32",
-                 "distill.teacher_cache=true", "distill.topk=16", "distill.max_steps=10"]
+    overrides = [
+        "recipe.stages=[distill]",
+        f"runs_root={tmp_path / 'runs'}",
+        "data.seq_len=32",
+        "distill.teacher_cache=true",
+        "distill.topk=16",
+        "distill.max_steps=10",
+    ]
     conf = to_config(compose(overrides))
     plan = plan_run(conf, dict(TINY))
     size = plan.stage("distill").disk["teacher top-k cache"]
@@ -300,8 +370,17 @@ def test_checkpoint_layout_reads_the_dtype_and_the_largest_file(tmp_path):
 
 def test_streamed_prune_and_block_upcast_are_what_the_plan_holds(monkeypatch):
     monkeypatch.setattr(plan_module, "checkpoint_layout", lambda conf: (2, 1000))
-    conf = to_config(compose(["recipe.stages=[importance,prune]", "engine.dtype=float32", "data.seq_len=32",
-                              "prune.model=null", "prune.export_config.num_layers=1"]))
+    conf = to_config(
+        compose(
+            [
+                "recipe.stages=[importance,prune]",
+                "engine.dtype=float32",
+                "data.seq_len=32",
+                "prune.model=null",
+                "prune.export_config.num_layers=1",
+            ]
+        )
+    )
     plan = plan_run(conf, dict(TINY))
     imp, prune = plan.stage("importance"), plan.stage("prune")
     # a bf16 checkpoint on a float32 machine: 2 bytes a weight, plus the largest block (here the embedding) in fp32
@@ -309,7 +388,9 @@ def test_streamed_prune_and_block_upcast_are_what_the_plan_holds(monkeypatch):
     assert imp.memory["one block upcast (fp32)"] == 4 * max(LAYER, 256 * 64)
     # the teacher is never built: the largest source file (mapped) and one output shard being serialized
     student = plan.student.total  # the preset's sizes on the tiny shape
-    assert prune.memory == {"largest source safetensors file (memory-mapped)": 1000,
-                            "output shard + its serialization": int(1.5 * 2 * student),
-                            "runtime": HOST_RUNTIME}
+    assert prune.memory == {
+        "largest source safetensors file (memory-mapped)": 1000,
+        "output shard + its serialization": int(1.5 * 2 * student),
+        "runtime": HOST_RUNTIME,
+    }
     assert prune.disk == {"pruned checkpoint (bf16)": 2 * student}

@@ -39,7 +39,7 @@ def one_error_line(proc) -> str:
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(ERROR), proc.stderr
-    return lines[0][len(ERROR):]
+    return lines[0][len(ERROR) :]
 
 
 # ------------------------------------------------------------------------------------------------ 1. run names
@@ -100,20 +100,38 @@ def test_a_read_only_runs_root_is_one_line_and_exit_2(tmp_path, existing):
     runs = tmp_path / "ro"
     (runs / "prep" if existing else runs).mkdir(parents=True)
     (runs / "prep" if existing else runs).chmod(0o555)
-    proc = subprocess.run([*_without_root_override(), sys.executable, str(REPO / "launch.py"), f"runs_root={runs}",
-                           "run_name=prep", "prepare_only=true", "recipe=eval"], cwd=tmp_path,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
-    assert one_error_line(proc) == (f"runs_root='{runs}': cannot write the run folder {runs / 'prep'} (Permission "
-                                    "denied); set runs_root=<a folder you can write>")
+    proc = subprocess.run(
+        [
+            *_without_root_override(),
+            sys.executable,
+            str(REPO / "launch.py"),
+            f"runs_root={runs}",
+            "run_name=prep",
+            "prepare_only=true",
+            "recipe=eval",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one_error_line(proc) == (
+        f"runs_root='{runs}': cannot write the run folder {runs / 'prep'} (Permission "
+        "denied); set runs_root=<a folder you can write>"
+    )
     assert sorted(p.name for p in runs.iterdir()) == (["prep"] if existing else [])
 
 
 def test_a_runs_root_under_a_file_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "file").write_text("x")
-    proc = run_launch([f"runs_root={tmp_path / 'file' / 'runs'}", "run_name=prep", "prepare_only=true", "recipe=eval"],
-                      cwd=tmp_path)
-    assert one_error_line(proc).endswith(f"cannot write the run folder {tmp_path / 'file' / 'runs' / 'prep'} (Not a "
-                                         "directory); set runs_root=<a folder you can write>")
+    proc = run_launch(
+        [f"runs_root={tmp_path / 'file' / 'runs'}", "run_name=prep", "prepare_only=true", "recipe=eval"], cwd=tmp_path
+    )
+    assert one_error_line(proc).endswith(
+        f"cannot write the run folder {tmp_path / 'file' / 'runs' / 'prep'} (Not a "
+        "directory); set runs_root=<a folder you can write>"
+    )
 
 
 # ------------------------------------------------------------------------------------------ 3. model.path ignored
@@ -157,7 +175,8 @@ def test_jsonl_lines_must_be_objects_with_the_text_field(tmp_path):
     assert f"'{f}' line 2 is not a JSON object" in config_error(["data=jsonl", f"data.paths=[{f}]", "recipe=eval"])
     f.write_bytes(b'{"text": "caf\xe9"}\n')
     assert f"data.paths: '{f}' is not UTF-8 text (byte 13: 0xe9)" in config_error(
-        ["data=jsonl", f"data.paths=[{f}]", "recipe=eval"])
+        ["data=jsonl", f"data.paths=[{f}]", "recipe=eval"]
+    )
 
 
 def test_task_text_files_must_be_utf8(tmp_path):
@@ -177,7 +196,9 @@ def test_project_tasks_are_known_without_lm_evals_index():
 def test_unknown_tasks_are_refused_with_the_closest_name():
     """Builds lm-eval's own index once (~30 s on 2 cores)."""
     assert unknown_tasks(["hellaswag", "arc_easy", "hellaswagg", "zzzz_no_such_task_qqqq"]) == {
-        "hellaswagg": "hellaswag", "zzzz_no_such_task_qqqq": None}
+        "hellaswagg": "hellaswag",
+        "zzzz_no_such_task_qqqq": None,
+    }
     msg = config_error(["recipe=eval", "evaluate.tasks=[heldout_continuation,hellaswagg]"])
     assert msg.startswith("evaluate.tasks contains 'hellaswagg', which is neither a project task")
     assert "did you mean 'hellaswag'?" in msg
@@ -193,8 +214,16 @@ def test_tasks_are_only_checked_when_the_recipe_evaluates():
 # -------------------------------------------------------------------------------------------- 6. model folders
 def _folder(path: Path, config: dict | None = None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    cfg = {"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
-           "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 32, "max_position_embeddings": 64}
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 8,
+        "intermediate_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "vocab_size": 32,
+        "max_position_embeddings": 64,
+    }
     (path / "config.json").write_text(json.dumps(config or cfg))
     return path
 
@@ -211,8 +240,14 @@ def test_complete_folders_pass(tmp_path):
     sharded = _folder(tmp_path / "sharded")
     _weights(sharded / "model-00001-of-00002.safetensors", a=(4, 8))
     _weights(sharded / "model-00002-of-00002.safetensors", b=(3,))
-    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
-        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "metadata": {},
+                "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+            }
+        )
+    )
     check_model_folder(sharded)
 
 
@@ -222,8 +257,11 @@ def test_real_save_pretrained_folder_passes(tiny_llama_dir):
 
 def test_folder_without_weights_is_refused(tmp_path):
     folder = _folder(tmp_path / "m")
-    with pytest.raises(ConfigError, match=r"model.path='.*/m' has no weights: expected model.safetensors or "
-                                          r"model.safetensors.index.json"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.path='.*/m' has no weights: expected model.safetensors or "
+        r"model.safetensors.index.json",
+    ):
         check_model_folder(folder)
     assert "has no weights" in config_error(["model=local", f"model.path={folder}"])
 
@@ -235,8 +273,10 @@ def test_truncated_weights_are_refused_with_the_sizes(tmp_path):
     w.write_bytes(w.read_bytes()[:-10])
     header = int.from_bytes(w.read_bytes()[:8], "little")
     msg = config_error(["model=local", f"model.path={folder}"])
-    assert msg == (f"model.path: '{w}' is truncated: {size - 10} bytes, but its header describes {size} "
-                   f"(8 + {header} header + 128 tensor data); copy or download it again")
+    assert msg == (
+        f"model.path: '{w}' is truncated: {size - 10} bytes, but its header describes {size} "
+        f"(8 + {header} header + 128 tensor data); copy or download it again"
+    )
     w.write_bytes(b"\x05\x00")
     with pytest.raises(ConfigError, match=r"is truncated: 2 bytes, less than the 8-byte length"):
         check_model_folder(folder)
@@ -248,10 +288,14 @@ def test_truncated_weights_are_refused_with_the_sizes(tmp_path):
 def test_missing_shard_is_refused(tmp_path):
     folder = _folder(tmp_path / "m")
     _weights(folder / "model-00001-of-00002.safetensors", a=(2,))
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
-    with pytest.raises(ConfigError, match=r"lists 1 shard\(s\) that are not in the folder: "
-                                          r"model-00002-of-00002.safetensors"):
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"lists 1 shard\(s\) that are not in the folder: "
+        r"model-00002-of-00002.safetensors",
+    ):
         check_model_folder(folder)
 
 
@@ -261,8 +305,11 @@ def test_corrupt_config_json_and_unknown_model_type_are_config_errors(tmp_path):
     (folder / "config.json").write_text('{"model_type": "llama",')
     assert "config.json is not valid JSON" in config_error(["model=local", f"model.path={folder}"])
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(ConfigError, match=r"model_type in config.json='gpt2' is not a supported architecture; "
-                                          r"supported: llama, mistral, qwen2, qwen3"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model_type in config.json='gpt2' is not a supported architecture; "
+        r"supported: llama, mistral, qwen2, qwen3",
+    ):
         check_model_folder(folder)
 
 
@@ -270,8 +317,9 @@ def test_model_stage_checks_the_folder_again(tmp_path, tiny_llama_dir):
     """A folder that was complete at launch and truncated since is refused by the model stage itself."""
     folder = tmp_path / "model"
     shutil.copytree(tiny_llama_dir, folder)
-    conf = to_config(compose(["recipe=eval", "model=local", f"model.path={folder}", f"runs_root={tmp_path / 'runs'}",
-                              "run_name=r"]))
+    conf = to_config(
+        compose(["recipe=eval", "model=local", f"model.path={folder}", f"runs_root={tmp_path / 'runs'}", "run_name=r"])
+    )
     validate(conf, STAGE_NAMES)
     place_run(conf)
     run_dir = write_run_dir(conf)
@@ -290,12 +338,14 @@ def test_missing_path_that_is_no_hub_id_is_refused(path):
         ModelConfig(name="local", path=path)
     assert config_error(["model=local", f"model.path='{path}'"]) == (
         f"model.path={path!r} does not exist (and is not a Hugging Face Hub id like org/name); give an existing "
-        "local folder or a Hub id")
+        "local folder or a Hub id"
+    )
 
 
 def test_dot_relative_missing_path_is_a_missing_folder():
     assert config_error(["model=local", "model.path=./models/x"]) == (
-        "model.path='./models/x' does not exist (a local Hugging Face folder was expected)")
+        "model.path='./models/x' does not exist (a local Hugging Face folder was expected)"
+    )
 
 
 def test_hub_ids_and_existing_relative_folders_are_accepted(tmp_path, monkeypatch):
@@ -322,7 +372,8 @@ def test_a_hub_id_missing_from_the_offline_cache_is_refused(tmp_path):
     assert one_error_line(proc) == (
         f"model.path='nosuch/rel_model' is neither a folder (no {tmp_path}/nosuch/rel_model) nor a Hub model in the "
         f"local cache ({tmp_path}/hf/hub), and HF_HUB_OFFLINE is set, so the model stage cannot download it; give an "
-        "existing folder, or download it first (hf download nosuch/rel_model)")
+        "existing folder, or download it first (hf download nosuch/rel_model)"
+    )
 
 
 def test_a_hub_id_in_the_cache_is_what_the_model_stage_loads_offline(tmp_path, tiny_llama_dir):
@@ -336,10 +387,18 @@ def test_a_hub_id_in_the_cache_is_what_the_model_stage_loads_offline(tmp_path, t
     args = ["model=local", "model.path=someorg/tiny", "recipe=eval", "dryrun=true"]
     proc = run_launch(args, cwd=tmp_path, env=_hub_env(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr
-    code = ("from compactlm.config import ModelConfig; from compactlm.model.loading import materialize; "
-            "print(materialize(ModelConfig(name='local', path='someorg/tiny'), '.'))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, **_hub_env(tmp_path, HF_HUB_OFFLINE="1")})
+    code = (
+        "from compactlm.config import ModelConfig; from compactlm.model.loading import materialize; "
+        "print(materialize(ModelConfig(name='local', path='someorg/tiny'), '.'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **_hub_env(tmp_path, HF_HUB_OFFLINE="1")},
+    )
     assert out.stdout.strip() == str(repo / "snapshots" / commit), out.stderr[-2000:]
 
 
@@ -383,27 +442,33 @@ def test_online_the_hub_is_asked_and_a_missing_model_or_revision_is_refused(tmp_
     assert one_error_line(proc) == (
         f"model.path='nosuch/rel_model' is neither a folder (no {tmp_path}/nosuch/rel_model) nor a model on the "
         "Hugging Face Hub (repository not found; a private one needs hf auth login); give an existing folder or a "
-        "Hub id like org/name")
+        "Hub id like org/name"
+    )
     exists = ["model=local", "model.path=someorg/exists", "recipe=eval", "dryrun=true"]
     assert run_launch(exists, cwd=tmp_path, env=online, timeout=300).returncode == 0
     proc = run_launch([*exists, "model.revision=v9"], cwd=tmp_path, env=online, timeout=300)
-    assert one_error_line(proc) == ("model.revision='v9' is not a branch, tag or commit of someorg/exists on the "
-                                    "Hugging Face Hub")
+    assert one_error_line(proc) == (
+        "model.revision='v9' is not a branch, tag or commit of someorg/exists on the Hugging Face Hub"
+    )
 
 
 def test_online_an_unreachable_hub_is_one_line(tmp_path, fake_hub):
     closed = fake_hub.rsplit(":", 1)[0] + ":9"  # a port nothing listens on: the connection is refused
-    proc = run_launch(HUB_REPRO, cwd=tmp_path, env=_hub_env(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=closed),
-                      timeout=300)
+    proc = run_launch(
+        HUB_REPRO, cwd=tmp_path, env=_hub_env(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=closed), timeout=300
+    )
     assert one_error_line(proc).startswith(
         f"model.path='nosuch/rel_model' is neither a folder (no {tmp_path}/nosuch/rel_model) nor a Hub model in the "
-        f"local cache ({tmp_path}/hf/hub), and the Hub cannot be reached from here (ConnectError: ")
+        f"local cache ({tmp_path}/hf/hub), and the Hub cannot be reached from here (ConnectError: "
+    )
 
 
 # --------------------------------------------------------------------------------- 8. learning rate, seq_len
 @pytest.mark.parametrize("lr", ["-1", "0"])
 def test_distill_lr_must_be_positive(lr):
-    assert config_error([f"distill.lr={lr}"]) == f"distill.lr={float(lr)} must be > 0 (the peak learning rate, e.g. 3e-4)"
+    assert (
+        config_error([f"distill.lr={lr}"]) == f"distill.lr={float(lr)} must be > 0 (the peak learning rate, e.g. 3e-4)"
+    )
 
 
 def test_min_lr_is_still_checked_against_lr():
@@ -412,11 +477,14 @@ def test_min_lr_is_still_checked_against_lr():
 
 def test_seq_len_above_the_models_context_is_refused(tiny_llama_dir):
     assert config_error(["data.seq_len=9000"]) == (
-        "data.seq_len=9000 exceeds the model's max_position_embeddings=8192 (smollm2_135m); use data.seq_len<=8192")
+        "data.seq_len=9000 exceeds the model's max_position_embeddings=8192 (smollm2_135m); use data.seq_len<=8192"
+    )
     assert config_error(["model=bielik_11b_v3", "prune=exp_010", "data.seq_len=40000"]).startswith(
-        "data.seq_len=40000 exceeds the model's max_position_embeddings=32768 (bielik_11b_v3)")
-    assert config_error(["model=local", f"model.path={tiny_llama_dir}", "prune.model=null", "data.seq_len=512"]) \
-        .startswith("data.seq_len=512 exceeds the model's max_position_embeddings=256 (local)")
+        "data.seq_len=40000 exceeds the model's max_position_embeddings=32768 (bielik_11b_v3)"
+    )
+    assert config_error(
+        ["model=local", f"model.path={tiny_llama_dir}", "prune.model=null", "data.seq_len=512"]
+    ).startswith("data.seq_len=512 exceeds the model's max_position_embeddings=256 (local)")
     validate(to_config(compose(["data.seq_len=8192"])), STAGE_NAMES)
 
 

@@ -20,13 +20,33 @@ STAGES = ["model", "data", "importance", "prune", "evaluate", "bench"]
 
 
 def _conf(tmp_path, model_dir, run_name, *extra):
-    conf = to_config(compose([
-        "recipe=prune", "model=local", f"model.path={model_dir}", "data=pydoc", "data.max_documents=20",
-        "data.seq_len=32", "data.validation_sequences=4", "data.calibration_sequences=8", "data.max_train_sequences=8",
-        "evaluate.generate_tokens=4", "evaluate.task_examples=20", "prune.model=null", "prune.export_config.num_layers=2",
-        "prune.export_config.ffn_hidden_size=64", "bench.batch_sizes=[1,2]", "bench.prompt_tokens=8",
-        "bench.new_tokens=4", "bench.repeats=1", f"runs_root={tmp_path}", f"run_name={run_name}", *extra,
-    ]))
+    conf = to_config(
+        compose(
+            [
+                "recipe=prune",
+                "model=local",
+                f"model.path={model_dir}",
+                "data=pydoc",
+                "data.max_documents=20",
+                "data.seq_len=32",
+                "data.validation_sequences=4",
+                "data.calibration_sequences=8",
+                "data.max_train_sequences=8",
+                "evaluate.generate_tokens=4",
+                "evaluate.task_examples=20",
+                "prune.model=null",
+                "prune.export_config.num_layers=2",
+                "prune.export_config.ffn_hidden_size=64",
+                "bench.batch_sizes=[1,2]",
+                "bench.prompt_tokens=8",
+                "bench.new_tokens=4",
+                "bench.repeats=1",
+                f"runs_root={tmp_path}",
+                f"run_name={run_name}",
+                *extra,
+            ]
+        )
+    )
     conf.run_dir = str(tmp_path / run_name)
     return conf
 
@@ -34,7 +54,10 @@ def _conf(tmp_path, model_dir, run_name, *extra):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_llama_dir):
     tmp = tmp_path_factory.mktemp("runs")
-    confs = [_conf(tmp, tiny_llama_dir, "cand_a"), _conf(tmp, tiny_llama_dir, "cand_b", "prune.export_config.num_layers=3")]
+    confs = [
+        _conf(tmp, tiny_llama_dir, "cand_a"),
+        _conf(tmp, tiny_llama_dir, "cand_b", "prune.export_config.num_layers=3"),
+    ]
     for conf in confs:
         run_dir = write_run_dir(conf)
         for stage in STAGES:
@@ -59,7 +82,7 @@ def test_bench_stage_reports_speed_ratio_next_to_parameter_ratio(runs):
 def test_report_shows_exactly_the_manifest_figures(runs):
     _, (conf, _) = runs
     models = read_manifest(f"{conf.run_dir}/evaluate")["result"]["models"]
-    md = (conf.run_dir + "/report.md")
+    md = conf.run_dir + "/report.md"
     text = open(md).read()
     for label in ("teacher", "pruned"):
         assert f"{models[label]['perplexity']:.3f}" in text

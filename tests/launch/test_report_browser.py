@@ -16,12 +16,17 @@ from browser import find_chromium, inspect_page, parse_dom, render_dom, require_
 
 def png_bytes(width: int = 40, height: int = 30, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     """A valid 8-bit RGB PNG of one colour, built with zlib and struct."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))  # filter byte 0 + pixels, per row
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def data_uri(data: bytes) -> str:
@@ -44,7 +49,9 @@ def write_page(folder: Path, images: dict[str, str]) -> Path:
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>t</title></head><body>"
         "<table><thead><tr><th>model</th><th>tok/s</th></tr></thead>"
         "<tbody><tr><td>teacher</td><td>20.5</td></tr><tr><td>student  &amp; co</td><td>30.1</td></tr></tbody></table>"
-        f"{imgs}</body></html>", encoding="utf-8")
+        f"{imgs}</body></html>",
+        encoding="utf-8",
+    )
     return page
 
 
@@ -54,9 +61,11 @@ def test_find_chromium_returns_a_path_or_none():
 
 
 def test_parse_dom_without_a_browser():
-    dom = ("<html><body><table><tbody><tr><th>a</th><th>b</th></tr><tr><td> 1\n x </td>"
-           "<td><table><tbody><tr><td>inner</td></tr></tbody></table>after</td></tr></tbody></table>"
-           "<script>var t = '<td>no</td>';</script><img src='x.png' alt='X'></body></html>")
+    dom = (
+        "<html><body><table><tbody><tr><th>a</th><th>b</th></tr><tr><td> 1\n x </td>"
+        "<td><table><tbody><tr><td>inner</td></tr></tbody></table>after</td></tr></tbody></table>"
+        "<script>var t = '<td>no</td>';</script><img src='x.png' alt='X'></body></html>"
+    )
     page = parse_dom(dom)
     assert page.tables == [[["a", "b"], ["1 x", "after"]], [["inner"]]]
     assert [(i.src, i.alt, i.decoded) for i in page.images] == [("x.png", "X", None)]
@@ -66,9 +75,11 @@ def test_parse_dom_without_a_browser():
 def test_render_dom_runs_scripts(tmp_path):
     require_chromium()
     page = tmp_path / "s.html"
-    page.write_text("<html><body><p id='p'>static</p><script>document.getElementById('p').textContent = "
-                    "'from script'</script></body></html>")
-    assert "<p id=\"p\">from script</p>" in render_dom(page)
+    page.write_text(
+        "<html><body><p id='p'>static</p><script>document.getElementById('p').textContent = "
+        "'from script'</script></body></html>"
+    )
+    assert '<p id="p">from script</p>' in render_dom(page)
 
 
 def test_inspect_page_reads_table_and_flags_corrupt_images(tmp_path):
@@ -105,8 +116,11 @@ def test_report_html_renders_with_its_plot(tmp_path):
 
     plot = tmp_path / "loss.png"
     plot.write_bytes(png_bytes(64, 48, (20, 90, 200)))
-    blocks = [Block("h1", "run"), Block("table", (["model", "perplexity"], [["teacher", "12.3"]])),
-              Block("image", (plot, "Loss curve"))]
+    blocks = [
+        Block("h1", "run"),
+        Block("table", (["model", "perplexity"], [["teacher", "12.3"]])),
+        Block("image", (plot, "Loss curve")),
+    ]
     page = tmp_path / "report.html"
     page.write_text(to_html(blocks), encoding="utf-8")
     seen = inspect_page(page)

@@ -20,17 +20,39 @@ pytestmark = pytest.mark.slow
 
 
 def _args(tmp_path, model_dir, run_name, recipe="eval", *extra):
-    return [f"recipe={recipe}", "model=local", f"model.path={model_dir}", "data=pydoc", "data.max_documents=20",
-            "data.seq_len=32", "data.validation_sequences=4", "data.calibration_sequences=4",
-            "data.max_train_sequences=64", "evaluate.tasks=[]", "bench.batch_sizes=[1]",
-            "bench.new_tokens=4", "bench.prompt_tokens=8", "engine.threads=1", f"runs_root={tmp_path}",
-            f"run_name={run_name}", *extra]
+    return [
+        f"recipe={recipe}",
+        "model=local",
+        f"model.path={model_dir}",
+        "data=pydoc",
+        "data.max_documents=20",
+        "data.seq_len=32",
+        "data.validation_sequences=4",
+        "data.calibration_sequences=4",
+        "data.max_train_sequences=64",
+        "evaluate.tasks=[]",
+        "bench.batch_sizes=[1]",
+        "bench.new_tokens=4",
+        "bench.prompt_tokens=8",
+        "engine.threads=1",
+        f"runs_root={tmp_path}",
+        f"run_name={run_name}",
+        *extra,
+    ]
 
 
 # a distillation long enough to be interrupted mid-way: tiny model, 1 thread, a checkpoint every 5 steps
-DISTILL = ["recipe.stages=[model,data,importance,prune,distill]", "prune.model=null",
-           "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64", "distill.max_steps=120", "distill.micro_batch_size=2", "distill.global_batch_size=4",
-           "distill.eval_every=1000", "distill.checkpoint_every=5"]
+DISTILL = [
+    "recipe.stages=[model,data,importance,prune,distill]",
+    "prune.model=null",
+    "prune.export_config.num_layers=3",
+    "prune.export_config.ffn_hidden_size=64",
+    "distill.max_steps=120",
+    "distill.micro_batch_size=2",
+    "distill.global_batch_size=4",
+    "distill.eval_every=1000",
+    "distill.checkpoint_every=5",
+]
 # an evaluate stage that decodes for a while (greedy, tiny model): long enough to cancel; the quick one after it
 SLOW_EVALUATE = ["evaluate.generate_tokens=20000"]
 QUICK_EVALUATE = ["evaluate.generate_tokens=4"]
@@ -38,8 +60,15 @@ QUICK_EVALUATE = ["evaluate.generate_tokens=4"]
 
 def _start(args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "launch.py"), *args],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _wait_for(proc, text: str, seen: list[str], timeout: float = 600) -> None:
@@ -67,7 +96,9 @@ def _none_left(run_dir, within: float = 10.0) -> list[str]:
 
 
 def test_ctrl_c_during_distill_stops_every_process_and_the_rerun_resumes_bitwise(tmp_path, tiny_llama_dir):
-    reference = run_launch(_args(tmp_path, tiny_llama_dir, "reference", "prune_distill", *DISTILL, *QUICK_EVALUATE), timeout=1800)
+    reference = run_launch(
+        _args(tmp_path, tiny_llama_dir, "reference", "prune_distill", *DISTILL, *QUICK_EVALUATE), timeout=1800
+    )
     assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
 
     args = _args(tmp_path, tiny_llama_dir, "stopped", "prune_distill", *DISTILL, *QUICK_EVALUATE)
@@ -102,7 +133,9 @@ def test_cancel_during_evaluate_stops_it_and_the_run_is_reported_cancelled(tmp_p
     _wait_for(proc, "[evaluate] running", seen)
     time.sleep(1.0)
     status = run_launch(["status", "run_name=tiny", f"runs_root={tmp_path}"])
-    assert status.returncode == 0 and "RUNNING (pid" in status.stdout and "launcher: running" in status.stdout, status.stdout
+    assert status.returncode == 0 and "RUNNING (pid" in status.stdout and "launcher: running" in status.stdout, (
+        status.stdout
+    )
     cancel = run_launch(["cancel", "run_name=tiny", f"runs_root={tmp_path}"])
     assert cancel.returncode == 0 and "cancelled: stopped evaluate" in cancel.stdout, cancel.stdout + cancel.stderr
     out, _ = proc.communicate(timeout=120)

@@ -61,7 +61,11 @@ def test_rewriting_is_idempotent_and_a_4x_layout_is_left_as_is(tmp_path):
 
 
 def test_per_layer_type_rope_has_no_4x_layout_and_is_refused():
-    cfg = {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
-                               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+    cfg = {
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        }
+    }
     with pytest.raises(ValueError, match="per-layer-type RoPE has no transformers 4.x layout"):
         with_both_rope_layouts(cfg)

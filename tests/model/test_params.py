@@ -39,8 +39,10 @@ def test_table_equals_instantiated_numel_for_every_preset(model):
 
 def test_reference_figures():
     """SmolLM2-135M as loaded (docs/architecture.md, Measured facts: 134.5M) and Bielik 11.04B -> EXP_010 7.35B (-33.4%) from the report."""
-    rows = {r["name"]: r for r in param_table(to_config(compose(["model=bielik_11b_v3"])).model,
-                                              prune_presets("bielik_11b_v3"))}
+    rows = {
+        r["name"]: r
+        for r in param_table(to_config(compose(["model=bielik_11b_v3"])).model, prune_presets("bielik_11b_v3"))
+    }
     assert [f"exp_{i:03d}" for i in range(1, 11)] == [n for n in rows if n.startswith("exp_")]
     assert round(rows["bielik_11b_v3"]["without_lm_head"] / 1e9, 2) == 11.04
     assert round(rows["exp_010"]["without_lm_head"] / 1e9, 2) == 7.35
@@ -53,7 +55,9 @@ def test_meta_count_equals_a_real_local_model(tiny_model_dir):
     from transformers import AutoConfig
 
     real = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert count_on_meta(AutoConfig.from_pretrained(tiny_model_dir))["total"] == sum(p.numel() for p in real.parameters())
+    assert count_on_meta(AutoConfig.from_pretrained(tiny_model_dir))["total"] == sum(
+        p.numel() for p in real.parameters()
+    )
 
 
 def test_shipped_presets_cover_every_prune_yaml():

@@ -22,8 +22,11 @@ def test_written_checkpoint_is_sharded_bf16_and_loads(tmp_path, tiny_tokenizer):
     check_model_folder(out)  # what the model stage checks: config, index, every shard complete
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(tensor_shapes(TINY))
-    assert index["metadata"]["total_size"] == 2 * TINY.params() == sum(p.stat().st_size for p in files) - sum(
-        8 + int.from_bytes(p.read_bytes()[:8], "little") for p in files)
+    assert (
+        index["metadata"]["total_size"]
+        == 2 * TINY.params()
+        == sum(p.stat().st_size for p in files) - sum(8 + int.from_bytes(p.read_bytes()[:8], "little") for p in files)
+    )
     model = load_model(out, dtype=torch.bfloat16)  # transformers reads the shards through the index
     assert count_parameters(model)["total"] == TINY.params()
     assert model.lm_head.weight is not model.model.embed_tokens.weight

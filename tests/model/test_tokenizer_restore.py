@@ -21,8 +21,11 @@ def test_the_gguf_tokenizer_decodes_byte_level_and_encodes_the_same(smol_tokeniz
     before.mkdir()
     for f in smol_tokenizer_dir.iterdir():
         (before / f.name).write_bytes(f.read_bytes())
-    broken = {**tok, "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]},
-              "model": {**tok["model"], "byte_fallback": True}}
+    broken = {
+        **tok,
+        "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {**tok["model"], "byte_fallback": True},
+    }
     (before / "tokenizer.json").write_text(json.dumps(broken, ensure_ascii=False))
     ids = AutoTokenizer.from_pretrained(before).encode(TEXT)
     restore_byte_level(before / "tokenizer.json")
@@ -31,8 +34,11 @@ def test_the_gguf_tokenizer_decodes_byte_level_and_encodes_the_same(smol_tokeniz
 
 
 def test_other_tokenizers_are_left_alone(tmp_path):
-    spm = {"pre_tokenizer": {"type": "Metaspace"}, "model": {"type": "BPE", "byte_fallback": True},
-           "decoder": {"type": "Sequence", "decoders": []}}
+    spm = {
+        "pre_tokenizer": {"type": "Metaspace"},
+        "model": {"type": "BPE", "byte_fallback": True},
+        "decoder": {"type": "Sequence", "decoders": []},
+    }
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(spm))
     restore_byte_level(path)

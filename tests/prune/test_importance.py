@@ -85,9 +85,9 @@ def reference_scores(model, adapter, batches) -> ImportanceScores:
     per = lambda key, i: [acts[i][key] for acts, _ in runs]  # noqa: E731
     hidden = sum(l2_over_samples(per("ln1", i)) + l2_over_samples(per("ln2", i)) for i in range(L))
     ffn = torch.stack([l2_over_samples(per("mlp_in", i)) for i in range(L)])
-    heads = torch.stack([
-        l2_over_samples(per("o_in", i)).view(cfg.num_attention_heads, cfg.head_dim).norm(dim=-1) for i in range(L)
-    ])
+    heads = torch.stack(
+        [l2_over_samples(per("o_in", i)).view(cfg.num_attention_heads, cfg.head_dim).norm(dim=-1) for i in range(L)]
+    )
     depth = []
     for i in range(L):
         total = 0.0
@@ -96,8 +96,9 @@ def reference_scores(model, adapter, batches) -> ImportanceScores:
             cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
             total += float(1 - cos.mean())
         depth.append(total)
-    return ImportanceScores(hidden=hidden, ffn=ffn, heads=heads, depth=torch.tensor(depth),
-                            num_samples=sum(b.shape[0] for b in batches))
+    return ImportanceScores(
+        hidden=hidden, ffn=ffn, heads=heads, depth=torch.tensor(depth), num_samples=sum(b.shape[0] for b in batches)
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -136,25 +137,44 @@ def test_collect_rejects_empty_batches():
 
 
 def test_scores_save_load_roundtrip(tmp_path):
-    s = ImportanceScores(hidden=torch.rand(8), ffn=torch.rand(3, 12), heads=torch.rand(3, 4), depth=torch.rand(3),
-                         num_samples=7, depth_lm_loss={0: 5.5, 1: 5.25}, depth_lm_loss_block_size=2,
-                         extra={"lm_loss_full": 5.0})
+    s = ImportanceScores(
+        hidden=torch.rand(8),
+        ffn=torch.rand(3, 12),
+        heads=torch.rand(3, 4),
+        depth=torch.rand(3),
+        num_samples=7,
+        depth_lm_loss={0: 5.5, 1: 5.25},
+        depth_lm_loss_block_size=2,
+        extra={"lm_loss_full": 5.0},
+    )
     path = s.save(tmp_path / "sub" / "scores.safetensors")
     t = ImportanceScores.load(path)
     for name in ("hidden", "ffn", "heads", "depth"):
         assert torch.equal(getattr(s, name), getattr(t, name))
-    assert (t.num_samples, t.depth_lm_loss, t.depth_lm_loss_block_size, t.extra) == (7, {0: 5.5, 1: 5.25}, 2,
-                                                                                      {"lm_loss_full": 5.0})
+    assert (t.num_samples, t.depth_lm_loss, t.depth_lm_loss_block_size, t.extra) == (
+        7,
+        {0: 5.5, 1: 5.25},
+        2,
+        {"lm_loss_full": 5.0},
+    )
     assert sorted(p.name for p in path.parent.iterdir()) == ["scores.safetensors"]  # no temp file left
-    bare = ImportanceScores(hidden=torch.rand(8), ffn=torch.rand(3, 12), heads=torch.rand(3, 4),
-                            depth=torch.rand(3), num_samples=1)
+    bare = ImportanceScores(
+        hidden=torch.rand(8), ffn=torch.rand(3, 12), heads=torch.rand(3, 4), depth=torch.rand(3), num_samples=1
+    )
     assert ImportanceScores.load(bare.save(tmp_path / "bare.safetensors")).depth_lm_loss is None
 
 
 def _scores_with_depth(depth, lm=None, block=None):
     L = len(depth)
-    return ImportanceScores(hidden=torch.ones(4), ffn=torch.ones(L, 4), heads=torch.ones(L, 2),
-                            depth=torch.tensor(depth), num_samples=1, depth_lm_loss=lm, depth_lm_loss_block_size=block)
+    return ImportanceScores(
+        hidden=torch.ones(4),
+        ffn=torch.ones(L, 4),
+        heads=torch.ones(L, 2),
+        depth=torch.tensor(depth),
+        num_samples=1,
+        depth_lm_loss=lm,
+        depth_lm_loss_block_size=block,
+    )
 
 
 def test_select_layers_block_influence_drops_lowest_not_necessarily_contiguous():
@@ -197,8 +217,11 @@ def test_identity_layer_has_lowest_block_influence_and_lm_loss():
 def test_lm_loss_block_scores_match_a_truncated_copy_and_restore_model(arch):
     model, adapter = tiny_model(arch), adapter_for(arch)
     batches = random_batches(((2, 10), (2, 10)))
-    layers, n, types = decoder_layers(model, adapter), model.config.num_hidden_layers, model.config.layer_types \
-        if hasattr(model.config, "layer_types") else None
+    layers, n, types = (
+        decoder_layers(model, adapter),
+        model.config.num_hidden_layers,
+        model.config.layer_types if hasattr(model.config, "layer_types") else None,
+    )
     with torch.no_grad():
         before = model(batches[0]).logits
     got = lm_loss_block_scores(model, adapter, batches, block_size=2, progress=False)

@@ -16,13 +16,29 @@ STAGES = ["model", "data", "importance", "prune", "evaluate"]
 
 
 def _conf(tmp_path, model_dir, *extra):
-    conf = to_config(compose([
-        "recipe=prune", "model=local", f"model.path={model_dir}", "data=pydoc", "data.max_documents=20",
-        "data.seq_len=32", "data.validation_sequences=4", "data.calibration_sequences=8", "data.max_train_sequences=8",
-        "evaluate.generate_tokens=4", "prune.model=null", "prune.export_config.num_layers=3",
-        "prune.export_config.ffn_hidden_size=64", "prune.export_config.num_attention_heads=2",
-        "prune.export_config.hidden_size=48", f"runs_root={tmp_path}", *extra,
-    ]))
+    conf = to_config(
+        compose(
+            [
+                "recipe=prune",
+                "model=local",
+                f"model.path={model_dir}",
+                "data=pydoc",
+                "data.max_documents=20",
+                "data.seq_len=32",
+                "data.validation_sequences=4",
+                "data.calibration_sequences=8",
+                "data.max_train_sequences=8",
+                "evaluate.generate_tokens=4",
+                "prune.model=null",
+                "prune.export_config.num_layers=3",
+                "prune.export_config.ffn_hidden_size=64",
+                "prune.export_config.num_attention_heads=2",
+                "prune.export_config.hidden_size=48",
+                f"runs_root={tmp_path}",
+                *extra,
+            ]
+        )
+    )
     conf.run_dir = str(tmp_path / conf.run_name)
     return conf
 

@@ -46,8 +46,12 @@ def n_params(model) -> int:
 
 
 def own_sizes(cfg) -> dict[str, int]:
-    return {"hidden_size": cfg.hidden_size, "ffn_hidden_size": cfg.intermediate_size,
-            "num_attention_heads": cfg.num_attention_heads, "num_layers": cfg.num_hidden_layers}
+    return {
+        "hidden_size": cfg.hidden_size,
+        "ffn_hidden_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_layers": cfg.num_hidden_layers,
+    }
 
 
 @pytest.mark.parametrize("export", [own_sizes, lambda cfg: {}], ids=["own-sizes", "empty"])
@@ -64,7 +68,7 @@ def test_prune_to_own_sizes_is_identity(tiny_model_dir, export):
 
 def _zero_heads_columns(o_proj, heads, head_dim):
     for h in heads:
-        o_proj.weight[:, h * head_dim:(h + 1) * head_dim] = 0
+        o_proj.weight[:, h * head_dim : (h + 1) * head_dim] = 0
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -78,7 +82,7 @@ def test_units_with_zero_activations_are_the_ones_removed(arch):
     model = tiny_model(arch, rms_norm_eps=1e-12)  # eps ~0 so the RMSNorm rescale below is exact
     adapter = adapter_for(arch)
     cfg = model.config
-    H, I, L, hd = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.head_dim
+    H, I, L, hd = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.head_dim  # noqa: E741 (the paper's symbols)
     g = torch.Generator().manual_seed(3)
     dead_ch = torch.randperm(H, generator=g)[:8].sort().values
     dead_ffn = [torch.randperm(I, generator=g)[:16].sort().values for _ in range(L)]
@@ -156,7 +160,7 @@ def test_pruned_checkpoint_reloads_generates_and_counts(arch, tied, tmp_path, ti
     assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tied
     if getattr(c, "layer_types", None) is not None:
         assert len(c.layer_types) == 3
-    assert [getattr(l, adapter.attn).layer_idx for l in decoder_layers(loaded, adapter)] == [0, 1, 2]
+    assert [getattr(layer, adapter.attn).layer_idx for layer in decoder_layers(loaded, adapter)] == [0, 1, 2]
     ids = batches(1)[0]
     assert torch.allclose(logits(loaded, ids), logits(model, ids), atol=1e-6, rtol=0)
 
@@ -176,8 +180,9 @@ def test_a_llama31_checkpoint_pruned_keeps_its_rope_for_transformers_4_and_5(tmp
     """A Llama-3.1-style teacher (config.json as on the Hub: rope_theta 500000, llama3 rope_scaling) pruned: the
     pruned config.json has the keys transformers 4.x reads equal to the teacher's, beside transformers 5's."""
     teacher = tmp_path / "teacher"
-    build_tiny_model("llama", tie_word_embeddings=False, max_position_embeddings=131072,
-                     **llama3_rope()).save_pretrained(teacher)
+    build_tiny_model(
+        "llama", tie_word_embeddings=False, max_position_embeddings=131072, **llama3_rope()
+    ).save_pretrained(teacher)
     hub = write_hub_layout(teacher, llama3_rope())
     model, adapter = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval(), adapter_for("llama")
     scores = collect_importance(model, adapter, batches(), progress=False)
@@ -203,7 +208,7 @@ def test_prune_with_lm_loss_depth_drops_lowest_loss_block():
     layers = list(decoder_layers(model, adapter))
     prune_model(model, adapter, scores, {"num_layers": 2}, "lm_loss")
     assert list(decoder_layers(model, adapter)) == [layers[0], layers[3]]
-    assert [l.self_attn.layer_idx for l in decoder_layers(model, adapter)] == [0, 1]
+    assert [layer.self_attn.layer_idx for layer in decoder_layers(model, adapter)] == [0, 1]
     assert model.config.num_hidden_layers == 2 and len(model.config.layer_types) == 2
 
 
@@ -235,8 +240,10 @@ def test_heads_are_chosen_within_each_kv_group_and_kv_heads_kept():
         ({"num_layers": 0}, "prune.export_config.num_layers=0 must be an integer >= 1"),
         ({"hidden_size": -8}, "prune.export_config.hidden_size=-8 must be an integer >= 1"),
         ({"ffn_hidden_size": 0}, "prune.export_config.ffn_hidden_size=0 must be an integer >= 1"),
-        ({"num_attention_heads": 3}, "prune.export_config.num_attention_heads=3 is not divisible by the model's "
-                                     "num_key_value_heads=2"),
+        (
+            {"num_attention_heads": 3},
+            "prune.export_config.num_attention_heads=3 is not divisible by the model's num_key_value_heads=2",
+        ),
         ({"num_attention_heads": 8}, "prune.export_config.num_attention_heads=8 exceeds the model's 4"),
         ({"hidden_size": 32.5}, "prune.export_config.hidden_size=32.5 must be an integer"),
         ({"num_layers": True}, "prune.export_config.num_layers=True must be an integer"),
@@ -259,7 +266,8 @@ def test_valid_export_configs_pass_and_prune_model_validates():
     scores = collect_importance(model, adapter, batches(1), progress=False)
     with pytest.raises(ConfigError, match="ffn_hidden_size=97"):
         prune_model(model, adapter, scores, {"ffn_hidden_size": 97}, "block_influence")
-    wrong = ImportanceScores(hidden=torch.ones(32), ffn=scores.ffn, heads=scores.heads, depth=scores.depth,
-                             num_samples=1)
+    wrong = ImportanceScores(
+        hidden=torch.ones(32), ffn=scores.ffn, heads=scores.heads, depth=scores.depth, num_samples=1
+    )
     with pytest.raises(ValueError, match="`hidden` have shape"):
         prune_model(model, adapter, wrong, {"hidden_size": 16}, "block_influence")

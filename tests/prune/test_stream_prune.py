@@ -37,8 +37,9 @@ def test_stream_prune_matches_slicing_the_loaded_model_bitwise(arch, tied, shard
     model.save_pretrained(tmp_path / "teacher", max_shard_size="40KB")
     assert len(checkpoint_files(tmp_path / "teacher")) > 1
 
-    streamed = stream_prune(tmp_path / "teacher", scores, SMALLER, tmp_path / "streamed", tokenizer=tiny_tokenizer,
-                            shard_bytes=shard_bytes)
+    streamed = stream_prune(
+        tmp_path / "teacher", scores, SMALLER, tmp_path / "streamed", tokenizer=tiny_tokenizer, shard_bytes=shard_bytes
+    )
     prune_model(model, adapter, scores, SMALLER, "block_influence")
     save_pruned(model, tiny_tokenizer, tmp_path / "loaded")
 
@@ -52,8 +53,16 @@ def test_stream_prune_matches_slicing_the_loaded_model_bitwise(arch, tied, shard
         assert sorted(index["weight_map"]) == sorted(old)
         assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in old.values())
     a, b = AutoConfig.from_pretrained(tmp_path / "streamed"), AutoConfig.from_pretrained(tmp_path / "loaded")
-    keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "head_dim",
-            "num_key_value_heads", "tie_word_embeddings", "layer_types")
+    keys = (
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "head_dim",
+        "num_key_value_heads",
+        "tie_word_embeddings",
+        "layer_types",
+    )
     assert {k: getattr(a, k, None) for k in keys} == {k: getattr(b, k, None) for k in keys}
     assert streamed["after"] == count_on_meta(a) and streamed["kept_layers"] == sorted(streamed["kept_layers"])
     assert streamed["before"]["total"] > streamed["after"]["total"]

@@ -54,9 +54,24 @@ def test_quant_cfg_is_a_copy_with_kv_and_exclusions():
     assert "*[kv]_bmm_quantizer" not in [e["quantizer_name"] for e in build_quant_cfg("nvfp4", False)["quant_cfg"]]
 
 
-@pytest.mark.parametrize("gpu, sm", [("H100", 90), ("NVIDIA H200", 90), ("dgx_h200", 90), ("sm_90", 90),
-                                     ("9.0", 90), ((10, 0), 100), ("B200", 100), ("GB200", 100), ("L40S", 89),
-                                     ("A100", 80), ("A10", 86), ("sm_100a", 100), (120, 120)])
+@pytest.mark.parametrize(
+    "gpu, sm",
+    [
+        ("H100", 90),
+        ("NVIDIA H200", 90),
+        ("dgx_h200", 90),
+        ("sm_90", 90),
+        ("9.0", 90),
+        ((10, 0), 100),
+        ("B200", 100),
+        ("GB200", 100),
+        ("L40S", 89),
+        ("A100", 80),
+        ("A10", 86),
+        ("sm_100a", 100),
+        (120, 120),
+    ],
+)
 def test_parse_sm(gpu, sm):
     assert parse_sm(gpu)[0] == sm
 
@@ -125,7 +140,6 @@ def test_nvfp4_fake_quant_perplexity_on_cuda(tiny_llama_dir, tiny_tokenizer):
 
     seqs = _sequences(tiny_tokenizer, 24, 64)
     reference = load_model(tiny_llama_dir, device="cuda")
-    model = quantize(load_model(tiny_llama_dir, device="cuda"), seqs[:16], "nvfp4", True, [], 8, "cuda",
-                     progress=False)
+    model = quantize(load_model(tiny_llama_dir, device="cuda"), seqs[:16], "nvfp4", True, [], 8, "cuda", progress=False)
     out = fake_quant_quality(model, seqs[16:], "nvfp4", 8, "cuda", reference=reference, progress=False)
     assert abs(out["quantized"]["loss"] - out["reference"]["loss"]) < 0.1 * out["reference"]["loss"], out

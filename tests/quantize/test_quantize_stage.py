@@ -16,11 +16,25 @@ STAGES = ["model", "data", "quantize", "evaluate"]
 
 
 def _run(tmp_path, model_dir, *extra):
-    conf = to_config(compose([
-        "recipe=quantize", f"recipe.stages=[{','.join(STAGES)}]", "model=local", f"model.path={model_dir}", "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=4",
-        "data.calibration_sequences=4", "data.max_train_sequences=4", "evaluate.generate_tokens=2",
-        f"runs_root={tmp_path}", *extra,
-    ]))
+    conf = to_config(
+        compose(
+            [
+                "recipe=quantize",
+                f"recipe.stages=[{','.join(STAGES)}]",
+                "model=local",
+                f"model.path={model_dir}",
+                "data=pydoc",
+                "data.max_documents=20",
+                "data.seq_len=32",
+                "data.validation_sequences=4",
+                "data.calibration_sequences=4",
+                "data.max_train_sequences=4",
+                "evaluate.generate_tokens=2",
+                f"runs_root={tmp_path}",
+                *extra,
+            ]
+        )
+    )
     conf.run_dir = str(tmp_path / conf.run_name)
     run_dir = write_run_dir(conf)
     for stage in STAGES:
@@ -36,7 +50,7 @@ def test_fp8_quantize_recipe(tmp_path, tiny_llama_dir):
     assert hf_quant["quantization"]["kv_cache_quant_algo"] == "FP8"
     assert "quantization_config" in json.loads((export / "config.json").read_text())
     q = read_manifest(run_dir / "quantize")["result"]
-    assert q["verify"]["passed"] and q["verify"]["max_rel_err"]["fp8"] < 2 ** -4
+    assert q["verify"]["passed"] and q["verify"]["max_rel_err"]["fp8"] < 2**-4
     assert q["export"]["ratio_to_bf16"] < 1
     models = read_manifest(run_dir / "evaluate")["result"]["models"]
     assert set(models) == {"teacher", "quantized"}

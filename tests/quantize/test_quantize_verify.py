@@ -75,8 +75,13 @@ def test_export_sizes(exported):
 
     fmt, _, exclude, _, reference, sizes = exported
     assert sizes["bf16_bytes"] == 2 * sizes["parameters"]
-    quantized = sum(v.numel() for k, v in reference.items() if k.startswith("model.layers.") and k.endswith(
-        "proj.weight") and not any(fnmatchcase(k[: -len(".weight")], p) for p in exclude))
+    quantized = sum(
+        v.numel()
+        for k, v in reference.items()
+        if k.startswith("model.layers.")
+        and k.endswith("proj.weight")
+        and not any(fnmatchcase(k[: -len(".weight")], p) for p in exclude)
+    )
     per_weight = {"fp8": 1.0, "nvfp4": 0.5 + 1 / 16}[fmt]
     expected = sizes["bf16_bytes"] - quantized * (2 - per_weight)
     assert expected < sizes["safetensors_bytes"] < expected + 16_000, (expected, sizes)
@@ -109,8 +114,9 @@ def test_excluded_modules_stay_high_precision(exported):
         assert any(fnmatchcase(mod, p) for p in summary["exclude_modules"]) == excluded, summary["exclude_modules"]
 
 
-@pytest.mark.parametrize("target", ["model.layers.2.mlp.up_proj.weight_scale",
-                                    "model.layers.3.self_attn.q_proj.weight_scale"])
+@pytest.mark.parametrize(
+    "target", ["model.layers.2.mlp.up_proj.weight_scale", "model.layers.3.self_attn.q_proj.weight_scale"]
+)
 def test_corrupted_scale_is_detected(exported, tmp_path, target):
     from safetensors.torch import load_file, save_file
 
@@ -169,8 +175,9 @@ def _round_trip(model_dir, tokenizer, fmt, out, calib):
 
 
 def test_int8_smoothquant_round_trip(tiny_llama_dir, tiny_tokenizer, tmp_path):
-    summary, report, _ = _round_trip(tiny_llama_dir, tiny_tokenizer, "int8_sq", tmp_path / "int8",
-                                     _sequences(tiny_tokenizer, 4, 64))
+    summary, report, _ = _round_trip(
+        tiny_llama_dir, tiny_tokenizer, "int8_sq", tmp_path / "int8", _sequences(tiny_tokenizer, 4, 64)
+    )
     assert summary["quant_algo"] == "W8A8_SQ_PER_CHANNEL" and summary["quantized"] == {"int8_sq": 28}
     assert report["passed"], report["failures"]
     assert 0 < report["max_rel_err"]["int8_sq"] <= BOUNDS["int8_sq"]
@@ -181,10 +188,18 @@ def test_int4_awq_round_trip(tiny_tokenizer, tmp_path):
     """AWQ blocks are 128 wide, so the model needs hidden >= 128; awq_lite's search takes ~20 s on 2 cores."""
     from conftest import make_tiny_model
 
-    folder = make_tiny_model("llama", tmp_path / "m", tiny_tokenizer, hidden_size=128, intermediate_size=256,
-                             num_hidden_layers=2, head_dim=32)
-    summary, report, sizes = _round_trip(folder, tiny_tokenizer, "int4_awq", tmp_path / "int4",
-                                         _sequences(tiny_tokenizer, 4, 32))
+    folder = make_tiny_model(
+        "llama",
+        tmp_path / "m",
+        tiny_tokenizer,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        head_dim=32,
+    )
+    summary, report, sizes = _round_trip(
+        folder, tiny_tokenizer, "int4_awq", tmp_path / "int4", _sequences(tiny_tokenizer, 4, 32)
+    )
     assert summary["quant_algo"] == "W4A16_AWQ" and summary["group_size"] == 128
     assert report["passed"], report["failures"]
     # the exporter folded AWQ's scales into the norms feeding q/k/v and gate/up; compare undid it
@@ -194,7 +209,8 @@ def test_int4_awq_round_trip(tiny_tokenizer, tmp_path):
 
 def test_nvfp4_export_of_every_architecture(tiny_model_dir, tiny_tokenizer, tmp_path):
     """Untied heads (mistral, qwen), q/k/v biases (qwen2) and q/k norms (qwen3) keep the layout valid."""
-    summary, report, _ = _round_trip(tiny_model_dir, tiny_tokenizer, "nvfp4", tmp_path / "nvfp4",
-                                     _sequences(tiny_tokenizer, 4, 32))
+    summary, report, _ = _round_trip(
+        tiny_model_dir, tiny_tokenizer, "nvfp4", tmp_path / "nvfp4", _sequences(tiny_tokenizer, 4, 32)
+    )
     assert summary["quantized"] == {"nvfp4": 28}
     assert report["passed"], report["failures"]

@@ -59,8 +59,15 @@ def _dependencies(conf):
 
 
 def test_slurm_candidates_depend_only_on_the_shared_stages(tmp_path):
-    conf = _planned(["recipe=search", "cluster=slurm", "cluster.slurm.account=a", f"runs_root={tmp_path}",
-                     "search.max_candidates=3"])
+    conf = _planned(
+        [
+            "recipe=search",
+            "cluster=slurm",
+            "cluster.slurm.account=a",
+            f"runs_root={tmp_path}",
+            "search.max_candidates=3",
+        ]
+    )
     deps = _dependencies(conf)
     cands = [t for t in run_tasks(conf) if t.startswith("candidate-")]
     assert len(cands) == 3 and all(deps[c] == ["teacher_cache"] for c in cands)
@@ -70,22 +77,30 @@ def test_slurm_candidates_depend_only_on_the_shared_stages(tmp_path):
 
 @pytest.mark.parametrize("parallel", [1, 2])
 def test_local_search_parallel_bounds_the_candidates_running_at_once(tmp_path, parallel):
-    conf = _planned(["recipe=search", f"search.parallel={parallel}", f"runs_root={tmp_path}", "search.max_candidates=4"])
+    conf = _planned(
+        ["recipe=search", f"search.parallel={parallel}", f"runs_root={tmp_path}", "search.max_candidates=4"]
+    )
     deps = _dependencies(conf)
     cands = [t for t in run_tasks(conf) if t.startswith("candidate-")]
     for i, c in enumerate(cands):
         assert deps[c] == sorted(["teacher_cache", *([cands[i - parallel]] if i >= parallel else [])])
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (["recipe=search", "search.target_params=null"], "search.candidates=[<preset>, ...]"),
-    (["recipe=search", "search.candidates=[exp_010]"], "'exp_010' is not a prune preset for model=smollm2_135m"),
-    (["recipe=search", "search.target_params=0.05"], "search.target_params"),
-    (["recipe=search", "search.target_params=1.5"], "search.target_params=1.5 is neither a fraction"),
-    (["recipe=search", "search.tolerance=2"], "search.tolerance=2"),
-    (["recipe=search", "recipe.stages=[model,data,importance,teacher_cache,candidate,ranking,prune]"], "both prune"),
-    (["recipe=search", "recipe.stages=[model,data,importance,candidate,ranking]"], "missing: teacher_cache"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["recipe=search", "search.target_params=null"], "search.candidates=[<preset>, ...]"),
+        (["recipe=search", "search.candidates=[exp_010]"], "'exp_010' is not a prune preset for model=smollm2_135m"),
+        (["recipe=search", "search.target_params=0.05"], "search.target_params"),
+        (["recipe=search", "search.target_params=1.5"], "search.target_params=1.5 is neither a fraction"),
+        (["recipe=search", "search.tolerance=2"], "search.tolerance=2"),
+        (
+            ["recipe=search", "recipe.stages=[model,data,importance,teacher_cache,candidate,ranking,prune]"],
+            "both prune",
+        ),
+        (["recipe=search", "recipe.stages=[model,data,importance,candidate,ranking]"], "missing: teacher_cache"),
+    ],
+)
 def test_bad_search_input_is_one_clear_error(overrides, needle):
     with pytest.raises(ConfigError) as e:
         _planned(overrides)
@@ -93,15 +108,29 @@ def test_bad_search_input_is_one_clear_error(overrides, needle):
 
 
 def test_config_error_line_of_launch_py():
-    assert "search.max_candidates=0 must be an integer >= 1" in config_error(["recipe=search", "search.max_candidates=0"])
+    assert "search.max_candidates=0 must be an integer >= 1" in config_error(
+        ["recipe=search", "search.max_candidates=0"]
+    )
 
 
 def _cand(name, params, pruned_loss, loss):
     arch = Architecture("llama", 64, 96, 4, 4, 2, 384)
-    return CandidateResult(name=name, kind="depth", export_config={"num_layers": 3}, architecture=arch,
-                           params=ParamCounts(total=params, embedding=10, without_lm_head=params), params_change=-0.3,
-                           kept_layers=[0, 1, 2], pruned_loss=pruned_loss, pruned_kl=1.0, loss=loss, kl=0.5, steps=4,
-                           tokens=128, distill_s=1.0)
+    return CandidateResult(
+        name=name,
+        kind="depth",
+        export_config={"num_layers": 3},
+        architecture=arch,
+        params=ParamCounts(total=params, embedding=10, without_lm_head=params),
+        params_change=-0.3,
+        kept_layers=[0, 1, 2],
+        pruned_loss=pruned_loss,
+        pruned_kl=1.0,
+        loss=loss,
+        kl=0.5,
+        steps=4,
+        tokens=128,
+        distill_s=1.0,
+    )
 
 
 def test_ranking_orders_by_distilled_loss_marks_the_pareto_front_and_measures_disagreement():

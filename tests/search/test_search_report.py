@@ -34,8 +34,15 @@ from compactlm.results import (
 )
 from compactlm.search.plots import plot_pareto, plot_search_curves
 
-TEACHER_ARCH = Architecture("llama", hidden_size=576, ffn_hidden_size=1536, num_layers=30, num_attention_heads=9,
-                            num_key_value_heads=3, vocab_size=49152)
+TEACHER_ARCH = Architecture(
+    "llama",
+    hidden_size=576,
+    ffn_hidden_size=1536,
+    num_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+)
 TEACHER_PARAMS = ParamCounts(total=134_515_008, embedding=28_311_552, without_lm_head=134_515_008)
 # name -> (kind, export_config, params without lm_head, pruned-only loss, loss after the short distillation, KL)
 CANDIDATES = {
@@ -61,35 +68,84 @@ def ranking_of(cands: dict[str, tuple]) -> RankingResult:
     for n in by_loss:
         kind, export, params, pruned, loss, kl = cands[n]
         pareto = not any(o[2] < params and o[4] < loss for m, o in cands.items() if m != n)
-        rows.append(RankedCandidate(
-            name=n, kind=kind, export_config=export, params=params, params_change=params / TEACHER_PARAMS.without_lm_head - 1,
-            pruned_loss=pruned, loss=loss, kl=kl, rank=by_loss.index(n) + 1, pruned_rank=by_pruned.index(n) + 1,
-            decode_speedup=TEACHER_PARAMS.total / params, pareto=pareto))
+        rows.append(
+            RankedCandidate(
+                name=n,
+                kind=kind,
+                export_config=export,
+                params=params,
+                params_change=params / TEACHER_PARAMS.without_lm_head - 1,
+                pruned_loss=pruned,
+                loss=loss,
+                kl=kl,
+                rank=by_loss.index(n) + 1,
+                pruned_rank=by_pruned.index(n) + 1,
+                decode_speedup=TEACHER_PARAMS.total / params,
+                pareto=pareto,
+            )
+        )
     tau = kendall_tau([r.rank for r in rows], [r.pruned_rank for r in rows])
-    return RankingResult(metric="val_nll", candidates=rows, winner=by_loss[0], kendall_tau=tau,
-                         teacher_params=TEACHER_PARAMS.without_lm_head, teacher_loss=2.61)
+    return RankingResult(
+        metric="val_nll",
+        candidates=rows,
+        winner=by_loss[0],
+        kendall_tau=tau,
+        teacher_params=TEACHER_PARAMS.without_lm_head,
+        teacher_loss=2.61,
+    )
 
 
-def candidate_of(name: str, kind: str, export: dict, params: int, pruned: float, loss: float, kl: float) -> CandidateResult:
+def candidate_of(
+    name: str, kind: str, export: dict, params: int, pruned: float, loss: float, kl: float
+) -> CandidateResult:
     steps = 40
-    curve = [{"step": s, "val_nll": loss + (pruned - loss) * (1 - s / steps) ** 3, "val_kl": kl * (1 + 3 * (1 - s / steps))}
-             for s in range(10, steps + 1, 10)]
+    curve = [
+        {"step": s, "val_nll": loss + (pruned - loss) * (1 - s / steps) ** 3, "val_kl": kl * (1 + 3 * (1 - s / steps))}
+        for s in range(10, steps + 1, 10)
+    ]
     return CandidateResult(
-        name=name, kind=kind, export_config=export, architecture=replace(TEACHER_ARCH, **export),
+        name=name,
+        kind=kind,
+        export_config=export,
+        architecture=replace(TEACHER_ARCH, **export),
         params=ParamCounts(total=params, embedding=TEACHER_PARAMS.embedding, without_lm_head=params),
-        params_change=params / TEACHER_PARAMS.without_lm_head - 1, kept_layers=list(range(export.get("num_layers", 30))),
-        pruned_loss=pruned, pruned_kl=kl * 4, loss=loss, kl=kl, steps=steps, tokens=steps * 4 * 256, distill_s=12.5,
-        curve=curve)
+        params_change=params / TEACHER_PARAMS.without_lm_head - 1,
+        kept_layers=list(range(export.get("num_layers", 30))),
+        pruned_loss=pruned,
+        pruned_kl=kl * 4,
+        loss=loss,
+        kl=kl,
+        steps=steps,
+        tokens=steps * 4 * 256,
+        distill_s=12.5,
+        curve=curve,
+    )
 
 
 def write_manifest(run_dir, task: str, result) -> None:
     """A sealed manifest with the fields pipeline.run_stage writes, its result the stage's typed result."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write_json(run_dir / task / MANIFEST, seal({
-        "stage": split_task(task)[0], "task": task, "config_hash": "test", "input_hashes": {}, "outputs": {},
-        "output_files": {}, "output_digests": {}, "result": to_json(result), "engine": {}, "versions": versions(),
-        "attempt": uuid.uuid4().hex, "started_at": now, "finished_at": now, "wall_time_s": 1.5,
-    }))
+    atomic_write_json(
+        run_dir / task / MANIFEST,
+        seal(
+            {
+                "stage": split_task(task)[0],
+                "task": task,
+                "config_hash": "test",
+                "input_hashes": {},
+                "outputs": {},
+                "output_files": {},
+                "output_digests": {},
+                "result": to_json(result),
+                "engine": {},
+                "versions": versions(),
+                "attempt": uuid.uuid4().hex,
+                "started_at": now,
+                "finished_at": now,
+                "wall_time_s": 1.5,
+            }
+        ),
+    )
 
 
 def make_run(tmp, run_name: str, cands: dict[str, tuple]):
@@ -97,17 +153,42 @@ def make_run(tmp, run_name: str, cands: dict[str, tuple]):
     conf.run_dir = str(tmp / run_name)
     name, kind, export, params = FAILED
     conf.search.resolved = [
-        SearchCandidate(name=n, export_config=ExportConfig(**c[1]), kind=c[0], params=c[2],
-                        change=c[2] / TEACHER_PARAMS.without_lm_head - 1)
+        SearchCandidate(
+            name=n,
+            export_config=ExportConfig(**c[1]),
+            kind=c[0],
+            params=c[2],
+            change=c[2] / TEACHER_PARAMS.without_lm_head - 1,
+        )
         for n, c in cands.items()
-    ] + [SearchCandidate(name=name, export_config=ExportConfig(**export), kind=kind, params=params,
-                         change=params / TEACHER_PARAMS.without_lm_head - 1)]
+    ] + [
+        SearchCandidate(
+            name=name,
+            export_config=ExportConfig(**export),
+            kind=kind,
+            params=params,
+            change=params / TEACHER_PARAMS.without_lm_head - 1,
+        )
+    ]
     run_dir = tmp / run_name
     write_manifest(run_dir, "model", ModelResult("smollm2_135m", TEACHER_ARCH, TEACHER_PARAMS))
-    write_manifest(run_dir, "data", DataResult(seq_len=256, sequences={"validation": 8, "train": 64},
-                                               tokens={"validation": 2048, "train": 16384}, heldout_documents=3))
-    write_manifest(run_dir, "teacher_cache", TeacherCacheResult(train_sequences=64, validation_sequences=8, topk=32,
-                                                                seq_len=256, wall_s=3.0, size_bytes=5 * 2**20))
+    write_manifest(
+        run_dir,
+        "data",
+        DataResult(
+            seq_len=256,
+            sequences={"validation": 8, "train": 64},
+            tokens={"validation": 2048, "train": 16384},
+            heldout_documents=3,
+        ),
+    )
+    write_manifest(
+        run_dir,
+        "teacher_cache",
+        TeacherCacheResult(
+            train_sequences=64, validation_sequences=8, topk=32, seq_len=256, wall_s=3.0, size_bytes=5 * 2**20
+        ),
+    )
     results = [candidate_of(n, *c) for n, c in cands.items()]
     for r in results:
         write_manifest(run_dir, f"candidate-{r.name}", r)
@@ -202,8 +283,13 @@ def test_a_candidate_without_manifest_is_failed_once_ranked_and_not_finished_bef
         assert all(r[0] == "-" for r in rows)
         return {r[1]: r[header.index("status")] for r in rows}
 
-    assert status() == {"L20": "finished", "F960": "finished", "H384": "finished", "hyb": "finished",
-                        "hd6": "not started"}
+    assert status() == {
+        "L20": "finished",
+        "F960": "finished",
+        "H384": "finished",
+        "hyb": "finished",
+        "hd6": "not started",
+    }
     folder = Path(conf.run_dir) / "candidate-hd6"
     atomic_write_json(folder / RUNNING, {"pid": 1, "host": "elsewhere"})
     assert status()["hd6"] == "running"
@@ -215,8 +301,10 @@ def test_a_candidate_without_manifest_is_failed_once_ranked_and_not_finished_bef
 def test_terminal_summary_shows_the_top_of_the_ranking(search_run):
     _, conf = search_run
     out = summary_table(conf, launched_at=0)
-    assert ("candidate search: winner H384; Kendall tau +0.33, the pruned-only ranking partly agrees with the ranking "
-            "after the short distillation") in out
+    assert (
+        "candidate search: winner H384; Kendall tau +0.33, the pruned-only ranking partly agrees with the ranking "
+        "after the short distillation"
+    ) in out
     lines = out.splitlines()
     assert any(line.split()[:1] == ["candidate-H384"] and "ran" in line for line in lines)
     assert any(line.split() == ["candidate-hd6", "NOT", "FINISHED"] for line in lines)
@@ -267,10 +355,15 @@ def test_comparison_lists_both_searches(search_run):
     assert "search_b" in page.read_text()
 
 
-@pytest.mark.parametrize("tau, sentence, cell", [
-    (1.0, "agrees exactly with", "same order"), (0.33, "partly agrees with", "partly agrees"),
-    (0.0, "is nearly unrelated to", "unrelated"), (-0.4, "partly disagrees with", "partly disagrees"),
-    (-1.0, "largely reverses", "reversed"),
-])
+@pytest.mark.parametrize(
+    "tau, sentence, cell",
+    [
+        (1.0, "agrees exactly with", "same order"),
+        (0.33, "partly agrees with", "partly agrees"),
+        (0.0, "is nearly unrelated to", "unrelated"),
+        (-0.4, "partly disagrees with", "partly disagrees"),
+        (-1.0, "largely reverses", "reversed"),
+    ],
+)
 def test_kendall_tau_in_words(tau, sentence, cell):
     assert agreement(tau) == sentence and agreement(tau, short=True) == cell

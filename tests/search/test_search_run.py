@@ -21,13 +21,31 @@ from compactlm.results import read_result
 
 def _args(tmp_path, model_dir, *extra):
     return [
-        "recipe=search", "model=local", f"model.path={model_dir}", "data=pydoc", "data.max_documents=20",
-        "data.seq_len=32", "data.validation_sequences=4", "data.calibration_sequences=4", "data.max_train_sequences=8",
-        "search.target_params=0.8", "search.tolerance=0.1", "search.num_layers_divisor=1",
-        "search.hidden_size_divisor=16", "search.ffn_hidden_size_divisor=16", "search.max_candidates=3",
-        "distill.micro_batch_size=2", "distill.global_batch_size=2", "distill.checkpoint_every=5", "distill.lr=1e-3",
-        "engine.dtype=float32", "engine.threads=1", f"runs_root={tmp_path}", "run_name=search",
-        f"cache_dir={tmp_path / 'cache'}", *extra,
+        "recipe=search",
+        "model=local",
+        f"model.path={model_dir}",
+        "data=pydoc",
+        "data.max_documents=20",
+        "data.seq_len=32",
+        "data.validation_sequences=4",
+        "data.calibration_sequences=4",
+        "data.max_train_sequences=8",
+        "search.target_params=0.8",
+        "search.tolerance=0.1",
+        "search.num_layers_divisor=1",
+        "search.hidden_size_divisor=16",
+        "search.ffn_hidden_size_divisor=16",
+        "search.max_candidates=3",
+        "distill.micro_batch_size=2",
+        "distill.global_batch_size=2",
+        "distill.checkpoint_every=5",
+        "distill.lr=1e-3",
+        "engine.dtype=float32",
+        "engine.threads=1",
+        f"runs_root={tmp_path}",
+        "run_name=search",
+        f"cache_dir={tmp_path / 'cache'}",
+        *extra,
     ]
 
 
@@ -37,8 +55,14 @@ def test_search_killed_mid_candidate_resumes_and_skips_finished_ones(tmp_path, t
     # each candidate's short distillation lowers its loss (200 steps did not, for one of them)
     args = _args(tmp_path, tiny_llama_dir, "search.distill_tokens=25600")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "launch.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     run_dir = tmp_path / "search"
     config = run_dir / "config.yaml"
     deadline = time.time() + 600
@@ -50,7 +74,9 @@ def test_search_killed_mid_candidate_resumes_and_skips_finished_ones(tmp_path, t
         if second is not None and (second / "distill" / "checkpoint").is_dir():
             break
         time.sleep(0.05)
-    assert second is not None and (second / "distill" / "checkpoint").is_dir(), "the second candidate never checkpointed"
+    assert second is not None and (second / "distill" / "checkpoint").is_dir(), (
+        "the second candidate never checkpointed"
+    )
     stage = running(second)
     os.killpg(proc.pid, signal.SIGKILL)
     if stage:

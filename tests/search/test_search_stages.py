@@ -22,15 +22,38 @@ STAGES = ["model", "data", "importance", "teacher_cache", "candidate", "ranking"
 
 
 def _conf(tmp_path, model_dir, *extra):
-    conf = to_config(compose([
-        "recipe=search_distill", f"recipe.stages=[{','.join(STAGES)}]", "model=local", f"model.path={model_dir}",
-        "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=4",
-        "data.calibration_sequences=4", "data.max_train_sequences=8", "search.target_params=0.8",
-        "search.tolerance=0.1", "search.num_layers_divisor=1", "search.hidden_size_divisor=16",
-        "search.ffn_hidden_size_divisor=16", "search.distill_tokens=512", "distill.micro_batch_size=2",
-        "distill.global_batch_size=2", "distill.max_steps=4", "distill.lr=1e-3", "evaluate.generate_tokens=2",
-        "evaluate.tasks=[]", "engine.dtype=float32", f"runs_root={tmp_path}", "run_name=search", *extra,
-    ]))
+    conf = to_config(
+        compose(
+            [
+                "recipe=search_distill",
+                f"recipe.stages=[{','.join(STAGES)}]",
+                "model=local",
+                f"model.path={model_dir}",
+                "data=pydoc",
+                "data.max_documents=20",
+                "data.seq_len=32",
+                "data.validation_sequences=4",
+                "data.calibration_sequences=4",
+                "data.max_train_sequences=8",
+                "search.target_params=0.8",
+                "search.tolerance=0.1",
+                "search.num_layers_divisor=1",
+                "search.hidden_size_divisor=16",
+                "search.ffn_hidden_size_divisor=16",
+                "search.distill_tokens=512",
+                "distill.micro_batch_size=2",
+                "distill.global_batch_size=2",
+                "distill.max_steps=4",
+                "distill.lr=1e-3",
+                "evaluate.generate_tokens=2",
+                "evaluate.tasks=[]",
+                "engine.dtype=float32",
+                f"runs_root={tmp_path}",
+                "run_name=search",
+                *extra,
+            ]
+        )
+    )
     resolve_search(conf, validate(conf, STAGE_NAMES))
     return conf
 
@@ -54,8 +77,12 @@ def test_search_distill_ranks_the_candidates_and_distills_the_winner(tmp_path, t
     winner = next(c for c in conf.search.resolved if c.name == ranking.winner)
     # the winner's pruned checkpoint is what the distill stage trained
     student = read_hf_config(run_dir / "distill" / "student")
-    for key, hf_key in (("num_layers", "num_hidden_layers"), ("ffn_hidden_size", "intermediate_size"),
-                        ("hidden_size", "hidden_size"), ("num_attention_heads", "num_attention_heads")):
+    for key, hf_key in (
+        ("num_layers", "num_hidden_layers"),
+        ("ffn_hidden_size", "intermediate_size"),
+        ("hidden_size", "hidden_size"),
+        ("num_attention_heads", "num_attention_heads"),
+    ):
         value = winner.export_config.known().get(key)
         if value is not None:
             assert student[hf_key] == value, key
@@ -78,8 +105,12 @@ def test_search_distill_ranks_the_candidates_and_distills_the_winner(tmp_path, t
     assert len(read_result(run_dir, "ranking").candidates) == 3
 
     # a candidate the run does not have: one configuration error line, and no folder made for it
-    r = subprocess.run([sys.executable, str(REPO / "recipes" / "candidate.py"), f"config={run_dir / CONFIG_FILE}",
-                        "candidate=nope"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    r = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "candidate.py"), f"config={run_dir / CONFIG_FILE}", "candidate=nope"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
     assert r.returncode == 2 and "candidate='nope' is not one of this run's candidates" in r.stderr
     assert not (run_dir / "candidate-nope").exists()
 
@@ -87,16 +118,30 @@ def test_search_distill_ranks_the_candidates_and_distills_the_winner(tmp_path, t
 def test_a_candidate_runs_data_parallel_under_torchrun(tmp_path, tiny_llama_dir):
     """distill.nproc_per_node=2 runs a candidate as two gloo processes, as on a GPU node: rank 0 prunes, the other
     rank waits for the pruned checkpoint, both distill, rank 0 alone writes the result."""
-    conf = _conf(tmp_path, tiny_llama_dir, "search.max_candidates=1", "distill.nproc_per_node=2", "distill.micro_batch_size=1")
+    conf = _conf(
+        tmp_path, tiny_llama_dir, "search.max_candidates=1", "distill.nproc_per_node=2", "distill.micro_batch_size=1"
+    )
     run_dir = write_run_dir(conf)
     tasks = run_tasks(conf)
     for task in tasks[:4]:
         assert run_stage(task, run_dir / CONFIG_FILE) == 0, task
     name = conf.search.resolved[0].name
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                        str(REPO / "recipes" / "candidate.py"), f"config={run_dir / CONFIG_FILE}", f"candidate={name}"],
-                       capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            str(REPO / "recipes" / "candidate.py"),
+            f"config={run_dir / CONFIG_FILE}",
+            f"candidate={name}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert r.stdout.count(f"[candidate {name} (1/1)] ") >= 2 and "parameters (" in r.stdout  # rank 0 pruned once
     result = read_result(run_dir, f"candidate-{name}")

@@ -36,8 +36,12 @@ def check_candidates(base, search: SearchConfig, candidates, instantiate: bool) 
     teacher = {key: getattr(base, EXPORT_TO_HF[key]) for key in EXPORT_TO_HF}
     teacher_params = count_on_meta(base)["without_lm_head"]
     target = target_count(search.target_params, teacher_params)
-    divisors = {"num_layers": search.num_layers_divisor, "hidden_size": search.hidden_size_divisor,
-                "ffn_hidden_size": search.ffn_hidden_size_divisor, "num_attention_heads": base.num_key_value_heads}
+    divisors = {
+        "num_layers": search.num_layers_divisor,
+        "hidden_size": search.hidden_size_divisor,
+        "ffn_hidden_size": search.ffn_hidden_size_divisor,
+        "num_attention_heads": base.num_key_value_heads,
+    }
     kinds = {key: kind for key, _, kind in DIMENSIONS}
     assert 0 < len(candidates) <= search.max_candidates
     assert [(-c.params, c.name) for c in candidates] == sorted((-c.params, c.name) for c in candidates)
@@ -70,18 +74,24 @@ def test_target_params_accepts_fractions_and_whole_counts(value):
     assert SearchConfig(target_params=value).target_params == value
 
 
-@pytest.mark.parametrize("value,hint", [(1.5, ""), (67, " (a percentage? use 0.67)"), (999, ""), (7.35e9 + 0.5, ""),
-                                        (0, ""), (-0.5, "")])
+@pytest.mark.parametrize(
+    "value,hint", [(1.5, ""), (67, " (a percentage? use 0.67)"), (999, ""), (7.35e9 + 0.5, ""), (0, ""), (-0.5, "")]
+)
 def test_target_params_between_a_fraction_and_a_count_is_refused(value, hint):
     with pytest.raises(ConfigError) as e:
         SearchConfig(target_params=value)
-    assert str(e.value) == (f"search.target_params={value:g} is neither a fraction of the teacher's parameters in "
-                            "(0, 1] (0.67) nor a whole parameter count of at least 1,000 (7.35e9)" + hint)
+    assert str(e.value) == (
+        f"search.target_params={value:g} is neither a fraction of the teacher's parameters in "
+        "(0, 1] (0.67) nor a whole parameter count of at least 1,000 (7.35e9)" + hint
+    )
 
 
 def test_a_count_above_the_teacher_is_refused_not_sent_to_widen_the_tolerance():
-    with pytest.raises(ConfigError, match=r"^search.target_params=2e\+11 asks for 200,000,000,000 parameters without "
-                                          r"lm_head, but the teacher has only 134,515,008: a search prunes"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^search.target_params=2e\+11 asks for 200,000,000,000 parameters without "
+        r"lm_head, but the teacher has only 134,515,008: a search prunes",
+    ):
         enumerate_candidates(shape_config("smollm2_135m"), SearchConfig(target_params=2e11))
 
 
@@ -120,14 +130,35 @@ def test_bielik_absolute_target():
     check_candidates(base, search, candidates, instantiate=True)
 
 
-@pytest.mark.parametrize("shape", [
-    # q/k/v biases (Qwen2.5-0.5B's sizes, smaller vocabulary)
-    dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-         num_key_value_heads=2, vocab_size=4096, tie_word_embeddings=True),
-    # q_norm/k_norm over head_dim, head_dim * heads != hidden (Qwen3-0.6B's sizes)
-    dict(model_type="qwen3", hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-         num_key_value_heads=8, head_dim=128, vocab_size=4096, tie_word_embeddings=False),
-], ids=lambda s: s["model_type"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # q/k/v biases (Qwen2.5-0.5B's sizes, smaller vocabulary)
+        dict(
+            model_type="qwen2",
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            vocab_size=4096,
+            tie_word_embeddings=True,
+        ),
+        # q_norm/k_norm over head_dim, head_dim * heads != hidden (Qwen3-0.6B's sizes)
+        dict(
+            model_type="qwen3",
+            hidden_size=1024,
+            intermediate_size=3072,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            vocab_size=4096,
+            tie_word_embeddings=False,
+        ),
+    ],
+    ids=lambda s: s["model_type"],
+)
 def test_counts_are_exact_for_other_architectures(shape):
     base = hf_config_from_shape(shape)
     search = SearchConfig(target_params=0.7)
@@ -159,8 +190,10 @@ def test_presets_on_bielik():
     assert (exp_010.name, exp_010.kind) == ("exp_010", "hybrid")
     assert exp_010.export_config.known() == {"ffn_hidden_size": 11264, "num_layers": 40}
     assert round(exp_010.params / 1e9, 2) == 7.35 and round(exp_010.change * 100, 1) == -33.4
-    assert exp_010.params == count_on_meta(pruned_hf_config(base, {"ffn_hidden_size": 11264, "num_layers": 40}))[
-        "without_lm_head"]
+    assert (
+        exp_010.params
+        == count_on_meta(pruned_hf_config(base, {"ffn_hidden_size": 11264, "num_layers": 40}))["without_lm_head"]
+    )
     assert [preset(n).kind for n in ("exp_001", "exp_002", "exp_003")] == ["hidden", "ffn", "depth"]
     with pytest.raises(ConfigError, match="prunes? nothing|keeps every size"):
         preset_candidate("exp_same", {"num_layers": 50}, base, teacher_params)

@@ -13,9 +13,9 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import pytest
 
@@ -26,8 +26,9 @@ PACKAGES = "slurm-wlm slurmdbd munge mariadb-server"
 INSTALL_CMD = f"apt-get install -y --no-install-recommends {PACKAGES}"
 BINARIES = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct", "sacctmgr")
 # sacct states after which a job never changes again (REQUEUED / PREEMPTED / PENDING are not final).
-FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-                          "BOOT_FAIL", "DEADLINE"})
+FINAL_STATES = frozenset(
+    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+)
 
 
 # This file and tests/conftest.py are both imported as the module `conftest` (tests/ has no __init__.py):
@@ -91,13 +92,13 @@ class SlurmCluster:
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
         """Run a Slurm client command (text output, captured)."""
-        return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, check=check,
-                              timeout=timeout)
+        return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, check=check, timeout=timeout)
 
     def sbatch(self, *args: str) -> int:
         """`sbatch --parsable --account=<account> --partition=<partition> *args`; returns the job id."""
-        out = self.run("sbatch", "--parsable", f"--account={self.account}",
-                       f"--partition={self.partition}", *args).stdout.strip()
+        out = self.run(
+            "sbatch", "--parsable", f"--account={self.account}", f"--partition={self.partition}", *args
+        ).stdout.strip()
         return int(out.split(";")[0])
 
     def sacct(self, job_id: int | str, fields: str = "State", *extra: str) -> list[list[str]]:
@@ -124,8 +125,9 @@ class SlurmCluster:
                 pytest.fail(f"Slurm queue not empty after {timeout} s:\n" + self.run("squeue").stdout)
             time.sleep(0.2)
 
-    def wait_state(self, job_id: int | str, states: str | Iterable[str], timeout: float = 60.0,
-                   poll: float = 0.5) -> str:
+    def wait_state(
+        self, job_id: int | str, states: str | Iterable[str], timeout: float = 60.0, poll: float = 0.5
+    ) -> str:
         """Poll `sacct -j <id> -X -n -P -o State` until the state is one of `states`; return it.
 
         Fails at once when the job reaches a final state that is not wanted, and after `timeout` seconds.
@@ -140,11 +142,14 @@ class SlurmCluster:
             if st in wanted:
                 return st
             if st in FINAL_STATES:
-                raise AssertionError(f"job {job_id} ended {st}, wanted {sorted(wanted)} "
-                                     f"(states seen: {seen}){self._explain(job_id)}")
+                raise AssertionError(
+                    f"job {job_id} ended {st}, wanted {sorted(wanted)} (states seen: {seen}){self._explain(job_id)}"
+                )
             if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} not in {sorted(wanted)} after {timeout:.0f}s "
-                                     f"(states seen: {seen}){self._explain(job_id)}")
+                raise AssertionError(
+                    f"job {job_id} not in {sorted(wanted)} after {timeout:.0f}s "
+                    f"(states seen: {seen}){self._explain(job_id)}"
+                )
             time.sleep(poll)
 
     def _explain(self, job_id) -> str:
@@ -160,21 +165,26 @@ def slurm_cluster() -> SlurmCluster:
 
     state_dir = Path(os.environ.get("COMPACTLM_SLURM_DIR", "/tmp/compactlm-slurm"))
     proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=300)
-    if proc.returncode == 3:        # start_slurm.sh: packages missing
+    if proc.returncode == 3:  # start_slurm.sh: packages missing
         _unavailable(proc.stderr.strip())
     if proc.returncode != 0 and os.geteuid() != 0 and "must run as root" in proc.stderr:
         _unavailable(f"the local Slurm is not running and starting it needs root: {proc.stderr.strip()}")
     if proc.returncode != 0:
-        pytest.fail(f"start_slurm.sh failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}",
-                    pytrace=False)
+        pytest.fail(f"start_slurm.sh failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}", pytrace=False)
     status = proc.stdout.strip().splitlines()[-1]
     fields = dict(tok.split("=", 1) for tok in status.split() if "=" in tok)
 
-    cluster = SlurmCluster(partition=fields["partition"], account=fields["account"], node=fields["node"],
-                           cpus=int(fields["cpus"]), conf=Path(fields["SLURM_CONF"]), state_dir=state_dir,
-                           version=fields["version"])
+    cluster = SlurmCluster(
+        partition=fields["partition"],
+        account=fields["account"],
+        node=fields["node"],
+        cpus=int(fields["cpus"]),
+        conf=Path(fields["SLURM_CONF"]),
+        state_dir=state_dir,
+        version=fields["version"],
+    )
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLURM_CONF", str(cluster.conf))   # for code under test that shells out to sbatch/sacct
+        mp.setenv("SLURM_CONF", str(cluster.conf))  # for code under test that shells out to sbatch/sacct
         yield cluster
     if os.environ.get("COMPACTLM_SLURM_STOP"):
         subprocess.run(["bash", str(STOP)], capture_output=True, text=True, timeout=120)

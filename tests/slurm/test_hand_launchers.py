@@ -20,18 +20,44 @@ pytestmark = pytest.mark.slow
 def test_submit_sh_runs_a_prepared_recipe_as_dependent_jobs(slurm_cluster, tmp_path, tiny_llama_dir):
     import subprocess
 
-    r = run_launch(["recipe=eval", "model=local", f"model.path={tiny_llama_dir}", "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=4",
-                    "data.calibration_sequences=4", "data.max_train_sequences=8", "evaluate.generate_tokens=4",
-                    "evaluate.task_examples=20", f"runs_root={tmp_path}", "run_name=by_hand", "prepare_only=true",
-                    f"cache_dir={tmp_path / 'cache'}"], timeout=300)
+    r = run_launch(
+        [
+            "recipe=eval",
+            "model=local",
+            f"model.path={tiny_llama_dir}",
+            "data=pydoc",
+            "data.max_documents=20",
+            "data.seq_len=32",
+            "data.validation_sequences=4",
+            "data.calibration_sequences=4",
+            "data.max_train_sequences=8",
+            "evaluate.generate_tokens=4",
+            "evaluate.task_examples=20",
+            f"runs_root={tmp_path}",
+            "run_name=by_hand",
+            "prepare_only=true",
+            f"cache_dir={tmp_path / 'cache'}",
+        ],
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     config = tmp_path / "by_hand" / "config.yaml"
     assert f"launchers/slurm/submit.sh {config}" in r.stdout and not (tmp_path / "by_hand" / "model").exists()
 
     env = {**slurm_cluster.env, "PATH": f"{Path(sys.executable).parent}:{slurm_cluster.env['PATH']}"}
-    sub = subprocess.run([str(REPO / "launchers" / "slurm" / "submit.sh"), str(config),
-                          f"--account={slurm_cluster.account}", f"--partition={slurm_cluster.partition}"],
-                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    sub = subprocess.run(
+        [
+            str(REPO / "launchers" / "slurm" / "submit.sh"),
+            str(config),
+            f"--account={slurm_cluster.account}",
+            f"--partition={slurm_cluster.partition}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert sub.returncode == 0, sub.stdout + sub.stderr
     jobs = dict(line.split(": job ") for line in sub.stdout.splitlines() if ": job " in line)
     assert list(jobs) == ["model", "data", "evaluate"]

@@ -5,7 +5,6 @@ mid-distillation with requeue and resume (tiny model), and the run operations on
 from __future__ import annotations
 
 import re
-
 import sys
 import time
 from pathlib import Path
@@ -27,14 +26,36 @@ def _args(slurm, tmp_path, model_dir, run_name, *extra, cluster="slurm", setup="
     venv_bin = Path(sys.executable).parent
     setup_lines = f"['export PATH={venv_bin}:$PATH'{setup}]"
     return [
-        "recipe=prune_distill", "model=local", f"model.path={model_dir}", "data=pydoc", "data.max_documents=20", "data.seq_len=32", "data.validation_sequences=4",
-        "data.calibration_sequences=4", "data.max_train_sequences=32", "evaluate.generate_tokens=4",
-        "prune.model=null", "prune.export_config.num_layers=3", "prune.export_config.ffn_hidden_size=64",
-        "distill.micro_batch_size=2", "distill.global_batch_size=4", "engine.threads=1", "evaluate.task_examples=40",
-        "bench.batch_sizes=[1,2]", "bench.prompt_tokens=8", "bench.new_tokens=4", "bench.repeats=1",
-        f"cluster={cluster}", f"cluster.slurm.account={slurm.account}", f"cluster.slurm.partition={slurm.partition}",
-        "cluster.slurm.time=00:20:00", f"cluster.slurm.setup_lines={setup_lines}",
-        f"runs_root={tmp_path}", f"run_name={run_name}", f"cache_dir={tmp_path / 'cache'}", *extra,
+        "recipe=prune_distill",
+        "model=local",
+        f"model.path={model_dir}",
+        "data=pydoc",
+        "data.max_documents=20",
+        "data.seq_len=32",
+        "data.validation_sequences=4",
+        "data.calibration_sequences=4",
+        "data.max_train_sequences=32",
+        "evaluate.generate_tokens=4",
+        "prune.model=null",
+        "prune.export_config.num_layers=3",
+        "prune.export_config.ffn_hidden_size=64",
+        "distill.micro_batch_size=2",
+        "distill.global_batch_size=4",
+        "engine.threads=1",
+        "evaluate.task_examples=40",
+        "bench.batch_sizes=[1,2]",
+        "bench.prompt_tokens=8",
+        "bench.new_tokens=4",
+        "bench.repeats=1",
+        f"cluster={cluster}",
+        f"cluster.slurm.account={slurm.account}",
+        f"cluster.slurm.partition={slurm.partition}",
+        "cluster.slurm.time=00:20:00",
+        f"cluster.slurm.setup_lines={setup_lines}",
+        f"runs_root={tmp_path}",
+        f"run_name={run_name}",
+        f"cache_dir={tmp_path / 'cache'}",
+        *extra,
     ]
 
 
@@ -57,19 +78,41 @@ def _job_ids(slurm, run_dir: Path) -> dict[str, str]:
 # lm-eval task) on a smaller budget: 4 distillation steps of 4 x 64 tokens, fewer sequences, a short bench. Without
 # the gguf stage: it would build llama.cpp into this test's own cache_dir inside a Slurm job (tests/gguf and the
 # plain-clone test run that stage).
-DEMO_SMALL = [f"recipe.stages=[{','.join(STAGES)}]", "distill.max_steps=4", "distill.global_batch_size=4", "distill.micro_batch_size=2", "data.seq_len=64",
-              "data.validation_sequences=8", "data.calibration_sequences=16", "data.max_train_sequences=64",
-              "evaluate.task_examples=40", "evaluate.generate_tokens=4", "bench.batch_sizes=[1]",
-              "bench.prompt_tokens=16", "bench.new_tokens=4", "bench.repeats=1"]
+DEMO_SMALL = [
+    f"recipe.stages=[{','.join(STAGES)}]",
+    "distill.max_steps=4",
+    "distill.global_batch_size=4",
+    "distill.micro_batch_size=2",
+    "data.seq_len=64",
+    "data.validation_sequences=8",
+    "data.calibration_sequences=16",
+    "data.max_train_sequences=64",
+    "evaluate.task_examples=40",
+    "evaluate.generate_tokens=4",
+    "bench.batch_sizes=[1]",
+    "bench.prompt_tokens=16",
+    "bench.new_tokens=4",
+    "bench.repeats=1",
+]
 
 
 def test_demo_pipeline_as_dependent_slurm_jobs(slurm_cluster, tmp_path):
     venv_bin = Path(sys.executable).parent
-    r = run_launch(["cluster=slurm", f"cluster.slurm.account={slurm_cluster.account}",
-                    f"cluster.slurm.partition={slurm_cluster.partition}", "cluster.slurm.time=00:20:00",
-                    f"cluster.slurm.setup_lines=['export PATH={venv_bin}:$PATH']", f"runs_root={tmp_path}",
-                    "run_name=slurm_e2e", f"cache_dir={tmp_path / 'cache'}", *DEMO_SMALL],
-                   env=slurm_cluster.env, timeout=1500)
+    r = run_launch(
+        [
+            "cluster=slurm",
+            f"cluster.slurm.account={slurm_cluster.account}",
+            f"cluster.slurm.partition={slurm_cluster.partition}",
+            "cluster.slurm.time=00:20:00",
+            f"cluster.slurm.setup_lines=['export PATH={venv_bin}:$PATH']",
+            f"runs_root={tmp_path}",
+            "run_name=slurm_e2e",
+            f"cache_dir={tmp_path / 'cache'}",
+            *DEMO_SMALL,
+        ],
+        env=slurm_cluster.env,
+        timeout=1500,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
     run_dir = tmp_path / "slurm_e2e"
     for stage in STAGES:
@@ -85,7 +128,7 @@ def test_demo_pipeline_as_dependent_slurm_jobs(slurm_cluster, tmp_path):
     rows = {}
     for stage, job in ids.items():
         slurm_cluster.wait_state(job, "COMPLETED", timeout=60)  # accounting lags the controller by seconds
-        (start, end, account), = slurm_cluster.sacct(job, "Start,End,Account")
+        ((start, end, account),) = slurm_cluster.sacct(job, "Start,End,Account")
         assert account == slurm_cluster.account
         rows[stage] = (start, end)
     # afterok: every stage started only after the one before it ended (sacct times are ISO strings)
@@ -96,8 +139,11 @@ def test_demo_pipeline_as_dependent_slurm_jobs(slurm_cluster, tmp_path):
     assert scripts and "#SBATCH --signal=USR1@120" in scripts[0].read_text()
     assert "scontrol requeue" in scripts[0].read_text()
 
-    logs = run_launch(["logs", "run_name=slurm_e2e", f"runs_root={tmp_path}", "stage=distill", "lines=200"],
-                      env=slurm_cluster.env, timeout=120)
+    logs = run_launch(
+        ["logs", "run_name=slurm_e2e", f"runs_root={tmp_path}", "stage=distill", "lines=200"],
+        env=slurm_cluster.env,
+        timeout=120,
+    )
     assert logs.returncode == 0 and "[distill] done" in logs.stdout, logs.stdout[-3000:] + logs.stderr
     listed = run_launch(["list", f"runs_root={tmp_path}"], timeout=120)
     assert "slurm_e2e" in listed.stdout and "8/8" in listed.stdout
@@ -106,8 +152,19 @@ def test_demo_pipeline_as_dependent_slurm_jobs(slurm_cluster, tmp_path):
 def test_a_failed_stage_ends_the_run_and_cancels_the_stages_after_it(slurm_cluster, tmp_path, tiny_llama_dir):
     """Without --kill-on-invalid-dep the stages after a failed one stay PENDING forever, and so did launch.py."""
     fail_data = ", '[ \"$SLURM_JOB_NAME\" != compactlm-data ] || exit 7'"
-    r = run_launch(_args(slurm_cluster, tmp_path, tiny_llama_dir, "fails", "recipe.stages=[model,data,importance,prune]",
-                         "cluster.slurm.max_retries=0", setup=fail_data), env=slurm_cluster.env, timeout=600)
+    r = run_launch(
+        _args(
+            slurm_cluster,
+            tmp_path,
+            tiny_llama_dir,
+            "fails",
+            "recipe.stages=[model,data,importance,prune]",
+            "cluster.slurm.max_retries=0",
+            setup=fail_data,
+        ),
+        env=slurm_cluster.env,
+        timeout=600,
+    )
     assert r.returncode == 1, (r.stdout + r.stderr)[-4000:]
     assert "stage 'data' did not finish" in r.stderr and "exit 7" in r.stderr, r.stderr[-4000:]
     ids = _job_ids(slurm_cluster, tmp_path / "fails")
@@ -115,14 +172,23 @@ def test_a_failed_stage_ends_the_run_and_cancels_the_stages_after_it(slurm_clust
     slurm_cluster.wait_state(ids["data"], "FAILED", timeout=60)
     for stage in ("importance", "prune"):
         slurm_cluster.wait_state(ids[stage], "CANCELLED", timeout=60)
-    assert read_manifest(tmp_path / "fails" / "model") is not None and read_manifest(tmp_path / "fails" / "data") is None
+    assert (
+        read_manifest(tmp_path / "fails" / "model") is not None and read_manifest(tmp_path / "fails" / "data") is None
+    )
 
 
 def test_preempted_distill_job_requeues_and_resumes_to_the_same_result(slurm_cluster, tmp_path, tiny_llama_dir):
-    budget = ["distill.max_steps=200", "distill.checkpoint_every=10", "distill.eval_every=100",
-              "recipe.stages=[model,data,importance,prune,distill]"]
-    r = run_launch(_args(slurm_cluster, tmp_path, tiny_llama_dir, "preempt", *budget, "cluster.detach=true"),
-                   env=slurm_cluster.env, timeout=600)
+    budget = [
+        "distill.max_steps=200",
+        "distill.checkpoint_every=10",
+        "distill.eval_every=100",
+        "recipe.stages=[model,data,importance,prune,distill]",
+    ]
+    r = run_launch(
+        _args(slurm_cluster, tmp_path, tiny_llama_dir, "preempt", *budget, "cluster.detach=true"),
+        env=slurm_cluster.env,
+        timeout=600,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
     run_dir = tmp_path / "preempt"
     job = _job_ids(slurm_cluster, run_dir)["distill"]
@@ -143,8 +209,11 @@ def test_preempted_distill_job_requeues_and_resumes_to_the_same_result(slurm_clu
     preempted = _state_dict(run_dir / "distill" / "student")
 
     # the same stage uninterrupted (same config and inputs), on this machine
-    again = run_launch(_args(slurm_cluster, tmp_path, tiny_llama_dir, "preempt", *budget, "force_stages=[distill]",
-                             cluster="local"), env=slurm_cluster.env, timeout=900)
+    again = run_launch(
+        _args(slurm_cluster, tmp_path, tiny_llama_dir, "preempt", *budget, "force_stages=[distill]", cluster="local"),
+        env=slurm_cluster.env,
+        timeout=900,
+    )
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     plain = _state_dict(run_dir / "distill" / "student")
     assert preempted.keys() == plain.keys()

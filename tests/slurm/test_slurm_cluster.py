@@ -30,8 +30,13 @@ def test_cluster_shape(slurm_cluster):
 def test_sbatch_wrap_completes_in_accounting(slurm_cluster, tmp_path):
     c = slurm_cluster
     out = tmp_path / "hello.out"
-    job = c.sbatch(f"--chdir={tmp_path}", f"--output={out}", "--job-name=hello",
-                   "--wrap", "echo hello from job $SLURM_JOB_ID account $SLURM_JOB_ACCOUNT")
+    job = c.sbatch(
+        f"--chdir={tmp_path}",
+        f"--output={out}",
+        "--job-name=hello",
+        "--wrap",
+        "echo hello from job $SLURM_JOB_ID account $SLURM_JOB_ACCOUNT",
+    )
     assert c.wait_state(job, "COMPLETED", timeout=30) == "COMPLETED"
     # Slurm 22.05 quirk: for a short job sacct may show PENDING (with Start and NodeList already set) or
     # even COMPLETED while the record still lacks the job's start message -- JobName reads "allocation"
@@ -55,14 +60,15 @@ def test_afterok_dependency_runs_after(slurm_cluster, tmp_path):
     c = slurm_cluster
     log = tmp_path / "order.log"
     first = c.sbatch(f"--chdir={tmp_path}", "--output=/dev/null", "--wrap", f"sleep 2; echo first >> {log}")
-    second = c.sbatch(f"--chdir={tmp_path}", "--output=/dev/null", f"--dependency=afterok:{first}",
-                      "--wrap", f"echo second >> {log}")
+    second = c.sbatch(
+        f"--chdir={tmp_path}", "--output=/dev/null", f"--dependency=afterok:{first}", "--wrap", f"echo second >> {log}"
+    )
     c.wait_state(second, "COMPLETED", timeout=45)
     assert c.state(first) == "COMPLETED"
     assert log.read_text().split() == ["first", "second"]
     [[end_first]] = c.sacct(first, "End")
     [[start_second]] = c.sacct(second, "Start")
-    assert start_second >= end_first        # ISO timestamps compare as strings
+    assert start_second >= end_first  # ISO timestamps compare as strings
 
 
 def test_afterok_on_failed_job(slurm_cluster, tmp_path):
@@ -71,17 +77,25 @@ def test_afterok_on_failed_job(slurm_cluster, tmp_path):
     Accounting lags the controller: any job has no sacct row for its first ~1-5 s (squeue has it)."""
     c = slurm_cluster
     first = c.sbatch(f"--chdir={tmp_path}", "--output=/dev/null", "--wrap", "sleep 1; exit 3")
-    stuck = c.sbatch(f"--chdir={tmp_path}", "--output=/dev/null", f"--dependency=afterok:{first}",
-                     "--wrap", "echo must not run")
-    killed = c.sbatch(f"--chdir={tmp_path}", "--output=/dev/null", f"--dependency=afterok:{first}",
-                      "--kill-on-invalid-dep=yes", "--wrap", "echo must not run")
+    stuck = c.sbatch(
+        f"--chdir={tmp_path}", "--output=/dev/null", f"--dependency=afterok:{first}", "--wrap", "echo must not run"
+    )
+    killed = c.sbatch(
+        f"--chdir={tmp_path}",
+        "--output=/dev/null",
+        f"--dependency=afterok:{first}",
+        "--kill-on-invalid-dep=yes",
+        "--wrap",
+        "echo must not run",
+    )
     try:
         c.wait_state(first, "FAILED", timeout=30)
         assert c.sacct(first, "ExitCode") == [["3:0"]]
         assert c.wait_state(killed, "CANCELLED", timeout=30) == "CANCELLED"
         deadline = time.monotonic() + 20
-        while (reason := c.run("squeue", "-h", "-j", str(stuck), "-o", "%T|%r").stdout.strip()) \
-                != "PENDING|DependencyNeverSatisfied":
+        while (
+            reason := c.run("squeue", "-h", "-j", str(stuck), "-o", "%T|%r").stdout.strip()
+        ) != "PENDING|DependencyNeverSatisfied":
             assert time.monotonic() < deadline, f"job {stuck}: {reason!r}"
             time.sleep(0.5)
         # accounting lags: the held job has no sacct row for the first seconds, then shows PENDING
@@ -112,10 +126,16 @@ def _submit_trapping_job(c, tmp_path: Path, *extra: str, sleep_again: int = 0) -
     script = tmp_path / "job.sh"
     script.write_text(REQUEUE_SCRIPT)
     out, marker = tmp_path / "job.out", tmp_path / "marker"
-    job = c.sbatch(f"--chdir={tmp_path}", f"--output={out}", "--open-mode=append",
-                   f"--export=ALL,MARKER={marker},SLEEP_AGAIN={sleep_again}", *extra, str(script))
+    job = c.sbatch(
+        f"--chdir={tmp_path}",
+        f"--output={out}",
+        "--open-mode=append",
+        f"--export=ALL,MARKER={marker},SLEEP_AGAIN={sleep_again}",
+        *extra,
+        str(script),
+    )
     c.wait_state(job, "RUNNING", timeout=30)
-    _wait_text(out, "start restart=0")        # the traps are installed
+    _wait_text(out, "start restart=0")  # the traps are installed
     return job, out, marker
 
 

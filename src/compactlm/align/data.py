@@ -51,9 +51,11 @@ class Budget:
 
     def check(self, text: str, where: str, field: str) -> None:
         if len(text) > self.chars:
-            raise BadExample(f"{where}: field {field!r} has {len(text):,} characters, more than its {self.tokens} "
-                             f"tokens ({self.why}) can hold at {CHARS_PER_TOKEN} characters per token "
-                             f"({self.chars:,}); shorten it or raise the setting")
+            raise BadExample(
+                f"{where}: field {field!r} has {len(text):,} characters, more than its {self.tokens} "
+                f"tokens ({self.why}) can hold at {CHARS_PER_TOKEN} characters per token "
+                f"({self.chars:,}); shorten it or raise the setting"
+            )
 
 
 def budgets(sft: TrainerOptions, dpo: TrainerOptions, grpo: GRPOConfig) -> dict[str, dict[str, Budget]]:
@@ -63,9 +65,12 @@ def budgets(sft: TrainerOptions, dpo: TrainerOptions, grpo: GRPOConfig) -> dict[
     return {
         "sft": {"messages": Budget(sft.max_length, f"sft.max_length={sft.max_length}")},
         "dpo": {k: Budget(dpo.max_length, f"dpo.max_length={dpo.max_length}") for k in FIELDS["dpo"]},
-        "grpo": {"prompt": Budget(prompt, f"grpo.max_length={grpo.max_length} - grpo.max_completion_length="
-                                          f"{grpo.max_completion_length}"),
-                 "answer": Budget(grpo.max_length, f"grpo.max_length={grpo.max_length}")},
+        "grpo": {
+            "prompt": Budget(
+                prompt, f"grpo.max_length={grpo.max_length} - grpo.max_completion_length={grpo.max_completion_length}"
+            ),
+            "answer": Budget(grpo.max_length, f"grpo.max_length={grpo.max_length}"),
+        },
     }
 
 
@@ -92,8 +97,9 @@ def check_example(kind: str, row: Any, where: str, limits: dict[str, Budget] | N
             limits[name].check(value, where, name)
         out[name] = value
     if kind == "dpo" and out["chosen"].strip() == out["rejected"].strip():
-        raise BadExample(f"{where}: fields 'chosen' and 'rejected' are the same text (a preference pair needs two "
-                         "different answers)")
+        raise BadExample(
+            f"{where}: fields 'chosen' and 'rejected' are the same text (a preference pair needs two different answers)"
+        )
     return out
 
 
@@ -116,8 +122,10 @@ def _check_messages(messages: Any, where: str, limit: Budget | None) -> list[dic
             limit.check(content, where, f"{key}.content")
         out.append({"role": role, "content": content})
     if out[-1]["role"] != "assistant":
-        raise BadExample(f"{where}: field 'messages[{len(out) - 1}].role' is {out[-1]['role']!r}; the last message "
-                         "must be the assistant's answer (what SFT trains on)")
+        raise BadExample(
+            f"{where}: field 'messages[{len(out) - 1}].role' is {out[-1]['role']!r}; the last message "
+            "must be the assistant's answer (what SFT trains on)"
+        )
     if limit:  # the whole conversation is one sequence of sft.max_length tokens
         limit.check("".join(m["content"] for m in out), where, "messages")
     return out
@@ -125,12 +133,15 @@ def _check_messages(messages: Any, where: str, limit: Budget | None) -> list[dic
 
 def _unique_keys(where: str):
     """A json.loads object_pairs_hook that refuses a key given twice in one object (JSON would keep the last)."""
+
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in pairs:
             if key in out:
-                raise BadExample(f"{where}: field {key!r} appears twice in one object (JSON would silently keep the "
-                                 "last value); keep one")
+                raise BadExample(
+                    f"{where}: field {key!r} appears twice in one object (JSON would silently keep the "
+                    "last value); keep one"
+                )
             out[key] = value
         return out
 
@@ -150,8 +161,9 @@ def read_jsonl(kind: str, path: Path, limits: dict[str, Budget] | None = None) -
             try:
                 line = raw.decode("utf-8", errors="strict")
             except UnicodeDecodeError as e:
-                raise BadExample(f"{where}: not UTF-8 (byte {e.start} of the line: 0x{raw[e.start]:02x}); convert the "
-                                 "file to UTF-8") from None
+                raise BadExample(
+                    f"{where}: not UTF-8 (byte {e.start} of the line: 0x{raw[e.start]:02x}); convert the file to UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -164,13 +176,17 @@ def read_jsonl(kind: str, path: Path, limits: dict[str, Budget] | None = None) -
     return rows
 
 
-def read_files(kind: str, src: AlignSource, limits: dict[str, Budget] | None = None
-               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def read_files(
+    kind: str, src: AlignSource, limits: dict[str, Budget] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, heldout) examples of a jsonl source (checked against `limits`, field -> Budget, when given)."""
     train = [r for p in expand_globs(src.paths, f"align_data.{kind}.paths") for r in read_jsonl(kind, p, limits)]
     if src.heldout_paths:
-        heldout = [r for p in expand_globs(src.heldout_paths, f"align_data.{kind}.heldout_paths")
-                   for r in read_jsonl(kind, p, limits)]
+        heldout = [
+            r
+            for p in expand_globs(src.heldout_paths, f"align_data.{kind}.heldout_paths")
+            for r in read_jsonl(kind, p, limits)
+        ]
     else:
         train, heldout = split_heldout(train, src.heldout, f"align_data.{kind}")
     return cap(train, src.max_examples), heldout
@@ -178,12 +194,14 @@ def read_files(kind: str, src: AlignSource, limits: dict[str, Budget] | None = N
 
 def read_hf(kind: str, src: AlignSource) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, heldout) examples of a Hugging Face dataset, checked row by row like a file."""
-    import datasets  # noqa: PLC0415 - heavy, and only this source needs it
+    import datasets  # heavy, and only this source needs it
 
     ds = datasets.load_dataset(src.hf_path, src.hf_name, split=src.hf_split)
     where = f"{src.hf_path}[{src.hf_split}]"
-    rows = [check_example(kind, {k: row.get(k) for k in FIELDS[kind] if k in row}, f"{where} row {i}")
-            for i, row in enumerate(ds)]
+    rows = [
+        check_example(kind, {k: row.get(k) for k in FIELDS[kind] if k in row}, f"{where} row {i}")
+        for i, row in enumerate(ds)
+    ]
     if not rows:
         raise BadExample(f"{where}: no rows")
     train, heldout = split_heldout(rows, src.heldout, f"align_data.{kind}")
@@ -193,8 +211,10 @@ def read_hf(kind: str, src: AlignSource) -> tuple[list[dict[str, Any]], list[dic
 def split_heldout(rows: list[dict[str, Any]], n: int, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The last `n` examples are held out; at least as many must remain to train on."""
     if len(rows) < 2 * n:
-        raise ConfigError(f"{key}.heldout={n}: only {len(rows)} examples; holding out {n} needs at least {2 * n} "
-                          f"(lower {key}.heldout or give {key}.heldout_paths)")
+        raise ConfigError(
+            f"{key}.heldout={n}: only {len(rows)} examples; holding out {n} needs at least {2 * n} "
+            f"(lower {key}.heldout or give {key}.heldout_paths)"
+        )
     return rows[:-n], rows[-n:]
 
 
@@ -228,6 +248,9 @@ def to_conversational(kind: str, row: dict[str, Any]) -> dict[str, Any]:
         return {"messages": row["messages"]}
     prompt = [{"role": "user", "content": row["prompt"]}]
     if kind == "dpo":
-        return {"prompt": prompt, "chosen": [{"role": "assistant", "content": row["chosen"]}],
-                "rejected": [{"role": "assistant", "content": row["rejected"]}]}
+        return {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}],
+        }
     return {"prompt": prompt, "answer": row["answer"]}

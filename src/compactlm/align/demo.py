@@ -58,19 +58,32 @@ def continuation_prompts(train_tokens: np.ndarray, tok, n: int, prompt_tokens: i
     return out
 
 
-def answers(model, tok, prompts: list[str], new_tokens: int, device: str, seed: int, label: str,
-            batch: int = 16) -> list[str]:
+def answers(
+    model, tok, prompts: list[str], new_tokens: int, device: str, seed: int, label: str, batch: int = 16
+) -> list[str]:
     """Sampled answers (temperature 0.7, top-p 0.9, seeded, at least 8 tokens) of `model` to user `prompts`."""
     torch.manual_seed(seed)
     chats = [[{"role": "user", "content": p}] for p in prompts]
     # at least a few tokens: a weak model (the pruned student) often ends its turn at once
-    texts = generate(model, tok, chats, new_tokens, device, batch=batch, desc=f"[align_data] {label} answers",
-                     do_sample=True, temperature=0.7, top_p=0.9, min_new_tokens=min(8, new_tokens))
+    texts = generate(
+        model,
+        tok,
+        chats,
+        new_tokens,
+        device,
+        batch=batch,
+        desc=f"[align_data] {label} answers",
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+        min_new_tokens=min(8, new_tokens),
+    )
     return [t.strip() for t in texts]
 
 
-def build(cfg: AlignDataConfig, kinds: list[str], teacher, pruned, tok, train_tokens: np.ndarray, device: str,
-          seed: int) -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+def build(
+    cfg: AlignDataConfig, kinds: list[str], teacher, pruned, tok, train_tokens: np.ndarray, device: str, seed: int
+) -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
     """(train, heldout) demo examples for each of `kinds` (sft, dpo, grpo)."""
     out: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
     if "grpo" in kinds:
@@ -82,13 +95,17 @@ def build(cfg: AlignDataConfig, kinds: list[str], teacher, pruned, tok, train_to
     teacher_answers = answers(teacher, tok, prompts, cfg.answer_tokens, device, seed, "teacher")
     share = len(prompts) // len(text_kinds)
     for i, kind in enumerate(text_kinds):
-        ps, ts = prompts[i * share:(i + 1) * share], teacher_answers[i * share:(i + 1) * share]
+        ps, ts = prompts[i * share : (i + 1) * share], teacher_answers[i * share : (i + 1) * share]
         if kind == "sft":
-            rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": t}]}
-                    for p, t in zip(ps, ts) if t]
+            rows = [
+                {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": t}]}
+                for p, t in zip(ps, ts)
+                if t
+            ]
         else:
             rejected = answers(pruned, tok, ps, cfg.answer_tokens, device, seed + 1, "pruned student")
-            rows = [{"prompt": p, "chosen": t, "rejected": r} for p, t, r in zip(ps, ts, rejected)
-                    if t and r and t != r]
+            rows = [
+                {"prompt": p, "chosen": t, "rejected": r} for p, t, r in zip(ps, ts, rejected) if t and r and t != r
+            ]
         out[kind] = split_heldout(rows, getattr(cfg, kind).heldout, f"align_data.{kind}")
     return out

@@ -21,8 +21,14 @@ import torch.nn.functional as F
 from trl import DPOTrainer
 
 
-def dpop_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
-              ref_rejected_logps: torch.Tensor, beta: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dpop_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-pair loss, per-pair penalty max(0, log π_ref(y_w) − log π(y_w))) from sequence log-probabilities."""
     penalty = torch.clamp(ref_chosen_logps - chosen_logps, min=0)
     logits = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps) - lam * penalty
@@ -34,9 +40,16 @@ class DPOPTrainer(DPOTrainer):
 
     def __init__(self, *args: Any, dpop_lambda: float, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        if list(self.loss_types) != ["sigmoid"] or self.ld_alpha is not None or self.use_weighting or self.aux_loss_enabled:
-            raise ValueError("DPOPTrainer runs TRL's DPO with loss_type=['sigmoid'], no ld_alpha, no weighting and a "
-                             "dense model (no MoE router loss)")
+        if (
+            list(self.loss_types) != ["sigmoid"]
+            or self.ld_alpha is not None
+            or self.use_weighting
+            or self.aux_loss_enabled
+        ):
+            raise ValueError(
+                "DPOPTrainer runs TRL's DPO with loss_type=['sigmoid'], no ld_alpha, no weighting and a "
+                "dense model (no MoE router loss)"
+            )
         self.dpop_lambda = float(dpop_lambda)
         self._logps: dict[str, torch.Tensor] = {}
         self.accelerator.unwrap_model(self.model).register_forward_hook(self._keep("policy"))
@@ -48,12 +61,15 @@ class DPOPTrainer(DPOTrainer):
             log_probs = getattr(output, "log_probs", None)
             if log_probs is not None:  # the fused-head forward TRL runs for the loss
                 self._logps[name] = log_probs
+
         return hook
 
-    def sequence_logps(self, per_token: torch.Tensor, completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sequence_logps(
+        self, per_token: torch.Tensor, completion_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(chosen, rejected) sums of completion-token log-probabilities; the batch is [chosen; rejected]."""
         mask = completion_mask[..., 1:]
-        return (per_token[:, -mask.size(1):] * mask).sum(dim=1).chunk(2, dim=0)
+        return (per_token[:, -mask.size(1) :] * mask).sum(dim=1).chunk(2, dim=0)
 
     def _compute_loss(self, model, inputs, return_outputs):
         self._logps.clear()

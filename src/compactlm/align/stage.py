@@ -69,11 +69,17 @@ class AlignDataStage:
         for kind, (train_rows, heldout_rows) in splits.items():
             align_data.write_split(ctx.stage_dir / kind, train_rows, heldout_rows)
             outputs[kind] = kind
-            print(f"[align_data] {kind}: {len(train_rows)} train + {len(heldout_rows)} held-out examples "
-                  f"({sources[kind].source})", flush=True)
-        result = AlignDataResult(sources={k: s.source for k, s in sources.items()},
-                                 train={k: len(v[0]) for k, v in splits.items()},
-                                 heldout={k: len(v[1]) for k, v in splits.items()}, demo_s=demo_s)
+            print(
+                f"[align_data] {kind}: {len(train_rows)} train + {len(heldout_rows)} held-out examples "
+                f"({sources[kind].source})",
+                flush=True,
+            )
+        result = AlignDataResult(
+            sources={k: s.source for k, s in sources.items()},
+            train={k: len(v[0]) for k, v in splits.items()},
+            heldout={k: len(v[1]) for k, v in splits.items()},
+            demo_s=demo_s,
+        )
         return StageOutput(result, outputs=outputs)
 
     def demo(self, ctx: StageContext, kinds: list[str]) -> dict[str, tuple[list, list]]:
@@ -124,13 +130,22 @@ class _AlignStage:
             plot_curves(rows, self.curves, ctx.stage_dir / "curves.png", f"{self.name} ({label} -> {self.name})")
             shutil.rmtree(ctx.stage_dir / CHECKPOINTS, ignore_errors=True)  # the model is published: nothing to resume
         losses = [r["loss"] for r in rows if "loss" in r]
-        summary = TrainSummary(source=label, steps=int(trainer.state.global_step), examples=len(train_rows),
-                               resumed_from_step=resumed, world_size=int(os.environ.get("WORLD_SIZE", "1")),
-                               wall_s=round(time.time() - t0, 1), train_loss=losses[-1] if losses else None)
+        summary = TrainSummary(
+            source=label,
+            steps=int(trainer.state.global_step),
+            examples=len(train_rows),
+            resumed_from_step=resumed,
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            wall_s=round(time.time() - t0, 1),
+            train_loss=losses[-1] if losses else None,
+        )
         result = self.result(ctx, summary, before, after, rows, len(heldout_rows))
         print(f"[{self.name}] {result.summary()}", flush=True)
-        return StageOutput(result, outputs={"checkpoint": "model", "history": "history.json", "curves": "curves.png"},
-                           engine=precision.record())
+        return StageOutput(
+            result,
+            outputs={"checkpoint": "model", "history": "history.json", "curves": "curves.png"},
+            engine=precision.record(),
+        )
 
 
 class SFTStage(_AlignStage):
@@ -145,10 +160,19 @@ class SFTStage(_AlignStage):
     def trainer(self, ctx, model, source, tok, dataset, device, precision):
         cfg = ctx.cfg.sft
         # prompt = every turn before the last, completion = the final assistant answer: the loss covers the answer
-        dataset = dataset.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]},
-                              remove_columns=["messages"])
-        args = trainer_args(SFTConfig, cfg, ctx.stage_dir, device, precision, ctx.cfg.seed, max_length=cfg.max_length,
-                            completion_only_loss=True)
+        dataset = dataset.map(
+            lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]}, remove_columns=["messages"]
+        )
+        args = trainer_args(
+            SFTConfig,
+            cfg,
+            ctx.stage_dir,
+            device,
+            precision,
+            ctx.cfg.seed,
+            max_length=cfg.max_length,
+            completion_only_loss=True,
+        )
         return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
 
     def measure(self, ctx, model, before, tok, heldout_rows, device):
@@ -159,8 +183,12 @@ class SFTStage(_AlignStage):
         return {"loss": -total / max(n, 1), "tokens": n}
 
     def result(self, ctx, summary, before, after, rows, heldout):
-        return SFTResult(train=summary, heldout_loss_before=before["loss"], heldout_loss_after=after["loss"],
-                         heldout_examples=heldout)
+        return SFTResult(
+            train=summary,
+            heldout_loss_before=before["loss"],
+            heldout_loss_after=after["loss"],
+            heldout_examples=heldout,
+        )
 
 
 class DPOStage(_AlignStage):
@@ -170,14 +198,24 @@ class DPOStage(_AlignStage):
 
     def fit(self, ctx, tok, rows):
         conv = [align_data.to_conversational("dpo", r) for r in rows]
-        report_over(self.name, [c["prompt"] + c[k] for c in conv for k in ("chosen", "rejected")], tok,
-                    ctx.cfg.dpo.max_length)
+        report_over(
+            self.name, [c["prompt"] + c[k] for c in conv for k in ("chosen", "rejected")], tok, ctx.cfg.dpo.max_length
+        )
         return rows
 
     def trainer(self, ctx, model, source, tok, dataset, device, precision):
         cfg = ctx.cfg.dpo
-        args = trainer_args(DPOConfig, cfg, ctx.stage_dir, device, precision, ctx.cfg.seed, max_length=cfg.max_length,
-                            beta=cfg.beta, loss_type=["sigmoid" if cfg.loss == "dpop" else cfg.loss])
+        args = trainer_args(
+            DPOConfig,
+            cfg,
+            ctx.stage_dir,
+            device,
+            precision,
+            ctx.cfg.seed,
+            max_length=cfg.max_length,
+            beta=cfg.beta,
+            loss_type=["sigmoid" if cfg.loss == "dpop" else cfg.loss],
+        )
         ref = load_model(source, device, precision.frozen_dtype)  # the reference: the starting model, frozen
         kw = dict(model=model, ref_model=ref, args=args, train_dataset=dataset, processing_class=tok)
         if cfg.loss == "dpop":
@@ -205,12 +243,20 @@ class DPOStage(_AlignStage):
             return sum(xs) / max(len(xs), 1)
 
         return DPOResult(
-            train=summary, loss=cfg.loss, beta=cfg.beta, dpop_lambda=cfg.dpop_lambda if cfg.loss == "dpop" else None,
-            heldout_pairs=heldout, preference_accuracy_before=share([c0 > r0 for c0, r0, _, _ in pairs]),
-            preference_accuracy_after=share([c1 > r1 for _, _, c1, r1 in pairs]), reward_margin_after=mean(margins),
-            reward_accuracy_after=share([m > 0 for m in margins]), chosen_logp_before=mean(before["chosen"]),
-            chosen_logp_after=mean(after["chosen"]), rejected_logp_before=mean(before["rejected"]),
-            rejected_logp_after=mean(after["rejected"]))
+            train=summary,
+            loss=cfg.loss,
+            beta=cfg.beta,
+            dpop_lambda=cfg.dpop_lambda if cfg.loss == "dpop" else None,
+            heldout_pairs=heldout,
+            preference_accuracy_before=share([c0 > r0 for c0, r0, _, _ in pairs]),
+            preference_accuracy_after=share([c1 > r1 for _, _, c1, r1 in pairs]),
+            reward_margin_after=mean(margins),
+            reward_accuracy_after=share([m > 0 for m in margins]),
+            chosen_logp_before=mean(before["chosen"]),
+            chosen_logp_after=mean(after["chosen"]),
+            rejected_logp_before=mean(before["rejected"]),
+            rejected_logp_after=mean(after["rejected"]),
+        )
 
 
 class GRPOStage(_AlignStage):
@@ -224,12 +270,27 @@ class GRPOStage(_AlignStage):
 
     def trainer(self, ctx, model, source, tok, dataset, device, precision):
         cfg = ctx.cfg.grpo
-        args = trainer_args(GRPOConfig, cfg, ctx.stage_dir, device, precision, ctx.cfg.seed,
-                            num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-                            temperature=cfg.temperature, beta=cfg.beta, reward_weights=cfg.reward_weights,
-                            generation_kwargs={"eos_token_id": stop_token_ids(tok)})
-        return GRPOTrainer(model=model, reward_funcs=[resolve(p) for p in cfg.rewards], args=args,
-                           train_dataset=dataset, processing_class=tok)
+        args = trainer_args(
+            GRPOConfig,
+            cfg,
+            ctx.stage_dir,
+            device,
+            precision,
+            ctx.cfg.seed,
+            num_generations=cfg.num_generations,
+            max_completion_length=cfg.max_completion_length,
+            temperature=cfg.temperature,
+            beta=cfg.beta,
+            reward_weights=cfg.reward_weights,
+            generation_kwargs={"eos_token_id": stop_token_ids(tok)},
+        )
+        return GRPOTrainer(
+            model=model,
+            reward_funcs=[resolve(p) for p in cfg.rewards],
+            args=args,
+            train_dataset=dataset,
+            processing_class=tok,
+        )
 
     def measure(self, ctx, model, before, tok, heldout_rows, device):
         cfg = ctx.cfg.grpo
@@ -243,16 +304,23 @@ class GRPOStage(_AlignStage):
             values = resolve(path)(prompts=prompts, completions=completions, answer=answers)
             scores[path] = sum(values) / len(values)
             scores["total"] += w * scores[path]
-        scores["examples"] = [{"prompt": completion_text(p), "answer": a, "completion": c}
-                              for p, a, c in list(zip(prompts, answers, completions))[:4]]
+        scores["examples"] = [
+            {"prompt": completion_text(p), "answer": a, "completion": c}
+            for p, a, c in list(zip(prompts, answers, completions))[:4]
+        ]
         return scores
 
     def result(self, ctx, summary, before, after, rows, heldout):
         rewards = [r["reward"] for r in rows if "reward" in r]
-        return GRPOResult(train=summary, rewards=list(ctx.cfg.grpo.rewards), heldout_problems=heldout,
-                          heldout_reward_before=_scores(before), heldout_reward_after=_scores(after),
-                          train_reward_first=rewards[0] if rewards else None,
-                          train_reward_last=rewards[-1] if rewards else None)
+        return GRPOResult(
+            train=summary,
+            rewards=list(ctx.cfg.grpo.rewards),
+            heldout_problems=heldout,
+            heldout_reward_before=_scores(before),
+            heldout_reward_after=_scores(after),
+            train_reward_first=rewards[0] if rewards else None,
+            train_reward_last=rewards[-1] if rewards else None,
+        )
 
 
 def _scores(measured: dict[str, Any]) -> dict[str, float]:

@@ -9,8 +9,9 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -21,7 +22,7 @@ from compactlm.manifest import atomic_file, atomic_write_json, staging_dir
 from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.model.loading import load_tokenizer
 from compactlm.model.precision import Precision
-from compactlm.preempt import PreemptFlag, Preempted
+from compactlm.preempt import Preempted, PreemptFlag
 
 CHECKPOINTS = "checkpoints"
 # Under torchrun every rank trains and measures; only rank 0 writes files (the runner writes the manifest there).
@@ -29,8 +30,10 @@ IS_MAIN = int(os.environ.get("RANK", "0")) == 0
 COMPLETE = "compactlm_complete.json"  # written into a checkpoint after the Trainer finished writing it
 BEFORE = "before.json"  # held-out measurement of the starting model, kept across restarts
 # The template a tokenizer without one gets (ChatML, as SmolLM2 and Qwen use); it is saved with the model.
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def chat_tokenizer(folder: Path, stage: str):
@@ -53,17 +56,34 @@ def stop_token_ids(tok) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def trainer_args(cls: type, cfg: TrainerOptions, stage_dir: Path, device: str, precision: Precision, seed: int,
-                 **extra: Any):
+def trainer_args(
+    cls: type, cfg: TrainerOptions, stage_dir: Path, device: str, precision: Precision, seed: int, **extra: Any
+):
     """TRL's `<Kind>Config` from the stage's settings: float32 master weights under bf16/fp16 autocast where the
     engine computes in it, one log line per step, a checkpoint every `save_steps` (two kept)."""
     return cls(
-        output_dir=str(stage_dir / CHECKPOINTS), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
-        lr_scheduler_type="cosine", warmup_steps=math.floor(cfg.warmup_ratio * cfg.max_steps), logging_steps=1,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, report_to=[], seed=seed, data_seed=seed,
-        use_cpu=device == "cpu", bf16=precision.compute == "bfloat16", fp16=precision.compute == "float16",
-        dataloader_num_workers=0, log_level="warning", **extra)
+        output_dir=str(stage_dir / CHECKPOINTS),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=math.floor(cfg.warmup_ratio * cfg.max_steps),
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        use_cpu=device == "cpu",
+        bf16=precision.compute == "bfloat16",
+        fp16=precision.compute == "float16",
+        dataloader_num_workers=0,
+        log_level="warning",
+        **extra,
+    )
 
 
 # ------------------------------------------------------------------------------------------ resume / preempt
@@ -119,8 +139,10 @@ def train(trainer, stage_dir: Path, stage: str) -> int:
         trainer.add_callback(_Checkpoints(flag))
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     if flag.signum:
-        print(f"[{stage}] checkpoint written at step {trainer.state.global_step}; re-run the same command to resume",
-              flush=True)
+        print(
+            f"[{stage}] checkpoint written at step {trainer.state.global_step}; re-run the same command to resume",
+            flush=True,
+        )
         raise Preempted(flag.signum, trainer.state.global_step)
     return step
 
@@ -195,8 +217,11 @@ def report_over(stage: str, sequences: list[list[dict]], tok, max_length: int) -
     truncate keeping the start (an answer past the limit is then not trained on); returns that count."""
     over = sum(chat_tokens(tok, m) > max_length for m in sequences)
     if over:
-        print(f"[{stage}] {over} of {len(sequences)} sequences are longer than {stage}.max_length={max_length} tokens; "
-              "TRL truncates them to it, keeping the start", flush=True)
+        print(
+            f"[{stage}] {over} of {len(sequences)} sequences are longer than {stage}.max_length={max_length} tokens; "
+            "TRL truncates them to it, keeping the start",
+            flush=True,
+        )
     return over
 
 
@@ -206,8 +231,10 @@ def fit_prompts(stage: str, rows: list[dict[str, Any]], tok, budget: int) -> lis
     would not fit the model's context (the launcher already refused those far over budget, by characters)."""
     room = budget - chat_tokens(tok, [{"role": "user", "content": ""}], prompt_only=True)
     if room < 1:
-        raise ValueError(f"{stage}: the chat template alone takes {budget - room} tokens, more than the prompt budget "
-                         f"of {budget}; raise {stage}.max_length")
+        raise ValueError(
+            f"{stage}: the chat template alone takes {budget - room} tokens, more than the prompt budget "
+            f"of {budget}; raise {stage}.max_length"
+        )
     out, cut = [], 0
     for row in rows:
         ids = _ids(tok, row["prompt"])
@@ -215,8 +242,11 @@ def fit_prompts(stage: str, rows: list[dict[str, Any]], tok, budget: int) -> lis
             row, cut = {**row, "prompt": tok.decode(ids[-room:])}, cut + 1
         out.append(row)
     if cut:
-        print(f"[{stage}] {cut} of {len(rows)} prompts are longer than {budget} tokens ({stage}.max_length - "
-              f"{stage}.max_completion_length); truncated to their last {room} tokens of text", flush=True)
+        print(
+            f"[{stage}] {cut} of {len(rows)} prompts are longer than {budget} tokens ({stage}.max_length - "
+            f"{stage}.max_completion_length); truncated to their last {room} tokens of text",
+            flush=True,
+        )
     return out
 
 
@@ -232,13 +262,21 @@ def answer_logps(model, tok, prompt: list[dict], answer: list[dict], device: str
     ids = torch.tensor([full_ids], device=device)
     logits = model(input_ids=ids).logits[0, :-1].float()
     token_logps = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
-    picked = token_logps[start - 1:] if start > 0 else token_logps
+    picked = token_logps[start - 1 :] if start > 0 else token_logps
     return float(picked.sum()), int(picked.numel())
 
 
 @torch.no_grad()
-def generate(model, tok, prompts: list[list[dict]], max_new_tokens: int, device: str, batch: int = 8,
-             desc: str | None = None, **sampling: Any) -> list[str]:
+def generate(
+    model,
+    tok,
+    prompts: list[list[dict]],
+    max_new_tokens: int,
+    device: str,
+    batch: int = 8,
+    desc: str | None = None,
+    **sampling: Any,
+) -> list[str]:
     """Answers to chat `prompts` (left-padded batches), ending at the stop tokens: greedy, unless `sampling` holds
     generate() options (do_sample=True, temperature, ...); a progress bar when `desc` is given."""
     side, tok.padding_side = tok.padding_side, "left"
@@ -246,11 +284,18 @@ def generate(model, tok, prompts: list[list[dict]], max_new_tokens: int, device:
     options = {"do_sample": False, **sampling}
     try:
         for i in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch", disable=desc is None):
-            texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts[i:i + batch]]
+            texts = [
+                tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts[i : i + batch]
+            ]
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tok),
-                                 pad_token_id=tok.pad_token_id, **options)
-            out.extend(tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+            ids = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=stop_token_ids(tok),
+                pad_token_id=tok.pad_token_id,
+                **options,
+            )
+            out.extend(tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
     finally:
         tok.padding_side = side
     return out

@@ -97,7 +97,7 @@ class PeakMemory:
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -179,17 +179,28 @@ def _generate_once(model, ids, new_tokens: int, pad_token_id: int, cache_impleme
     mask = torch.ones_like(ids)
     c0, t0 = time.process_time(), time.perf_counter()
     out = model.generate(  # generate runs under no_grad itself
-        input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1,
-        max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_token_id,
-        cache_implementation=cache_implementation, streamer=clock, return_dict_in_generate=True,
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=pad_token_id,
+        cache_implementation=cache_implementation,
+        streamer=clock,
+        return_dict_in_generate=True,
         # Greedy decoding: drop any sampling defaults of the checkpoint's generation_config (no warnings).
-        temperature=None, top_p=None, top_k=None,
+        temperature=None,
+        top_p=None,
+        top_k=None,
     )
     t_end, c_end = time.perf_counter(), time.process_time()
     batch, prompt_len = ids.shape
     if tuple(out.sequences.shape) != (batch, prompt_len + new_tokens) or clock.steps != new_tokens + 1:
-        raise RuntimeError(f"generate produced {tuple(out.sequences.shape)} with {clock.steps - 1} token steps, "
-                           f"expected ({batch}, {prompt_len + new_tokens}) with {new_tokens}")
+        raise RuntimeError(
+            f"generate produced {tuple(out.sequences.shape)} with {clock.steps - 1} token steps, "
+            f"expected ({batch}, {prompt_len + new_tokens}) with {new_tokens}"
+        )
     first, last = clock.stamps[1], clock.stamps[-1]
     return {
         "ttft_ms": (first - t0) * 1e3,
@@ -203,9 +214,19 @@ def _generate_once(model, ids, new_tokens: int, pad_token_id: int, cache_impleme
     }
 
 
-def generation_speed(model, tokenizer, *, prompt_tokens: int, new_tokens: int, batch_size: int, device: str,
-                     repeats: int = 2, static_cache: bool = True, warmup: int | None = None,
-                     text: str | None = None) -> dict[str, Any]:
+def generation_speed(
+    model,
+    tokenizer,
+    *,
+    prompt_tokens: int,
+    new_tokens: int,
+    batch_size: int,
+    device: str,
+    repeats: int = 2,
+    static_cache: bool = True,
+    warmup: int | None = None,
+    text: str | None = None,
+) -> dict[str, Any]:
     """TTFT, TPOT, output tokens/s and peak memory of greedy `generate` on a [batch_size, prompt_tokens] batch.
 
     Args:
@@ -229,25 +250,29 @@ def generation_speed(model, tokenizer, *, prompt_tokens: int, new_tokens: int, b
          ttft_ms, tpot_ms, total_ms, cpu_ms, output_tokens_per_s), shape and environment fields, "wall_s" (the whole
          measurement, warm-up included)}.
     """
-    for key, value, low in (("prompt_tokens", prompt_tokens, 1), ("new_tokens", new_tokens, 1),
-                            ("batch_size", batch_size, 1), ("repeats", repeats, 1)):
+    for key, value, low in (
+        ("prompt_tokens", prompt_tokens, 1),
+        ("new_tokens", new_tokens, 1),
+        ("batch_size", batch_size, 1),
+        ("repeats", repeats, 1),
+    ):
         if value < low:
             raise ValueError(f"{key}={value} must be >= {low}")
     started = time.perf_counter()
     ids = prompt_ids(tokenizer, prompt_tokens, batch_size, text).to(device)
-    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None))
+    pad = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
     had_cache = hasattr(model, "_cache")  # generate keeps a static cache on the model between calls
 
     cache, reason = ("static" if static_cache else "dynamic"), None
     n_warm = warmup if warmup is not None else (2 if static_cache and device.startswith("cuda") else 1)
-    for i in range(max(n_warm, 1)):
+    for _ in range(max(n_warm, 1)):
         if cache == "static":
             try:
                 got = _generate_once(model, ids, new_tokens, pad, "static")["cache_type"]
                 if got != "StaticCache":
                     raise RuntimeError(f"generate used a {got}, not a StaticCache")
                 continue
-            except Exception as exc:  # noqa: BLE001 - any failure of the static path means: measure dynamic
+            except Exception as exc:  # any failure of the static path means: measure dynamic
                 cache, reason = "dynamic", f"{type(exc).__name__}: {exc}"
         _generate_once(model, ids, new_tokens, pad, None)
 
@@ -263,15 +288,27 @@ def generation_speed(model, tokenizer, *, prompt_tokens: int, new_tokens: int, b
         del model._cache  # free the static KV cache so it does not count against the next model measured
 
     return {
-        "ttft_ms": best["ttft_ms"], "tpot_ms": best["tpot_ms"], "total_ms": best["total_ms"], "cpu_ms": best["cpu_ms"],
+        "ttft_ms": best["ttft_ms"],
+        "tpot_ms": best["tpot_ms"],
+        "total_ms": best["total_ms"],
+        "cpu_ms": best["cpu_ms"],
         "output_tokens_per_s": best["output_tokens_per_s"],
         "output_tokens": batch_size * new_tokens,
-        "peak_memory_bytes": peak, "peak_memory_increase_bytes": increase, "memory_method": method,
-        "kv_cache_bytes": best["kv_cache_bytes"], "weights_bytes": weights_bytes(model),
-        "cache": cache, "cache_fallback_reason": reason,
-        "batch_size": batch_size, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-        "device": device, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "repeats": repeats, "warmup": max(n_warm, 1),
+        "peak_memory_bytes": peak,
+        "peak_memory_increase_bytes": increase,
+        "memory_method": method,
+        "kv_cache_bytes": best["kv_cache_bytes"],
+        "weights_bytes": weights_bytes(model),
+        "cache": cache,
+        "cache_fallback_reason": reason,
+        "batch_size": batch_size,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "device": device,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "warmup": max(n_warm, 1),
         "runs": [{k: r[k] for k in ("ttft_ms", "tpot_ms", "total_ms", "cpu_ms", "output_tokens_per_s")} for r in runs],
         "wall_s": time.perf_counter() - started,
     }
@@ -292,8 +329,12 @@ def params_read_per_token(counts: dict[str, int] | int) -> int:
     return counts["total"] if tied else counts["total"] - counts["embedding"]
 
 
-def compare(results_teacher: dict, results_student: dict, params_teacher: dict[str, int] | int,
-            params_student: dict[str, int] | int) -> dict[str, Any]:
+def compare(
+    results_teacher: dict,
+    results_student: dict,
+    params_teacher: dict[str, int] | int,
+    params_student: dict[str, int] | int,
+) -> dict[str, Any]:
     """Student relative to teacher, with the speed-up the parameter counts promise.
 
     Single-stream decoding is memory-bandwidth bound: each step streams all the weights, so the ideal
@@ -311,8 +352,10 @@ def compare(results_teacher: dict, results_student: dict, params_teacher: dict[s
     """
     for key in ("batch_size", "prompt_tokens", "new_tokens", "device", "dtype", "cache"):
         if key in results_teacher and results_teacher.get(key) != results_student.get(key):
-            raise ValueError(f"cannot compare: {key}={results_teacher[key]!r} for the teacher but "
-                             f"{results_student.get(key)!r} for the student; measure both the same way")
+            raise ValueError(
+                f"cannot compare: {key}={results_teacher[key]!r} for the teacher but "
+                f"{results_student.get(key)!r} for the student; measure both the same way"
+            )
     pt, ps = params_read_per_token(params_teacher), params_read_per_token(params_student)
     ratio = lambda key, num, den: (num[key] / den[key]) if num.get(key) and den.get(key) else None  # noqa: E731
     tpot_ratio = ratio("tpot_ms", results_student, results_teacher)

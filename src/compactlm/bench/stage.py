@@ -34,8 +34,10 @@ class BenchStage:
         models = ctx.models()
         student = student_label(models)
         if student is None:
-            raise RuntimeError("the bench stage compares the teacher with a pruned or distilled student, and no "
-                               "earlier stage of this recipe made one")
+            raise RuntimeError(
+                "the bench stage compares the teacher with a pruned or distilled student, and no "
+                "earlier stage of this recipe made one"
+            )
         folders = {TEACHER: models[TEACHER], student: models[student]}
         tokenizer = load_tokenizer(folders[TEACHER])
         params, runs = {}, []
@@ -44,22 +46,41 @@ class BenchStage:
             model = load_model(folder, device, precision.frozen_dtype)
             params[label] = count_parameters(model)
             for b in cfg.batch_sizes:
-                print(f"[bench] {label}: batch {b}, {cfg.prompt_tokens} prompt + {cfg.new_tokens} new tokens", flush=True)
+                print(
+                    f"[bench] {label}: batch {b}, {cfg.prompt_tokens} prompt + {cfg.new_tokens} new tokens", flush=True
+                )
                 with precision.autocast():
-                    results[b][label] = generation_speed(model, tokenizer, prompt_tokens=cfg.prompt_tokens,
-                                                         new_tokens=cfg.new_tokens, batch_size=b, device=device,
-                                                         repeats=cfg.repeats, static_cache=static)
+                    results[b][label] = generation_speed(
+                        model,
+                        tokenizer,
+                        prompt_tokens=cfg.prompt_tokens,
+                        new_tokens=cfg.new_tokens,
+                        batch_size=b,
+                        device=device,
+                        repeats=cfg.repeats,
+                        static_cache=static,
+                    )
             del model
         for b in cfg.batch_sizes:
             ratio = compare(results[b][TEACHER], results[b][student], params[TEACHER], params[student])
             runs.append(BenchRun(batch_size=b, models=results[b], compare=ratio))
-            print(f"[bench] batch {b}: {student} {ratio['tokens_per_s_ratio']:.2f}x teacher tokens/s, decode "
-                  f"{ratio['decode_speedup']:.2f}x, ideal (parameters read per token) {ratio['ideal_speedup']:.2f}x",
-                  flush=True)
-        return StageOutput(BenchResult(source="transformers generate", device=device,
-                                       dtype=precision.compute, threads=torch.get_num_threads(),
-                                       student=student, params={k: ParamCounts(**v) for k, v in params.items()},
-                                       runs=runs), engine=precision.record())
+            print(
+                f"[bench] batch {b}: {student} {ratio['tokens_per_s_ratio']:.2f}x teacher tokens/s, decode "
+                f"{ratio['decode_speedup']:.2f}x, ideal (parameters read per token) {ratio['ideal_speedup']:.2f}x",
+                flush=True,
+            )
+        return StageOutput(
+            BenchResult(
+                source="transformers generate",
+                device=device,
+                dtype=precision.compute,
+                threads=torch.get_num_threads(),
+                student=student,
+                params={k: ParamCounts(**v) for k, v in params.items()},
+                runs=runs,
+            ),
+            engine=precision.record(),
+        )
 
 
 def bench_from_deploy(ctx: StageContext) -> BenchResult:
@@ -68,14 +89,28 @@ def bench_from_deploy(ctx: StageContext) -> BenchResult:
     student = student_label(deployed)
     evaluation = ctx.result("evaluate")
     params = {label: evaluation.models[label].params for label in (TEACHER, student)} if evaluation else {}
-    ideal = (params_read_per_token(dataclasses.asdict(params[TEACHER]))
-             / params_read_per_token(dataclasses.asdict(params[student]))) if params else None
+    ideal = (
+        (
+            params_read_per_token(dataclasses.asdict(params[TEACHER]))
+            / params_read_per_token(dataclasses.asdict(params[student]))
+        )
+        if params
+        else None
+    )
     runs = []
     for t_row, s_row in zip(deployed[TEACHER]["throughput"], deployed[student]["throughput"]):
         speed = s_row["output_tokens_per_s"] / t_row["output_tokens_per_s"]
-        runs.append(BenchRun(batch_size=t_row["concurrency"], models={TEACHER: t_row, student: s_row},
-                             compare={"tokens_per_s_ratio": speed, "ideal_speedup": ideal,
-                                      "decode_speedup": t_row["tpot_ms"] / s_row["tpot_ms"] if s_row.get("tpot_ms") else None}))
+        runs.append(
+            BenchRun(
+                batch_size=t_row["concurrency"],
+                models={TEACHER: t_row, student: s_row},
+                compare={
+                    "tokens_per_s_ratio": speed,
+                    "ideal_speedup": ideal,
+                    "decode_speedup": t_row["tpot_ms"] / s_row["tpot_ms"] if s_row.get("tpot_ms") else None,
+                },
+            )
+        )
     return BenchResult(source="trtllm-bench (deploy stage)", student=student, params=params, runs=runs)
 
 
@@ -97,6 +132,12 @@ def bench_from_gguf(g) -> BenchResult | None:
             if f.model == student and f.type != g.outtype and f.speed:
                 models[f"{student} {f.type}"] = next(r for r in f.speed if r["concurrency"] == c)
         runs.append(BenchRun(batch_size=c, models=models, compare=compare(t_row, s_row, pt, ps)))
-    return BenchResult(source=f"llama.cpp llama-batched-bench ({g.outtype} GGUF, gguf stage)", device="cpu",
-                       dtype=g.outtype, threads=base[TEACHER].speed[0].get("threads"), student=student,
-                       params={TEACHER: g.params[TEACHER], student: g.params[student]}, runs=runs)
+    return BenchResult(
+        source=f"llama.cpp llama-batched-bench ({g.outtype} GGUF, gguf stage)",
+        device="cpu",
+        dtype=g.outtype,
+        threads=base[TEACHER].speed[0].get("threads"),
+        student=student,
+        params={TEACHER: g.params[TEACHER], student: g.params[student]},
+        runs=runs,
+    )

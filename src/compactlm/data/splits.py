@@ -12,9 +12,9 @@ import glob
 import json
 import os
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from pydoc_data.topics import topics
-from typing import Iterable
 
 import numpy as np
 from tqdm import tqdm
@@ -81,8 +81,10 @@ def utf8_error(path: Path) -> tuple[int, int] | None:
 def _not_utf8(path: Path, key: str) -> ConfigError:
     where = utf8_error(path)
     detail = f"byte {where[0]}: 0x{where[1]:02x}" if where else "invalid byte"
-    return ConfigError(f"{key}: {str(path)!r} is not UTF-8 text ({detail}); convert it to UTF-8 "
-                       f"(e.g. iconv -f cp1250 -t utf-8) or remove it from {key}")
+    return ConfigError(
+        f"{key}: {str(path)!r} is not UTF-8 text ({detail}); convert it to UTF-8 "
+        f"(e.g. iconv -f cp1250 -t utf-8) or remove it from {key}"
+    )
 
 
 def check_utf8_text(path: Path, key: str) -> bool:
@@ -156,8 +158,9 @@ def read_documents(cfg: DataConfig) -> list[str]:
     return [t for t in ds.select(range(min(limit, len(ds))))[cfg.text_field] if t and t.strip()]
 
 
-def pack(token_docs: Iterable[list[int]], seq_len: int, quotas: list[int | None],
-         doc_counts: list[int] | None = None) -> list[np.ndarray]:
+def pack(
+    token_docs: Iterable[list[int]], seq_len: int, quotas: list[int | None], doc_counts: list[int] | None = None
+) -> list[np.ndarray]:
     """Pack tokenized documents into `len(quotas)` splits of [n, seq_len] sequences, filled in order.
 
     A split takes whole documents until it holds its quota of sequences (None: no limit); the rest of the

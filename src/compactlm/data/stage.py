@@ -19,8 +19,16 @@ class DataStage:
         arrays, heldout = build_splits_with_heldout(ctx.cfg.data, tokenizer, ctx.cfg.seed)
         outputs = save_splits(arrays, ctx.stage_dir)
         outputs["heldout"] = save_heldout(heldout, ctx.stage_dir).parent.name
-        result = DataResult(seq_len=ctx.cfg.data.seq_len, sequences={k: int(v.shape[0]) for k, v in arrays.items()},
-                            tokens={k: int(v.size) for k, v in arrays.items()}, heldout_documents=len(heldout))
-        print("[data] " + ", ".join(f"{k}: {v.shape[0]} x {v.shape[1]}" for k, v in arrays.items())
-              + f"; {len(heldout)} held-out documents", flush=True)
+        result = DataResult(
+            seq_len=ctx.cfg.data.seq_len,
+            sequences={k: int(v.shape[0]) for k, v in arrays.items()},
+            tokens={k: int(v.size) for k, v in arrays.items()},
+            heldout_documents=len(heldout),
+        )
+        print(
+            "[data] "
+            + ", ".join(f"{k}: {v.shape[0]} x {v.shape[1]}" for k, v in arrays.items())
+            + f"; {len(heldout)} held-out documents",
+            flush=True,
+        )
         return StageOutput(result, outputs=outputs)

@@ -32,9 +32,10 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import yaml
 from packaging.version import InvalidVersion, Version
@@ -110,15 +111,18 @@ def require_tensorrt_llm(backend: str) -> str:
     """
     version = tensorrt_llm_available()
     if version is None:
-        raise DeployUnavailable(f"TensorRT-LLM is not installed here (`import tensorrt_llm` finds nothing): "
-                                f"{WHERE_IT_RUNS}")
+        raise DeployUnavailable(
+            f"TensorRT-LLM is not installed here (`import tensorrt_llm` finds nothing): {WHERE_IT_RUNS}"
+        )
     if shutil.which("trtllm-bench") is None:
-        raise DeployUnavailable(f"TensorRT-LLM {version} is installed but `trtllm-bench` is not on PATH: "
-                                f"{WHERE_IT_RUNS}")
+        raise DeployUnavailable(
+            f"TensorRT-LLM {version} is installed but `trtllm-bench` is not on PATH: {WHERE_IT_RUNS}"
+        )
     package = Path(importlib.util.find_spec("tensorrt_llm").submodule_search_locations[0])
     if not (package / "bench" / "dataset" / "prepare_dataset.py").is_file():
-        raise DeployUnavailable(f"TensorRT-LLM {version} predates `trtllm-bench prepare-dataset` (1.2): "
-                                f"{WHERE_IT_RUNS}")
+        raise DeployUnavailable(
+            f"TensorRT-LLM {version} predates `trtllm-bench prepare-dataset` (1.2): {WHERE_IT_RUNS}"
+        )
     check_backend_supported(backend, version)
     if backend == "tensorrt" and not (package / "bench" / "build" / "build.py").is_file():
         raise DeployUnavailable(f"TensorRT-LLM {version} has no `trtllm-bench build`: {WHERE_IT_RUNS}")
@@ -166,8 +170,9 @@ def llm_api_options(settings: DeploySettings) -> Optional[dict]:
     return None
 
 
-def bench_commands(model_name: str, checkpoint_dir: str | Path, workdir: str | Path,
-                   settings: DeploySettings) -> list[list[str]]:
+def bench_commands(
+    model_name: str, checkpoint_dir: str | Path, workdir: str | Path, settings: DeploySettings
+) -> list[list[str]]:
     """The exact argv lists the deploy stage runs for one checkpoint, in order; runs nothing.
 
     1. `trtllm-bench prepare-dataset ... token-norm-dist`: `num_requests` synthetic requests of exactly
@@ -182,17 +187,35 @@ def bench_commands(model_name: str, checkpoint_dir: str | Path, workdir: str | P
         workdir: this model's work folder (datasets, reports, logs, engine).
     """
     if not LABEL.fullmatch(model_name):
-        raise ValueError(f"model name {model_name!r} must be a plain folder name ([A-Za-z0-9_.-], no '/'): "
-                         "trtllm-bench saves engines under <workspace>/<model name>/")
+        raise ValueError(
+            f"model name {model_name!r} must be a plain folder name ([A-Za-z0-9_.-], no '/'): "
+            "trtllm-bench saves engines under <workspace>/<model name>/"
+        )
     p = bench_paths(model_name, workdir, settings)
     ckpt = str(checkpoint_dir)
     s = settings
     # prepare-dataset loads its tokenizer from --model, so there --model is the checkpoint folder
-    prepare = ["trtllm-bench", "--model", ckpt, "--workspace", str(p.workspace),
-               "prepare-dataset", "--output", str(p.dataset),
-               "token-norm-dist", "--num-requests", str(s.num_requests),
-               "--input-mean", str(s.input_len), "--output-mean", str(s.output_len),
-               "--input-stdev", "0", "--output-stdev", "0"]
+    prepare = [
+        "trtllm-bench",
+        "--model",
+        ckpt,
+        "--workspace",
+        str(p.workspace),
+        "prepare-dataset",
+        "--output",
+        str(p.dataset),
+        "token-norm-dist",
+        "--num-requests",
+        str(s.num_requests),
+        "--input-mean",
+        str(s.input_len),
+        "--output-mean",
+        str(s.output_len),
+        "--input-stdev",
+        "0",
+        "--output-stdev",
+        "0",
+    ]
     bench = ["trtllm-bench", "--model", model_name, "--model_path", ckpt, "--workspace", str(p.workspace)]
     commands = [prepare]
     if s.backend == "tensorrt":
@@ -205,9 +228,15 @@ def bench_commands(model_name: str, checkpoint_dir: str | Path, workdir: str | P
     batch = ["--max_batch_size", str(s.max_batch_size)] if s.max_batch_size else []
     common = ["--dataset", str(p.dataset), "--num_requests", str(s.num_requests)]
     for c in s.concurrency:
-        commands.append(bench + ["throughput"] + runtime + common + batch
-                        + ["--concurrency", str(c), "--report_json", str(p.throughput_report(c))]
-                        + (["--streaming"] if s.streaming else []))
+        commands.append(
+            bench
+            + ["throughput"]
+            + runtime
+            + common
+            + batch
+            + ["--concurrency", str(c), "--report_json", str(p.throughput_report(c))]
+            + (["--streaming"] if s.streaming else [])
+        )
     if s.latency:
         commands.append(bench + ["latency"] + runtime + common + ["--report_json", str(p.latency_report)])
     return commands
@@ -222,8 +251,10 @@ def _get(report: dict, *keys: str, required: bool = False):
     for k in keys:
         if not isinstance(node, dict) or k not in node:
             if required:
-                raise ValueError(f"trtllm-bench report has no {'.'.join(keys)}; sections found: "
-                                 f"{', '.join(report) if isinstance(report, dict) else type(report).__name__}")
+                raise ValueError(
+                    f"trtllm-bench report has no {'.'.join(keys)}; sections found: "
+                    f"{', '.join(report) if isinstance(report, dict) else type(report).__name__}"
+                )
             return None
         node = node[k]
     return node
@@ -257,23 +288,27 @@ def parse_report(report: dict, concurrency: Optional[int] = None) -> dict:
         "avg_input_len": req.get("avg_input_length"),
         "avg_output_len": req.get("avg_output_length"),
     }
-    for name, pct in (("request_latency", perf.get("request_latency_percentiles_ms") or {}),
-                      ("ttft", stream.get("ttft_percentiles") or {}),
-                      ("tpot", stream.get("tpot_percentiles") or {})):
+    for name, pct in (
+        ("request_latency", perf.get("request_latency_percentiles_ms") or {}),
+        ("ttft", stream.get("ttft_percentiles") or {}),
+        ("tpot", stream.get("tpot_percentiles") or {}),
+    ):
         for q in PERCENTILES:
             out[f"{name}_{q}_ms"] = pct.get(q)
     engine = report.get("engine") or {}
     world = report.get("world_info") or {}
-    out.update({
-        "backend": engine.get("backend"),
-        "quantization": engine.get("quantization"),
-        "kv_cache_dtype": engine.get("kv_cache_dtype"),
-        "dtype": engine.get("dtype"),
-        "tensorrt_llm_version": engine.get("version"),
-        "tp_size": world.get("tp_size"),
-        "max_batch_size": world.get("max_batch_size"),
-        "max_num_tokens": world.get("max_num_tokens"),
-    })
+    out.update(
+        {
+            "backend": engine.get("backend"),
+            "quantization": engine.get("quantization"),
+            "kv_cache_dtype": engine.get("kv_cache_dtype"),
+            "dtype": engine.get("dtype"),
+            "tensorrt_llm_version": engine.get("version"),
+            "tp_size": world.get("tp_size"),
+            "max_batch_size": world.get("max_batch_size"),
+            "max_num_tokens": world.get("max_num_tokens"),
+        }
+    )
     return out
 
 
@@ -291,8 +326,9 @@ def _enum_value(x: Any) -> Any:
     return getattr(x, "value", x) if x is not None else None
 
 
-def llm_api_check(checkpoint_dir: str | Path, settings: DeploySettings, prompt: str = "The capital of France is",
-                  max_tokens: int = 32) -> dict:
+def llm_api_check(
+    checkpoint_dir: str | Path, settings: DeploySettings, prompt: str = "The capital of France is", max_tokens: int = 32
+) -> dict:
     """Load a checkpoint with TensorRT-LLM's LLM API, generate greedily once, report text, timing, quantization.
 
     backend=pytorch uses `tensorrt_llm.LLM` (the HF folder is loaded as is); backend=tensorrt uses
@@ -321,18 +357,30 @@ def llm_api_check(checkpoint_dir: str | Path, settings: DeploySettings, prompt: 
         result = llm.generate([prompt], SamplingParams(max_tokens=max_tokens, top_k=1))[0].outputs[0]
         generate_s = time.perf_counter() - t0
         qc = llm.args.quant_config
-        detected = {"quant_algo": _enum_value(qc.quant_algo),
-                    "kv_cache_quant_algo": _enum_value(qc.kv_cache_quant_algo)}
+        detected = {
+            "quant_algo": _enum_value(qc.quant_algo),
+            "kv_cache_quant_algo": _enum_value(qc.kv_cache_quant_algo),
+        }
     finally:
         llm.shutdown()
     expected = checkpoint_quantization(checkpoint_dir)
     if expected and expected["quant_algo"] != detected["quant_algo"]:
-        raise DeployError(f"TensorRT-LLM loaded {checkpoint_dir} as quant_algo={detected['quant_algo']} but its "
-                          f"hf_quant_config.json says {expected['quant_algo']}")
+        raise DeployError(
+            f"TensorRT-LLM loaded {checkpoint_dir} as quant_algo={detected['quant_algo']} but its "
+            f"hf_quant_config.json says {expected['quant_algo']}"
+        )
     n = len(result.token_ids)
-    return {"text": result.text, "output_tokens": n, "load_s": load_s, "generate_s": generate_s,
-            "tokens_per_s": n / generate_s if generate_s > 0 else None, **detected,
-            "checkpoint_quantization": expected, "backend": settings.backend, "tensorrt_llm_version": version}
+    return {
+        "text": result.text,
+        "output_tokens": n,
+        "load_s": load_s,
+        "generate_s": generate_s,
+        "tokens_per_s": n / generate_s if generate_s > 0 else None,
+        **detected,
+        "checkpoint_quantization": expected,
+        "backend": settings.backend,
+        "tensorrt_llm_version": version,
+    }
 
 
 # -------------------------------------------------------------------------------------------- orchestration
@@ -360,8 +408,13 @@ def _run_logged(run: Runner, argv: list[str], log: Path, env: dict) -> None:
         raise DeployError(f"`{' '.join(argv)}` exited with {proc.returncode}; last lines of {log}:\n{_tail(log)}")
 
 
-def run_deploy(models: dict[str, str | Path], workdir: str | Path, settings: DeploySettings,
-               run: Runner = subprocess.run, version: Optional[str] = None) -> dict[str, dict]:
+def run_deploy(
+    models: dict[str, str | Path],
+    workdir: str | Path,
+    settings: DeploySettings,
+    run: Runner = subprocess.run,
+    version: Optional[str] = None,
+) -> dict[str, dict]:
     """Benchmark every checkpoint with trtllm-bench; returns {label: metrics}.
 
     Args:
@@ -385,8 +438,9 @@ def run_deploy(models: dict[str, str | Path], workdir: str | Path, settings: Dep
             raise FileNotFoundError(f"{label}: {ckpt} is not a Hugging Face checkpoint folder (no config.json)")
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
-    plan = {label: bench_commands(label, Path(ckpt).resolve(), root / label, settings)
-            for label, ckpt in models.items()}
+    plan = {
+        label: bench_commands(label, Path(ckpt).resolve(), root / label, settings) for label, ckpt in models.items()
+    }
     atomic_write_text(root / "commands.json", json.dumps(plan, indent=2) + "\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # --model is a label, never a hub id: fail fast, never download
     results: dict[str, dict] = {}
@@ -395,11 +449,14 @@ def run_deploy(models: dict[str, str | Path], workdir: str | Path, settings: Dep
         p.workdir.mkdir(parents=True, exist_ok=True)
         options = llm_api_options(settings)
         if options:
-
             atomic_write_text(p.llm_api_options, yaml.safe_dump(options, sort_keys=False))
         metrics: dict[str, Any] = {
-            "checkpoint": str(models[label]), "checkpoint_quantization": checkpoint_quantization(models[label]),
-            "backend": settings.backend, "tensorrt_llm_version": version, "throughput": [], "latency": None,
+            "checkpoint": str(models[label]),
+            "checkpoint_quantization": checkpoint_quantization(models[label]),
+            "backend": settings.backend,
+            "tensorrt_llm_version": version,
+            "throughput": [],
+            "latency": None,
             "reports": {},
         }
         for argv in commands:
@@ -419,15 +476,19 @@ def run_deploy(models: dict[str, str | Path], workdir: str | Path, settings: Dep
                 conc = int(argv[argv.index("--concurrency") + 1]) if step != "latency" else 1
                 parsed = parse_report(report, concurrency=conc)
                 if (settings.streaming or step == "latency") and not parsed["streaming"]:
-                    raise DeployError(f"{label}: {report_path} has no streaming_metrics (TTFT/TPOT) although the "
-                                      "run streamed")
+                    raise DeployError(
+                        f"{label}: {report_path} has no streaming_metrics (TTFT/TPOT) although the run streamed"
+                    )
                 metrics["reports"][step] = str(report_path)
                 if step == "latency":
                     metrics["latency"] = parsed
                 else:
                     metrics["throughput"].append(parsed)
                 tpot = f", TPOT {parsed['tpot_ms']:.2f} ms" if parsed["tpot_ms"] is not None else ""
-                print(f"[deploy] {label}: {step} {parsed['output_tokens_per_s']:.1f} output tok/s{tpot} "
-                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(
+                    f"[deploy] {label}: {step} {parsed['output_tokens_per_s']:.1f} output tok/s{tpot} "
+                    f"({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
         results[label] = metrics
     return results

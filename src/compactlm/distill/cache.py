@@ -51,6 +51,7 @@ class TeacherCache:
 
     def lookup(self, rows: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log-probs [B, S, k] float32, ids [B, S, k] int64, tail [B, S] float32) of sequence `rows`."""
+
         def get(a, dtype):
             return torch.from_numpy(np.ascontiguousarray(a[rows])).to(device, dtype)
 
@@ -60,8 +61,9 @@ class TeacherCache:
 def open_cache(folder: Path) -> TeacherCache:
     folder = Path(folder)
     meta = json.loads((folder / META).read_text())
-    return TeacherCache(*(np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("values", "indices", "tail")),
-                        meta)
+    return TeacherCache(
+        *(np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("values", "indices", "tail")), meta
+    )
 
 
 def _read_meta(folder: Path) -> dict | None:
@@ -72,8 +74,17 @@ def _read_meta(folder: Path) -> dict | None:
 
 
 @torch.no_grad()
-def build_cache(teacher, tokens: np.ndarray, folder: Path, meta: dict, *, micro_batch_size: int,
-                env: DistEnv, autocast=nullcontext, progress: bool = True) -> None:
+def build_cache(
+    teacher,
+    tokens: np.ndarray,
+    folder: Path,
+    meta: dict,
+    *,
+    micro_batch_size: int,
+    env: DistEnv,
+    autocast=nullcontext,
+    progress: bool = True,
+) -> None:
     """Run `teacher` over every row of `tokens` [N, S] and write its top-k cache to `folder` (rank 0 writes).
 
     `meta` must hold `topk`, `temperature` and `dtype` (a key of CACHE_DTYPES); it is stored as meta.json.
@@ -93,8 +104,13 @@ def build_cache(teacher, tokens: np.ndarray, folder: Path, meta: dict, *, micro_
         tail = np.lib.format.open_memmap(tmp / "tail.npy", mode="w+", dtype=np.float32, shape=(n, seq_len))
     chunk = env.world * micro_batch_size
     teacher.eval()
-    bar = tqdm(total=n, desc=f"[distill] teacher cache {folder.name}", unit="seq", mininterval=2,
-               disable=not (progress and env.is_main))
+    bar = tqdm(
+        total=n,
+        desc=f"[distill] teacher cache {folder.name}",
+        unit="seq",
+        mininterval=2,
+        disable=not (progress and env.is_main),
+    )
     for start in range(0, n, chunk):
         # Every rank runs a full micro-batch (rows past the end repeat row 0) so collectives line up.
         rows = np.arange(start + env.rank * micro_batch_size, start + (env.rank + 1) * micro_batch_size)
@@ -124,8 +140,18 @@ def build_cache(teacher, tokens: np.ndarray, folder: Path, meta: dict, *, micro_
     barrier(env)
 
 
-def ensure_cache(teacher_loader, tokens: np.ndarray, folder: Path, meta: dict, *, micro_batch_size: int,
-                 env: DistEnv, autocast=nullcontext, progress: bool = True, build: bool = True) -> TeacherCache:
+def ensure_cache(
+    teacher_loader,
+    tokens: np.ndarray,
+    folder: Path,
+    meta: dict,
+    *,
+    micro_batch_size: int,
+    env: DistEnv,
+    autocast=nullcontext,
+    progress: bool = True,
+    build: bool = True,
+) -> TeacherCache:
     """Open the cache in `folder` when its meta.json equals `meta`, else build it first.
 
     `teacher_loader()` is called only when a build is needed, so a valid cache never loads the teacher.
@@ -136,11 +162,21 @@ def ensure_cache(teacher_loader, tokens: np.ndarray, folder: Path, meta: dict, *
     fresh = broadcast_object(found == meta, env)
     if not fresh and not build:
         differs = sorted(k for k in meta if (found or {}).get(k) != meta[k])
-        raise RuntimeError(f"the teacher cache {folder} was not built for this use (differs in: "
-                           f"{', '.join(differs) or 'everything: it is missing'}); re-run the stage that builds it")
+        raise RuntimeError(
+            f"the teacher cache {folder} was not built for this use (differs in: "
+            f"{', '.join(differs) or 'everything: it is missing'}); re-run the stage that builds it"
+        )
     if not fresh:
         teacher = teacher_loader()
-        build_cache(teacher, tokens, folder, meta, micro_batch_size=micro_batch_size, env=env,
-                    autocast=autocast, progress=progress)
+        build_cache(
+            teacher,
+            tokens,
+            folder,
+            meta,
+            micro_batch_size=micro_batch_size,
+            env=env,
+            autocast=autocast,
+            progress=progress,
+        )
         del teacher
     return open_cache(folder)

@@ -38,7 +38,7 @@ class _PerTokenChunked(torch.autograd.Function):
     def forward(ctx, loss_fn, slices, logits, *others):
         lead = logits.shape[:-1]
         z = logits.reshape(-1, logits.shape[-1])
-        flat = [o.reshape(z.shape[0], *o.shape[len(lead):]) for o in others]
+        flat = [o.reshape(z.shape[0], *o.shape[len(lead) :]) for o in others]
         out = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
         need_grad = ctx.needs_input_grad[2]
         grad = torch.empty_like(z) if need_grad else None
@@ -183,8 +183,9 @@ class TopKDistillationLoss(LogitsDistillationLoss):
 
     def forward(self, logits_s, teacher_logp, teacher_ids, teacher_tail, temperature: float | None = None):
         t = self._temperature if temperature is None else temperature
-        return per_token_chunked(lambda z, lp, i, tl: _topk_kl_rows(z, lp, i, tl, t),
-                                 logits_s, teacher_logp, teacher_ids, teacher_tail)
+        return per_token_chunked(
+            lambda z, lp, i, tl: _topk_kl_rows(z, lp, i, tl, t), logits_s, teacher_logp, teacher_ids, teacher_tail
+        )
 
 
 def _topk_kl_rows(logits_s, teacher_logp, teacher_ids, teacher_tail, t: float) -> torch.Tensor:

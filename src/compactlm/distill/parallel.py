@@ -152,4 +152,3 @@ def no_sync(wrapped: nn.Module, sync: bool):
 
 def unwrap(wrapped: nn.Module) -> nn.Module:
     return getattr(wrapped, "module", wrapped) if type(wrapped).__name__ == "DistributedDataParallel" else wrapped
-

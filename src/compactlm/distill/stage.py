@@ -22,9 +22,16 @@ class DistillStage:
         teacher_digest = ctx.upstream["model"]["output_digests"]["checkpoint"]
         # the student: the prune stage's, or the winner of a search (the ranking stage's output)
         source = "prune" if "prune" in ctx.upstream else "ranking"
-        metrics = distill(ctx.upstream_output("model", "checkpoint"), ctx.upstream_output(source, "checkpoint"),
-                          data_dir, ctx.stage_dir, ctx.cfg.distill, ctx.cfg.engine, ctx.cfg.seed,
-                          teacher_digest=teacher_digest)
+        metrics = distill(
+            ctx.upstream_output("model", "checkpoint"),
+            ctx.upstream_output(source, "checkpoint"),
+            data_dir,
+            ctx.stage_dir,
+            ctx.cfg.distill,
+            ctx.cfg.engine,
+            ctx.cfg.seed,
+            teacher_digest=teacher_digest,
+        )
         outputs = {"checkpoint": "student", "loss_curve": "loss_curve.png", "history": "history.json"}
         engine = metrics.pop("engine")
         return StageOutput(DistillResult(**metrics), outputs=outputs, engine=engine)

@@ -56,13 +56,28 @@ from compactlm.distill.sampler import SequenceOrder, micro_batches, padded_shard
 from compactlm.manifest import atomic_write_json, file_digest, path_digest, staging_dir
 from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.model.loading import load_model, read_hf_config, setup_engine
-from compactlm.preempt import PreemptFlag, Preempted
+from compactlm.preempt import Preempted, PreemptFlag
 
 # Changing these between an interrupted run and its resumption does not change what is optimized.
-RESUMABLE_CHANGES = ("eval_every", "checkpoint_every", "nproc_per_node", "strategy", "micro_batch_size",
-                     "activation_checkpointing")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+RESUMABLE_CHANGES = (
+    "eval_every",
+    "checkpoint_every",
+    "nproc_per_node",
+    "strategy",
+    "micro_batch_size",
+    "activation_checkpointing",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 # ----------------------------------------------------------------------------------------- schedule
@@ -114,9 +129,20 @@ def _check_resumable(saved: dict, cfg: DistillConfig, seed: int, out_dir: Path) 
 
 
 # ------------------------------------------------------------------------------------ teacher cache
-def open_teacher_caches(teacher_dir: Path, data_dir: Path, cache_dir: Path, cfg: DistillConfig, precision, env: DistEnv,
-                        *, teacher_digest: str | None = None, cache_dtype: str = "float16", fsdp: bool = False,
-                        progress: bool = True, build: bool = True):
+def open_teacher_caches(
+    teacher_dir: Path,
+    data_dir: Path,
+    cache_dir: Path,
+    cfg: DistillConfig,
+    precision,
+    env: DistEnv,
+    *,
+    teacher_digest: str | None = None,
+    cache_dtype: str = "float16",
+    fsdp: bool = False,
+    progress: bool = True,
+    build: bool = True,
+):
     """(train, validation) teacher top-k caches of `data_dir`'s splits under `cache_dir`, built first when missing.
 
     The meta of each cache names everything its values depend on (teacher, data, k, temperature, storage and
@@ -133,19 +159,35 @@ def open_teacher_caches(teacher_dir: Path, data_dir: Path, cache_dir: Path, cfg:
             teacher_box.append(t)
         return teacher_box[0]
 
-    common = {"teacher": teacher_digest or path_digest(teacher_dir), "topk": cfg.topk, "dtype": cache_dtype,
-              "compute": precision.compute}
+    common = {
+        "teacher": teacher_digest or path_digest(teacher_dir),
+        "topk": cfg.topk,
+        "dtype": cache_dtype,
+        "compute": precision.compute,
+    }
     train = ensure_cache(
-        teacher, load_split(data_dir, "train"), Path(cache_dir) / "train",
+        teacher,
+        load_split(data_dir, "train"),
+        Path(cache_dir) / "train",
         {**common, "data": file_digest(Path(data_dir) / "train.npy"), "temperature": cfg.temperature},
-        micro_batch_size=cfg.micro_batch_size, env=env, autocast=precision.autocast, progress=progress,
-        build=build)
+        micro_batch_size=cfg.micro_batch_size,
+        env=env,
+        autocast=precision.autocast,
+        progress=progress,
+        build=build,
+    )
     # Validation KL is reported at temperature 1, as in live mode.
     val = ensure_cache(
-        teacher, load_split(data_dir, "validation"), Path(cache_dir) / "validation",
+        teacher,
+        load_split(data_dir, "validation"),
+        Path(cache_dir) / "validation",
         {**common, "data": file_digest(Path(data_dir) / "validation.npy"), "temperature": 1.0},
-        micro_batch_size=cfg.micro_batch_size, env=env, autocast=precision.autocast, progress=progress,
-        build=build)
+        micro_batch_size=cfg.micro_batch_size,
+        env=env,
+        autocast=precision.autocast,
+        progress=progress,
+        build=build,
+    )
     teacher_box.clear()
     return train, val
 
@@ -154,8 +196,21 @@ def open_teacher_caches(teacher_dir: Path, data_dir: Path, cache_dir: Path, cfg:
 class _Trainer:
     """One distillation run; `distill()` is its public face. Attributes hold the live training state."""
 
-    def __init__(self, teacher_dir, student_dir, data_dir, out_dir, cfg, engine, seed, progress,
-                 cache_dir, cache_dtype, teacher_digest, build_cache=True):
+    def __init__(
+        self,
+        teacher_dir,
+        student_dir,
+        data_dir,
+        out_dir,
+        cfg,
+        engine,
+        seed,
+        progress,
+        cache_dir,
+        cache_dtype,
+        teacher_digest,
+        build_cache=True,
+    ):
         self.teacher_dir, self.student_dir = Path(teacher_dir), Path(student_dir)
         self.teacher_digest, self.build_cache = teacher_digest, build_cache
         self.data_dir, self.out_dir = Path(data_dir), Path(out_dir)
@@ -187,8 +242,10 @@ class _Trainer:
         vocab_t = read_hf_config(self.teacher_dir).get("vocab_size")
         vocab_s = read_hf_config(self.student_dir).get("vocab_size")
         if vocab_t != vocab_s:
-            raise ConfigError(f"the student's vocab_size={vocab_s} differs from the teacher's {vocab_t} "
-                              f"({self.student_dir}); logit distillation needs the same vocabulary")
+            raise ConfigError(
+                f"the student's vocab_size={vocab_s} differs from the teacher's {vocab_t} "
+                f"({self.student_dir}); logit distillation needs the same vocabulary"
+            )
         if cfg.teacher_cache and vocab_t is not None and cfg.topk > vocab_t:
             raise ConfigError(f"distill.topk={cfg.topk} exceeds the vocabulary size {vocab_t}")
         self.state_format = "fsdp2" if self.fsdp else "plain"
@@ -204,7 +261,8 @@ class _Trainer:
             if then != self.precision.compute:
                 raise ConfigError(
                     f"{self.out_dir}/checkpoint was trained in {then}, this run would compute in {self.precision}; "
-                    f"set engine.dtype={then} to resume it, or delete {self.out_dir} to start over")
+                    f"set engine.dtype={then} to resume it, or delete {self.out_dir} to start over"
+                )
             if resume[1]["state_format"] != self.state_format:
                 raise ConfigError(
                     f"{self.out_dir}/checkpoint holds {resume[1]['state_format']} optimizer state, this run would "
@@ -229,18 +287,23 @@ class _Trainer:
             self.model = wrap_student(student, cfg.strategy, env)
             self.topk_loss = TopKDistillationLoss(cfg.temperature)
         else:
-            teacher = load_model(self.teacher_dir, device=load_device, dtype=self.precision.frozen_dtype).requires_grad_(False)
+            teacher = load_model(
+                self.teacher_dir, device=load_device, dtype=self.precision.frozen_dtype
+            ).requires_grad_(False)
             criterion = {("lm_head", "lm_head"): PerTokenKL(cfg.temperature)}
             self.dm = mtd.convert(student, mode=[("kd_loss", {"teacher_model": teacher, "criterion": criterion})])
             self.root = self.dm
             self.model = wrap_distillation_model(self.dm, cfg.strategy, env)
-        student_params = [(n, p) for n, p in self.root.named_parameters()
-                          if not n.startswith(TEACHER_PREFIX) and p.requires_grad]
+        student_params = [
+            (n, p) for n, p in self.root.named_parameters() if not n.startswith(TEACHER_PREFIX) and p.requires_grad
+        ]
         self.params = [p for _, p in student_params]
-        self.optimizer = torch.optim.AdamW(_param_groups(student_params, cfg.weight_decay), lr=cfg.lr,
-                                           betas=(0.9, 0.95), eps=1e-8)
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(student_params, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_at(s, cfg, self.steps) / cfg.lr if cfg.lr > 0 else 0.0)
+            self.optimizer, lambda s: lr_at(s, cfg, self.steps) / cfg.lr if cfg.lr > 0 else 0.0
+        )
 
         self.step, self.history, self.evals, self.train_time = 0, [], [], 0.0
         if resume is not None:
@@ -251,17 +314,28 @@ class _Trainer:
             ckpt.set_rng_state(rngs[env.rank] if len(rngs) == env.world else rngs[0])
             self.step, self.history, self.evals = meta["step"], meta["history"], meta["evals"]
             if meta["samples"] != self.step * cfg.global_batch_size:
-                raise RuntimeError(f"{self.out_dir}/checkpoint is inconsistent: "
-                                   f"samples={meta['samples']} at step {self.step}")
+                raise RuntimeError(
+                    f"{self.out_dir}/checkpoint is inconsistent: samples={meta['samples']} at step {self.step}"
+                )
         self.start_step = self.step
-        self.scalars = Scalars(self.out_dir / "tensorboard" if env.is_main else None,
-                               purge_step=self.step if resume is not None else None)
+        self.scalars = Scalars(
+            self.out_dir / "tensorboard" if env.is_main else None, purge_step=self.step if resume is not None else None
+        )
 
     def _open_caches(self) -> None:
         self.train_cache, self.val_cache = open_teacher_caches(
-            self.teacher_dir, self.data_dir, self.cache_dir, self.cfg, self.precision, self.env,
-            teacher_digest=self.teacher_digest, cache_dtype=self.cache_dtype, fsdp=self.fsdp, progress=self.progress,
-            build=self.build_cache)
+            self.teacher_dir,
+            self.data_dir,
+            self.cache_dir,
+            self.cfg,
+            self.precision,
+            self.env,
+            teacher_digest=self.teacher_digest,
+            cache_dtype=self.cache_dtype,
+            fsdp=self.fsdp,
+            progress=self.progress,
+            build=self.build_cache,
+        )
 
     # -------------------------------------------------------------------------------- one step
     def _tokens(self, split: np.ndarray, rows: np.ndarray) -> torch.Tensor:
@@ -311,8 +385,15 @@ class _Trainer:
         kl_mean = sums[0].item() / (cfg.global_batch_size * self.seq_len)
         ce_mean = sums[1].item() / (cfg.global_batch_size * (self.seq_len - 1)) if cfg.lm_loss_weight > 0 else None
         self.step += 1
-        return {"step": self.step, "loss": kl_mean + cfg.lm_loss_weight * (ce_mean or 0.0), "kl": kl_mean,
-                "ce": ce_mean, "lr": lr, "grad_norm": float(grad_norm), "stop": bool(sums[2].item() > 0)}
+        return {
+            "step": self.step,
+            "loss": kl_mean + cfg.lm_loss_weight * (ce_mean or 0.0),
+            "kl": kl_mean,
+            "ce": ce_mean,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "stop": bool(sums[2].item() > 0),
+        }
 
     # ------------------------------------------------------------------------------- validation
     @torch.no_grad()
@@ -340,8 +421,12 @@ class _Trainer:
     def _load_optimizer(self, osd) -> None:
         if self.fsdp:
             with self._student_only():
-                set_optimizer_state_dict(self.root, self.optimizer, osd,
-                                         options=StateDictOptions(full_state_dict=True, ignore_frozen_params=True))
+                set_optimizer_state_dict(
+                    self.root,
+                    self.optimizer,
+                    osd,
+                    options=StateDictOptions(full_state_dict=True, ignore_frozen_params=True),
+                )
         else:
             self.optimizer.load_state_dict(osd)
 
@@ -362,10 +447,18 @@ class _Trainer:
         rngs = gather_object(ckpt.rng_state(), self.env)
         if self.env.is_main:
             state = {"model": model_sd, "optimizer": optim_sd, "scheduler": self.scheduler.state_dict(), "rng": rngs}
-            meta = {"step": self.step, "samples": self.step * self.cfg.global_batch_size, "steps": self.steps,
-                    "seed": self.seed, "world_size": self.env.world, "state_format": self.state_format,
-                    "compute": self.precision.compute,
-                    "config": dataclasses.asdict(self.cfg), "history": self.history, "evals": self.evals}
+            meta = {
+                "step": self.step,
+                "samples": self.step * self.cfg.global_batch_size,
+                "steps": self.steps,
+                "seed": self.seed,
+                "world_size": self.env.world,
+                "state_format": self.state_format,
+                "compute": self.precision.compute,
+                "config": dataclasses.asdict(self.cfg),
+                "history": self.history,
+                "evals": self.evals,
+            }
             ckpt.save_checkpoint(self.out_dir, state, meta)
         barrier(self.env)
 
@@ -374,10 +467,11 @@ class _Trainer:
         """Save the student as a plain HF checkpoint (safetensors + the student's tokenizer) in out_dir/student."""
         sharded = None
         if self.fsdp:  # gather before export: export restores the student's own class, FSDP's root included
-
             with self._student_only():
-                sharded = get_model_state_dict(self.root, options=StateDictOptions(
-                    full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+                sharded = get_model_state_dict(
+                    self.root,
+                    options=StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True),
+                )
         if self.dm is not None:
             student = mtd.export(unwrap(self.model))  # removes the KD hooks and the teacher
         else:
@@ -400,8 +494,15 @@ class _Trainer:
     def run(self, wall_start: float) -> dict[str, Any]:
         cfg, env = self.cfg, self.env
         tokens_per_step = cfg.global_batch_size * self.seq_len
-        bar = tqdm(total=self.steps, initial=self.step, desc="[distill]", unit="step", mininterval=1,
-                   disable=not (self.progress and env.is_main), dynamic_ncols=True)
+        bar = tqdm(
+            total=self.steps,
+            initial=self.step,
+            desc="[distill]",
+            unit="step",
+            mininterval=1,
+            disable=not (self.progress and env.is_main),
+            dynamic_ncols=True,
+        )
         try:
             with PreemptFlag() as flag:
                 if not self.evals:
@@ -414,8 +515,11 @@ class _Trainer:
                     rec["tokens"] = self.step * tokens_per_step
                     self.history.append(rec)
                     tok_s = (self.step - self.start_step) * tokens_per_step / max(self.train_time, 1e-9)
-                    self.scalars.add(self.step, {f"train/{k}": rec[k] for k in ("loss", "kl", "ce", "lr", "grad_norm")}
-                                     | {"train/tokens_per_s": tok_s})
+                    self.scalars.add(
+                        self.step,
+                        {f"train/{k}": rec[k] for k in ("loss", "kl", "ce", "lr", "grad_norm")}
+                        | {"train/tokens_per_s": tok_s},
+                    )
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
                     last = self.step == self.steps
@@ -426,8 +530,10 @@ class _Trainer:
                     if stop and not last:
                         signum = flag.signum or signal.SIGTERM
                         if env.is_main:
-                            bar.write(f"[distill] {signal.Signals(signum).name}: checkpoint written at step "
-                                      f"{self.step}/{self.steps}; exiting with {128 + signum} (re-run to resume)")
+                            bar.write(
+                                f"[distill] {signal.Signals(signum).name}: checkpoint written at step "
+                                f"{self.step}/{self.steps}; exiting with {128 + signum} (re-run to resume)"
+                            )
                         raise Preempted(signum, self.step)
         finally:
             bar.close()
@@ -436,33 +542,57 @@ class _Trainer:
         final_eval, final = self.evals[-1], self.history[-1] if self.history else {}
         trained = (self.step - self.start_step) * tokens_per_step
         metrics = {
-            "steps": self.steps, "tokens": self.steps * tokens_per_step, "train_loss": final.get("loss"),
-            "train_kl": final.get("kl"), "val_ppl": final_eval["val_ppl"], "val_kl": final_eval["val_kl"],
+            "steps": self.steps,
+            "tokens": self.steps * tokens_per_step,
+            "train_loss": final.get("loss"),
+            "train_kl": final.get("kl"),
+            "val_ppl": final_eval["val_ppl"],
+            "val_kl": final_eval["val_kl"],
             "val_kl_source": f"teacher_cache_top{cfg.topk}" if cfg.teacher_cache else "teacher",
             "tokens_per_s": trained / self.train_time if self.train_time > 0 else None,
-            "wall_s": time.perf_counter() - wall_start, "resumed_from_step": self.start_step,
-            "world_size": env.world, "strategy": cfg.strategy if env.distributed else "single",
-            "student_dir": str(student_dir), "engine": self.precision.record(),
+            "wall_s": time.perf_counter() - wall_start,
+            "resumed_from_step": self.start_step,
+            "world_size": env.world,
+            "strategy": cfg.strategy if env.distributed else "single",
+            "student_dir": str(student_dir),
+            "engine": self.precision.record(),
         }
         if env.is_main:
             atomic_write_json(self.out_dir / "history.json", {"train": self.history, "eval": self.evals})
             atomic_write_json(self.out_dir / "metrics.json", metrics)
-            plot_loss_curve(self.history, self.evals, self.out_dir / "loss_curve.png",
-                            title=f"{self.student_dir.name} ← {self.teacher_dir.name}")
+            plot_loss_curve(
+                self.history,
+                self.evals,
+                self.out_dir / "loss_curve.png",
+                title=f"{self.student_dir.name} ← {self.teacher_dir.name}",
+            )
         return metrics
 
     def _record_eval(self, ev: dict, bar) -> None:
         self.evals.append(ev)
         self.scalars.add(ev["step"], {"val/ppl": ev["val_ppl"], "val/kl": ev["val_kl"], "val/nll": ev["val_nll"]})
         if self.env.is_main and self.progress:
-            bar.write(f"[distill] step {ev['step']}/{self.steps}: val ppl {ev['val_ppl']:.3f}, "
-                      f"val KL {ev['val_kl']:.5f} nats/token")
+            bar.write(
+                f"[distill] step {ev['step']}/{self.steps}: val ppl {ev['val_ppl']:.3f}, "
+                f"val KL {ev['val_kl']:.5f} nats/token"
+            )
 
 
-def distill(teacher_dir: str | Path, student_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
-            cfg: DistillConfig, engine: EngineConfig, seed: int, progress: bool = True, *,
-            cache_dir: str | Path | None = None, cache_dtype: str = "float16",
-            teacher_digest: str | None = None, build_cache: bool = True) -> dict[str, Any]:
+def distill(
+    teacher_dir: str | Path,
+    student_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    cfg: DistillConfig,
+    engine: EngineConfig,
+    seed: int,
+    progress: bool = True,
+    *,
+    cache_dir: str | Path | None = None,
+    cache_dtype: str = "float16",
+    teacher_digest: str | None = None,
+    build_cache: bool = True,
+) -> dict[str, Any]:
     """Distill `student_dir` from `teacher_dir` on `data_dir`'s train split; resumes from `out_dir`'s checkpoint.
 
     Args:
@@ -498,8 +628,20 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data_dir: str | Pa
     interruption and resumption (same engine.threads).
     """
     wall_start = time.perf_counter()
-    trainer = _Trainer(teacher_dir, student_dir, data_dir, out_dir, cfg, engine, seed, progress, cache_dir,
-                       cache_dtype, teacher_digest, build_cache)
+    trainer = _Trainer(
+        teacher_dir,
+        student_dir,
+        data_dir,
+        out_dir,
+        cfg,
+        engine,
+        seed,
+        progress,
+        cache_dir,
+        cache_dtype,
+        teacher_digest,
+        build_cache,
+    )
     try:
         trainer.setup()
         return trainer.run(wall_start)

@@ -48,9 +48,17 @@ DEFAULT_CHOICES = 2
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
 
-def build_task_data(source_dir: str | Path, out_dir: str | Path, *, name: str = "polish_continuation",
-                    num_examples: int = DEFAULT_EXAMPLES, num_choices: int = DEFAULT_CHOICES, min_words: int = 8,
-                    max_words: int = 24, seed: int = 1234) -> Path:
+def build_task_data(
+    source_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    name: str = "polish_continuation",
+    num_examples: int = DEFAULT_EXAMPLES,
+    num_choices: int = DEFAULT_CHOICES,
+    min_words: int = 8,
+    max_words: int = 24,
+    seed: int = 1234,
+) -> Path:
     """Write `<out_dir>/<name>.jsonl`: "which beginning does this ending continue" examples built from the
     `*.txt` files of `source_dir` (searched recursively).
 
@@ -89,8 +97,10 @@ def build_task_data(source_dir: str | Path, out_dir: str | Path, *, name: str = 
                     records.append(rec)
         position += 1
     if not records:
-        raise ValueError(f"build_task_data: no sentence of {min_words}..{max_words} words (with {num_choices - 1} "
-                         f"others to compare with) in the *.txt files under {source_dir}")
+        raise ValueError(
+            f"build_task_data: no sentence of {min_words}..{max_words} words (with {num_choices - 1} "
+            f"others to compare with) in the *.txt files under {source_dir}"
+        )
     out = out_dir / f"{name}.jsonl"
     atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return out
@@ -111,14 +121,18 @@ def _sentences(text: str) -> list[tuple[int, list[str]]]:
     return out
 
 
-def _example(source: str, sentences: list[tuple[int, list[str]]], index: int, num_choices: int,
-             seed: int) -> dict[str, Any] | None:
+def _example(
+    source: str, sentences: list[tuple[int, list[str]]], index: int, num_choices: int, seed: int
+) -> dict[str, Any] | None:
     lineno, words = sentences[index]
     m = min(max(len(words) // 2, 4), 12)
     context, ending = " ".join(words[:-m]), " ".join(words[-m:])
     # other beginnings of as many words, from sentences at least as long as this one's beginning + 2 words
-    others = {" ".join(w[: len(words) - m]): len(w) for i, (_, w) in enumerate(sentences)
-              if i != index and len(w) >= len(words) - m + 2}
+    others = {
+        " ".join(w[: len(words) - m]): len(w)
+        for i, (_, w) in enumerate(sentences)
+        if i != index and len(w) >= len(words) - m + 2
+    }
     others.pop(context, None)
     if len(others) < num_choices - 1:
         return None
@@ -127,8 +141,14 @@ def _example(source: str, sentences: list[tuple[int, list[str]]], index: int, nu
     contexts = rng.sample(nearest[: 4 * (num_choices - 1)], num_choices - 1)
     label = rng.randrange(num_choices)
     contexts.insert(label, context)
-    return {"id": f"{source}:{lineno}:{index}", "contexts": contexts, "label": label, "ending": ending,
-            "source": source, "line": lineno}
+    return {
+        "id": f"{source}:{lineno}:{index}",
+        "contexts": contexts,
+        "label": label,
+        "ending": ending,
+        "source": source,
+        "line": lineno,
+    }
 
 
 def load_task_docs(task_file: str, data_dir: str | None = None, **_: Any):
@@ -136,8 +156,10 @@ def load_task_docs(task_file: str, data_dir: str | None = None, **_: Any):
     "test" split. `data_dir` comes from the task metadata (run_tasks, or `--metadata` on the CLI);
     lm_eval passes the rest of the metadata too, which is ignored."""
     if not data_dir:
-        raise ValueError(f"{task_file}: no data_dir in the lm_eval metadata; build the data with "
-                         "compactlm.evaluate.lmeval.build_task_data and pass metadata={'data_dir': <that folder>}")
+        raise ValueError(
+            f"{task_file}: no data_dir in the lm_eval metadata; build the data with "
+            "compactlm.evaluate.lmeval.build_task_data and pass metadata={'data_dir': <that folder>}"
+        )
     path = Path(data_dir) / task_file
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; build it with compactlm.evaluate.lmeval.build_task_data")
@@ -174,10 +196,19 @@ def _registered_tasks(task_dir: str) -> tuple[str, ...]:
     return tuple(TaskManager(include_path=[task_dir], include_defaults=True).all_tasks)
 
 
-def run_tasks(model, tokenizer, tasks: list[str], *, data_dir: str | Path | None = None,
-              task_dir: str | Path | list[str | Path] = TASK_DIR, limit: int | None = None, batch_size: int = 8,
-              num_fewshot: int | None = None, seed: int = 1234,
-              samples_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
+def run_tasks(
+    model,
+    tokenizer,
+    tasks: list[str],
+    *,
+    data_dir: str | Path | None = None,
+    task_dir: str | Path | list[str | Path] = TASK_DIR,
+    limit: int | None = None,
+    batch_size: int = 8,
+    num_fewshot: int | None = None,
+    seed: int = 1234,
+    samples_dir: str | Path | None = None,
+) -> dict[str, dict[str, float]]:
     """Evaluate an already-loaded `*ForCausalLM` on lm_eval tasks with lm_eval's HF backend (`HFLM`).
 
     Args:
@@ -206,13 +237,17 @@ def run_tasks(model, tokenizer, tasks: list[str], *, data_dir: str | Path | None
     task_dirs = [Path(p) for p in (task_dir if isinstance(task_dir, (list, tuple)) else [task_dir])]
     local = TaskIndex.build(task_dirs)
     # Indexing lm_eval's ~15k bundled tasks takes ~30 s on 2 CPU cores: only when a task is not one of ours.
-    manager = TaskManager(include_path=[str(p) for p in task_dirs],
-                          include_defaults=any(t not in local for t in tasks),
-                          metadata={"data_dir": str(data_dir)} if data_dir is not None else None)
+    manager = TaskManager(
+        include_path=[str(p) for p in task_dirs],
+        include_defaults=any(t not in local for t in tasks),
+        metadata={"data_dir": str(data_dir)} if data_dir is not None else None,
+    )
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        raise ValueError(f"lm_eval tasks {unknown} are neither in {', '.join(map(str, task_dirs))} nor lm_eval's "
-                         f"own tasks; the project's tasks are {sorted(local)}")
+        raise ValueError(
+            f"lm_eval tasks {unknown} are neither in {', '.join(map(str, task_dirs))} nor lm_eval's "
+            f"own tasks; the project's tasks are {sorted(local)}"
+        )
 
     random.seed(seed)
     np.random.seed(seed)
@@ -228,8 +263,9 @@ def run_tasks(model, tokenizer, tasks: list[str], *, data_dir: str | Path | None
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     # evaluator.evaluate, not simple_evaluate: the latter asks the Hub for the model's SHA and collects
     # environment info through subprocesses, neither of which an offline CPU run wants.
-    results = evaluator.evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=1000,
-                                 log_samples=samples_dir is not None)
+    results = evaluator.evaluate(
+        lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=1000, log_samples=samples_dir is not None
+    )
     if samples_dir is not None:
         for task_name, samples in results.get("samples", {}).items():
             text = "".join(json.dumps(s, ensure_ascii=False, default=str) + "\n" for s in samples)

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 
-def quality(models: dict[str, Any], teacher: str, sequences: np.ndarray, batch_size: int,
-            device: str, progress: bool = True) -> dict[str, dict[str, float]]:
+def quality(
+    models: dict[str, Any], teacher: str, sequences: np.ndarray, batch_size: int, device: str, progress: bool = True
+) -> dict[str, dict[str, float]]:
     """Perplexity of every model and KL / top-1 agreement of every non-teacher model vs `teacher`.
 
     Args:
@@ -52,8 +53,12 @@ def quality(models: dict[str, Any], teacher: str, sequences: np.ndarray, batch_s
     out = {}
     for label, s in sums.items():
         loss = s["nll"] / tokens
-        row = {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": tokens,
-               "forward_tokens_per_s": tokens / s["time"] if s["time"] else float("nan")}
+        row = {
+            "loss": loss,
+            "perplexity": float(np.exp(loss)),
+            "tokens": tokens,
+            "forward_tokens_per_s": tokens / s["time"] if s["time"] else float("nan"),
+        }
         if label != teacher:
             row["kl_to_teacher"] = s["kl"] / tokens
             row["top1_agreement"] = s["agree"] / tokens

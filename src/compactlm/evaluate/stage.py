@@ -35,25 +35,49 @@ class EvaluateStage:
         with precision.autocast():
             rows = quality(models, TEACHER, val, cfg.batch_size, device)
             tasks = task_accuracy(ctx, models, tokenizer) if cfg.tasks else {}
-            speeds = {label: decode_speed(model, tokenizer, cfg.prompt, cfg.generate_tokens, device)
-                      for label, model in models.items()} if cfg.generate_tokens else {}
+            speeds = (
+                {
+                    label: decode_speed(model, tokenizer, cfg.prompt, cfg.generate_tokens, device)
+                    for label, model in models.items()
+                }
+                if cfg.generate_tokens
+                else {}
+            )
         scores: dict[str, ModelScores] = {}
         for label, model in models.items():
             speed = speeds.get(label, {})
-            scores[label] = ModelScores(**rows[label], **speed, params=ParamCounts(**count_parameters(model)),
-                                        checkpoint=str(folders[label]), tasks=tasks.get(label, {}))
+            scores[label] = ModelScores(
+                **rows[label],
+                **speed,
+                params=ParamCounts(**count_parameters(model)),
+                checkpoint=str(folders[label]),
+                tasks=tasks.get(label, {}),
+            )
         q = ctx.result("quantize")
         if q is not None and q.quality:  # measured by the quantize stage on the fake-quantized model
             source = MODEL_LABELS[q.source_stage]
             fq = q.quality["quantized"]
             scores["quantized"] = ModelScores(
-                perplexity=fq["perplexity"], loss=fq["loss"], tokens=fq["tokens"], params=scores[source].params,
-                kl_to_source=fq.get("kl_to_teacher"), top1_agreement_to_source=fq.get("top1_agreement"),
-                source=source, format=q.format, forward="ModelOpt fake-quant",
-                forward_tokens_per_s=fq["forward_tokens_per_s"], size_bytes=q.export["safetensors_bytes"])
+                perplexity=fq["perplexity"],
+                loss=fq["loss"],
+                tokens=fq["tokens"],
+                params=scores[source].params,
+                kl_to_source=fq.get("kl_to_teacher"),
+                top1_agreement_to_source=fq.get("top1_agreement"),
+                source=source,
+                format=q.format,
+                forward="ModelOpt fake-quant",
+                forward_tokens_per_s=fq["forward_tokens_per_s"],
+                size_bytes=q.export["safetensors_bytes"],
+            )
         scores.update(gguf_rows(ctx.result("gguf"), scores))
-        result = EvaluateResult(device=device, dtype=precision.compute, threads=torch.get_num_threads(),
-                                validation_sequences=int(len(val)), models=scores)
+        result = EvaluateResult(
+            device=device,
+            dtype=precision.compute,
+            threads=torch.get_num_threads(),
+            validation_sequences=int(len(val)),
+            models=scores,
+        )
         for label, r in scores.items():
             if r.format is not None:
                 print(f"[evaluate] {label} ({r.format}, from {r.source}): perplexity {r.perplexity:.3f}", flush=True)
@@ -75,10 +99,18 @@ def gguf_rows(g, scores: dict[str, ModelScores]) -> dict[str, ModelScores]:
         if f.model != g.student or f.type == g.outtype or f.hf is None or f.model not in scores:
             continue
         rows[f"gguf {f.type}"] = ModelScores(
-            perplexity=f.hf["perplexity"], loss=f.hf["loss"], tokens=f.hf["tokens"], params=scores[f.model].params,
-            kl_to_source=f.hf["kl_to_source"], top1_agreement_to_source=f.hf["top1_agreement_to_source"],
-            source=f.model, format=f"gguf {f.type}", forward="llama.cpp GGUF dequantized by transformers",
-            size_bytes=f.size_bytes, checkpoint=f.file)
+            perplexity=f.hf["perplexity"],
+            loss=f.hf["loss"],
+            tokens=f.hf["tokens"],
+            params=scores[f.model].params,
+            kl_to_source=f.hf["kl_to_source"],
+            top1_agreement_to_source=f.hf["top1_agreement_to_source"],
+            source=f.model,
+            format=f"gguf {f.type}",
+            forward="llama.cpp GGUF dequantized by transformers",
+            size_bytes=f.size_bytes,
+            checkpoint=f.file,
+        )
     return rows
 
 
@@ -93,9 +125,11 @@ def task_sources(ctx: StageContext) -> dict[str, Path]:
             continue
         folder = Path(cfg.task_text).expanduser()
         if not any(folder.rglob("*.txt")):
-            raise ConfigError(f"evaluate.task_text={cfg.task_text!r}: no .txt file under {folder.resolve()} on "
-                              f"{socket.gethostname()}, where the evaluate stage runs; point it at a folder of .txt "
-                              f"files there, or drop {task} from evaluate.tasks")
+            raise ConfigError(
+                f"evaluate.task_text={cfg.task_text!r}: no .txt file under {folder.resolve()} on "
+                f"{socket.gethostname()}, where the evaluate stage runs; point it at a folder of .txt "
+                f"files there, or drop {task} from evaluate.tasks"
+            )
         out[task] = folder
     return out
 
@@ -111,6 +145,13 @@ def task_accuracy(ctx: StageContext, models: dict, tokenizer) -> dict[str, dict]
     out = {}
     for label, model in models.items():
         print(f"[evaluate] lm-eval {', '.join(cfg.tasks)} on {label}", flush=True)
-        out[label] = run_tasks(model, tokenizer, list(cfg.tasks), data_dir=data_dir, batch_size=cfg.task_batch_size,
-                               seed=ctx.cfg.seed, samples_dir=ctx.stage_dir / "lm_eval_samples" / label)
+        out[label] = run_tasks(
+            model,
+            tokenizer,
+            list(cfg.tasks),
+            data_dir=data_dir,
+            batch_size=cfg.task_batch_size,
+            seed=ctx.cfg.seed,
+            samples_dir=ctx.stage_dir / "lm_eval_samples" / label,
+        )
     return out

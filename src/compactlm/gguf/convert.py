@@ -63,11 +63,14 @@ def check_source(folder: Path, key: str = "gguf") -> dict[str, Any]:
     cfg = json.loads(cfg_file.read_text())
     archs = cfg.get("architectures") or []
     if not any(a in CONVERTIBLE for a in archs):
-        raise ConfigError(f"{key}: {folder} is {archs or 'an unnamed architecture'}; GGUF export converts "
-                          f"{', '.join(CONVERTIBLE)}")
+        raise ConfigError(
+            f"{key}: {folder} is {archs or 'an unnamed architecture'}; GGUF export converts {', '.join(CONVERTIBLE)}"
+        )
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        raise ConfigError(f"{key}: {folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); a GGUF carries its "
-                          "tokenizer, so the checkpoint must have one (save it with tokenizer.save_pretrained)")
+        raise ConfigError(
+            f"{key}: {folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); a GGUF carries its "
+            "tokenizer, so the checkpoint must have one (save it with tokenizer.save_pretrained)"
+        )
     return cfg
 
 
@@ -83,8 +86,10 @@ def _atomic_tool(cmd: list[str], final: Path, log_file: Path, env: dict[str, str
     if proc.returncode or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-12:])
-        raise RuntimeError(f"{Path(cmd[0]).name if cmd[0] != sys.executable else Path(cmd[1]).name} failed "
-                           f"(exit {proc.returncode}) making {final.name}; see {log_file}:\n{tail}")
+        raise RuntimeError(
+            f"{Path(cmd[0]).name if cmd[0] != sys.executable else Path(cmd[1]).name} failed "
+            f"(exit {proc.returncode}) making {final.name}; see {log_file}:\n{tail}"
+        )
     os.replace(tmp, final)
 
 
@@ -94,16 +99,22 @@ def convert(llama: LlamaCpp, source: Path, out: Path, outtype: str, log_file: Pa
     env.pop("NO_LOCAL_GGUF", None)
     start = log_file.stat().st_size if log_file.is_file() else 0
     try:
-        _atomic_tool([sys.executable, str(llama.converter), str(source), "--outtype", outtype, "--outfile", "{out}"],
-                     out, log_file, env)
+        _atomic_tool(
+            [sys.executable, str(llama.converter), str(source), "--outtype", outtype, "--outfile", "{out}"],
+            out,
+            log_file,
+            env,
+        )
     except RuntimeError:
         with open(log_file, errors="replace") as fh:
             fh.seek(start)
             if "BPE pre-tokenizer was not recognized" in fh.read():
-                raise ConfigError(f"gguf: llama.cpp's converter ({llama.version}) does not know the tokenizer of {source} "
-                                  "(it recognises tokenizers by a fingerprint of their pre-tokenizer, and this one is "
-                                  "not among them); GGUF export needs a tokenizer llama.cpp supports, or run without "
-                                  "the gguf stage (recipe.stages=[...] without gguf)") from None
+                raise ConfigError(
+                    f"gguf: llama.cpp's converter ({llama.version}) does not know the tokenizer of {source} "
+                    "(it recognises tokenizers by a fingerprint of their pre-tokenizer, and this one is "
+                    "not among them); GGUF export needs a tokenizer llama.cpp supports, or run without "
+                    "the gguf stage (recipe.stages=[...] without gguf)"
+                ) from None
         raise
     return out
 
@@ -125,10 +136,20 @@ def inspect(path: Path) -> dict[str, Any]:
 
     reader = GGUFReader(str(path))
     arch = _field(reader, "general.architecture")
-    meta = {k: _field(reader, f"{arch}.{k}") for k in
-            ("block_count", "embedding_length", "feed_forward_length", "attention.head_count",
-             "attention.head_count_kv", "attention.key_length", "context_length", "rope.freq_base",
-             "rope.dimension_count")}
+    meta = {
+        k: _field(reader, f"{arch}.{k}")
+        for k in (
+            "block_count",
+            "embedding_length",
+            "feed_forward_length",
+            "attention.head_count",
+            "attention.head_count_kv",
+            "attention.key_length",
+            "context_length",
+            "rope.freq_base",
+            "rope.dimension_count",
+        )
+    }
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     rope_freqs = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
     elements = sum(int(t.n_elements) for t in reader.tensors)
@@ -168,9 +189,16 @@ def safetensors_elements(folder: Path) -> int:
 def expected_sizes(cfg: dict[str, Any]) -> dict[str, int]:
     heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    return {"hidden": cfg["hidden_size"], "ffn": cfg["intermediate_size"], "vocab": cfg["vocab_size"],
-            "q": heads * head_dim, "kv": kv * head_dim, "layers": cfg["num_hidden_layers"], "heads": heads,
-            "kv_heads": kv}
+    return {
+        "hidden": cfg["hidden_size"],
+        "ffn": cfg["intermediate_size"],
+        "vocab": cfg["vocab_size"],
+        "q": heads * head_dim,
+        "kv": kv * head_dim,
+        "layers": cfg["num_hidden_layers"],
+        "heads": heads,
+        "kv_heads": kv,
+    }
 
 
 def chat_template(folder: Path) -> str | None:
@@ -189,21 +217,29 @@ def check_against_source(info: dict[str, Any], source: Path, name: str) -> None:
     size = expected_sizes(cfg)
     meta = info["metadata"]
     problems = []
-    for key, want in (("block_count", size["layers"]), ("embedding_length", size["hidden"]),
-                      ("feed_forward_length", size["ffn"]), ("attention.head_count", size["heads"]),
-                      ("attention.head_count_kv", size["kv_heads"])):
+    for key, want in (
+        ("block_count", size["layers"]),
+        ("embedding_length", size["hidden"]),
+        ("feed_forward_length", size["ffn"]),
+        ("attention.head_count", size["heads"]),
+        ("attention.head_count_kv", size["kv_heads"]),
+    ):
         if meta.get(key) != want:
             problems.append(f"{info['architecture']}.{key} is {meta.get(key)}, the source has {want}")
     head_dim = size["q"] // size["heads"]
     if meta.get("attention.key_length") not in (None, head_dim):  # written where head_dim is given explicitly
-        problems.append(f"{info['architecture']}.attention.key_length is {meta['attention.key_length']}, the "
-                        f"source's head_dim is {head_dim}")
+        problems.append(
+            f"{info['architecture']}.attention.key_length is {meta['attention.key_length']}, the "
+            f"source's head_dim is {head_dim}"
+        )
     if info["vocab"] != size["vocab"]:
         problems.append(f"the tokenizer has {info['vocab']} tokens, the source's vocab_size is {size['vocab']}")
     blocks = {int(n.split(".")[1]) for n in info["tensors"] if n.startswith("blk.")}
     if blocks != set(range(size["layers"])):
-        problems.append(f"tensors exist for blocks {sorted(blocks)[:3]}...{sorted(blocks)[-1:]} ({len(blocks)}), "
-                        f"the source has {size['layers']} layers")
+        problems.append(
+            f"tensors exist for blocks {sorted(blocks)[:3]}...{sorted(blocks)[-1:]} ({len(blocks)}), "
+            f"the source has {size['layers']} layers"
+        )
     for tensor, shape in info["tensors"].items():
         short = tensor.split(".", 2)[-1] if tensor.startswith("blk.") else tensor
         dims = _SHAPES.get(short)
@@ -214,8 +250,10 @@ def check_against_source(info: dict[str, Any], source: Path, name: str) -> None:
     weights = info["elements"] - sum(math.prod(info["tensors"][t]) for t in GENERATED if t in info["tensors"])
     if stored and weights != stored:
         generated = [t for t in GENERATED if t in info["tensors"]]
-        problems.append(f"{weights:,} weights in the GGUF{f' (besides the generated {generated})' if generated else ''}"
-                        f", {stored:,} in the source's safetensors")
+        problems.append(
+            f"{weights:,} weights in the GGUF{f' (besides the generated {generated})' if generated else ''}"
+            f", {stored:,} in the source's safetensors"
+        )
     template = chat_template(source)
     if isinstance(template, str) and info["chat_template"] != template:
         problems.append("the source's chat template was not carried over")
@@ -293,8 +331,10 @@ def load_dequantized(path: Path, device: str = "cpu", source: Path | None = None
 
     info = inspect(path)
     if info["rope_freqs"] is not None and source is None:
-        raise GGUFMismatch(f"{path.name} has {ROPE_FREQS}, which transformers' GGUF loader ignores; pass the source "
-                           "checkpoint to load it with the source's RoPE settings")
+        raise GGUFMismatch(
+            f"{path.name} has {ROPE_FREQS}, which transformers' GGUF loader ignores; pass the source "
+            "checkpoint to load it with the source's RoPE settings"
+        )
     config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     if source is not None:
         problems = rope_problems(info, source)

@@ -37,10 +37,10 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from compactlm.errors import ConfigError
 from compactlm.manifest import atomic_write_text, open_nofollow
@@ -52,9 +52,16 @@ TOOLS = ("llama-quantize", "llama-perplexity", "llama-batched-bench")
 CONVERTER = "convert_hf_to_gguf.py"
 BUILD_RECORD = "build.json"
 CMAKE_FLAGS = (
-    "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF",
-    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-    "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF",
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=ON",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_OPENSSL=OFF",
 )
 
 
@@ -105,8 +112,10 @@ def from_folder(folder: str | Path, key: str = "gguf.llama_cpp") -> LlamaCpp:
     bins = [b for b in (root / "bin", root / "build" / "bin") if b.is_dir()]
     missing_conv = not (root / CONVERTER).is_file()
     if not bins or missing_conv or any(not (bins[0] / t).is_file() for t in TOOLS):
-        raise ConfigError(f"{key}={str(folder)!r} is not a llama.cpp build: it needs {CONVERTER} and "
-                          f"{', '.join(TOOLS)} in bin/ or build/bin/ (unset {key} to build llama.cpp into the cache)")
+        raise ConfigError(
+            f"{key}={str(folder)!r} is not a llama.cpp build: it needs {CONVERTER} and "
+            f"{', '.join(TOOLS)} in bin/ or build/bin/ (unset {key} to build llama.cpp into the cache)"
+        )
     return LlamaCpp(root=root, bin=bins[0], version=_version_of(root))
 
 
@@ -138,8 +147,12 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def ensure(cache_dir: str | Path, folder: str | None = None, log: Callable[[str], None] = print,
-           sdist: str | Path | None = None) -> LlamaCpp:
+def ensure(
+    cache_dir: str | Path,
+    folder: str | None = None,
+    log: Callable[[str], None] = print,
+    sdist: str | Path | None = None,
+) -> LlamaCpp:
     """The llama.cpp to use, building it into the cache first if no finished build is there."""
     found = find(cache_dir, folder)
     if found:
@@ -155,15 +168,28 @@ def ensure(cache_dir: str | Path, folder: str | None = None, log: Callable[[str]
 
 def _download_sdist(dest: Path, log: Callable[[str], None]) -> Path:
     log(f"[gguf] downloading the llama-cpp-python {LLAMA_CPP_PYTHON} source distribution (vendors llama.cpp)")
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-           f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+        "-d",
+        str(dest),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(dest.glob("llama_cpp_python-*.tar.gz"))
     if proc.returncode or not found:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError("could not download the llama-cpp-python sdist (llama.cpp's sources): "
-                           f"{' / '.join(tail)}; on a machine without network, build llama.cpp elsewhere and set "
-                           "gguf.llama_cpp=<its folder>")
+        raise RuntimeError(
+            "could not download the llama-cpp-python sdist (llama.cpp's sources): "
+            f"{' / '.join(tail)}; on a machine without network, build llama.cpp elsewhere and set "
+            "gguf.llama_cpp=<its folder>"
+        )
     return found[0]
 
 
@@ -171,8 +197,10 @@ def build(home: Path, log: Callable[[str], None] = print, sdist: str | Path | No
     """Download (unless `sdist` is given), extract and build llama.cpp's tools into `home` (published last)."""
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
-            raise RuntimeError(f"building llama.cpp needs `{tool}` on PATH (e.g. apt-get install cmake g++), or set "
-                               "gguf.llama_cpp=<a llama.cpp build>")
+            raise RuntimeError(
+                f"building llama.cpp needs `{tool}` on PATH (e.g. apt-get install cmake g++), or set "
+                "gguf.llama_cpp=<a llama.cpp build>"
+            )
     if home.exists():  # an interrupted build: never trusted, redone
         shutil.rmtree(home)
     home.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +212,7 @@ def build(home: Path, log: Callable[[str], None] = print, sdist: str | Path | No
         with tarfile.open(archive) as tar:
             members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
             for m in members:
-                m.name = m.name[len(prefix):]
+                m.name = m.name[len(prefix) :]
             tar.extractall(work / "src", members=[m for m in members if m.name], filter="data")
         if not sdist:
             archive.unlink()  # 76 MB that the build no longer needs
@@ -192,18 +220,31 @@ def build(home: Path, log: Callable[[str], None] = print, sdist: str | Path | No
         gen = ["-G", "Ninja"] if shutil.which("ninja") else []
         jobs = str(os.cpu_count() or 1)
         log(f"[gguf] building llama.cpp ({', '.join(TOOLS)}) with {jobs} jobs; once per machine, into {home}")
-        _run([ "cmake", "-S", str(work / "src"), "-B", str(build_dir), *gen, *CMAKE_FLAGS], build_dir.with_suffix(".log"))
-        _run_with_progress(["cmake", "--build", str(build_dir), "-j", jobs, "--target", *TOOLS],
-                           build_dir.with_suffix(".log"), log)
+        _run(
+            ["cmake", "-S", str(work / "src"), "-B", str(build_dir), *gen, *CMAKE_FLAGS], build_dir.with_suffix(".log")
+        )
+        _run_with_progress(
+            ["cmake", "--build", str(build_dir), "-j", jobs, "--target", *TOOLS], build_dir.with_suffix(".log"), log
+        )
         (work / "bin").mkdir()
         for t in TOOLS:
             exe = next(build_dir.rglob(t))
             shutil.copy2(exe, work / "bin" / t)  # write-ok: into this build's own mkdtemp folder
         shutil.rmtree(build_dir)
         seconds = round(time.monotonic() - t0, 1)
-        atomic_write_text(work / BUILD_RECORD, json.dumps({
-            "llama_cpp_python": LLAMA_CPP_PYTHON, "version": f"llama-cpp-python {LLAMA_CPP_PYTHON}",
-            "cmake_flags": list(CMAKE_FLAGS), "cpu_key": cpu_key(), "build_seconds": seconds}, indent=2))
+        atomic_write_text(
+            work / BUILD_RECORD,
+            json.dumps(
+                {
+                    "llama_cpp_python": LLAMA_CPP_PYTHON,
+                    "version": f"llama-cpp-python {LLAMA_CPP_PYTHON}",
+                    "cmake_flags": list(CMAKE_FLAGS),
+                    "cpu_key": cpu_key(),
+                    "build_seconds": seconds,
+                },
+                indent=2,
+            ),
+        )
         os.replace(work, home)
         log(f"[gguf] llama.cpp built in {seconds:.0f} s")
     except BaseException:
@@ -215,8 +256,10 @@ def _run(cmd: list[str], log_file: Path) -> None:
     with open_nofollow(log_file, "a") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode:
-        raise RuntimeError(f"`{' '.join(cmd[:3])} ...` failed (exit {proc.returncode}); see {log_file}:\n"
-                           + "\n".join(log_file.read_text(errors="replace").splitlines()[-15:]))
+        raise RuntimeError(
+            f"`{' '.join(cmd[:3])} ...` failed (exit {proc.returncode}); see {log_file}:\n"
+            + "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
+        )
 
 
 def _run_with_progress(cmd: list[str], log_file: Path, log: Callable[[str], None]) -> None:
@@ -235,15 +278,22 @@ def _run_with_progress(cmd: list[str], log_file: Path, log: Callable[[str], None
                     log(f"[gguf] building llama.cpp: {pct}%")
         proc.wait()
     if proc.returncode:
-        raise RuntimeError(f"building llama.cpp failed (exit {proc.returncode}); see {log_file}:\n"
-                           + "\n".join(log_file.read_text(errors="replace").splitlines()[-15:]))
+        raise RuntimeError(
+            f"building llama.cpp failed (exit {proc.returncode}); see {log_file}:\n"
+            + "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m compactlm.gguf.llamacpp",
-                                description="Build llama.cpp's converter and tools into the compactlm cache (once).")
-    p.add_argument("--cache-dir", default=os.environ.get("COMPACTLM_CACHE", "~/.cache/compactlm"),
-                   help="the run's cache_dir (default: $COMPACTLM_CACHE or ~/.cache/compactlm)")
+    p = argparse.ArgumentParser(
+        prog="python -m compactlm.gguf.llamacpp",
+        description="Build llama.cpp's converter and tools into the compactlm cache (once).",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=os.environ.get("COMPACTLM_CACHE", "~/.cache/compactlm"),
+        help="the run's cache_dir (default: $COMPACTLM_CACHE or ~/.cache/compactlm)",
+    )
     p.add_argument("--sdist", help="a downloaded llama_cpp_python-<version>.tar.gz to build from (no download)")
     args = p.parse_args(argv)
     found = ensure(args.cache_dir, log=lambda m: print(m, flush=True), sdist=args.sdist)

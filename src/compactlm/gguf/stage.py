@@ -56,41 +56,79 @@ class GGUFStage:
                 for t in cfg.types:
                     if t == cfg.outtype:
                         continue
-                    made.append((t, gg.quantize(llama, base, out_dir / f"{label}-{t}.gguf", t, threads,
-                                                logs / "quantize.log")))
+                    made.append(
+                        (t, gg.quantize(llama, base, out_dir / f"{label}-{t}.gguf", t, threads, logs / "quantize.log"))
+                    )
             base_size = base.stat().st_size
             for t, path in made:
                 info = gg.inspect(path)
                 gg.check_against_source(info, folder, path.name)
-                files.append(GGUFFile(model=label, type=t, file=str(path.relative_to(ctx.stage_dir)),
-                                      size_bytes=info["size_bytes"], bits_per_weight=info["bits_per_weight"],
-                                      tensor_types=info["tensor_types"], size_ratio=info["size_bytes"] / base_size))
+                files.append(
+                    GGUFFile(
+                        model=label,
+                        type=t,
+                        file=str(path.relative_to(ctx.stage_dir)),
+                        size_bytes=info["size_bytes"],
+                        bits_per_weight=info["bits_per_weight"],
+                        tensor_types=info["tensor_types"],
+                        size_ratio=info["size_bytes"] / base_size,
+                    )
+                )
                 mix = ", ".join(f"{n} {k}" for k, n in sorted(info["tensor_types"].items(), key=lambda kv: -kv[1]))
-                print(f"[gguf] {path.name}: {info['size_bytes'] / 2**20:.1f} MiB, {info['bits_per_weight']:.2f} bits "
-                      f"per weight ({mix}); matches {label}'s architecture", flush=True)
+                print(
+                    f"[gguf] {path.name}: {info['size_bytes'] / 2**20:.1f} MiB, {info['bits_per_weight']:.2f} bits "
+                    f"per weight ({mix}); matches {label}'s architecture",
+                    flush=True,
+                )
 
         if cfg.perplexity:
             text = heldout_text(ctx.upstream_output("data", "heldout"), ctx.stage_dir / "heldout.txt")
             seq_len = ctx.result("data").seq_len
             for f in files:
-                f.perplexity = perplexity(llama, ctx.stage_dir / f.file, text, seq_len, threads,
-                                          logs / "perplexity.log", cfg.perplexity_chunks)
-                print(f"[gguf] llama.cpp perplexity {f.model} {f.type}: {f.perplexity['perplexity']:.3f} "
-                      f"± {f.perplexity['stderr']:.3f} ({f.perplexity['chunks']} chunks of {seq_len})", flush=True)
+                f.perplexity = perplexity(
+                    llama,
+                    ctx.stage_dir / f.file,
+                    text,
+                    seq_len,
+                    threads,
+                    logs / "perplexity.log",
+                    cfg.perplexity_chunks,
+                )
+                print(
+                    f"[gguf] llama.cpp perplexity {f.model} {f.type}: {f.perplexity['perplexity']:.3f} "
+                    f"± {f.perplexity['stderr']:.3f} ({f.perplexity['chunks']} chunks of {seq_len})",
+                    flush=True,
+                )
         source_hf = hf_check(ctx, files, sources[student], student) if cfg.hf_check else None
         if cfg.bench:
             for f in files:
                 if f.model != student and f.type != cfg.outtype:
                     continue
-                speed = serving_speed(llama, ctx.stage_dir / f.file, cfg.prompt_tokens, cfg.new_tokens,
-                                      list(cfg.concurrency), threads, cfg.repeats, logs / "bench.log")
+                speed = serving_speed(
+                    llama,
+                    ctx.stage_dir / f.file,
+                    cfg.prompt_tokens,
+                    cfg.new_tokens,
+                    list(cfg.concurrency),
+                    threads,
+                    cfg.repeats,
+                    logs / "bench.log",
+                )
                 f.speed = [{"concurrency": c, **row} for c, row in sorted(speed.items())]
                 for row in f.speed:
-                    print(f"[gguf] llama.cpp {f.model} {f.type}, concurrency {row['concurrency']}: "
-                          f"{summary_row(row)}", flush=True)
+                    print(
+                        f"[gguf] llama.cpp {f.model} {f.type}, concurrency {row['concurrency']}: {summary_row(row)}",
+                        flush=True,
+                    )
         (ctx.stage_dir / "heldout.txt").unlink(missing_ok=True)
-        result = GGUFResult(llama_cpp=llama.record(), student=student, outtype=cfg.outtype, files=files,
-                            params=params, source_hf=source_hf)
+        result = GGUFResult(
+            llama_cpp=llama.record(),
+            student=student,
+            outtype=cfg.outtype,
+            files=files,
+            params=params,
+            source_hf=source_hf,
+        )
         return StageOutput(result, outputs={label: label for label in sources})
 
 
@@ -114,13 +152,22 @@ def hf_check(ctx: StageContext, files: list[GGUFFile], source: Path, student: st
         if f.model != student:
             continue
         model = gg.load_dequantized(ctx.stage_dir / f.file, device, source)
-        rows = quality({"source": reference, f.type: model}, "source", val, ctx.cfg.evaluate.batch_size, device,
-                       progress=False)
+        rows = quality(
+            {"source": reference, f.type: model}, "source", val, ctx.cfg.evaluate.batch_size, device, progress=False
+        )
         source_row = rows["source"]
         r = rows[f.type]
-        f.hf = {"perplexity": r["perplexity"], "loss": r["loss"], "tokens": r["tokens"],
-                "kl_to_source": r["kl_to_teacher"], "top1_agreement_to_source": r["top1_agreement"]}
-        print(f"[gguf] dequantized {f.type}: perplexity {r['perplexity']:.3f} (source {source_row['perplexity']:.3f}), "
-              f"KL to source {r['kl_to_teacher']:.5f}, top-1 agreement {r['top1_agreement']:.4f}", flush=True)
+        f.hf = {
+            "perplexity": r["perplexity"],
+            "loss": r["loss"],
+            "tokens": r["tokens"],
+            "kl_to_source": r["kl_to_teacher"],
+            "top1_agreement_to_source": r["top1_agreement"],
+        }
+        print(
+            f"[gguf] dequantized {f.type}: perplexity {r['perplexity']:.3f} (source {source_row['perplexity']:.3f}), "
+            f"KL to source {r['kl_to_teacher']:.5f}, top-1 agreement {r['top1_agreement']:.4f}",
+            flush=True,
+        )
         del model
     return source_row

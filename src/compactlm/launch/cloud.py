@@ -42,9 +42,10 @@ import os
 import sys
 import time
 import types
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import nemo_run.core.execution.lepton as nemo_lepton
 import requests
@@ -64,16 +65,18 @@ from nemo_run.run.torchx_backend.schedulers import slurm as slurm_scheduler
 
 from compactlm.config import CompactLMConfig
 from compactlm.launch.records import CONFIG_FILE
-from compactlm.manifest import atomic_write_text
-from compactlm.pipeline import split_task, stage_tasks
 from compactlm.launch.resources import stage_env, stage_gpus, stage_image, stage_processes
 from compactlm.launch.shell import shell_quote
+from compactlm.manifest import atomic_write_text
+from compactlm.pipeline import split_task, stage_tasks
 
 log = logging.getLogger(__name__)
 NEMO_RUN_VERSION = "0.11.1"
 if importlib.metadata.version("nemo_run") != NEMO_RUN_VERSION:
-    raise ImportError(f"compactlm's NeMo-Run fixes (compactlm.launch.cloud) are written for nemo_run=={NEMO_RUN_VERSION}, "
-                      f"but {importlib.metadata.version('nemo_run')} is installed: pip install nemo-run=={NEMO_RUN_VERSION}")
+    raise ImportError(
+        f"compactlm's NeMo-Run fixes (compactlm.launch.cloud) are written for nemo_run=={NEMO_RUN_VERSION}, "
+        f"but {importlib.metadata.version('nemo_run')} is installed: pip install nemo-run=={NEMO_RUN_VERSION}"
+    )
 # Job id recorded for a stage that was not submitted because the stage before it did not succeed.
 NOT_SUBMITTED = "not-submitted-"
 # Where the NeMo-Run scheduler keeps the per-task script: the task's own job folder (see RunAIExecutor.assign).
@@ -139,16 +142,21 @@ class RunAIExecutor(DGXCloudExecutor):
         payload = {"grantType": "client_credentials", "clientId": client_id, "clientSecret": secret}
         for attempt in range(TOKEN_ATTEMPTS):
             try:
-                reply = requests.post(f"{self.base_url}/token", json=payload, headers=self._default_headers(),
-                                      timeout=HTTP_TIMEOUT)
+                reply = requests.post(
+                    f"{self.base_url}/token", json=payload, headers=self._default_headers(), timeout=HTTP_TIMEOUT
+                )
             except requests.RequestException as e:
                 log.warning("Run:ai token request failed (%s), attempt %d", type(e).__name__, attempt + 1)
                 time.sleep(min(2.0 * (attempt + 1), 10))
                 continue
             if reply.ok:
                 return reply.json().get("accessToken")
-            log.error("Run:ai refused the credentials in $%s/$%s: HTTP %d", self.client_id_env,
-                      self.client_secret_env, reply.status_code)
+            log.error(
+                "Run:ai refused the credentials in $%s/$%s: HTTP %d",
+                self.client_id_env,
+                self.client_secret_env,
+                reply.status_code,
+            )
             return None
         return None
 
@@ -156,8 +164,10 @@ class RunAIExecutor(DGXCloudExecutor):
         """The workload's command file: NeMo-Run's, with the stage's exit status kept through `| tee`."""
         d = self.pvc_job_dir
         q = shell_quote
-        return (f"\nset -o pipefail\nln -s {q(d + '/')} /nemo_run\ncd /nemo_run/code\nmkdir -p {q(d + '/logs')}\n"
-                f"{' '.join(map(q, cmd))} 2>&1 | tee -a {q(d + '/log_')}$HOSTNAME.out {q(d + '/log-allranks_0.out')}\n")
+        return (
+            f"\nset -o pipefail\nln -s {q(d + '/')} /nemo_run\ncd /nemo_run/code\nmkdir -p {q(d + '/logs')}\n"
+            f"{' '.join(map(q, cmd))} 2>&1 | tee -a {q(d + '/log_')}$HOSTNAME.out {q(d + '/log-allranks_0.out')}\n"
+        )
 
     def workload(self, name: str, project_id: str, cluster_id: str) -> tuple[str, dict]:
         """(kind, body) of the POST /workloads/<kind> request: a training on one node, distributed on several."""
@@ -172,10 +182,19 @@ class RunAIExecutor(DGXCloudExecutor):
         kind = "trainings"
         if self.nodes > 1:
             kind = "distributed"
-            spec.update(distributedFramework=self.distributed_framework, minReplicas=self.nodes,
-                        maxReplicas=self.nodes, numWorkers=self.nodes)
-        body = {"name": k8s_name(name), "useGivenNameAsPrefix": True, "projectId": project_id,
-                "clusterId": cluster_id, "spec": spec}
+            spec.update(
+                distributedFramework=self.distributed_framework,
+                minReplicas=self.nodes,
+                maxReplicas=self.nodes,
+                numWorkers=self.nodes,
+            )
+        body = {
+            "name": k8s_name(name),
+            "useGivenNameAsPrefix": True,
+            "projectId": project_id,
+            "clusterId": cluster_id,
+            "spec": spec,
+        }
         return kind, body
 
     def launch(self, name: str, cmd: list[str]) -> tuple[str, str]:
@@ -186,30 +205,39 @@ class RunAIExecutor(DGXCloudExecutor):
             return NOT_SUBMITTED + name, DGXCloudState.STOPPED.value
         token = self.get_auth_token()
         if not token:
-            raise RuntimeError(f"no Run:ai token from {self.base_url}/token: check ${self.client_id_env} and "
-                               f"${self.client_secret_env}")
+            raise RuntimeError(
+                f"no Run:ai token from {self.base_url}/token: check ${self.client_id_env} and ${self.client_secret_env}"
+            )
         project_id, cluster_id = self.get_project_and_cluster_id(token)
         if not project_id or not cluster_id:
-            raise RuntimeError(f"Run:ai project {self.project_name!r} not found at {self.base_url} "
-                               "(cluster.dgxc.project_name)")
+            raise RuntimeError(
+                f"Run:ai project {self.project_name!r} not found at {self.base_url} (cluster.dgxc.project_name)"
+            )
         # cmd is ["bash", "<job_dir>/torchrun_job.sh"]: the same file, seen from the pods.
         cmd = [c.replace(self.job_dir, self.pvc_job_dir) for c in cmd]
         atomic_write_text(Path(self.job_dir, "launch_script.sh"), self.launch_script(cmd))
         if not self.launched_from_cluster:
             self.move_data(token, project_id, cluster_id, sleep=self.poll_seconds)
         kind, body = self.workload(name, project_id, cluster_id)
-        reply = requests.post(f"{self.base_url}/workloads/{kind}", json=body,
-                              headers=self._default_headers(token=token), timeout=HTTP_TIMEOUT)
+        reply = requests.post(
+            f"{self.base_url}/workloads/{kind}",
+            json=body,
+            headers=self._default_headers(token=token),
+            timeout=HTTP_TIMEOUT,
+        )
         if reply.status_code not in (200, 202):
-            raise RuntimeError(f"Run:ai refused the {kind} workload of stage {self.job_name!r}: "
-                               f"HTTP {reply.status_code} {reply.text[:500]}")
+            raise RuntimeError(
+                f"Run:ai refused the {kind} workload of stage {self.job_name!r}: "
+                f"HTTP {reply.status_code} {reply.text[:500]}"
+            )
         data = reply.json()
         return data["workloadId"], data.get("actualPhase", DGXCloudState.CREATING.value)
 
     def _blocked_by(self) -> Optional[str]:
         """The state of a task of the previous stage that did not succeed, else None."""
-        return _blocker(self.after, self._any_status, DGXCloudState.COMPLETED,
-                        dgx_scheduler.DGX_JOB_DIRS, self.experiment_id)
+        return _blocker(
+            self.after, self._any_status, DGXCloudState.COMPLETED, dgx_scheduler.DGX_JOB_DIRS, self.experiment_id
+        )
 
     def _any_status(self, job_id: str) -> Optional[DGXCloudState]:
         """The phase of a workload of any kind (GET /workloads/<id>); `status` asks the endpoint of this
@@ -219,8 +247,9 @@ class RunAIExecutor(DGXCloudExecutor):
         token = self.get_auth_token()
         if not token:
             return None
-        reply = requests.get(f"{self.base_url}/workloads/{job_id}", headers=self._default_headers(token=token),
-                             timeout=HTTP_TIMEOUT)
+        reply = requests.get(
+            f"{self.base_url}/workloads/{job_id}", headers=self._default_headers(token=token), timeout=HTTP_TIMEOUT
+        )
         phase = reply.json().get("phase") if reply.ok else None
         return DGXCloudState(phase) if phase in DGXCloudState._value2member_map_ else None
 
@@ -235,20 +264,27 @@ class RunAIExecutor(DGXCloudExecutor):
             return
         token = self.get_auth_token()
         if not token:
-            raise RuntimeError(f"cannot cancel {job_id}: no Run:ai token (check ${self.client_id_env} and "
-                               f"${self.client_secret_env})")
+            raise RuntimeError(
+                f"cannot cancel {job_id}: no Run:ai token (check ${self.client_id_env} and ${self.client_secret_env})"
+            )
         kind = "distributed" if self.nodes > 1 else "trainings"
-        reply = requests.post(f"{self.base_url}/workloads/{kind}/{job_id}/suspend",
-                              headers=self._default_headers(token=token), timeout=HTTP_TIMEOUT)
+        reply = requests.post(
+            f"{self.base_url}/workloads/{kind}/{job_id}/suspend",
+            headers=self._default_headers(token=token),
+            timeout=HTTP_TIMEOUT,
+        )
         if not reply.ok:
             raise RuntimeError(f"Run:ai did not suspend workload {job_id}: HTTP {reply.status_code} {reply.text[:300]}")
         log.info("suspended Run:ai workload %s", job_id)
 
-    def fetch_logs(self, job_id: str, stream: bool, stderr: Optional[bool] = None,
-                   stdout: Optional[bool] = None) -> Iterable[str]:
+    def fetch_logs(
+        self, job_id: str, stream: bool, stderr: Optional[bool] = None, stdout: Optional[bool] = None
+    ) -> Iterable[str]:
         # NeMo-Run's version polls until the workload ends and then tails files this machine cannot see.
-        return [f"Run:ai workload {job_id}: its logs are in the Run:ai UI and in log_*.out of the stage's job "
-                f"folder on the PVC (under {self.pvc_nemo_run_dir})"]
+        return [
+            f"Run:ai workload {job_id}: its logs are in the Run:ai UI and in log_*.out of the stage's job "
+            f"folder on the PVC (under {self.pvc_nemo_run_dir})"
+        ]
 
 
 # ---------------------------------------------------------------------------------------- DGX Cloud Lepton
@@ -273,8 +309,10 @@ class LeptonJobExecutor(LeptonExecutor):
     def launch_script(self, cmd: list[str]) -> str:
         pre = "".join(f"{c}\n" for c in self.pre_launch_commands)
         # `cmd` is NeMo-Run's rendered command (torchrun's arguments already quoted, its $NODE_RANK... left to expand)
-        return (f"\n{pre}{LEPTON_RENDEZVOUS}ln -s {shell_quote(self.lepton_job_dir + '/')} /nemo_run\n"
-                f"cd /nemo_run/code\n{' '.join(cmd)}\n")
+        return (
+            f"\n{pre}{LEPTON_RENDEZVOUS}ln -s {shell_quote(self.lepton_job_dir + '/')} /nemo_run\n"
+            f"cd /nemo_run/code\n{' '.join(cmd)}\n"
+        )
 
     def launch(self, name: str, cmd: list[str]) -> tuple[str, str]:
         self._validate_mounts()
@@ -291,8 +329,9 @@ class LeptonJobExecutor(LeptonExecutor):
         return job.metadata.id_, self.status(job.metadata.id_)
 
     def _blocked_by(self) -> Optional[str]:
-        return _blocker(self.after, self.status, LeptonJobState.Completed, lepton_scheduler.LEPTON_JOB_DIRS,
-                        self.experiment_id)
+        return _blocker(
+            self.after, self.status, LeptonJobState.Completed, lepton_scheduler.LEPTON_JOB_DIRS, self.experiment_id
+        )
 
     def status(self, job_id: str) -> Optional[LeptonJobState]:
         if job_id.startswith(NOT_SUBMITTED):
@@ -345,8 +384,10 @@ def _materialize_sbatch(self) -> str:
     finally:
         ex.env_vars, self.extra_env = saved
     if _REQUEUE not in text:
-        raise RuntimeError("NeMo-Run's sbatch template changed: compactlm's no-requeue-on-configuration-error fix "
-                           f"(compactlm.launch.cloud) no longer applies; it is written for nemo_run=={NEMO_RUN_VERSION}")
+        raise RuntimeError(
+            "NeMo-Run's sbatch template changed: compactlm's no-requeue-on-configuration-error fix "
+            f"(compactlm.launch.cloud) no longer applies; it is written for nemo_run=={NEMO_RUN_VERSION}"
+        )
     return text.replace(_REQUEUE, _REQUEUE_UNLESS_CONFIG_ERROR)
 
 
@@ -388,8 +429,11 @@ def register() -> None:
     """Make NeMo-Run accept the subclasses (it looks executors up by exact class) and point its job records
     at the current NEMORUN_HOME (its scheduler modules fix those paths when first imported)."""
     tables = ("_PARALLEL_SUPPORTED_EXECUTORS", "_DETACH_SUPPORTED_EXECUTORS")
-    for cls, scheduler, extra in ((RunAIExecutor, "dgx_cloud", ()), (LeptonJobExecutor, "lepton", ()),
-                                  (SlurmJobExecutor, "slurm_tunnel", ("_DEPENDENCY_SUPPORTED_EXECUTORS",))):
+    for cls, scheduler, extra in (
+        (RunAIExecutor, "dgx_cloud", ()),
+        (LeptonJobExecutor, "lepton", ()),
+        (SlurmJobExecutor, "slurm_tunnel", ("_DEPENDENCY_SUPPORTED_EXECUTORS",)),
+    ):
         schedulers_api.EXECUTOR_MAPPING[cls] = scheduler
         for table in (*tables, *extra):
             if cls not in getattr(Experiment, table):
@@ -400,7 +444,7 @@ def register() -> None:
 
 
 def _blocker(after: str, state_of, completed, job_dirs: str, experiment_id: str) -> Optional[str]:
-    """"<state> (<task>)" for the first of the comma-separated tasks `after` whose job did not complete, else None."""
+    """ "<state> (<task>)" for the first of the comma-separated tasks `after` whose job did not complete, else None."""
     for task in filter(None, after.split(",")):
         job_id = _recorded_job_id(job_dirs, experiment_id, task)
         state = state_of(job_id) if job_id else None
@@ -422,12 +466,21 @@ def dgxc_executor(conf: CompactLMConfig, run, stage: str, packager) -> RunAIExec
     register()
     c, d = conf.cluster, conf.cluster.dgxc
     return RunAIExecutor(
-        base_url=d.base_url.rstrip("/"), kube_apiserver_url=d.kube_apiserver_url or "",
-        project_name=d.project_name, container_image=stage_image(conf, stage), pvc_nemo_run_dir=d.pvc_nemo_run_dir,
+        base_url=d.base_url.rstrip("/"),
+        kube_apiserver_url=d.kube_apiserver_url or "",
+        project_name=d.project_name,
+        container_image=stage_image(conf, stage),
+        pvc_nemo_run_dir=d.pvc_nemo_run_dir,
         pvcs=[{"claimName": p.claim_name, "path": p.path, "existingPvc": True, "readOnly": False} for p in d.pvcs],
-        nodes=c.nodes_for(stage), gpus_per_node=stage_gpus(conf, stage), nprocs_per_node=stage_processes(conf, stage),
-        env_vars=stage_env(conf, remote=True), client_id_env=d.client_id_env, client_secret_env=d.client_secret_env,
-        after=_previous(conf, stage), poll_seconds=d.poll_seconds, packager=packager,
+        nodes=c.nodes_for(stage),
+        gpus_per_node=stage_gpus(conf, stage),
+        nprocs_per_node=stage_processes(conf, stage),
+        env_vars=stage_env(conf, remote=True),
+        client_id_env=d.client_id_env,
+        client_secret_env=d.client_secret_env,
+        after=_previous(conf, stage),
+        poll_seconds=d.poll_seconds,
+        packager=packager,
     )
 
 
@@ -443,12 +496,19 @@ def lepton_executor(conf: CompactLMConfig, run, stage: str, packager) -> LeptonJ
     register()
     c, lp = conf.cluster, conf.cluster.lepton
     return LeptonJobExecutor(
-        container_image=stage_image(conf, stage), nemo_run_dir=lp.nemo_run_dir, nodes=c.nodes_for(stage),
-        gpus_per_node=stage_gpus(conf, stage), nprocs_per_node=stage_processes(conf, stage),
-        resource_shape=lepton_shape(conf, stage), node_group=lp.node_group,
+        container_image=stage_image(conf, stage),
+        nemo_run_dir=lp.nemo_run_dir,
+        nodes=c.nodes_for(stage),
+        gpus_per_node=stage_gpus(conf, stage),
+        nprocs_per_node=stage_processes(conf, stage),
+        resource_shape=lepton_shape(conf, stage),
+        node_group=lp.node_group,
         mounts=[{"path": m.path, "mount_path": m.mount_path, "from": m.source} for m in lp.mounts],
-        shared_memory_size=lp.shared_memory_size, image_pull_secrets=list(lp.image_pull_secrets),
-        env_vars=stage_env(conf, remote=True), after=_previous(conf, stage), poll_seconds=lp.poll_seconds,
+        shared_memory_size=lp.shared_memory_size,
+        image_pull_secrets=list(lp.image_pull_secrets),
+        env_vars=stage_env(conf, remote=True),
+        after=_previous(conf, stage),
+        poll_seconds=lp.poll_seconds,
         packager=packager,
     )
 
@@ -463,8 +523,13 @@ def rendered_spec(conf: CompactLMConfig, job) -> str:
 
 
 def _carried(executor, scripts: list[str]) -> str:
-    files = sorted({f"code/{CONFIG_FILE}", *scripts,
-                    *(str(p.relative_to(executor.job_dir)) for p in Path(executor.job_dir).rglob("*") if p.is_file())})
+    files = sorted(
+        {
+            f"code/{CONFIG_FILE}",
+            *scripts,
+            *(str(p.relative_to(executor.job_dir)) for p in Path(executor.job_dir).rglob("*") if p.is_file()),
+        }
+    )
     return ", ".join(files)
 
 
@@ -474,16 +539,20 @@ def _rendered_runai(conf: CompactLMConfig, job) -> str:
     script = Path(ex.job_dir, TORCHRUN_SCRIPT).read_text()
     launch = ex.launch_script(["bash", f"{ex.pvc_job_dir}/{TORCHRUN_SCRIPT}"])
     kind, body = ex.workload(job.id, f"<id of Run:ai project {d.project_name}>", "<its cluster id>")
-    return "\n".join([
-        f"# 1. POST {ex.base_url}/token with ${d.client_id_env} / ${d.client_secret_env}, "
-        f"GET {ex.base_url}/org-unit/projects (project {d.project_name})",
-        f"# 2. a busybox workspace (POST {ex.base_url}/workloads/workspaces) copies the job folder to "
-        f"{ex.pvc_job_dir}: {_carried(ex, ['launch_script.sh', TORCHRUN_SCRIPT])}",
-        f"# 3. POST {ex.base_url}/workloads/{kind}" + (f"  (after stage {ex.after} succeeded)" if ex.after else ""),
-        json.dumps(body, indent=2),
-        f"# {ex.pvc_job_dir}/launch_script.sh", launch.strip(),
-        f"# {ex.pvc_job_dir}/{TORCHRUN_SCRIPT}", script.strip(),
-    ])
+    return "\n".join(
+        [
+            f"# 1. POST {ex.base_url}/token with ${d.client_id_env} / ${d.client_secret_env}, "
+            f"GET {ex.base_url}/org-unit/projects (project {d.project_name})",
+            f"# 2. a busybox workspace (POST {ex.base_url}/workloads/workspaces) copies the job folder to "
+            f"{ex.pvc_job_dir}: {_carried(ex, ['launch_script.sh', TORCHRUN_SCRIPT])}",
+            f"# 3. POST {ex.base_url}/workloads/{kind}" + (f"  (after stage {ex.after} succeeded)" if ex.after else ""),
+            json.dumps(body, indent=2),
+            f"# {ex.pvc_job_dir}/launch_script.sh",
+            launch.strip(),
+            f"# {ex.pvc_job_dir}/{TORCHRUN_SCRIPT}",
+            script.strip(),
+        ]
+    )
 
 
 class _OfflineLepton:
@@ -495,8 +564,10 @@ class _OfflineLepton:
         self.created = []
         self.nodegroup = types.SimpleNamespace(
             list_all=lambda: [DedicatedNodeGroup(metadata=Metadata(id=group_id, name=node_group), spec={}, status={})],
-            list_nodes=lambda _group: [Node(metadata=Metadata(id=f"<nodes of {node_group}>"),
-                                            spec={"unschedulable": False}, status=None)])
+            list_nodes=lambda _group: [
+                Node(metadata=Metadata(id=f"<nodes of {node_group}>"), spec={"unschedulable": False}, status=None)
+            ],
+        )
         self.job = types.SimpleNamespace(create=lambda job: self.created.append(job) or job)
 
 
@@ -516,12 +587,15 @@ def _rendered_lepton(conf: CompactLMConfig, job) -> str:
     with _offline_lepton(ex.node_group):
         spec = ex.create_lepton_job(k8s_name(job.id)).model_dump(exclude_none=True, by_alias=True)
     launch = ex.launch_script(job._dryrun_info.request.cmd)
-    return "\n".join([
-        f"# 1. a busybox job (cpu.small, node group {ex.node_group}, same mounts) copies the job folder to "
-        f"{ex.lepton_job_dir}: {_carried(ex, ['launch_script.sh'])}",
-        "# 2. POST <workspace>/jobs" + (f"  (after stage {ex.after} succeeded)" if ex.after else "")
-        + f"; the node group id and its node ids are looked up by name ({ex.node_group}) at submission",
-        json.dumps(spec, indent=2),
-        f"# {ex.lepton_job_dir}/launch_script.sh", launch.strip(),
-    ])
-
+    return "\n".join(
+        [
+            f"# 1. a busybox job (cpu.small, node group {ex.node_group}, same mounts) copies the job folder to "
+            f"{ex.lepton_job_dir}: {_carried(ex, ['launch_script.sh'])}",
+            "# 2. POST <workspace>/jobs"
+            + (f"  (after stage {ex.after} succeeded)" if ex.after else "")
+            + f"; the node group id and its node ids are looked up by name ({ex.node_group}) at submission",
+            json.dumps(spec, indent=2),
+            f"# {ex.lepton_job_dir}/launch_script.sh",
+            launch.strip(),
+        ]
+    )

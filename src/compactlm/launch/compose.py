@@ -81,8 +81,10 @@ def unknown_key_message(key: str, value: str | None = None) -> str:
     keys = schema_keys()
     parent = _dict_parent(key, keys)
     if parent is not None:
-        return (f"{key}: {parent} has no key {key[len(parent) + 1:]!r} yet; add it with "
-                f"+{key}={value if value is not None else '<value>'}")
+        return (
+            f"{key}: {parent} has no key {key[len(parent) + 1 :]!r} yet; add it with "
+            f"+{key}={value if value is not None else '<value>'}"
+        )
     close = difflib.get_close_matches(key, list(keys), n=1)
     hint = f"did you mean {close[0]!r}?" if close else "python launch.py --help lists every key"
     return f"unknown key {key!r}; {hint}"
@@ -91,8 +93,14 @@ def unknown_key_message(key: str, value: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------- errors -> one line
 def _one_line(text: str) -> str:
     """Hydra's and OmegaConf's multi-line messages on one line, without their debugging details."""
-    skip = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR",
-            "Config search path", "provider=")
+    skip = (
+        "full_key:",
+        "object_type=",
+        "reference_type=",
+        "Set the environment variable HYDRA_FULL_ERROR",
+        "Config search path",
+        "provider=",
+    )
     lines = [ln.strip() for ln in str(text).splitlines()]
     return "; ".join(ln for ln in lines if ln and not ln.startswith(skip))
 
@@ -110,8 +118,10 @@ def _parse(overrides: list[str]) -> list[Override]:
             parsed.extend(parser.parse_overrides([text]))
         except OverrideParseException as e:
             detail = _one_line(e).replace(f"Error parsing override {text!r}; ", "")
-            raise ConfigError(f"cannot parse {text!r}: {detail.split('; See https://')[0]}; write key=value (quote a "
-                              "value with spaces or special characters: key='a value')") from None
+            raise ConfigError(
+                f"cannot parse {text!r}: {detail.split('; See https://')[0]}; write key=value (quote a "
+                "value with spaces or special characters: key='a value')"
+            ) from None
         if not parsed[-1].key_or_group:
             raise ConfigError(f"cannot parse {text!r}: the key is empty; write key=value")
     return parsed
@@ -123,8 +133,12 @@ def _check_added_keys(parsed: list[Override]) -> None:
     keys = schema_keys()
     for o in parsed:
         key = o.key_or_group
-        if (o.is_add() or o.is_force_add()) and key not in keys and not key.startswith("hydra.") \
-                and _dict_parent(key, keys) is None:
+        if (
+            (o.is_add() or o.is_force_add())
+            and key not in keys
+            and not key.startswith("hydra.")
+            and _dict_parent(key, keys) is None
+        ):
             raise ConfigError(unknown_key_message(key))
 
 
@@ -138,24 +152,32 @@ def composition_error(e: Exception, parsed: list[Override]) -> str:
         options = re.search(r"Available options in '([^']+)':\n((?:\t.*\n?)+)", message)
         if found and options:
             group = options.group(1)
-            choices = [c.strip() for c in options.group(2).splitlines() if c.strip() and not c.strip().startswith("base_")]
+            choices = [
+                c.strip() for c in options.group(2).splitlines() if c.strip() and not c.strip().startswith("base_")
+            ]
             option = found.group(1).rpartition("/")[2]
             return f"{group}={option}: Could not find '{found.group(1)}'; choose one of: {', '.join(choices)}"
         return _one_line(message)
     if isinstance(e, ValueError) and "Config group override must be" in message:
         o = next((o for o in parsed if o.key_or_group in GROUPS and o.value() is None), None)
         if o is not None:
-            return (f"{o.input_line}: config group {o.key_or_group} needs one of its options (python launch.py --help "
-                    "lists them)")
+            return (
+                f"{o.input_line}: config group {o.key_or_group} needs one of its options (python launch.py --help "
+                "lists them)"
+            )
     appended = re.search(r"An item is already at '([^']+)'", message)
     if appended and appended.group(1) in by_key:
         o = by_key[appended.group(1)]
-        return (f"{o.input_line}: {o.key_or_group} already exists, so it cannot be added; set it with "
-                f"{o.key_or_group}={_raw_value(o)}")
+        return (
+            f"{o.input_line}: {o.key_or_group} already exists, so it cannot be added; set it with "
+            f"{o.key_or_group}={_raw_value(o)}"
+        )
     ambiguous = re.search(r"Ambiguous value for argument '([^']+)'", message)
     if ambiguous:
-        return (f"{ambiguous.group(1)}: ambiguous value; write key=[a,b] for a list or key='a,b' for a string "
-                "(launch.py runs one configuration, no sweeps)")
+        return (
+            f"{ambiguous.group(1)}: ambiguous value; write key=[a,b] for a list or key='a,b' for a string "
+            "(launch.py runs one configuration, no sweeps)"
+        )
     override = re.search(r"Could not override '([^']+)'", message)
     if override and cause is not None and "not in" in str(cause):
         key = override.group(1)
@@ -173,8 +195,9 @@ def composition_error(e: Exception, parsed: list[Override]) -> str:
     return _one_line(message) + (f" ({_one_line(cause)})" if cause is not None else "")
 
 
-def compose(overrides: list[str] | None = None, conf_dir: str | Path = CONF_DIR,
-            return_hydra_config: bool = False) -> DictConfig:
+def compose(
+    overrides: list[str] | None = None, conf_dir: str | Path = CONF_DIR, return_hydra_config: bool = False
+) -> DictConfig:
     """conf/config.yaml composed with `overrides` (schema < group YAML < recipe < command line), as launch.py does.
 
     Raises ConfigError with one line for any override Hydra or OmegaConf refuses.
@@ -198,13 +221,17 @@ def help_text(overrides: list[str] | None = None, conf_dir: str | Path = CONF_DI
     template = OmegaConf.to_container(cfg.hydra.help, resolve=True)["template"]
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        groups = "\n".join(f"{g}: {', '.join(loader.get_group_options(g))}"
-                           for g in sorted(loader.list_groups("")) if g != "hydra")
+        groups = "\n".join(
+            f"{g}: {', '.join(loader.get_group_options(g))}" for g in sorted(loader.list_groups("")) if g != "hydra"
+        )
     with open_dict(cfg):
         del cfg["hydra"]
     return string.Template(template).safe_substitute(
-        FLAGS_HELP="--help,-h : this help", APP_CONFIG_GROUPS=groups + "\n", HYDRA_CONFIG_GROUPS="",
-        CONFIG=OmegaConf.to_yaml(cfg))
+        FLAGS_HELP="--help,-h : this help",
+        APP_CONFIG_GROUPS=groups + "\n",
+        HYDRA_CONFIG_GROUPS="",
+        CONFIG=OmegaConf.to_yaml(cfg),
+    )
 
 
 # -------------------------------------------------------------------------------------------------------- main
@@ -216,8 +243,10 @@ def main(argv: list[str], run: Callable[[DictConfig], int], conf_dir: str | Path
     try:
         for flag in flags:
             if flag not in HELP_FLAGS:
-                raise ConfigError(f"unknown option {flag!r}; launch.py takes --help and key=value overrides "
-                                  "(dryrun=true prints the resolved config and what would be submitted)")
+                raise ConfigError(
+                    f"unknown option {flag!r}; launch.py takes --help and key=value overrides "
+                    "(dryrun=true prints the resolved config and what would be submitted)"
+                )
         if flags:
             print(help_text(overrides, conf_dir))
             return 0

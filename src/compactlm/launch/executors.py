@@ -61,15 +61,17 @@ def make_executor(conf: CompactLMConfig, run, stage: str, local_dir: Path):
 
 
 def _local(conf, run, stage, local_dir):
-    return run.LocalExecutor(ntasks_per_node=stage_processes(conf, stage), packager=packager(conf, run, local_dir),
-                             env_vars=stage_env(conf))
+    return run.LocalExecutor(
+        ntasks_per_node=stage_processes(conf, stage), packager=packager(conf, run, local_dir), env_vars=stage_env(conf)
+    )
 
 
 def _slurm(conf, run, stage, local_dir):
     c, s = conf.cluster, conf.cluster.slurm
     if s.tunnel == "ssh":
-        tunnel = run.SSHTunnel(host=s.host, user=s.user or os.environ.get("USER", ""), job_dir=s.job_dir,
-                               identity=s.identity)
+        tunnel = run.SSHTunnel(
+            host=s.host, user=s.user or os.environ.get("USER", ""), job_dir=s.job_dir, identity=s.identity
+        )
     else:
         tunnel = run.LocalTunnel(job_dir=s.job_dir or "")
     image = stage_image(conf, stage)
@@ -77,15 +79,24 @@ def _slurm(conf, run, stage, local_dir):
     # NeMo-Run pastes the image, the mounts and the srun arguments into the srun line as they are: hand them over as
     # shell words (shell.check_shell_values refused what pyxis cannot read); the #SBATCH values it quotes itself.
     executor = SlurmJobExecutor(
-        account=s.account, partition=s.partition, time=s.time, nodes=c.nodes_for(stage),
-        ntasks_per_node=stage_processes(conf, stage), gpus_per_node=gpus or None,
-        cpus_per_task=s.cpus_per_task, mem=s.mem, qos=s.qos, constraint=s.constraint,
+        account=s.account,
+        partition=s.partition,
+        time=s.time,
+        nodes=c.nodes_for(stage),
+        ntasks_per_node=stage_processes(conf, stage),
+        gpus_per_node=gpus or None,
+        cpus_per_task=s.cpus_per_task,
+        mem=s.mem,
+        qos=s.qos,
+        constraint=s.constraint,
         exclusive=True if s.exclusive else None,
         signal=f"USR1@{s.signal_before_limit}" if s.signal_before_limit else None,
         container_image=shell_quote(image) if image else None,
         container_mounts=[shell_quote(m) for m in container_mounts(conf)] if image else [],
-        setup_lines="\n".join(s.setup_lines) or None, srun_args=[shell_quote(a) for a in s.srun_args] or None,
-        job_name_prefix="compactlm-", tunnel=tunnel,
+        setup_lines="\n".join(s.setup_lines) or None,
+        srun_args=[shell_quote(a) for a in s.srun_args] or None,
+        job_name_prefix="compactlm-",
+        tunnel=tunnel,
         stage_env={**stage_env(conf, remote=True), "COMPACTLM_NO_REQUEUE": f"{conf.run_dir}/{stage}/{CONFIG_ERROR}"},
         packager=packager(conf, run, local_dir),
         # a stage that failed for good cancels the stages waiting on it (afterok); without this they stay
@@ -112,9 +123,11 @@ def check_credentials(conf: CompactLMConfig) -> None:
     d = conf.cluster.dgxc
     missing = [name for name in (d.client_id_env, d.client_secret_env) if not os.environ.get(name)]
     if missing:
-        raise ConfigError(f"cluster=dgxc needs the Run:ai application's client id and secret in the environment: "
-                          f"export {' and '.join('$' + m for m in missing)} (cluster.dgxc.client_id_env / "
-                          "client_secret_env name the variables; the values never go in the config)")
+        raise ConfigError(
+            f"cluster=dgxc needs the Run:ai application's client id and secret in the environment: "
+            f"export {' and '.join('$' + m for m in missing)} (cluster.dgxc.client_id_env / "
+            "client_secret_env name the variables; the values never go in the config)"
+        )
 
 
 def describe_executor(conf: CompactLMConfig) -> str:
@@ -123,13 +136,13 @@ def describe_executor(conf: CompactLMConfig) -> str:
     where = {
         "local": "NeMo-Run LocalExecutor: stages run one after another on this machine",
         "slurm": f"NeMo-Run SlurmExecutor: one sbatch job per stage, chained with afterok "
-                 f"(account {c.slurm.account}, partition {c.slurm.partition or 'default'}, tunnel {c.slurm.tunnel})",
+        f"(account {c.slurm.account}, partition {c.slurm.partition or 'default'}, tunnel {c.slurm.tunnel})",
         "dgxc": f"NeMo-Run DGXCloudExecutor: one Run:ai workload per stage, each submitted after the one before "
-                f"succeeded ({c.dgxc.base_url}, project {c.dgxc.project_name}; credentials from "
-                f"${c.dgxc.client_id_env} and ${c.dgxc.client_secret_env}; code from the image's {IMAGE_CODE_DIR})",
+        f"succeeded ({c.dgxc.base_url}, project {c.dgxc.project_name}; credentials from "
+        f"${c.dgxc.client_id_env} and ${c.dgxc.client_secret_env}; code from the image's {IMAGE_CODE_DIR})",
         "lepton": f"NeMo-Run LeptonExecutor: one DGX Cloud Lepton job per stage, each submitted after the one before "
-                  f"succeeded (node group {c.lepton.node_group}, shape {c.lepton.resource_shape}; credentials from "
-                  f"`lep login` or $LEPTON_WORKSPACE_ID/$LEPTON_WORKSPACE_TOKEN; code from the image's {IMAGE_CODE_DIR})",
+        f"succeeded (node group {c.lepton.node_group}, shape {c.lepton.resource_shape}; credentials from "
+        f"`lep login` or $LEPTON_WORKSPACE_ID/$LEPTON_WORKSPACE_TOKEN; code from the image's {IMAGE_CODE_DIR})",
     }[c.executor]
     env = stage_env(conf, remote=c.executor != "local")
     env = " ".join(f"{k}={shell_quote(v)}" for k, v in env.items() if k != "PATH")
@@ -201,7 +214,14 @@ def build_experiment(conf: CompactLMConfig, local_dir: Path):
                 if conf.cluster.executor == "local" and stage in INSTANCED and i >= conf.search.parallel:
                     after.append(added[i - conf.search.parallel])
                 script = run.Script(path=path, entrypoint="python", args=args)
-                added.append(exp.add(script, executor=make_executor(conf, run, task, local_dir), name=task,
-                                     tail_logs=not conf.cluster.detach, dependencies=after or None))
+                added.append(
+                    exp.add(
+                        script,
+                        executor=make_executor(conf, run, task, local_dir),
+                        name=task,
+                        tail_logs=not conf.cluster.detach,
+                        dependencies=after or None,
+                    )
+                )
             previous = added
     return exp

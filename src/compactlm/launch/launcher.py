@@ -15,7 +15,6 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from compactlm.config import CompactLMConfig, ConfigError
 from compactlm.launch.executors import build_experiment, check_credentials, describe_executor, render_submission
 from compactlm.launch.local_runs import (
@@ -72,8 +71,10 @@ def launch(cfg) -> int:
     if conf.prepare_only:
         print(f"# plan\n{format_plan(plan)}")
         write_run_dir(conf, local_dir)
-        print(f"compactlm: wrote {local_dir / CONFIG_FILE} (stages: {' '.join(conf.recipe.stages)}); submit by hand with\n"
-              f"  launchers/slurm/submit.sh {local_dir / CONFIG_FILE} --account=<account> [--partition=<p>]")
+        print(
+            f"compactlm: wrote {local_dir / CONFIG_FILE} (stages: {' '.join(conf.recipe.stages)}); submit by hand with\n"
+            f"  launchers/slurm/submit.sh {local_dir / CONFIG_FILE} --account=<account> [--partition=<p>]"
+        )
         return 0
     return submit(conf, local_dir, plan)
 
@@ -91,11 +92,15 @@ def place_run(conf: CompactLMConfig) -> Path:
         conf.cache_dir = c.cache_dir
     if c.is_remote():
         if not c.runs_root or not c.runs_root.startswith("/"):
-            raise ConfigError(f"cluster.runs_root={c.runs_root!r}: cluster.executor={c.executor} needs an absolute "
-                              "folder on the cluster's shared storage where the stages write their outputs")
+            raise ConfigError(
+                f"cluster.runs_root={c.runs_root!r}: cluster.executor={c.executor} needs an absolute "
+                "folder on the cluster's shared storage where the stages write their outputs"
+            )
         if not conf.cache_dir.startswith("/"):
-            raise ConfigError(f"cache_dir={conf.cache_dir!r} is not an absolute path on the cluster; "
-                              "set cluster.cache_dir to a folder on its shared storage")
+            raise ConfigError(
+                f"cache_dir={conf.cache_dir!r} is not an absolute path on the cluster; "
+                "set cluster.cache_dir to a folder on its shared storage"
+            )
         conf.run_dir = f"{c.runs_root.rstrip('/')}/{conf.run_name}"
     elif c.runs_root:
         conf.run_dir = str(Path(c.runs_root).expanduser().resolve() / conf.run_name)
@@ -116,8 +121,10 @@ def make_run_dir(conf: CompactLMConfig, local_dir: Path) -> None:
         with tempfile.TemporaryFile(dir=local_dir):  # a folder can exist and still refuse new files
             pass
     except OSError as e:
-        raise ConfigError(f"runs_root={conf.runs_root!r}: cannot write the run folder {local_dir} "
-                          f"({e.strerror or e}); set runs_root=<a folder you can write>") from None
+        raise ConfigError(
+            f"runs_root={conf.runs_root!r}: cannot write the run folder {local_dir} "
+            f"({e.strerror or e}); set runs_root=<a folder you can write>"
+        ) from None
 
 
 def pin_local_paths(conf: CompactLMConfig) -> None:
@@ -127,6 +134,7 @@ def pin_local_paths(conf: CompactLMConfig) -> None:
     relative `data.paths`, `model.path` or `evaluate.task_text` would point at nothing there. config.yaml
     then records the files the run really read.
     """
+
     def pinned(path: str) -> str:
         return os.path.abspath(os.path.expanduser(path))
 
@@ -140,7 +148,9 @@ def pin_local_paths(conf: CompactLMConfig) -> None:
 
 def place_remote_inputs(conf: CompactLMConfig) -> None:
     """On a cluster that does not see this machine's files, input paths must be absolute paths over there."""
-    where = f"cluster.executor={conf.cluster.executor}" + (" with cluster.slurm.tunnel=ssh" if conf.cluster.executor == "slurm" else "")
+    where = f"cluster.executor={conf.cluster.executor}" + (
+        " with cluster.slurm.tunnel=ssh" if conf.cluster.executor == "slurm" else ""
+    )
     named = []
     if "evaluate" in conf.recipe.stages and conf.evaluate.folder_tasks():
         named.append(("evaluate.task_text", conf.evaluate.task_text))
@@ -150,9 +160,11 @@ def place_remote_inputs(conf: CompactLMConfig) -> None:
         named += [("data.paths", p) for p in conf.data.paths]
     for key, path in named:
         if not path.startswith("/"):
-            raise ConfigError(f"{key}={path!r} is relative, but the stages run on the cluster ({where}), where it "
-                              "would be read from an unknown working directory: give an absolute path on the "
-                              "cluster's storage")
+            raise ConfigError(
+                f"{key}={path!r} is relative, but the stages run on the cluster ({where}), where it "
+                "would be read from an unknown working directory: give an absolute path on the "
+                "cluster's storage"
+            )
 
 
 def write_run_dir(conf: CompactLMConfig, local_dir: Path | None = None) -> Path:
@@ -161,22 +173,29 @@ def write_run_dir(conf: CompactLMConfig, local_dir: Path | None = None) -> Path:
     local_dir = Path(conf.run_dir) if local_dir is None else local_dir
     local_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(local_dir / CONFIG_FILE, resolved_yaml(conf))
-    atomic_write_json(local_dir / "launch.json", {
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
-        "git_sha": git_sha(),
-        "versions": versions(),
-        "cluster": conf.cluster.executor,
-        "run_dir": conf.run_dir,
-        "launched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })
+    atomic_write_json(
+        local_dir / "launch.json",
+        {
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "git_sha": git_sha(),
+            "versions": versions(),
+            "cluster": conf.cluster.executor,
+            "run_dir": conf.run_dir,
+            "launched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
     return local_dir
 
 
 def git_sha() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -251,8 +270,12 @@ def _stopper(conf: CompactLMConfig):
         print(f"\ncompactlm: {name}: stopping run {conf.run_name} ...", file=sys.stderr, flush=True)
         mark_cancelled(run_dir, by=f"{name} to launch.py")
         stopped = stop_stages(run_dir, run_tasks(conf))
-        print(f"compactlm: interrupted; stopped {', '.join(stopped) or 'no running stage'}; the stages after it will "
-              "not start. Re-run the same command to resume.", file=sys.stderr, flush=True)
+        print(
+            f"compactlm: interrupted; stopped {', '.join(stopped) or 'no running stage'}; the stages after it will "
+            "not start. Re-run the same command to resume.",
+            file=sys.stderr,
+            flush=True,
+        )
         raise KeyboardInterrupt
 
     return stop
@@ -260,9 +283,14 @@ def _stopper(conf: CompactLMConfig):
 
 def _submit(conf: CompactLMConfig, local_dir: Path) -> int:
     write_run_dir(conf, local_dir)
-    where = f"{local_dir}" if conf.run_dir == str(local_dir) else f"{conf.run_dir} on the cluster (records in {local_dir})"
-    print(f"compactlm: run {conf.run_name} -> {where}  (recipe={conf.recipe.name}: {' -> '.join(conf.recipe.stages)}, "
-          f"cluster={conf.cluster.name})", flush=True)
+    where = (
+        f"{local_dir}" if conf.run_dir == str(local_dir) else f"{conf.run_dir} on the cluster (records in {local_dir})"
+    )
+    print(
+        f"compactlm: run {conf.run_name} -> {where}  (recipe={conf.recipe.name}: {' -> '.join(conf.recipe.stages)}, "
+        f"cluster={conf.cluster.name})",
+        flush=True,
+    )
     if conf.search.resolved:
         print(f"compactlm: {len(conf.search.resolved)} search candidates\n{format_candidates(conf)}", flush=True)
     t0 = time.time()
@@ -273,20 +301,26 @@ def _submit(conf: CompactLMConfig, local_dir: Path) -> int:
             exp.run(detach=detach, tail_logs=not detach)
     except Exception as e:  # the scheduler refused (sbatch error, HTTP error): say so without a traceback
         detail = " ".join(str(e).split())[-1500:]
-        print(f"compactlm: submitting to cluster={conf.cluster.name} failed: {type(e).__name__}: {detail}\n"
-              f"  nothing is lost: fix the cause and re-run the same command (finished stages are skipped)",
-              file=sys.stderr)
+        print(
+            f"compactlm: submitting to cluster={conf.cluster.name} failed: {type(e).__name__}: {detail}\n"
+            f"  nothing is lost: fix the cause and re-run the same command (finished stages are skipped)",
+            file=sys.stderr,
+        )
         return 1
     states = {job.id: str(job.state) for job in exp.jobs}
     if detach:
-        print(f"compactlm: submitted {len(exp.jobs)} stage job(s) of experiment {exp._id}; follow them with\n"
-              f"  python launch.py status run_name={conf.run_name}\n"
-              f"  python launch.py logs run_name={conf.run_name} stage=<stage>\n"
-              f"  python launch.py cancel run_name={conf.run_name}")
+        print(
+            f"compactlm: submitted {len(exp.jobs)} stage job(s) of experiment {exp._id}; follow them with\n"
+            f"  python launch.py status run_name={conf.run_name}\n"
+            f"  python launch.py logs run_name={conf.run_name} stage=<stage>\n"
+            f"  python launch.py cancel run_name={conf.run_name}"
+        )
         return 0
     if conf.cluster.is_remote():
-        print(f"compactlm: jobs ended with states {states}; outputs and report are in {conf.run_dir} on the cluster "
-              f"(python launch.py report runs={conf.run_name} runs_root={conf.cluster.runs_root} there)")
+        print(
+            f"compactlm: jobs ended with states {states}; outputs and report are in {conf.run_dir} on the cluster "
+            f"(python launch.py report runs={conf.run_name} runs_root={conf.cluster.runs_root} there)"
+        )
         return 0 if all(s.endswith("SUCCEEDED") for s in states.values()) else 1
     run_dir = Path(conf.run_dir)
     print(summary_table(conf, t0))
@@ -295,13 +329,19 @@ def _submit(conf: CompactLMConfig, local_dir: Path) -> int:
     failed = [task for task in run_tasks(conf) if read_manifest(run_dir / task) is None]
     stop = cancelled(run_dir)
     if stop and failed:
-        print(f"compactlm: run cancelled ({stop['by']}, {stop['at']}); not finished: {', '.join(failed)}. "
-              "Re-run the same command to resume.", file=sys.stderr)
+        print(
+            f"compactlm: run cancelled ({stop['by']}, {stop['at']}); not finished: {', '.join(failed)}. "
+            "Re-run the same command to resume.",
+            file=sys.stderr,
+        )
         return EXIT_STOPPED
     if failed:
-        print(f"compactlm: stage {failed[0]!r} did not finish (states: {states}); its log is under "
-              f"{nemorun_home(local_dir)} (python launch.py logs run_name={conf.run_name} stage={failed[0]}). "
-              "Re-run the same command to resume from it.", file=sys.stderr)
+        print(
+            f"compactlm: stage {failed[0]!r} did not finish (states: {states}); its log is under "
+            f"{nemorun_home(local_dir)} (python launch.py logs run_name={conf.run_name} stage={failed[0]}). "
+            "Re-run the same command to resume from it.",
+            file=sys.stderr,
+        )
         print(failed_log_tail(local_dir, failed[0]), file=sys.stderr)
         return 1
     print(f"compactlm: run finished; artifacts in {run_dir}")
@@ -320,7 +360,11 @@ def failed_log_tail(local_dir: Path, stage: str, lines: int = 30) -> str:
 
 def print_params(conf: CompactLMConfig) -> int:
     """recipe=params: the parameter table of the model and its presets (meta device, no weights)."""
-    local = read_hf_config(Path(conf.model.path).expanduser()) if conf.model.source == "hf" and conf.model.is_local() else None
+    local = (
+        read_hf_config(Path(conf.model.path).expanduser())
+        if conf.model.source == "hf" and conf.model.is_local()
+        else None
+    )
     rows = param_table(conf.model, prune_presets(conf.model.name), local)
     print(f"Parameters of model={conf.model.name} and its prune presets (instantiated on the meta device):")
     print(format_table(rows))
@@ -329,4 +373,3 @@ def print_params(conf: CompactLMConfig) -> int:
         atomic_write_json(out, {"model": asdict(conf.model), "rows": rows})
         print(f"written to {out}")
     return 0
-

@@ -19,9 +19,10 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from compactlm.config import ConfigError
 from compactlm.launch.records import NEMORUN_DIR
@@ -47,7 +48,7 @@ class RunLock:
         self.path = Path(local_dir) / LOCK
         self.fd: int | None = None
 
-    def acquire(self, run_name: str) -> "RunLock":
+    def acquire(self, run_name: str) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = open_fd_nofollow(self.path, os.O_RDWR | os.O_CREAT)  # a link planted here: LinkRefused, one line
         try:
@@ -55,11 +56,21 @@ class RunLock:
         except BlockingIOError:
             os.close(fd)
             holder = holder_of(self.path)
-            raise RunBusy(f"run_name={run_name!r} is being run by another launch.py ({holder}); wait for it, or "
-                          f"stop it with `python launch.py cancel run_name={run_name}`") from None
+            raise RunBusy(
+                f"run_name={run_name!r} is being run by another launch.py ({holder}); wait for it, or "
+                f"stop it with `python launch.py cancel run_name={run_name}`"
+            ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                }
+            ).encode(),
+        )
         self.fd = fd
         return self
 
@@ -115,9 +126,11 @@ def running_stages(run_dir: Path, stages: Iterable[str]) -> dict[str, dict[str, 
 def check_no_orphans(run_dir: Path, stages: Iterable[str], run_name: str) -> None:
     """Refuse to start while a stage that an earlier (now dead) launcher started is still running here."""
     for stage, info in running_stages(run_dir, stages).items():
-        raise RunBusy(f"stage {stage!r} of run_name={run_name!r} is still running (pid {info['pid']}, started "
-                      f"{info['started_at']}) although the launch.py that started it has exited; stop it with "
-                      f"`python launch.py cancel run_name={run_name}`, or wait for it to finish")
+        raise RunBusy(
+            f"stage {stage!r} of run_name={run_name!r} is still running (pid {info['pid']}, started "
+            f"{info['started_at']}) although the launch.py that started it has exited; stop it with "
+            f"`python launch.py cancel run_name={run_name}`, or wait for it to finish"
+        )
 
 
 def stop_stages(run_dir: Path, stages: Iterable[str], grace_s: float = GRACE_S) -> list[str]:
@@ -153,7 +166,9 @@ def _signal_group(info: dict[str, Any], sig: int) -> bool:
 
 
 def mark_cancelled(run_dir: Path, by: str) -> None:
-    atomic_write_json(Path(run_dir) / CANCELLED, {"by": by, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    atomic_write_json(
+        Path(run_dir) / CANCELLED, {"by": by, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    )
 
 
 def clear_cancelled(run_dir: Path) -> None:

@@ -65,8 +65,10 @@ def run_info(folder: Path) -> tuple[dict, object]:
     try:
         return json.loads((folder / "launch.json").read_text()), load_config(folder / CONFIG_FILE)
     except (ConfigError, OmegaConfBaseException, ValueError, OSError) as e:
-        raise OpsError(f"run {folder.name}: cannot read its records ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                       "was it launched by an older compactlm?") from None
+        raise OpsError(
+            f"run {folder.name}: cannot read its records ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "was it launched by an older compactlm?"
+        ) from None
 
 
 def stage_done(conf, stage: str) -> str:
@@ -104,8 +106,15 @@ def cmd_list(args: dict[str, str]) -> int:
             continue
         tasks = run_tasks(conf)
         done = sum(stage_done(conf, t) == "done" for t in tasks)
-        rows.append([folder.name, conf.recipe.name, launch.get("cluster", "local"), launch.get("launched_at", ""),
-                     f"{done}/{len(tasks)}" if Path(conf.run_dir).exists() else "remote"])
+        rows.append(
+            [
+                folder.name,
+                conf.recipe.name,
+                launch.get("cluster", "local"),
+                launch.get("launched_at", ""),
+                f"{done}/{len(tasks)}" if Path(conf.run_dir).exists() else "remote",
+            ]
+        )
     if not rows:
         print(f"no runs under {Path(args['runs_root']).expanduser().resolve()}")
         return 0
@@ -117,22 +126,37 @@ def cmd_status(args: dict[str, str]) -> int:
     folder = run_folder(args["runs_root"], args["run_name"])
     launch, conf = run_info(folder)
     local = launch.get("cluster", "local") == "local"
-    print(f"run {folder.name}: recipe={conf.recipe.name}, cluster={launch.get('cluster', 'local')}, "
-          f"outputs in {conf.run_dir}")
+    print(
+        f"run {folder.name}: recipe={conf.recipe.name}, cluster={launch.get('cluster', 'local')}, "
+        f"outputs in {conf.run_dir}"
+    )
     rows = []
     if local:  # the stage processes on this machine and the launcher's lock say what runs now
         launcher = RunLock(folder).held_elsewhere()
         print(f"launcher: {'running (' + holder_of(folder / LOCK) + ')' if launcher else 'not running'}")
         for stage in run_tasks(conf):
-            rows.append([stage, stage_done(conf, stage), stage_state(Path(conf.run_dir), stage, launcher),
-                         stage_summary(conf, stage)])
+            rows.append(
+                [
+                    stage,
+                    stage_done(conf, stage),
+                    stage_state(Path(conf.run_dir), stage, launcher),
+                    stage_summary(conf, stage),
+                ]
+            )
         _print_table(["stage", "manifest", "state", "result"], rows)
         return 0
     jobs = job_states(experiment(folder))
     for stage in run_tasks(conf):
         job = jobs.get(stage, {})
-        rows.append([stage, stage_done(conf, stage), str(job.get("status", "-")), str(job.get("job_id", "-")),
-                     stage_summary(conf, stage)])
+        rows.append(
+            [
+                stage,
+                stage_done(conf, stage),
+                str(job.get("status", "-")),
+                str(job.get("job_id", "-")),
+                stage_summary(conf, stage),
+            ]
+        )
     _print_table(["stage", "manifest", "scheduler state", "job id", "result"], rows)
     return 0
 
@@ -208,9 +232,11 @@ def cancel_local(folder: Path, conf, stages: list[str]) -> int:
     mark_cancelled(run_dir, by=f"launch.py cancel (pid {os.getpid()})")
     stopped = stop_stages(run_dir, stages)
     pending = [s for s in stages if s not in stopped and read_manifest(run_dir / s) is None]
-    print(f"cancelled: stopped {', '.join(stopped) or 'no running stage'}"
-          + (f"; will not start: {', '.join(pending)}" if pending else "")
-          + f". Re-run the launch command to resume (python launch.py status run_name={folder.name})")
+    print(
+        f"cancelled: stopped {', '.join(stopped) or 'no running stage'}"
+        + (f"; will not start: {', '.join(pending)}" if pending else "")
+        + f". Re-run the launch command to resume (python launch.py status run_name={folder.name})"
+    )
     return 0
 
 
@@ -220,7 +246,11 @@ def cmd_report(args: dict[str, str]) -> int:
         raise OpsError("runs=<a>,<b> names at least one run")
     folders = [run_folder(args["runs_root"], n) for n in names]
     confs = [run_info(f)[1] for f in folders]
-    out = Path(args["out"]).expanduser() if args["out"] else Path(args["runs_root"]).expanduser() / ("compare_" + "_vs_".join(names))
+    out = (
+        Path(args["out"]).expanduser()
+        if args["out"]
+        else Path(args["runs_root"]).expanduser() / ("compare_" + "_vs_".join(names))
+    )
     md, page = write_comparison(confs, out)
     print(md.read_text())
     print(f"  report: {page}  ({md.name} beside it)")

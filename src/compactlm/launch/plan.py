@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compactlm.bench.flops import forward_flops_per_token
 from compactlm.arch import adapter_for
+from compactlm.bench.flops import forward_flops_per_token
 from compactlm.config import EXPORT_TO_HF, TRAIN_STAGES, CompactLMConfig, ConfigError, DistillConfig
 from compactlm.distill import CHUNK_ELEMENTS
-from compactlm.launch.resources import CPU_STAGES, stage_gpus, stage_processes
+from compactlm.launch.resources import stage_gpus, stage_processes
 from compactlm.model.precision import cpu_bf16_flags
 from compactlm.pipeline import run_tasks, split_task
 
@@ -61,10 +61,18 @@ class Device:
 
 
 DEVICES = {
-    "h100": Device("H100 SXM 80 GB", 80 * 10**9, 989e12,
-                   "NVIDIA H100 Tensor Core GPU datasheet: H100 SXM, BF16 Tensor Core 1,979 TFLOPS with sparsity"),
-    "h200": Device("H200 SXM 141 GB", 141 * 10**9, 989e12,
-                   "NVIDIA H200 Tensor Core GPU datasheet: H200 SXM, BF16 Tensor Core 1,979 TFLOPS with sparsity"),
+    "h100": Device(
+        "H100 SXM 80 GB",
+        80 * 10**9,
+        989e12,
+        "NVIDIA H100 Tensor Core GPU datasheet: H100 SXM, BF16 Tensor Core 1,979 TFLOPS with sparsity",
+    ),
+    "h200": Device(
+        "H200 SXM 141 GB",
+        141 * 10**9,
+        989e12,
+        "NVIDIA H200 Tensor Core GPU datasheet: H200 SXM, BF16 Tensor Core 1,979 TFLOPS with sparsity",
+    ),
 }
 DEFAULT_GPU = "h100"
 PRUNE_SHARD_BYTES = 1 << 30
@@ -86,8 +94,23 @@ upcasts, two log-softmaxes, the pointwise KL, and autograd's gradients of them).
 QUANT_BITS = {"fp8": 8.0, "int8_sq": 8.0, "nvfp4": 4.5, "int4_awq": 4.125}
 """Bits per quantized weight in the export: FP8 and INT8 one byte; NVFP4 4 bits + an FP8 scale per 16 weights;
 INT4-AWQ 4 bits + an fp16 scale per 128 weights."""
-GGUF_BITS = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.5625, "q5_k": 5.5, "q5_0": 5.5, "q5_1": 6.0,
-             "q4_k": 4.5, "q4_0": 4.5, "q4_1": 5.0, "iq4_nl": 4.5, "iq4_xs": 4.25, "q3_k": 3.4375, "q2_k": 2.625}
+GGUF_BITS = {
+    "f32": 32,
+    "f16": 16,
+    "bf16": 16,
+    "q8_0": 8.5,
+    "q6_k": 6.5625,
+    "q5_k": 5.5,
+    "q5_0": 5.5,
+    "q5_1": 6.0,
+    "q4_k": 4.5,
+    "q4_0": 4.5,
+    "q4_1": 5.0,
+    "iq4_nl": 4.5,
+    "iq4_xs": 4.25,
+    "q3_k": 3.4375,
+    "q2_k": 2.625,
+}
 """Bits per weight of llama.cpp's block formats (ggml block bytes × 8 / block weights, e.g. Q8_0: 34 bytes per 32).
 The _S/_M/_L mixes are counted as their base type; llama.cpp keeps a few tensors of a _M mix at a wider type."""
 
@@ -135,8 +158,9 @@ def count_from_shape(shape: dict[str, Any]) -> ModelSizes:
     layers = shape["num_hidden_layers"]
     hf = {key: shape[key] for key in NEEDED if key != "model_type"}
     hf.update(num_key_value_heads=kv, head_dim=head_dim)
-    return ModelSizes(hf=hf, total=root + layers * layer, without_lm_head=root - head + layers * layer, layer=layer,
-                      root=root)
+    return ModelSizes(
+        hf=hf, total=root + layers * layer, without_lm_head=root - head + layers * layer, layer=layer, root=root
+    )
 
 
 def model_sizes(shape: dict[str, Any], export: dict[str, int] | None = None) -> ModelSizes | None:
@@ -213,11 +237,23 @@ def plan_run(conf: CompactLMConfig, shape: dict[str, Any]) -> RunPlan:
     device = gpu_device(conf)
     compute = compute_dtype(conf)
     stored, largest = checkpoint_layout(conf)
-    plan = RunPlan(stages=[], device=device, mfu=conf.plan.mfu, compute=compute, teacher=teacher, student=student,
-                   student_label=label, shape=shape, stored_bytes=stored, largest_file=largest)
+    plan = RunPlan(
+        stages=[],
+        device=device,
+        mfu=conf.plan.mfu,
+        compute=compute,
+        teacher=teacher,
+        student=student,
+        student_label=label,
+        shape=shape,
+        stored_bytes=stored,
+        largest_file=largest,
+    )
     if teacher is None:
-        plan.notes.append(f"model={conf.model.name} has no sizes here (model.shape.* in its YAML, or a local folder): "
-                          "memory, disk and FLOPs are not estimated")
+        plan.notes.append(
+            f"model={conf.model.name} has no sizes here (model.shape.* in its YAML, or a local folder): "
+            "memory, disk and FLOPs are not estimated"
+        )
     if device is not None and conf.cluster.gpu is None:
         plan.notes.append(f"cluster.gpu is unset: {device.name} assumed (cluster.gpu=h100|h200)")
     for task in run_tasks(conf):
@@ -274,8 +310,10 @@ def _student(conf: CompactLMConfig, shape: dict[str, Any], teacher: ModelSizes |
         return model_sizes(shape, conf.prune.export_config.known()), f"prune={conf.prune.name}"
     if conf.search.resolved:
         biggest = max(conf.search.resolved, key=lambda c: c.params)
-        return (model_sizes(shape, biggest.export_config.known()),
-                f"the largest search candidate ({biggest.name}) until the ranking picks one")
+        return (
+            model_sizes(shape, biggest.export_config.known()),
+            f"the largest search candidate ({biggest.name}) until the ranking picks one",
+        )
     return teacher, f"model={conf.model.name}"
 
 
@@ -303,8 +341,9 @@ def plan_task(conf: CompactLMConfig, task: str, shape: dict[str, Any], plan: Run
         sp.memory, sp.disk, sp.flops = STAGE_PLANS[stage](ctx, plan.teacher, plan.student)
     elif stage != "ranking":  # ranking reads results only; the alignment stages and deploy are not modelled yet
         sp.notes.append(f"{stage}: only the runtime is estimated (its models are not modelled by the plan)")
-    sp.memory["runtime"] = (GPU_RUNTIME if on_gpu else
-                            HOST_RUNTIME + (MODELOPT_RUNTIME if stage in MODELOPT_STAGES else 0))
+    sp.memory["runtime"] = (
+        GPU_RUNTIME if on_gpu else HOST_RUNTIME + (MODELOPT_RUNTIME if stage in MODELOPT_STAGES else 0)
+    )
     if on_gpu and sp.flops is not None:
         sp.hours = sp.flops / (ctx.world_gpus(task) * plan.device.bf16_flops * plan.mfu) / 3600
     return sp
@@ -411,15 +450,19 @@ def distill_plan(ctx: _Ctx, cfg: DistillConfig, teacher: ModelSizes, student: Mo
         flops += cache_tokens(ctx.conf, cfg) * forward_flops_per_token(teacher.hf, seq)
     elif not cfg.teacher_cache:
         flops += trained * forward_flops_per_token(teacher.hf, seq)
-    disk = {"checkpoint (fp32 weights + AdamW; 2 while one is written)": 2 * 12 * n,
-            f"student export ({_dtype(c)})": c * n}
+    disk = {
+        "checkpoint (fp32 weights + AdamW; 2 while one is written)": 2 * 12 * n,
+        f"student export ({_dtype(c)})": c * n,
+    }
     if cfg.teacher_cache and not candidate:
         disk["teacher top-k cache"] = teacher_cache_bytes(ctx.conf, cfg)
     if candidate:  # each candidate prunes its own student first (prune/stage.py prune_checkpoint)
         disk[f"pruned checkpoint ({_dtype(c)})"] = c * n
-    notes = [f"{steps} steps × {cfg.global_batch_size} × {seq} tokens, micro-batch {cfg.micro_batch_size}, "
-             f"strategy {cfg.strategy if world > 1 else 'single process'}"
-             f"{', activation checkpointing' if cfg.activation_checkpointing else ''}"]
+    notes = [
+        f"{steps} steps × {cfg.global_batch_size} × {seq} tokens, micro-batch {cfg.micro_batch_size}, "
+        f"strategy {cfg.strategy if world > 1 else 'single process'}"
+        f"{', activation checkpointing' if cfg.activation_checkpointing else ''}"
+    ]
     return mem, disk, flops, notes
 
 
@@ -465,7 +508,11 @@ def _data(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     d = ctx.conf.data
     train = d.max_train_sequences or _steps(ctx.conf.distill, d.seq_len) * ctx.conf.distill.global_batch_size
     tokens = (train + d.validation_sequences + d.calibration_sequences) * d.seq_len
-    return {"token ids (int32 sequences + their np.stack)": 8 * tokens}, {"train/validation/calibration splits (int32)": 4 * tokens}, None
+    return (
+        {"token ids (int32 sequences + their np.stack)": 8 * tokens},
+        {"train/validation/calibration splits (int32)": 4 * tokens},
+        None,
+    )
 
 
 def _importance(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
@@ -479,8 +526,12 @@ def _importance(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     if held < ctx.cbytes:
         embed = t.hf["vocab_size"] * t.hf["hidden_size"]
         mem["one block upcast (fp32)"] = ctx.cbytes * max(t.layer, embed)
-    mem.update({"forward (one layer, no grad)": forward_working_set(t, tokens, ctx.cbytes),
-                f"logits ({_dtype(ctx.cbytes)})": ctx.cbytes * tokens * t.hf["vocab_size"]})
+    mem.update(
+        {
+            "forward (one layer, no grad)": forward_working_set(t, tokens, ctx.cbytes),
+            f"logits ({_dtype(ctx.cbytes)})": ctx.cbytes * tokens * t.hf["vocab_size"],
+        }
+    )
     return mem, {}, calib * forward_flops_per_token(t.hf, ctx.seq)
 
 
@@ -490,8 +541,10 @@ def _prune(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     SHARD_BYTES, held while safetensors serializes them (1.5x: measured 1.2-1.4x by bench/scale.py)."""
     stored = ctx.plan.stored_bytes
     out = stored * (s or t).total
-    mem = {"largest source safetensors file (memory-mapped)": ctx.plan.largest_file or stored * t.total,
-           "output shard + its serialization": int(1.5 * min(PRUNE_SHARD_BYTES, out))}
+    mem = {
+        "largest source safetensors file (memory-mapped)": ctx.plan.largest_file or stored * t.total,
+        "output shard + its serialization": int(1.5 * min(PRUNE_SHARD_BYTES, out)),
+    }
     if ctx.conf.prune.depth_method == "lm_loss":  # the only path that builds the teacher, for its forwards
         mem[f"teacher weights ({_dtype(ctx.cbytes)}), lm_loss depth method"] = ctx.cbytes * t.total
     return mem, {f"pruned checkpoint ({_dtype(stored)})": out}, None
@@ -520,8 +573,10 @@ def _gguf(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     mem = {}
     if g.hf_check:  # gguf/stage.py hf_check: the student and one dequantized file, both float32
         tokens = ctx.conf.evaluate.batch_size * ctx.seq
-        mem = {"student (fp32) + one dequantized file (fp32)": 8 * s.total,
-               "logits of both (fp32)": 2 * 4 * tokens * s.hf["vocab_size"]}
+        mem = {
+            "student (fp32) + one dequantized file (fp32)": 8 * s.total,
+            "logits of both (fp32)": 2 * 4 * tokens * s.hf["vocab_size"],
+        }
     disk = {f"student {g.outtype}": _gguf_bytes(s.total, g.outtype)}
     for typ in g.types:
         if typ != g.outtype:
@@ -550,8 +605,10 @@ def _evaluate(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     c = ctx.cbytes
     models = _evaluated(ctx, t, s)
     tokens = e.batch_size * ctx.seq
-    mem = {f"{len(models)} models resident ({_dtype(c)})": sum(c * m.total for m in models),
-           "logits (teacher + one model, fp32)": 2 * 4 * tokens * t.hf["vocab_size"]}
+    mem = {
+        f"{len(models)} models resident ({_dtype(c)})": sum(c * m.total for m in models),
+        "logits (teacher + one model, fp32)": 2 * 4 * tokens * t.hf["vocab_size"],
+    }
     val = (e.max_sequences or ctx.conf.data.validation_sequences) * ctx.seq
     return mem, {}, val * sum(forward_flops_per_token(m.hf, ctx.seq) for m in models)
 
@@ -561,20 +618,35 @@ def _bench(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
 
 
 def _teacher_cache(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
-    cfg = dataclasses.replace(ctx.conf.distill, teacher_cache=True, max_steps=None,
-                              max_tokens=ctx.conf.search.distill_tokens)
+    cfg = dataclasses.replace(
+        ctx.conf.distill, teacher_cache=True, max_steps=None, max_tokens=ctx.conf.search.distill_tokens
+    )
     tokens = cfg.micro_batch_size * ctx.seq
     c = ctx.cbytes
-    mem = {f"teacher weights ({_dtype(c)})": c * t.total,
-           "forward (one layer, no grad)": forward_working_set(t, tokens, c),
-           f"logits ({_dtype(c)})": c * tokens * t.hf["vocab_size"],
-           "top-k slices (fp32)": 3 * 4 * min(CHUNK_ELEMENTS, tokens * t.hf["vocab_size"])}
-    return mem, {"teacher top-k cache": teacher_cache_bytes(ctx.conf, cfg, ranking=True)}, \
-        cache_tokens(ctx.conf, cfg, ranking=True) * forward_flops_per_token(t.hf, ctx.seq)
+    mem = {
+        f"teacher weights ({_dtype(c)})": c * t.total,
+        "forward (one layer, no grad)": forward_working_set(t, tokens, c),
+        f"logits ({_dtype(c)})": c * tokens * t.hf["vocab_size"],
+        "top-k slices (fp32)": 3 * 4 * min(CHUNK_ELEMENTS, tokens * t.hf["vocab_size"]),
+    }
+    return (
+        mem,
+        {"teacher top-k cache": teacher_cache_bytes(ctx.conf, cfg, ranking=True)},
+        cache_tokens(ctx.conf, cfg, ranking=True) * forward_flops_per_token(t.hf, ctx.seq),
+    )
 
 
-STAGE_PLANS = {"model": _model, "data": _data, "importance": _importance, "prune": _prune, "quantize": _quantize,
-               "gguf": _gguf, "evaluate": _evaluate, "bench": _bench, "teacher_cache": _teacher_cache}
+STAGE_PLANS = {
+    "model": _model,
+    "data": _data,
+    "importance": _importance,
+    "prune": _prune,
+    "quantize": _quantize,
+    "gguf": _gguf,
+    "evaluate": _evaluate,
+    "bench": _bench,
+    "teacher_cache": _teacher_cache,
+}
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -592,14 +664,21 @@ def check_plan(plan: RunPlan, conf: CompactLMConfig) -> None:
 
 def _no_fit(plan: RunPlan, conf: CompactLMConfig, sp: StagePlan) -> str:
     d = conf.distill
-    now = (f"distill.strategy={d.strategy} distill.micro_batch_size={d.micro_batch_size} "
-           f"distill.activation_checkpointing={str(d.activation_checkpointing).lower()} cluster.nodes={conf.cluster.nodes}")
+    now = (
+        f"distill.strategy={d.strategy} distill.micro_batch_size={d.micro_batch_size} "
+        f"distill.activation_checkpointing={str(d.activation_checkpointing).lower()} cluster.nodes={conf.cluster.nodes}"
+    )
     fixes = [f"{' '.join(keys)} ({_gib(m)})" for keys, m in _remedies(plan, conf, sp)]
-    return (f"{sp.stage} needs {_gib(sp.memory_total)} per GPU, more than one {plan.device.name} holds, with {now} "
-            f"on {sp.nodes}×{sp.gpus_per_node} GPUs (data.seq_len={conf.data.seq_len}): "
-            + (f"it fits with {' or '.join(fixes)}" if fixes else
-               "change distill.strategy, distill.micro_batch_size, distill.activation_checkpointing or cluster.nodes")
-            + "; python launch.py ... dryrun=true prints the plan")
+    return (
+        f"{sp.stage} needs {_gib(sp.memory_total)} per GPU, more than one {plan.device.name} holds, with {now} "
+        f"on {sp.nodes}×{sp.gpus_per_node} GPUs (data.seq_len={conf.data.seq_len}): "
+        + (
+            f"it fits with {' or '.join(fixes)}"
+            if fixes
+            else "change distill.strategy, distill.micro_batch_size, distill.activation_checkpointing or cluster.nodes"
+        )
+        + "; python launch.py ... dryrun=true prints the plan"
+    )
 
 
 def _changes(conf: CompactLMConfig, sp: StagePlan) -> list[tuple[str, Any]]:
@@ -607,17 +686,33 @@ def _changes(conf: CompactLMConfig, sp: StagePlan) -> list[tuple[str, Any]]:
     d, c = conf.distill, conf.cluster
     out = []
     if d.strategy != "fsdp2" and sp.processes > 1:
-        out.append(("distill.strategy=fsdp2", lambda x: dataclasses.replace(
-            x, distill=dataclasses.replace(x.distill, strategy="fsdp2"))))
+        out.append(
+            (
+                "distill.strategy=fsdp2",
+                lambda x: dataclasses.replace(x, distill=dataclasses.replace(x.distill, strategy="fsdp2")),
+            )
+        )
     if not d.activation_checkpointing:
-        out.append(("distill.activation_checkpointing=true", lambda x: dataclasses.replace(
-            x, distill=dataclasses.replace(x.distill, activation_checkpointing=True))))
+        out.append(
+            (
+                "distill.activation_checkpointing=true",
+                lambda x: dataclasses.replace(x, distill=dataclasses.replace(x.distill, activation_checkpointing=True)),
+            )
+        )
     if d.micro_batch_size > 1:
-        out.append(("distill.micro_batch_size=1", lambda x: dataclasses.replace(
-            x, distill=dataclasses.replace(x.distill, micro_batch_size=1))))
+        out.append(
+            (
+                "distill.micro_batch_size=1",
+                lambda x: dataclasses.replace(x, distill=dataclasses.replace(x.distill, micro_batch_size=1)),
+            )
+        )
     if split_task(sp.stage)[0] == "distill" and c.executor != "local" and "distill" not in c.stage_nodes:
-        out.append((f"cluster.nodes={2 * c.nodes}", lambda x: dataclasses.replace(
-            x, cluster=dataclasses.replace(x.cluster, nodes=2 * x.cluster.nodes))))
+        out.append(
+            (
+                f"cluster.nodes={2 * c.nodes}",
+                lambda x: dataclasses.replace(x, cluster=dataclasses.replace(x.cluster, nodes=2 * x.cluster.nodes)),
+            )
+        )
     return out
 
 
@@ -648,14 +743,18 @@ def _check_cache_space(plan: RunPlan, conf: CompactLMConfig) -> None:
         size = sp.disk.get("teacher top-k cache")
         if not size:
             continue
-        folder = Path(conf.run_dir).expanduser() / sp.stage / ("cache" if sp.stage == "teacher_cache" else "teacher_cache")
+        folder = (
+            Path(conf.run_dir).expanduser() / sp.stage / ("cache" if sp.stage == "teacher_cache" else "teacher_cache")
+        )
         parent = next(p for p in (folder, *folder.parents) if p.exists())
         free = shutil.disk_usage(parent).free
         if size > free:
             key = "search.distill_tokens" if sp.stage == "teacher_cache" else "distill.max_steps/distill.max_tokens"
-            raise ConfigError(f"the teacher cache of {sp.stage} needs {_gb(size)} but {parent} has {_gb(free)} free: "
-                              f"lower distill.topk={conf.distill.topk}, data.max_train_sequences or {key}, or set "
-                              f"runs_root to a folder with more space")
+            raise ConfigError(
+                f"the teacher cache of {sp.stage} needs {_gb(size)} but {parent} has {_gb(free)} free: "
+                f"lower distill.topk={conf.distill.topk}, data.max_train_sequences or {key}, or set "
+                f"runs_root to a folder with more space"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ printing
@@ -675,11 +774,15 @@ def format_plan(plan: RunPlan) -> str:
     """The plan as text: a header (models, device, MFU), one row per task and its breakdown beneath."""
     lines = []
     if plan.teacher is not None:
-        lines.append(f"teacher {_count_str(plan.teacher.total)} parameters, student {_count_str(plan.student.total)} "
-                     f"({plan.student_label}); compute dtype {plan.compute}")
+        lines.append(
+            f"teacher {_count_str(plan.teacher.total)} parameters, student {_count_str(plan.student.total)} "
+            f"({plan.student_label}); compute dtype {plan.compute}"
+        )
     if plan.device is not None:
-        lines.append(f"GPU {plan.device.name}: {plan.device.bf16_flops / 1e12:.0f} TFLOP/s bf16 dense "
-                     f"({plan.device.source}); hours at MFU {plan.mfu:.2f} (plan.mfu)")
+        lines.append(
+            f"GPU {plan.device.name}: {plan.device.bf16_flops / 1e12:.0f} TFLOP/s bf16 dense "
+            f"({plan.device.source}); hours at MFU {plan.mfu:.2f} (plan.mfu)"
+        )
     else:
         lines.append("CPU: memory is the peak resident memory of one stage process; no hours (no CPU peak table)")
     lines += [f"note: {n}" for n in plan.notes]
@@ -691,8 +794,10 @@ def format_plan(plan: RunPlan) -> str:
         mem = _gib(sp.memory_total) + ("" if sp.on_gpu or plan.device is None else " host")
         flops = f"{sp.flops:.2e}" if sp.flops else "-"
         hours = f"{sp.hours:.2f}" if sp.hours is not None else "-"
-        lines.append(f"{sp.stage:<22}{sp.processes:>6}  {place:<11}{mem:>12}{_gb(sum(sp.disk.values())):>11}"
-                     f"{flops:>10}{hours:>8}")
+        lines.append(
+            f"{sp.stage:<22}{sp.processes:>6}  {place:<11}{mem:>12}{_gb(sum(sp.disk.values())):>11}"
+            f"{flops:>10}{hours:>8}"
+        )
         if sp.memory:
             lines.append("    memory: " + ", ".join(f"{k} {v / GiB:.2f}" for k, v in sp.memory.items()) + " GiB")
         if sp.disk:

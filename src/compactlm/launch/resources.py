@@ -99,5 +99,3 @@ def container_mounts(conf: CompactLMConfig) -> list[str]:
         if not any(path == dest or path.startswith(dest.rstrip("/") + "/") for dest in inside):
             mounts.append(f"{path}:{path}")
     return mounts
-
-

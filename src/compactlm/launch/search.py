@@ -45,12 +45,16 @@ def check_export(export: dict[str, int], shape: dict[str, Any], key: str, model_
     hidden = export.get("hidden_size", shape.get("hidden_size"))
     query = export.get("num_attention_heads", shape.get("num_attention_heads"))
     if hidden and query and hidden % query:
-        raise ConfigError(f"{key}: hidden_size {hidden} is not a multiple of num_attention_heads {query}; transformers "
-                          "refuses to save such a model (choose a hidden size or head count that divide)")
+        raise ConfigError(
+            f"{key}: hidden_size {hidden} is not a multiple of num_attention_heads {query}; transformers "
+            "refuses to save such a model (choose a hidden size or head count that divide)"
+        )
     heads, kv = export.get("num_attention_heads"), shape.get("num_key_value_heads")
     if heads is not None and kv and heads % kv:
-        raise ConfigError(f"{key}.num_attention_heads={heads} is not divisible by the model's num_key_value_heads="
-                          f"{kv}: every KV group must keep the same number of query heads")
+        raise ConfigError(
+            f"{key}.num_attention_heads={heads} is not divisible by the model's num_key_value_heads="
+            f"{kv}: every KV group must keep the same number of query heads"
+        )
 
 
 def check_search_recipe(stages: list[str]) -> None:
@@ -60,11 +64,15 @@ def check_search_recipe(stages: list[str]) -> None:
     missing = [s for s in SEARCH_ORDER if s not in stages]
     at = [stages.index(s) for s in SEARCH_ORDER if s in stages]
     if missing or at != sorted(at):
-        raise ConfigError(f"recipe.stages={stages}: a search runs {' -> '.join(SEARCH_ORDER)} in this order"
-                          + (f" (missing: {', '.join(missing)})" if missing else ""))
+        raise ConfigError(
+            f"recipe.stages={stages}: a search runs {' -> '.join(SEARCH_ORDER)} in this order"
+            + (f" (missing: {', '.join(missing)})" if missing else "")
+        )
     if "prune" in stages:
-        raise ConfigError(f"recipe.stages={stages} has both prune and a search: the ranking's winner is the pruned "
-                          "model; drop prune (recipe=search_distill) or the search stages (recipe=prune_distill)")
+        raise ConfigError(
+            f"recipe.stages={stages} has both prune and a search: the ranking's winner is the pruned "
+            "model; drop prune (recipe=search_distill) or the search stages (recipe=prune_distill)"
+        )
 
 
 def resolve_search(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
@@ -75,10 +83,15 @@ def resolve_search(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
     if "candidate" not in conf.recipe.stages:
         return
     if not s.candidates and s.target_params is None:
-        raise ConfigError(f"recipe={conf.recipe.name} needs search.candidates=[<preset>, ...] (presets of conf/prune/) "
-                          "or search.target_params=<fraction or count> (enumerated around it); both are unset")
-    local = read_hf_config(Path(conf.model.path).expanduser()) if conf.model.is_local() and \
-        Path(conf.model.path).expanduser().is_dir() else None
+        raise ConfigError(
+            f"recipe={conf.recipe.name} needs search.candidates=[<preset>, ...] (presets of conf/prune/) "
+            "or search.target_params=<fraction or count> (enumerated around it); both are unset"
+        )
+    local = (
+        read_hf_config(Path(conf.model.path).expanduser())
+        if conf.model.is_local() and Path(conf.model.path).expanduser().is_dir()
+        else None
+    )
     base = model_hf_config(conf.model, local)
     teacher = count_on_meta(base)["without_lm_head"]
     if s.candidates:
@@ -86,11 +99,14 @@ def resolve_search(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
         resolved = []
         for name in s.candidates:
             if name not in presets:
-                raise ConfigError(f"search.candidates: {name!r} is not a prune preset for model={conf.model.name}; "
-                                  f"presets: {', '.join(presets) or 'none'} (conf/prune/*.yaml)")
+                raise ConfigError(
+                    f"search.candidates: {name!r} is not a prune preset for model={conf.model.name}; "
+                    f"presets: {', '.join(presets) or 'none'} (conf/prune/*.yaml)"
+                )
             export = presets[name].export_config.known()
-            check_export(export, shape, f"search.candidates.{name} (conf/prune/{name}.yaml export_config)",
-                         conf.model.name)
+            check_export(
+                export, shape, f"search.candidates.{name} (conf/prune/{name}.yaml export_config)", conf.model.name
+            )
             resolved.append(preset_candidate(name, export, base, teacher))
         s.resolved = resolved
     else:
@@ -100,18 +116,34 @@ def resolve_search(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
 def format_candidates(conf: CompactLMConfig) -> str:
     """The resolved candidates as a text table (dryrun, launch banner): sizes, parameters and change."""
     s, shape = conf.search, conf.model.shape
-    rows = [(c.name, c.kind, {**{"num_layers": shape.num_hidden_layers, "hidden_size": shape.hidden_size,
-                                 "ffn_hidden_size": shape.intermediate_size,
-                                 "num_attention_heads": shape.num_attention_heads}, **c.export_config.known()},
-             c.params, c.change) for c in s.resolved]
+    rows = [
+        (
+            c.name,
+            c.kind,
+            {
+                **{
+                    "num_layers": shape.num_hidden_layers,
+                    "hidden_size": shape.hidden_size,
+                    "ffn_hidden_size": shape.intermediate_size,
+                    "num_attention_heads": shape.num_attention_heads,
+                },
+                **c.export_config.known(),
+            },
+            c.params,
+            c.change,
+        )
+        for c in s.resolved
+    ]
     big = max((r[3] for r in rows), default=0) >= 1e9
     unit, div = ("B", 1e9) if big else ("M", 1e6)
     head = f"{'candidate':<22}{'kind':<8}{'layers':>7}{'hidden':>8}{'ffn':>7}{'heads':>6}{'params*':>10}{'change':>8}"
     lines = [head, "-" * len(head)]
     for name, kind, sizes, params, change in rows:
-        lines.append(f"{name:<22}{kind:<8}{_size(sizes['num_layers']):>7}{_size(sizes['hidden_size']):>8}"
-                     f"{_size(sizes['ffn_hidden_size']):>7}{_size(sizes['num_attention_heads']):>6}"
-                     f"{params / div:>9.2f}{unit}{change * 100:>7.1f}%")
+        lines.append(
+            f"{name:<22}{kind:<8}{_size(sizes['num_layers']):>7}{_size(sizes['hidden_size']):>8}"
+            f"{_size(sizes['ffn_hidden_size']):>7}{_size(sizes['num_attention_heads']):>6}"
+            f"{params / div:>9.2f}{unit}{change * 100:>7.1f}%"
+        )
     lines.append("* parameters without lm_head (meta device); change relative to the teacher's")
     return "\n".join(lines)
 

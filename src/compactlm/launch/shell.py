@@ -47,26 +47,34 @@ def check_env_name(key: str, executor: str) -> None:
     """`cluster.env.<key>`: an identifier, in upper case where NeMo-Run upper-cases it (Slurm, DGX Cloud)."""
     if not ENV_NAME.fullmatch(key):
         shown = key if key.isprintable() else repr(key)[1:-1]  # the message stays one line
-        raise ConfigError(f"cluster.env.{shown}={key!r} is not an environment variable name: use letters, digits "
-                          "and _, not starting with a digit")
+        raise ConfigError(
+            f"cluster.env.{shown}={key!r} is not an environment variable name: use letters, digits "
+            "and _, not starting with a digit"
+        )
     if executor in ("slurm", "dgxc") and key != key.upper():
-        raise ConfigError(f"cluster.env.{key}: NeMo-Run's {executor} job script exports it as {key.upper()}; "
-                          f"write the name in upper case (+cluster.env.{key.upper()}=...)")
+        raise ConfigError(
+            f"cluster.env.{key}: NeMo-Run's {executor} job script exports it as {key.upper()}; "
+            f"write the name in upper case (+cluster.env.{key.upper()}=...)"
+        )
 
 
 def check_folder(key: str, path: str) -> None:
     """A folder NeMo-Run pastes into its own shell commands and sbatch scripts (see the module docstring)."""
     if not FOLDER_CHARS.fullmatch(path):
         bad = next((c for c in path if not FOLDER_CHARS.fullmatch(c)), path[:1])
-        raise ConfigError(f"{key}={path!r} has {bad!r}: NeMo-Run writes this folder unquoted into its own shell "
-                          f"commands (packaging, sbatch, the data mover); use {FOLDER_RULE}")
+        raise ConfigError(
+            f"{key}={path!r} has {bad!r}: NeMo-Run writes this folder unquoted into its own shell "
+            f"commands (packaging, sbatch, the data mover); use {FOLDER_RULE}"
+        )
 
 
 def check_not_rewritten(key: str, path: str) -> None:
     """A Slurm job folder: NeMo-Run replaces every '/nemo_run' of a container-less sbatch script by the job folder."""
     if "/nemo_run" in path:
-        raise ConfigError(f"{key}={path!r} contains '/nemo_run', which NeMo-Run rewrites to the job folder in "
-                          "container-less sbatch scripts, corrupting this path; rename the folder")
+        raise ConfigError(
+            f"{key}={path!r} contains '/nemo_run', which NeMo-Run rewrites to the job folder in "
+            "container-less sbatch scripts, corrupting this path; rename the folder"
+        )
 
 
 def check_no(key: str, value: str, chars: str, why: str) -> None:
@@ -102,8 +110,12 @@ def _check_slurm(conf: CompactLMConfig, local_dir: Path) -> None:
     for key in SBATCH_KEYS:
         value = getattr(s, key)
         if value is not None:
-            check_no(f"cluster.slurm.{key}", str(value), "\n\r\\",
-                     "an #SBATCH line cannot carry (a newline ends it, sbatch reads a backslash as an escape)")
+            check_no(
+                f"cluster.slurm.{key}",
+                str(value),
+                "\n\r\\",
+                "an #SBATCH line cannot carry (a newline ends it, sbatch reads a backslash as an escape)",
+            )
     for key in ("container_image", "deploy_image"):
         if getattr(c, key):
             check_no(f"cluster.{key}", getattr(c, key), "\n\r", "a container image reference cannot hold")
@@ -112,9 +124,15 @@ def _check_slurm(conf: CompactLMConfig, local_dir: Path) -> None:
     pyxis = "pyxis's --container-mounts cannot carry (it splits the list at commas)"
     for i, mount in enumerate(c.container_mounts):
         check_no(f"cluster.container_mounts.{i}", mount, ",\n\r", pyxis)
-    mounted = [(("cluster.runs_root" if c.runs_root else "runs_root"), str(Path(conf.run_dir).parent)),
-               (("cluster.cache_dir" if c.cache_dir else "cache_dir"), conf.cache_dir)]
+    mounted = [
+        (("cluster.runs_root" if c.runs_root else "runs_root"), str(Path(conf.run_dir).parent)),
+        (("cluster.cache_dir" if c.cache_dir else "cache_dir"), conf.cache_dir),
+    ]
     mounted += [("model.path, data.paths or evaluate.task_text", p) for p in input_folders(conf)]
     for key, path in mounted:
-        check_no(key, path, ",:\n\r", "the automatic pyxis mount <folder>:<folder> cannot carry "
-                 "(pyxis splits mounts at commas and colons)")
+        check_no(
+            key,
+            path,
+            ",:\n\r",
+            "the automatic pyxis mount <folder>:<folder> cannot carry (pyxis splits mounts at commas and colons)",
+        )

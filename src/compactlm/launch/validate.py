@@ -29,12 +29,15 @@ from compactlm.model.loading import check_hub_model, check_model_folder
 from compactlm.quantize.formats import check_deploy_support
 from compactlm.rewards import check_paths as check_reward_paths
 
+
 def to_config(cfg) -> CompactLMConfig:
     """The one `OmegaConf.to_object` of a run; OmegaConf's errors are re-raised naming the key."""
     try:
         return OmegaConf.to_object(cfg)
     except MissingMandatoryValue as e:
-        raise ConfigError(f"{e.full_key} is required but was not set (??? in the YAML); set it on the command line") from None
+        raise ConfigError(
+            f"{e.full_key} is required but was not set (??? in the YAML); set it on the command line"
+        ) from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"{getattr(e, 'full_key', '') or 'config'}: {e.msg if hasattr(e, 'msg') else e}") from None
 
@@ -60,17 +63,21 @@ def check_run_dir(conf: CompactLMConfig) -> None:
     """`run_dir` is always `<runs_root>/<run_name>`: a run elsewhere would be invisible to `launch.py list/status`."""
     expected = f"{conf.runs_root}/{conf.run_name}"
     if os.path.normpath(os.path.expanduser(conf.run_dir)) != os.path.normpath(os.path.expanduser(expected)):
-        raise ConfigError(f"run_dir={conf.run_dir!r} is not runs_root/run_name ({expected!r}): launch.py list/status "
-                          f"would not find the run; set the folder with runs_root=<parent folder> and "
-                          f"run_name=<folder name> instead of run_dir")
+        raise ConfigError(
+            f"run_dir={conf.run_dir!r} is not runs_root/run_name ({expected!r}): launch.py list/status "
+            f"would not find the run; set the folder with runs_root=<parent folder> and "
+            f"run_name=<folder name> instead of run_dir"
+        )
 
 
 def check_seq_len(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
     """Packed sequences must fit the model's context."""
     most = shape.get("max_position_embeddings")
     if most is not None and conf.data.seq_len > most:
-        raise ConfigError(f"data.seq_len={conf.data.seq_len} exceeds the model's max_position_embeddings={most} "
-                          f"({conf.model.name}); use data.seq_len<={most}")
+        raise ConfigError(
+            f"data.seq_len={conf.data.seq_len} exceeds the model's max_position_embeddings={most} "
+            f"({conf.model.name}); use data.seq_len<={most}"
+        )
 
 
 def check_tasks(conf: CompactLMConfig) -> None:
@@ -79,9 +86,11 @@ def check_tasks(conf: CompactLMConfig) -> None:
     if unknown:
         name, close = next(iter(unknown.items()))
         hint = f"did you mean {close!r}? " if close else ""
-        raise ConfigError(f"evaluate.tasks contains {name!r}, which is neither a project task ({', '.join(TEXT_TASKS)}; "
-                          f"{TASK_DIR}) nor an lm-eval task or group; {hint}"
-                          f"lm_eval --tasks list shows them all")
+        raise ConfigError(
+            f"evaluate.tasks contains {name!r}, which is neither a project task ({', '.join(TEXT_TASKS)}; "
+            f"{TASK_DIR}) nor an lm-eval task or group; {hint}"
+            f"lm_eval --tasks list shows them all"
+        )
 
 
 def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, Any]:
@@ -92,8 +101,10 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
             raise ConfigError(f"recipe.stages contains {stage!r}; known stages: {', '.join(known_stages)}")
     for stage in conf.force_stages:
         if stage.partition("-")[0] not in conf.recipe.stages:  # a stage, or one instance of it (candidate-L18)
-            raise ConfigError(f"force_stages contains {stage!r}, which recipe={conf.recipe.name} does not run; "
-                              f"its stages: {', '.join(conf.recipe.stages)}")
+            raise ConfigError(
+                f"force_stages contains {stage!r}, which recipe={conf.recipe.name} does not run; "
+                f"its stages: {', '.join(conf.recipe.stages)}"
+            )
     shape = model_shape(conf)
     if "data" in conf.recipe.stages:
         check_seq_len(conf, shape)
@@ -131,9 +142,11 @@ def check_task_text(conf: CompactLMConfig) -> None:
         return
     files = sorted(Path(e.task_text).expanduser().rglob("*.txt"))
     if not files:
-        raise ConfigError(f"evaluate.tasks={list(e.tasks)} builds {folder_tasks[0]} from .txt files, but "
-                          f"evaluate.task_text={e.task_text!r} has none: point it at a folder of .txt files, or use "
-                          "evaluate.tasks=[heldout_continuation] (built from the run's own held-out documents)")
+        raise ConfigError(
+            f"evaluate.tasks={list(e.tasks)} builds {folder_tasks[0]} from .txt files, but "
+            f"evaluate.task_text={e.task_text!r} has none: point it at a folder of .txt files, or use "
+            "evaluate.tasks=[heldout_continuation] (built from the run's own held-out documents)"
+        )
     for path in files:
         check_utf8_text(path, "evaluate.task_text")
 
@@ -142,9 +155,11 @@ def check_gguf(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
     """The gguf stage converts only what llama.cpp's converter handles, and a GGUF carries its tokenizer."""
     model_type = shape.get("model_type")
     if model_type is not None and model_type not in GGUF_MODEL_TYPES:
-        raise ConfigError(f"recipe={conf.recipe.name} has a gguf stage, but model={conf.model.name} is {model_type!r}; "
-                          f"GGUF export converts model types {', '.join(GGUF_MODEL_TYPES)} (or drop gguf from "
-                          "recipe.stages)")
+        raise ConfigError(
+            f"recipe={conf.recipe.name} has a gguf stage, but model={conf.model.name} is {model_type!r}; "
+            f"GGUF export converts model types {', '.join(GGUF_MODEL_TYPES)} (or drop gguf from "
+            "recipe.stages)"
+        )
     m = conf.model
     if m.source == "hf" and m.is_local() and Path(m.path).expanduser().exists():
         check_source(Path(m.path).expanduser(), key=f"model.path={m.path!r} (recipe={conf.recipe.name} exports GGUF)")
@@ -160,14 +175,19 @@ def check_align(conf: CompactLMConfig, shape: dict[str, Any]) -> None:
     for kind in ALIGN_KINDS:
         n = getattr(conf, kind).max_length
         if kind in stages and most is not None and n > most:
-            raise ConfigError(f"{kind}.max_length={n} exceeds the model's max_position_embeddings={most} "
-                              f"({conf.model.name}); use {kind}.max_length<={most}")
+            raise ConfigError(
+                f"{kind}.max_length={n} exceeds the model's max_position_embeddings={most} "
+                f"({conf.model.name}); use {kind}.max_length<={most}"
+            )
     if "align_data" in stages and not conf.cluster.is_remote():
-        check_align_sources({k: getattr(conf.align_data, k) for k in ALIGN_KINDS},
-                            align_budgets(conf.sft, conf.dpo, conf.grpo))
+        check_align_sources(
+            {k: getattr(conf.align_data, k) for k in ALIGN_KINDS}, align_budgets(conf.sft, conf.dpo, conf.grpo)
+        )
     if any(s in stages for s in ALIGN_KINDS) and "align_data" not in stages:
-        raise ConfigError(f"recipe.stages={stages}: the sft, dpo and grpo stages read the align_data stage's "
-                          "examples; add align_data before them")
+        raise ConfigError(
+            f"recipe.stages={stages}: the sft, dpo and grpo stages read the align_data stage's "
+            "examples; add align_data before them"
+        )
     if "grpo" in stages:
         check_reward_paths(list(conf.grpo.rewards))
 
@@ -176,14 +196,20 @@ def check_deploy(conf: CompactLMConfig) -> None:
     """The deploy stage needs TensorRT-LLM where it runs, and a GPU that can serve the quantized format."""
     c = conf.cluster
     if c.executor == "local" and tensorrt_llm_available() is None:
-        raise ConfigError(f"recipe={conf.recipe.name} has a deploy stage but cluster=local has no TensorRT-LLM: "
-                          f"{WHERE_IT_RUNS} (cluster.deploy_image), or pick a recipe without deploy")
+        raise ConfigError(
+            f"recipe={conf.recipe.name} has a deploy stage but cluster=local has no TensorRT-LLM: "
+            f"{WHERE_IT_RUNS} (cluster.deploy_image), or pick a recipe without deploy"
+        )
     if c.executor != "local" and not c.deploy_image:
-        raise ConfigError(f"recipe={conf.recipe.name} has a deploy stage: set cluster.deploy_image to NVIDIA's "
-                          "TensorRT-LLM image (see containers/README.md)")
+        raise ConfigError(
+            f"recipe={conf.recipe.name} has a deploy stage: set cluster.deploy_image to NVIDIA's "
+            "TensorRT-LLM image (see containers/README.md)"
+        )
     if c.executor == "lepton" and "quantize" in conf.recipe.stages:
         gpu = c.lepton.resource_shape.split("x", 1)[1].split("-")[0]
-        check_deploy_support(conf.quantize.format, gpu, key=f"cluster.lepton.resource_shape={c.lepton.resource_shape}: GPU")
+        check_deploy_support(
+            conf.quantize.format, gpu, key=f"cluster.lepton.resource_shape={c.lepton.resource_shape}: GPU"
+        )
 
 
 def module_names(model_type: str, num_layers: int) -> list[str]:
@@ -193,7 +219,13 @@ def module_names(model_type: str, num_layers: int) -> list[str]:
     names = [a.backbone, f"{a.backbone}.{a.embed}", root, f"{a.backbone}.{a.final_norm}", a.lm_head]
     for i in range(num_layers):
         layer = f"{root}.{i}"
-        names += [layer, f"{layer}.{a.attn}", f"{layer}.{a.mlp}", f"{layer}.{a.input_norm}", f"{layer}.{a.post_attn_norm}"]
+        names += [
+            layer,
+            f"{layer}.{a.attn}",
+            f"{layer}.{a.mlp}",
+            f"{layer}.{a.input_norm}",
+            f"{layer}.{a.post_attn_norm}",
+        ]
         names += [f"{layer}.{a.attn}.{p}" for p in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, *a.qk_norm)]
         names += [f"{layer}.{a.mlp}.{p}" for p in (a.gate_proj, a.up_proj, a.down_proj)]
     return names

@@ -38,8 +38,10 @@ def with_both_rope_layouts(cfg: dict[str, Any]) -> dict[str, Any]:
     if params is None:
         return cfg
     if not isinstance(params, dict) or "rope_theta" not in params:
-        raise ValueError(f"config.json rope_parameters={params!r}: expected one dict with rope_type and rope_theta "
-                         "(per-layer-type RoPE has no transformers 4.x layout)")
+        raise ValueError(
+            f"config.json rope_parameters={params!r}: expected one dict with rope_type and rope_theta "
+            "(per-layer-type RoPE has no transformers 4.x layout)"
+        )
     out = {**cfg, **{k: params[k] for k in TOP_LEVEL_4X if k in params}}
     scaling = {k: v for k, v in params.items() if k not in TOP_LEVEL_4X}
     out["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling

@@ -31,8 +31,9 @@ def read_hf_config(folder: Path, key: str = "model.path") -> dict[str, Any]:
     try:
         data = json.loads(cfg.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{key}={str(folder)!r}: config.json is not valid JSON ({e}); "
-                          "expected a Hugging Face model folder") from None
+        raise ConfigError(
+            f"{key}={str(folder)!r}: config.json is not valid JSON ({e}); expected a Hugging Face model folder"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{key}={str(folder)!r}: config.json holds a {type(data).__name__}, not a JSON object")
     return data
@@ -63,12 +64,16 @@ def check_model_folder(folder: str | Path, key: str = "model.path") -> dict[str,
         files = [folder / name for name in _index_shards(folder / SAFETENSORS_INDEX, key)]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise ConfigError(f"{key}: '{folder / SAFETENSORS_INDEX}' lists {len(missing)} shard(s) that are not in "
-                              f"the folder: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
-                              "copy or download the missing files")
+            raise ConfigError(
+                f"{key}: '{folder / SAFETENSORS_INDEX}' lists {len(missing)} shard(s) that are not in "
+                f"the folder: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
+                "copy or download the missing files"
+            )
     else:
-        raise ConfigError(f"{key}={str(folder)!r} has no weights: expected {SAFETENSORS} or {SAFETENSORS_INDEX} "
-                          "with its shards (save the model with save_pretrained(..., safe_serialization=True))")
+        raise ConfigError(
+            f"{key}={str(folder)!r} has no weights: expected {SAFETENSORS} or {SAFETENSORS_INDEX} "
+            "with its shards (save the model with save_pretrained(..., safe_serialization=True))"
+        )
     for path in files:
         check_safetensors_file(path, key)
     return config
@@ -80,8 +85,10 @@ def _index_shards(index: Path, key: str) -> list[str]:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         shards = sorted(set(weight_map.values()))
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise ConfigError(f"{key}: '{index}' is not a safetensors index (a JSON object with a \"weight_map\" of "
-                          f"tensor name -> shard file): {type(e).__name__}: {e}") from None
+        raise ConfigError(
+            f"{key}: '{index}' is not a safetensors index (a JSON object with a \"weight_map\" of "
+            f"tensor name -> shard file): {type(e).__name__}: {e}"
+        ) from None
     if not shards or not all(isinstance(s, str) and s and "/" not in s for s in shards):
         raise ConfigError(f"{key}: '{index}' has no usable \"weight_map\" (tensor name -> shard file in the folder)")
     return shards
@@ -97,25 +104,33 @@ def check_safetensors_file(path: Path, key: str = "model.path") -> None:
     with path.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise ConfigError(f"{key}: '{path}' is truncated: {size} bytes, less than the 8-byte length a "
-                              "safetensors file starts with")
+            raise ConfigError(
+                f"{key}: '{path}' is truncated: {size} bytes, less than the 8-byte length a "
+                "safetensors file starts with"
+            )
         n = int.from_bytes(head, "little")
         if 8 + n > size:
-            raise ConfigError(f"{key}: '{path}' is truncated or not a safetensors file: {size} bytes, but its first "
-                              f"8 bytes announce a {n}-byte header")
+            raise ConfigError(
+                f"{key}: '{path}' is truncated or not a safetensors file: {size} bytes, but its first "
+                f"8 bytes announce a {n}-byte header"
+            )
         raw = f.read(n)
     try:
         header = json.loads(raw)
         ends = [int(t["data_offsets"][1]) for name, t in header.items() if name != "__metadata__"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError, AttributeError):
-        raise ConfigError(f"{key}: '{path}' is not a safetensors file: its {n}-byte header is not a JSON "
-                          "object of tensors with \"data_offsets\"") from None
+        raise ConfigError(
+            f"{key}: '{path}' is not a safetensors file: its {n}-byte header is not a JSON "
+            'object of tensors with "data_offsets"'
+        ) from None
     data = max(ends, default=0)
     expected = 8 + n + data
     if size != expected:
         what = "truncated" if size < expected else f"{size - expected} bytes longer than its header says"
-        raise ConfigError(f"{key}: '{path}' is {what}: {size} bytes, but its header describes {expected} "
-                          f"(8 + {n} header + {data} tensor data); copy or download it again")
+        raise ConfigError(
+            f"{key}: '{path}' is {what}: {size} bytes, but its header describes {expected} "
+            f"(8 + {n} header + {data} tensor data); copy or download it again"
+        )
 
 
 def gguf_package_file(model: ModelConfig) -> Path:
@@ -143,24 +158,33 @@ def check_hub_model(model: ModelConfig) -> str:
         return "cache"
     where = f"model.path={path!r} is neither a folder (no {os.path.abspath(os.path.expanduser(path))}) nor"
     if constants.HF_HUB_OFFLINE:
-        raise ConfigError(f"{where} a Hub model in the local cache ({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is "
-                          f"set, so the model stage cannot download it; give an existing folder, or download it first "
-                          f"(hf download {path})")
+        raise ConfigError(
+            f"{where} a Hub model in the local cache ({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is "
+            f"set, so the model stage cannot download it; give an existing folder, or download it first "
+            f"(hf download {path})"
+        )
     try:
         HfApi().model_info(path, revision=revision, timeout=10)
     except errors.GatedRepoError:
-        raise ConfigError(f"model.path={path!r} is a gated Hub model: accept its terms on huggingface.co and log in "
-                          "(hf auth login) before launching") from None
+        raise ConfigError(
+            f"model.path={path!r} is a gated Hub model: accept its terms on huggingface.co and log in "
+            "(hf auth login) before launching"
+        ) from None
     except errors.RepositoryNotFoundError:
-        raise ConfigError(f"{where} a model on the Hugging Face Hub (repository not found; a private one needs "
-                          "hf auth login); give an existing folder or a Hub id like org/name") from None
+        raise ConfigError(
+            f"{where} a model on the Hugging Face Hub (repository not found; a private one needs "
+            "hf auth login); give an existing folder or a Hub id like org/name"
+        ) from None
     except errors.RevisionNotFoundError:
-        raise ConfigError(f"model.revision={revision!r} is not a branch, tag or commit of {path} on the Hugging Face "
-                          "Hub") from None
+        raise ConfigError(
+            f"model.revision={revision!r} is not a branch, tag or commit of {path} on the Hugging Face Hub"
+        ) from None
     except (errors.HTTPError, OSError) as e:
-        raise ConfigError(f"{where} a Hub model in the local cache ({constants.HF_HUB_CACHE}), and the Hub cannot be "
-                          f"reached from here ({type(e).__name__}: {e}); give an existing folder, or download it "
-                          f"where there is network (hf download {path})") from None
+        raise ConfigError(
+            f"{where} a Hub model in the local cache ({constants.HF_HUB_CACHE}), and the Hub cannot be "
+            f"reached from here ({type(e).__name__}: {e}); give an existing folder, or download it "
+            f"where there is network (hf download {path})"
+        ) from None
     return "hub"
 
 
@@ -187,12 +211,16 @@ def materialize(model: ModelConfig, cache_dir: str | Path) -> Path:
         if model.is_local():
             raise ConfigError(f"model.path={model.path!r} does not exist (a local Hugging Face folder was expected)")
         if not hub_id_like(model.path):
-            raise ConfigError(f"model.path={model.path!r} does not exist (and is not a Hugging Face Hub id like "
-                              "org/name)")
+            raise ConfigError(
+                f"model.path={model.path!r} does not exist (and is not a Hugging Face Hub id like org/name)"
+            )
         from huggingface_hub import snapshot_download  # heavy: see the module docstring
 
-        return Path(snapshot_download(model.path, revision=model.revision,
-                                      allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        return Path(
+            snapshot_download(
+                model.path, revision=model.revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]
+            )
+        )
     final = materialized_dir(model, cache_dir)
     if (final / "config.json").is_file():
         return final
@@ -308,9 +336,11 @@ def upcast_while_running(modules, dtype):
 
     modules: e.g. the embedding, every decoder layer and the final norm; their parameters must share one dtype.
     """
+
     def cast(to):
         def hook(mod, *_):  # pre-hook (mod, args) and hook (mod, args, out); returns None: nothing is replaced
             mod.to(to)
+
         return hook
 
     handles = []

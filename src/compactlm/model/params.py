@@ -16,9 +16,15 @@ from compactlm.results import Architecture
 
 def architecture(hf) -> Architecture:
     """The sizes of a transformers config under the names used in reports and prune presets."""
-    return Architecture(model_type=hf.model_type, hidden_size=hf.hidden_size, ffn_hidden_size=hf.intermediate_size,
-                        num_layers=hf.num_hidden_layers, num_attention_heads=hf.num_attention_heads,
-                        num_key_value_heads=hf.num_key_value_heads, vocab_size=hf.vocab_size)
+    return Architecture(
+        model_type=hf.model_type,
+        hidden_size=hf.hidden_size,
+        ffn_hidden_size=hf.intermediate_size,
+        num_layers=hf.num_hidden_layers,
+        num_attention_heads=hf.num_attention_heads,
+        num_key_value_heads=hf.num_key_value_heads,
+        vocab_size=hf.vocab_size,
+    )
 
 
 def hf_config_from_shape(shape: dict[str, Any]):
@@ -95,8 +101,10 @@ def _row(name: str, cfg, counts: dict[str, int], base: dict[str, int]) -> dict:
 def format_table(rows: list[dict]) -> str:
     """Fixed-width text table of :func:`param_table` rows (counts in billions or millions)."""
     unit, div = ("B", 1e9) if rows[0]["total"] >= 1e9 else ("M", 1e6)
-    head = f"{'name':<16}{'hidden':>8}{'ffn':>8}{'layers':>8}{'heads':>7}" \
-           f"{'total':>11}{'embedding':>11}{'no lm_head':>12}{'change*':>9}"
+    head = (
+        f"{'name':<16}{'hidden':>8}{'ffn':>8}{'layers':>8}{'heads':>7}"
+        f"{'total':>11}{'embedding':>11}{'no lm_head':>12}{'change*':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(

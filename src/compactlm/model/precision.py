@@ -74,8 +74,12 @@ class Precision:
 
     def record(self) -> dict[str, Any]:
         """What the manifest stores: device, compute dtype, whether autocast is on, and why."""
-        return {"device": self.device, "compute": self.compute, "autocast": self.autocast_dtype is not None,
-                "reason": self.reason}
+        return {
+            "device": self.device,
+            "compute": self.compute,
+            "autocast": self.autocast_dtype is not None,
+            "reason": self.reason,
+        }
 
     def __str__(self) -> str:
         return f"{self.compute} on {self.device} ({self.reason})"
@@ -95,5 +99,6 @@ def resolve_precision(engine: EngineConfig, device: str, cpu_flags: tuple[str, .
     flags = cpu_bf16_flags() if cpu_flags is None else cpu_flags
     if flags:
         return Precision(device, "bfloat16", f"engine.dtype=auto: CPU has {'+'.join(flags)}")
-    return Precision(device, "float32", f"engine.dtype=auto: CPU ({platform.machine()}) reports no "
-                                        f"{' or '.join(CPU_BF16_FLAGS)}")
+    return Precision(
+        device, "float32", f"engine.dtype=auto: CPU ({platform.machine()}) reports no {' or '.join(CPU_BF16_FLAGS)}"
+    )

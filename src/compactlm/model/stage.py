@@ -20,7 +20,11 @@ class ModelStage:
         # safetensors), as the launcher did: the folder may have changed since the run was launched
         folder = materialize(ctx.cfg.model, ctx.cfg.cache_dir)
         hf = AutoConfig.from_pretrained(folder)
-        result = ModelResult(name=ctx.cfg.model.name, architecture=architecture(hf), params=ParamCounts(**count_on_meta(hf)))
-        print(f"[model] {result.name}: {hf.model_type}, {result.params.total / 1e6:.1f}M parameters, "
-              f"folder {folder}", flush=True)
+        result = ModelResult(
+            name=ctx.cfg.model.name, architecture=architecture(hf), params=ParamCounts(**count_on_meta(hf))
+        )
+        print(
+            f"[model] {result.name}: {hf.model_type}, {result.params.total / 1e6:.1f}M parameters, folder {folder}",
+            flush=True,
+        )
         return StageOutput(result, outputs={"checkpoint": str(folder)})

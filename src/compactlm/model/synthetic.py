@@ -59,13 +59,19 @@ def tensor_shapes(s: Shape) -> dict[str, tuple[int, ...]]:
     q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
     for i in range(s.layers):
         p = f"model.layers.{i}."
-        out.update({
-            p + "input_layernorm.weight": (s.hidden,), p + "post_attention_layernorm.weight": (s.hidden,),
-            p + "self_attn.q_proj.weight": (q, s.hidden), p + "self_attn.k_proj.weight": (kv, s.hidden),
-            p + "self_attn.v_proj.weight": (kv, s.hidden), p + "self_attn.o_proj.weight": (s.hidden, q),
-            p + "mlp.gate_proj.weight": (s.ffn, s.hidden), p + "mlp.up_proj.weight": (s.ffn, s.hidden),
-            p + "mlp.down_proj.weight": (s.hidden, s.ffn),
-        })
+        out.update(
+            {
+                p + "input_layernorm.weight": (s.hidden,),
+                p + "post_attention_layernorm.weight": (s.hidden,),
+                p + "self_attn.q_proj.weight": (q, s.hidden),
+                p + "self_attn.k_proj.weight": (kv, s.hidden),
+                p + "self_attn.v_proj.weight": (kv, s.hidden),
+                p + "self_attn.o_proj.weight": (s.hidden, q),
+                p + "mlp.gate_proj.weight": (s.ffn, s.hidden),
+                p + "mlp.up_proj.weight": (s.ffn, s.hidden),
+                p + "mlp.down_proj.weight": (s.hidden, s.ffn),
+            }
+        )
     out["model.norm.weight"] = (s.hidden,)
     out["lm_head.weight"] = (s.vocab, s.hidden)
     return out
@@ -83,18 +89,30 @@ def random_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
 def hf_config(s: Shape, tokenizer_config: dict) -> dict:
     """config.json of a LlamaForCausalLM of shape `s`; bos/eos ids come from the tokenizer's model config."""
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16",
-        "hidden_size": s.hidden, "intermediate_size": s.ffn, "num_hidden_layers": s.layers,
-        "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "head_dim": s.head_dim,
-        "vocab_size": s.vocab, "tie_word_embeddings": False, "max_position_embeddings": 8192,
-        "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu", "attention_bias": False,
-        "mlp_bias": False, "initializer_range": 0.02,
-        "bos_token_id": tokenizer_config.get("bos_token_id"), "eos_token_id": tokenizer_config.get("eos_token_id"),
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "torch_dtype": "bfloat16",
+        "hidden_size": s.hidden,
+        "intermediate_size": s.ffn,
+        "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads,
+        "num_key_value_heads": s.kv_heads,
+        "head_dim": s.head_dim,
+        "vocab_size": s.vocab,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "initializer_range": 0.02,
+        "bos_token_id": tokenizer_config.get("bos_token_id"),
+        "eos_token_id": tokenizer_config.get("eos_token_id"),
     }
 
 
-def write_checkpoint(s: Shape, out_dir: str | Path, tokenizer_dir: str | Path, seed: int = 0,
-                     shards: int = 4) -> Path:
+def write_checkpoint(s: Shape, out_dir: str | Path, tokenizer_dir: str | Path, seed: int = 0, shards: int = 4) -> Path:
     """Write a random checkpoint of shape `s` to `out_dir` (atomically): about `shards` bf16 safetensors files
     of ~equal size, `model.safetensors.index.json`, config.json, and the tokenizer files of `tokenizer_dir`
     (whose config.json, when it has one, gives the bos/eos ids). Returns `out_dir`.
@@ -125,8 +143,8 @@ def write_checkpoint(s: Shape, out_dir: str | Path, tokenizer_dir: str | Path, s
         atomic_write_text(tmp / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
         atomic_write_text(tmp / "config.json", json.dumps(hf_config(s, tok_model_cfg), indent=2) + "\n")
         for f in tokenizer_dir.iterdir():
-            if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens")) or f.name in ("vocab.json",
-                                                                                                 "merges.txt")):
+            if f.is_file() and (
+                f.name.startswith(("tokenizer", "special_tokens")) or f.name in ("vocab.json", "merges.txt")
+            ):
                 shutil.copy2(f, tmp / f.name)
     return out_dir
-

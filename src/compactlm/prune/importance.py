@@ -19,10 +19,11 @@ so nothing larger than one batch's activations is ever alive. The rules (ModelOp
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +66,10 @@ class ImportanceScores:
         """Write the scores as one safetensors file (tensors + JSON metadata), atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: getattr(self, k).detach().to("cpu", torch.float32).contiguous()
-                   for k in ("hidden", "ffn", "heads", "depth")}
+        tensors = {
+            k: getattr(self, k).detach().to("cpu", torch.float32).contiguous()
+            for k in ("hidden", "ffn", "heads", "depth")
+        }
         meta = {
             "num_samples": str(self.num_samples),
             "depth_lm_loss": json.dumps(
@@ -80,13 +83,16 @@ class ImportanceScores:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ImportanceScores":
+    def load(cls, path: str | Path) -> ImportanceScores:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         lm = json.loads(meta.get("depth_lm_loss", "null"))
         return cls(
-            hidden=tensors["hidden"], ffn=tensors["ffn"], heads=tensors["heads"], depth=tensors["depth"],
+            hidden=tensors["hidden"],
+            ffn=tensors["ffn"],
+            heads=tensors["heads"],
+            depth=tensors["depth"],
             num_samples=int(meta.get("num_samples", 0)),
             depth_lm_loss=None if lm is None else {int(k): float(v) for k, v in lm.items()},
             depth_lm_loss_block_size=json.loads(meta.get("depth_lm_loss_block_size", "null")),
@@ -145,11 +151,13 @@ def collect_importance(model, adapter: Adapter, batches: Iterable[Tensor], progr
     def norm_hook(acc: Tensor):
         def hook(mod, args, out):
             acc.add_(_sq_mean_abs(out))
+
         return hook
 
     def input_hook(acc: Tensor):
         def hook(mod, args):
             acc.add_(_sq_mean_abs(args[0]))
+
         return hook
 
     def depth_hook(i: int):
@@ -158,6 +166,7 @@ def collect_importance(model, adapter: Adapter, batches: Iterable[Tensor], progr
             x_out = out[0] if isinstance(out, tuple) else out
             cos = F.cosine_similarity(x_in.float(), x_out.float(), dim=-1)  # [B, T]
             depth[i] += 1.0 - cos.mean()
+
         return hook
 
     handles = []
@@ -191,7 +200,11 @@ def collect_importance(model, adapter: Adapter, batches: Iterable[Tensor], progr
     hidden = hid_sq.sqrt().sum(dim=(0, 1))  # L2 over samples per norm, then summed over norms
     heads = torch.linalg.vector_norm(attn_sq.sqrt().view(L, n_heads, hd), ord=2, dim=-1)
     return ImportanceScores(
-        hidden=hidden.cpu(), ffn=ffn_sq.sqrt().cpu(), heads=heads.cpu(), depth=depth.cpu(), num_samples=n,
+        hidden=hidden.cpu(),
+        ffn=ffn_sq.sqrt().cpu(),
+        heads=heads.cpu(),
+        depth=depth.cpu(),
+        num_samples=n,
     )
 
 
@@ -234,7 +247,11 @@ def _mean_lm_loss(model, batches: list[Tensor], dev, bar) -> float:
 
 @torch.no_grad()
 def lm_loss_block_scores(
-    model, adapter: Adapter, batches: Iterable[Tensor], block_size: int, progress: bool = True,
+    model,
+    adapter: Adapter,
+    batches: Iterable[Tensor],
+    block_size: int,
+    progress: bool = True,
 ) -> dict[int, float]:
     """Minitron's depth alternative: mean LM loss with each contiguous block of `block_size` layers skipped.
 
@@ -294,8 +311,9 @@ def select_layers(scores: ImportanceScores, num_layers: int, method: str = "bloc
     raise ValueError(f"depth method {method!r} is not allowed; choose one of: {', '.join(DEPTH_METHODS)}")
 
 
-def add_lm_loss_scores(scores: ImportanceScores, model, adapter: Adapter, batches: Iterable[Tensor],
-                       block_size: int, progress: bool = True) -> ImportanceScores:
+def add_lm_loss_scores(
+    scores: ImportanceScores, model, adapter: Adapter, batches: Iterable[Tensor], block_size: int, progress: bool = True
+) -> ImportanceScores:
     """Fill `scores.depth_lm_loss` (and `extra["lm_loss_full"]`, the loss with no layer skipped); returns `scores`."""
     batches = list(batches)
     scores.depth_lm_loss = lm_loss_block_scores(model, adapter, batches, block_size, progress=progress)

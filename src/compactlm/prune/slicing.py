@@ -138,13 +138,20 @@ def _check_scores(scores: ImportanceScores, cfg, num_layers: int) -> None:
     for name, shape in want.items():
         got = tuple(getattr(scores, name).shape)
         if got != shape:
-            raise ValueError(f"importance scores `{name}` have shape {got} but this model needs {shape}; "
-                             "were they collected on a different model?")
+            raise ValueError(
+                f"importance scores `{name}` have shape {got} but this model needs {shape}; "
+                "were they collected on a different model?"
+            )
 
 
 @torch.no_grad()
-def prune_model(model, adapter: Adapter, scores: ImportanceScores, export_config: dict[str, Any],
-                depth_method: str = "block_influence"):
+def prune_model(
+    model,
+    adapter: Adapter,
+    scores: ImportanceScores,
+    export_config: dict[str, Any],
+    depth_method: str = "block_influence",
+):
     """Slice `model` in place to the sizes in `export_config` and return it.
 
     Args:
@@ -270,8 +277,9 @@ class PruneIndices:
     """Original layer -> kept q_proj rows / o_proj columns [heads * head_dim] (empty when heads are not pruned)."""
 
 
-def prune_indices(cfg, scores: ImportanceScores, export_config: dict[str, Any],
-                  depth_method: str = "block_influence") -> PruneIndices:
+def prune_indices(
+    cfg, scores: ImportanceScores, export_config: dict[str, Any], depth_method: str = "block_influence"
+) -> PruneIndices:
     """The units :func:`prune_model` keeps, computed from the HF config alone (no model)."""
     export_config = {k: v for k, v in export_config.items() if v is not None}
     validate_export_config(export_config, cfg)
@@ -287,8 +295,11 @@ def prune_indices(cfg, scores: ImportanceScores, export_config: dict[str, Any],
         layers=layers,
         hidden=top_k_sorted(scores.hidden, hidden) if hidden < cfg.hidden_size else None,
         ffn={i: top_k_sorted(scores.ffn[i], ffn) for i in layers} if ffn < cfg.intermediate_size else {},
-        head_channels={i: _channel_index(top_heads_per_group(scores.heads[i], kv, heads), _head_dim(cfg))
-                       for i in layers} if heads < cfg.num_attention_heads else {},
+        head_channels={
+            i: _channel_index(top_heads_per_group(scores.heads[i], kv, heads), _head_dim(cfg)) for i in layers
+        }
+        if heads < cfg.num_attention_heads
+        else {},
     )
 
 
@@ -321,7 +332,7 @@ def tensor_rule(name: str, adapter: Adapter, idx: PruneIndices, tied: bool) -> O
     prefix = f"{top}{adapter.layers}."
     if not name.startswith(prefix):
         raise ValueError(f"tensor {name!r} is not part of a {adapter.model_type} decoder that compactlm can prune")
-    number, _, rest = name[len(prefix):].partition(".")
+    number, _, rest = name[len(prefix) :].partition(".")
     layer = int(number)
     if layer not in idx.layers:
         return None
@@ -331,9 +342,11 @@ def tensor_rule(name: str, adapter: Adapter, idx: PruneIndices, tied: bool) -> O
     a, m = adapter.attn, adapter.mlp
     weight = param == "weight"
     rules = {
-        adapter.input_norm: [(0, h)], adapter.post_attn_norm: [(0, h)],
+        adapter.input_norm: [(0, h)],
+        adapter.post_attn_norm: [(0, h)],
         f"{a}.{adapter.q_proj}": [(0, ch), (1, h)] if weight else [(0, ch)],
-        f"{a}.{adapter.k_proj}": [(1, h)] if weight else [], f"{a}.{adapter.v_proj}": [(1, h)] if weight else [],
+        f"{a}.{adapter.k_proj}": [(1, h)] if weight else [],
+        f"{a}.{adapter.v_proj}": [(1, h)] if weight else [],
         f"{a}.{adapter.o_proj}": [(0, h), (1, ch)] if weight else [(0, h)],
         f"{m}.{adapter.gate_proj}": [(0, ffn), (1, h)] if weight else [(0, ffn)],
         f"{m}.{adapter.up_proj}": [(0, ffn), (1, h)] if weight else [(0, ffn)],
@@ -355,8 +368,15 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 
 @torch.no_grad()
-def stream_prune(folder: str | Path, scores: ImportanceScores, export_config: dict[str, Any], out_dir: str | Path,
-                 depth_method: str = "block_influence", tokenizer=None, shard_bytes: int = SHARD_BYTES) -> dict:
+def stream_prune(
+    folder: str | Path,
+    scores: ImportanceScores,
+    export_config: dict[str, Any],
+    out_dir: str | Path,
+    depth_method: str = "block_influence",
+    tokenizer=None,
+    shard_bytes: int = SHARD_BYTES,
+) -> dict:
     """Prune the checkpoint in `folder` to `export_config` without loading it as a model; returns
     {"before": counts, "after": counts, "kept_layers": [...], "config": the new HF config}.
 
@@ -457,5 +477,17 @@ def _name_shards(folder: Path, n: int) -> None:
     atomic_write_text(folder / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
 
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-                "F8_E4M3": 1, "F8_E5M2": 1}
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}

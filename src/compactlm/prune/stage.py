@@ -15,7 +15,7 @@ from compactlm.data.splits import load_split
 from compactlm.model.loading import load_model, load_tokenizer, setup_engine, storage_dtype, upcast_while_running
 from compactlm.model.params import architecture, count_on_meta
 from compactlm.pipeline import StageContext, StageOutput
-from compactlm.prune.importance import ImportanceScores, add_lm_loss_scores, collect_importance, select_layers
+from compactlm.prune.importance import ImportanceScores, add_lm_loss_scores, collect_importance
 from compactlm.prune.plots import plot_depth, plot_width
 from compactlm.prune.slicing import stream_prune
 from compactlm.results import ImportanceResult, ParamCounts, PruneResult
@@ -44,7 +44,11 @@ class ImportanceStage:
         model = load_model(folder, device, getattr(torch, storage_dtype(folder, precision.compute)))
         adapter = adapter_for(model.config.model_type)
         backbone = getattr(model, adapter.backbone)
-        blocks = [getattr(backbone, adapter.embed), *decoder_layers(model, adapter), getattr(backbone, adapter.final_norm)]
+        blocks = [
+            getattr(backbone, adapter.embed),
+            *decoder_layers(model, adapter),
+            getattr(backbone, adapter.final_norm),
+        ]
         calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
         if ctx.cfg.importance.max_sequences:
             calib = calib[: ctx.cfg.importance.max_sequences]
@@ -55,12 +59,21 @@ class ImportanceStage:
         scores.save(ctx.stage_dir / "scores.safetensors")
         plot_depth(scores, ctx.stage_dir / "depth.png")
         plot_width(scores, ctx.stage_dir / "width.png")
-        result = ImportanceResult(calibration_sequences=int(len(calib)), calibration_tokens_per_s=calib.size / seconds,
-                                  depth_block_influence=[round(float(v), 6) for v in scores.depth])
-        print(f"[importance] {len(calib)} calibration sequences in {seconds:.1f} s; "
-              f"least important layers: {scores.depth.argsort()[:5].tolist()}", flush=True)
-        return StageOutput(result, outputs={"scores": "scores.safetensors", "depth_plot": "depth.png",
-                                            "width_plot": "width.png"}, engine=precision.record())
+        result = ImportanceResult(
+            calibration_sequences=int(len(calib)),
+            calibration_tokens_per_s=calib.size / seconds,
+            depth_block_influence=[round(float(v), 6) for v in scores.depth],
+        )
+        print(
+            f"[importance] {len(calib)} calibration sequences in {seconds:.1f} s; "
+            f"least important layers: {scores.depth.argsort()[:5].tolist()}",
+            flush=True,
+        )
+        return StageOutput(
+            result,
+            outputs={"scores": "scores.safetensors", "depth_plot": "depth.png", "width_plot": "width.png"},
+            engine=precision.record(),
+        )
 
 
 class PruneStage:
@@ -77,8 +90,9 @@ class PruneStage:
         return StageOutput(result, outputs={"checkpoint": "checkpoint"}, engine=engine)
 
 
-def prune_checkpoint(ctx: StageContext, export: dict[str, int], depth_method: str, out_dir: Path,
-                     tag: str = "prune") -> tuple[PruneResult, dict]:
+def prune_checkpoint(
+    ctx: StageContext, export: dict[str, int], depth_method: str, out_dir: Path, tag: str = "prune"
+) -> tuple[PruneResult, dict]:
     """Slice the run's teacher (upstream `model`) to `export` with the upstream `importance` scores and save it
     to `out_dir` (atomically); the prune stage and every search candidate prune through this. The slicing
     streams the checkpoint's tensors (:func:`stream_prune`); only depth_method=lm_loss loads the teacher.
@@ -94,9 +108,13 @@ def prune_checkpoint(ctx: StageContext, export: dict[str, int], depth_method: st
         model = load_model(folder, device, precision.frozen_dtype)
         calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
         with precision.autocast():
-            add_lm_loss_scores(scores, model, adapter_for(model.config.model_type),
-                               batches(calib, ctx.cfg.importance.batch_size),
-                               block_size=num_layers - export["num_layers"])
+            add_lm_loss_scores(
+                scores,
+                model,
+                adapter_for(model.config.model_type),
+                batches(calib, ctx.cfg.importance.batch_size),
+                block_size=num_layers - export["num_layers"],
+            )
         del model  # freed before the slicing below reads the checkpoint
         gc.collect()
     # sliced tensor by tensor from the safetensors files, in the checkpoint's dtype: the teacher is never built
@@ -107,11 +125,18 @@ def prune_checkpoint(ctx: StageContext, export: dict[str, int], depth_method: st
         shutil.rmtree(out_dir)
         raise RuntimeError(f"pruned model has {after} parameters but accounting says {accounted}")
     result = PruneResult(
-        export_config=export, depth_method=depth_method, kept_layers=kept_layers,
-        architecture=architecture(config), params_before=ParamCounts(**before),
-        params_after=ParamCounts(**after), params_change=after["without_lm_head"] / before["without_lm_head"] - 1.0,
+        export_config=export,
+        depth_method=depth_method,
+        kept_layers=kept_layers,
+        architecture=architecture(config),
+        params_before=ParamCounts(**before),
+        params_after=ParamCounts(**after),
+        params_change=after["without_lm_head"] / before["without_lm_head"] - 1.0,
         depth_lm_loss={str(k): v for k, v in scores.depth_lm_loss.items()} if scores.depth_lm_loss else None,
     )
-    print(f"[{tag}] {before['total'] / 1e6:.1f}M -> {after['total'] / 1e6:.1f}M parameters "
-          f"({result.params_change * 100:+.1f}%), kept layers {kept_layers}", flush=True)
+    print(
+        f"[{tag}] {before['total'] / 1e6:.1f}M -> {after['total'] / 1e6:.1f}M parameters "
+        f"({result.params_change * 100:+.1f}%), kept layers {kept_layers}",
+        flush=True,
+    )
     return result, precision.record()

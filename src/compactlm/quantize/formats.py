@@ -37,19 +37,43 @@ class Format:
 FORMATS: dict[str, Format] = {
     "fp8": Format("fp8", "FP8_DEFAULT_CFG", "FP8", 89, "Ada or Hopper (sm_89) or later", ("cpu", "cuda")),
     "nvfp4": Format("nvfp4", "NVFP4_DEFAULT_CFG", "NVFP4", 100, "Blackwell (sm_100) or later", ("cuda",), 16),
-    "int8_sq": Format("int8_sq", "INT8_SMOOTHQUANT_CFG", "W8A8_SQ_PER_CHANNEL", 80, "Ampere (sm_80) or later",
-                      ("cpu", "cuda")),
+    "int8_sq": Format(
+        "int8_sq", "INT8_SMOOTHQUANT_CFG", "W8A8_SQ_PER_CHANNEL", 80, "Ampere (sm_80) or later", ("cpu", "cuda")
+    ),
     "int4_awq": Format("int4_awq", "INT4_AWQ_CFG", "W4A16_AWQ", 80, "Ampere (sm_80) or later", ("cpu", "cuda"), 128),
 }
 EXPORT_DTYPES = ("bfloat16", "float16")
 
 # Compute capability (major*10 + minor) of GPUs a checkpoint is commonly served on.
 GPU_SM: dict[str, int] = {
-    "v100": 70, "t4": 75, "a100": 80, "a800": 80, "a30": 80, "a10": 86, "a10g": 86, "a40": 86, "a6000": 86,
-    "rtx 3090": 86, "l4": 89, "l40": 89, "l40s": 89, "rtx 4090": 89, "rtx 6000 ada": 89,
-    "h100": 90, "h800": 90, "h200": 90, "h20": 90, "gh200": 90,
-    "b100": 100, "b200": 100, "gb200": 100, "b300": 103, "gb300": 103,
-    "rtx 5090": 120, "rtx pro 6000": 120, "gb10": 121,
+    "v100": 70,
+    "t4": 75,
+    "a100": 80,
+    "a800": 80,
+    "a30": 80,
+    "a10": 86,
+    "a10g": 86,
+    "a40": 86,
+    "a6000": 86,
+    "rtx 3090": 86,
+    "l4": 89,
+    "l40": 89,
+    "l40s": 89,
+    "rtx 4090": 89,
+    "rtx 6000 ada": 89,
+    "h100": 90,
+    "h800": 90,
+    "h200": 90,
+    "h20": 90,
+    "gh200": 90,
+    "b100": 100,
+    "b200": 100,
+    "gb200": 100,
+    "b300": 103,
+    "gb300": 103,
+    "rtx 5090": 120,
+    "rtx pro 6000": 120,
+    "gb10": 121,
 }
 
 
@@ -122,5 +146,3 @@ def check_forward_support(fmt: str, device: str) -> None:
             f"{' or '.join(format_of(fmt).forward_devices)}, not {device!r} (ModelOpt's NVFP4 kernels assert CUDA "
             f"tensors); calibration and export still work here, evaluate the quantized model on a GPU"
         )
-
-

@@ -95,6 +95,7 @@ def build_quant_cfg(fmt: str, kv_cache_fp8: bool, excluded_modules: list[str] = 
 
 def calibration_loop(sequences: np.ndarray, batch_size: int, device: str, progress: bool = True):
     """A ModelOpt `forward_loop(model)` over int token ids [num_sequences, seq_len], in batches."""
+
     def forward_loop(model) -> None:
         starts = range(0, len(sequences), batch_size)
         with torch.no_grad():
@@ -105,8 +106,16 @@ def calibration_loop(sequences: np.ndarray, batch_size: int, device: str, progre
     return forward_loop
 
 
-def quantize(model, calib_sequences: np.ndarray, fmt: str, kv_cache_fp8: bool, exclude: list[str],
-             batch_size: int, device: str, progress: bool = True):
+def quantize(
+    model,
+    calib_sequences: np.ndarray,
+    fmt: str,
+    kv_cache_fp8: bool,
+    exclude: list[str],
+    batch_size: int,
+    device: str,
+    progress: bool = True,
+):
     """Calibrate and insert ModelOpt quantizers into `model` in place; returns the fake-quantized model.
 
     Args:
@@ -124,12 +133,15 @@ def quantize(model, calib_sequences: np.ndarray, fmt: str, kv_cache_fp8: bool, e
         raise ConfigError(f"quantize.batch_size={batch_size} must be an integer >= 1")
     calib = np.asarray(calib_sequences) if not isinstance(calib_sequences, np.ndarray) else calib_sequences
     if calib.ndim != 2 or len(calib) == 0 or not np.issubdtype(calib.dtype, np.integer):
-        raise ValueError(f"calibration sequences must be a non-empty int array [n, seq_len], got "
-                         f"{calib.dtype} {calib.shape}")
+        raise ValueError(
+            f"calibration sequences must be a non-empty int array [n, seq_len], got {calib.dtype} {calib.shape}"
+        )
     vocab = getattr(model.config, "vocab_size", None)
     if vocab is not None and int(calib.max()) >= vocab:
-        raise ValueError(f"calibration token id {int(calib.max())} >= the model's vocab_size {vocab}: "
-                         f"the calibration split was tokenized for another model")
+        raise ValueError(
+            f"calibration token id {int(calib.max())} >= the model's vocab_size {vocab}: "
+            f"the calibration split was tokenized for another model"
+        )
     cfg = build_quant_cfg(fmt, kv_cache_fp8, excluded_weight_modules(model, exclude))
     if not getattr(model.config, "architectures", None):
         model.config.architectures = [type(model).__name__]  # the exporter reads it (config-built models lack it)
@@ -139,8 +151,7 @@ def quantize(model, calib_sequences: np.ndarray, fmt: str, kv_cache_fp8: bool, e
 def quantize_from_spec(model, calib_sequences: np.ndarray, spec: QuantizeSpec, device: str, progress: bool = True):
     """:func:`quantize` with the settings of a `QuantizeSpec` (or the `QuantizeConfig` that replaces it)."""
     calib = calib_sequences[: spec.calibration_sequences] if spec.calibration_sequences else calib_sequences
-    return quantize(model, calib, spec.format, spec.kv_cache_fp8, list(spec.exclude), spec.batch_size, device,
-                    progress)
+    return quantize(model, calib, spec.format, spec.kv_cache_fp8, list(spec.exclude), spec.batch_size, device, progress)
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -163,8 +174,13 @@ def _cast_high_precision(folder: Path, dtype) -> None:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             keys = list(f.keys())
-            todo = [k for k in keys if not k.endswith("scale") and not k.endswith("scale_2")
-                    and f.get_slice(k).get_dtype() in ("F32", "F64")]
+            todo = [
+                k
+                for k in keys
+                if not k.endswith("scale")
+                and not k.endswith("scale_2")
+                and f.get_slice(k).get_dtype() in ("F32", "F64")
+            ]
             if not todo:
                 continue
             tensors = {k: f.get_tensor(k) for k in keys}
@@ -173,7 +189,6 @@ def _cast_high_precision(folder: Path, dtype) -> None:
         save_file(tensors, str(path), metadata={**meta, "format": "pt"})  # write-ok: in export()'s fresh staging folder
     index = folder / "model.safetensors.index.json"
     if index.is_file():  # shard sizes changed; loaders only read weight_map, keep total_size honest
-
         idx = json.loads(index.read_text())
         idx.setdefault("metadata", {})["total_size"] = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
         atomic_write_text(index, json.dumps(idx, indent=2) + "\n")

@@ -29,7 +29,9 @@ class QuantizeStage:
     def run(self, ctx: StageContext) -> StageOutput:
         q = ctx.cfg.quantize
         device, precision = setup_engine(ctx.cfg.engine)
-        label, source = list(ctx.models().items())[-1]  # the latest model of the run: distilled, else pruned, else teacher
+        label, source = list(ctx.models().items())[
+            -1
+        ]  # the latest model of the run: distilled, else pruned, else teacher
         source_stage = next(s for s, lab in MODEL_LABELS.items() if lab == label)
         model = load_model(source, device, precision.frozen_dtype)
         check_exclude(model, q.exclude)
@@ -51,25 +53,46 @@ class QuantizeStage:
             quality = {"reference": res["reference"], "quantized": res["quantized"]}
             del reference
         else:
-            print(f"[quantize] perplexity not measured: the {q.format} fake-quant forward does not run on {device} "
-                  "(ModelOpt's NVFP4 kernels need CUDA)" if q.evaluate else "[quantize] quantize.evaluate=false",
-                  flush=True)
+            print(
+                f"[quantize] perplexity not measured: the {q.format} fake-quant forward does not run on {device} "
+                "(ModelOpt's NVFP4 kernels need CUDA)"
+                if q.evaluate
+                else "[quantize] quantize.evaluate=false",
+                flush=True,
+            )
         out = ctx.stage_dir / "export"
         sizes = export(model, load_tokenizer(source), out, dtype=q.export_dtype)
         layout = check_layout(out, q.format, kv_cache_fp8=q.kv_cache_fp8)
         verified = compare(out, source)
         if not verified["passed"]:
             rows = {r["name"]: r for r in verified["rows"]}
-            bad = "; ".join(f"{n}: rel err {rows[n]['rel_err']:.3g} > {rows[n]['bound']:.3g}" for n in verified["failures"][:5])
-            raise RuntimeError(f"dequantized export of {source_stage} differs from its weights beyond the "
-                               f"{q.format} bound: {bad}")
+            bad = "; ".join(
+                f"{n}: rel err {rows[n]['rel_err']:.3g} > {rows[n]['bound']:.3g}" for n in verified["failures"][:5]
+            )
+            raise RuntimeError(
+                f"dequantized export of {source_stage} differs from its weights beyond the {q.format} bound: {bad}"
+            )
         worst = ", ".join(f"{k} {v:.4f}" for k, v in verified["max_rel_err"].items())
-        print(f"[quantize] {q.format} export: {sizes['safetensors_bytes'] / 2**20:.1f} MiB on disk, "
-              f"{sizes['ratio_to_bf16']:.3f}x of bf16; max relative weight error per stored format: {worst}", flush=True)
+        print(
+            f"[quantize] {q.format} export: {sizes['safetensors_bytes'] / 2**20:.1f} MiB on disk, "
+            f"{sizes['ratio_to_bf16']:.3f}x of bf16; max relative weight error per stored format: {worst}",
+            flush=True,
+        )
         if quality:
-            print(f"[quantize] perplexity {quality['reference']['perplexity']:.3f} ({source_stage}, {precision.compute}) -> "
-                  f"{quality['quantized']['perplexity']:.3f} ({q.format} fake-quant)", flush=True)
-        result = QuantizeResult(format=q.format, kv_cache_fp8=q.kv_cache_fp8, exclude=list(q.exclude),
-                                source_stage=source_stage, source=str(source), export=sizes, layout=layout,
-                                verify=verified, quality=quality)
+            print(
+                f"[quantize] perplexity {quality['reference']['perplexity']:.3f} ({source_stage}, {precision.compute}) -> "
+                f"{quality['quantized']['perplexity']:.3f} ({q.format} fake-quant)",
+                flush=True,
+            )
+        result = QuantizeResult(
+            format=q.format,
+            kv_cache_fp8=q.kv_cache_fp8,
+            exclude=list(q.exclude),
+            source_stage=source_stage,
+            source=str(source),
+            export=sizes,
+            layout=layout,
+            verify=verified,
+            quality=quality,
+        )
         return StageOutput(result, outputs={"export": "export"}, engine=precision.record())

@@ -25,8 +25,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import torch
 from safetensors import safe_open
@@ -133,8 +134,10 @@ def dequantize_fp8(weight, weight_scale):
         return weight.float() * scale.reshape(())
     if scale.numel() == weight.shape[0]:
         return weight.float() * scale.reshape(-1, 1)
-    raise LayoutError(f"FP8 weight_scale of shape {tuple(scale.shape)} fits neither per-tensor nor "
-                      f"per-channel scaling of a weight {tuple(weight.shape)}")
+    raise LayoutError(
+        f"FP8 weight_scale of shape {tuple(scale.shape)} fits neither per-tensor nor "
+        f"per-channel scaling of a weight {tuple(weight.shape)}"
+    )
 
 
 def dequantize_nvfp4(weight, weight_scale, weight_scale_2, group_size: int = 16):
@@ -216,8 +219,11 @@ def _reference_getter(reference):
     return sorted(reference), lambda k: reference[k]
 
 
-def compare(exported_dir: str | Path, reference_state_dict: Mapping[str, Any] | str | Path,
-            bounds: Optional[Mapping[str, float]] = None) -> dict[str, Any]:
+def compare(
+    exported_dir: str | Path,
+    reference_state_dict: Mapping[str, Any] | str | Path,
+    bounds: Optional[Mapping[str, float]] = None,
+) -> dict[str, Any]:
     """Dequantize every tensor of the export and compare it with the high-precision reference.
 
     Args:
@@ -232,8 +238,11 @@ def compare(exported_dir: str | Path, reference_state_dict: Mapping[str, Any] | 
     """
     limits = {**BOUNDS, **(bounds or {})}
     ckpt = Checkpoint(exported_dir)
-    hf_cfg = json.loads((Path(exported_dir) / "config.json").read_text()) if (
-        Path(exported_dir) / "config.json").is_file() else {}
+    hf_cfg = (
+        json.loads((Path(exported_dir) / "config.json").read_text())
+        if (Path(exported_dir) / "config.json").is_file()
+        else {}
+    )
     group = _quant_section(Path(exported_dir)).get("group_size")
     ref_keys, ref_get = _reference_getter(reference_state_dict)
     folds = _awq_layernorm_folds(ckpt, set(ref_keys), ref_get)
@@ -242,8 +251,15 @@ def compare(exported_dir: str | Path, reference_state_dict: Mapping[str, Any] | 
         ref = ref_get(key)
         if not torch.is_floating_point(ref) or key.endswith(SCALE_SUFFIXES) or "_quantizer." in key:
             continue  # quantizer buffers of an already-quantized model are not weights
-        row = {"name": key, "format": "missing", "max_abs_err": math.nan, "rel_err": math.nan,
-               "bound": math.nan, "ok": False, "note": ""}
+        row = {
+            "name": key,
+            "format": "missing",
+            "max_abs_err": math.nan,
+            "rel_err": math.nan,
+            "bound": math.nan,
+            "ok": False,
+            "note": "",
+        }
         if key not in ckpt:
             if key == "lm_head.weight" and hf_cfg.get("tie_word_embeddings", False):
                 continue
@@ -251,8 +267,9 @@ def compare(exported_dir: str | Path, reference_state_dict: Mapping[str, Any] | 
             rows.append(row)
             continue
         if key in folds.values():
-            row.update(format="folded", ok=True,
-                       note="holds AWQ's pre_quant_scale; checked through the linears it feeds")
+            row.update(
+                format="folded", ok=True, note="holds AWQ's pre_quant_scale; checked through the linears it feeds"
+            )
             rows.append(row)
             continue
         fmt, deq = dequantize(ckpt, key, group)
@@ -333,9 +350,13 @@ def expected_linear_shapes(hf_config: Mapping[str, Any]) -> dict[str, tuple[int,
     kv = hf_config.get("num_key_value_heads") or heads
     hd = hf_config.get("head_dim") or hidden // heads
     return {
-        "self_attn.q_proj": (heads * hd, hidden), "self_attn.k_proj": (kv * hd, hidden),
-        "self_attn.v_proj": (kv * hd, hidden), "self_attn.o_proj": (hidden, heads * hd),
-        "mlp.gate_proj": (inter, hidden), "mlp.up_proj": (inter, hidden), "mlp.down_proj": (hidden, inter),
+        "self_attn.q_proj": (heads * hd, hidden),
+        "self_attn.k_proj": (kv * hd, hidden),
+        "self_attn.v_proj": (kv * hd, hidden),
+        "self_attn.o_proj": (hidden, heads * hd),
+        "mlp.gate_proj": (inter, hidden),
+        "mlp.up_proj": (inter, hidden),
+        "mlp.down_proj": (hidden, inter),
     }
 
 
@@ -383,8 +404,9 @@ def _check_scales(ckpt: Checkpoint, prefix: str, fmt: str, group: Optional[int],
         need("weight_scale", ("F32", "BF16", "F16"), shape=(out, n // g))
 
 
-def check_layout(exported_dir: str | Path, fmt: str, kv_cache_fp8: Optional[bool] = None,
-                 require_tokenizer: bool = True) -> dict[str, Any]:
+def check_layout(
+    exported_dir: str | Path, fmt: str, kv_cache_fp8: Optional[bool] = None, require_tokenizer: bool = True
+) -> dict[str, Any]:
     """Check what TensorRT-LLM reads from a ModelOpt unified checkpoint; raise LayoutError listing problems.
 
     - files: config.json, hf_quant_config.json, safetensors (every shard of the index), tokenizer;
@@ -443,20 +465,26 @@ def check_layout(exported_dir: str | Path, fmt: str, kv_cache_fp8: Optional[bool
         problems.append("config.json has no quantization_config")
     else:
         if not str(qc.get("quant_method", "")).startswith("modelopt"):
-            problems.append(f"config.json quantization_config.quant_method={qc.get('quant_method')!r}, "
-                            f"expected 'modelopt'")
+            problems.append(
+                f"config.json quantization_config.quant_method={qc.get('quant_method')!r}, expected 'modelopt'"
+            )
         if qc.get("quant_algo") != f.quant_algo:
-            problems.append(f"config.json quantization_config.quant_algo={qc.get('quant_algo')!r}, "
-                            f"expected {f.quant_algo!r}")
+            problems.append(
+                f"config.json quantization_config.quant_algo={qc.get('quant_algo')!r}, expected {f.quant_algo!r}"
+            )
         if set(qc.get("ignore") or []) != set(exclude):
-            problems.append(f"config.json quantization_config.ignore={qc.get('ignore')!r} differs from "
-                            f"hf_quant_config exclude_modules={exclude!r}")
+            problems.append(
+                f"config.json quantization_config.ignore={qc.get('ignore')!r} differs from "
+                f"hf_quant_config exclude_modules={exclude!r}"
+            )
         scheme = qc.get("kv_cache_scheme")
         fp8_scheme = isinstance(scheme, dict) and scheme.get("type") == "float" and scheme.get("num_bits") == 8
         inline_kv = "FP8" if fp8_scheme else None
         if kv_algo in (None, "FP8") and inline_kv != kv_algo:
-            problems.append(f"config.json quantization_config.kv_cache_scheme={scheme!r} disagrees with "
-                            f"kv_cache_quant_algo={kv_algo!r}")
+            problems.append(
+                f"config.json quantization_config.kv_cache_scheme={scheme!r} disagrees with "
+                f"kv_cache_quant_algo={kv_algo!r}"
+            )
 
     ckpt = Checkpoint(folder)
     shapes = expected_linear_shapes(hf_cfg)
@@ -473,8 +501,9 @@ def check_layout(exported_dir: str | Path, fmt: str, kv_cache_fp8: Optional[bool
             if sfmt != fmt:
                 problems.append(f"{key} is stored as {sfmt} in a {fmt} checkpoint")
             if excluded:
-                problems.append(f"{prefix} is quantized but matches exclude_modules "
-                                f"(it would be loaded as high precision)")
+                problems.append(
+                    f"{prefix} is quantized but matches exclude_modules (it would be loaded as high precision)"
+                )
             _check_scales(ckpt, prefix, sfmt, group, problems)
             logical = _logical_shape(ckpt, key, sfmt)
         elif sfmt in _DTYPE_NAMES.values():
@@ -504,15 +533,20 @@ def check_layout(exported_dir: str | Path, fmt: str, kv_cache_fp8: Optional[bool
         shown = problems[:25] + ([f"... {len(problems) - 25} more"] if len(problems) > 25 else [])
         raise LayoutError(f"{folder} does not have the {fmt} layout TensorRT-LLM expects:\n  - " + "\n  - ".join(shown))
     return {
-        "quant_algo": q["quant_algo"], "kv_cache_quant_algo": kv_algo, "group_size": group,
-        "exclude_modules": exclude, "quantized": quantized, "high_precision": high_precision,
+        "quant_algo": q["quant_algo"],
+        "kv_cache_quant_algo": kv_algo,
+        "group_size": group,
+        "exclude_modules": exclude,
+        "quantized": quantized,
+        "high_precision": high_precision,
         "files": sorted(p.name for p in folder.iterdir()),
     }
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def fake_quant_quality(quantized, sequences, fmt: str, batch_size: int, device: str, reference=None,
-                       progress: bool = True) -> dict[str, dict[str, float]]:
+def fake_quant_quality(
+    quantized, sequences, fmt: str, batch_size: int, device: str, reference=None, progress: bool = True
+) -> dict[str, dict[str, float]]:
     """Perplexity of the fake-quantized model (before export) with :func:`compactlm.evaluate.quality`.
 
     With `reference` (the unquantized model), also its perplexity and the quantized model's KL to it and
@@ -523,5 +557,6 @@ def fake_quant_quality(quantized, sequences, fmt: str, batch_size: int, device: 
     models = {"quantized": quantized}
     if reference is not None:
         models = {"reference": reference, **models}
-    return quality(models, "reference" if reference is not None else "quantized", sequences, batch_size,
-                   device, progress=progress)
+    return quality(
+        models, "reference" if reference is not None else "quantized", sequences, batch_size, device, progress=progress
+    )

@@ -74,31 +74,87 @@ def _draw_candidates(ax, result: RankingResult, scale: float, with_pruned: bool,
             color, marker = kind_style(c.kind)
             x = c.params / scale
             ax.plot([x, x], [c.pruned_loss, c.loss], color=color, lw=0.8, alpha=0.35, zorder=1)
-            ax.scatter([x], [c.pruned_loss], marker=marker, s=40, facecolors="none", edgecolors=color, alpha=0.45,
-                       linewidths=1.0, zorder=2)
+            ax.scatter(
+                [x],
+                [c.pruned_loss],
+                marker=marker,
+                s=40,
+                facecolors="none",
+                edgecolors=color,
+                alpha=0.45,
+                linewidths=1.0,
+                zorder=2,
+            )
             if label == "pruned":
-                ax.annotate(f"p#{c.pruned_rank}", (x, c.pruned_loss), textcoords="offset points", fontsize=7,
-                            color="dimgray", zorder=6, **_beside(c.params, cands, 2))
+                ax.annotate(
+                    f"p#{c.pruned_rank}",
+                    (x, c.pruned_loss),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color="dimgray",
+                    zorder=6,
+                    **_beside(c.params, cands, 2),
+                )
     kinds_seen: set[str] = set()
     order = list(KIND_STYLE)
     for c in sorted(cands, key=lambda c: order.index(c.kind) if c.kind in order else len(order)):
         color, marker = kind_style(c.kind)
-        ax.scatter([c.params / scale], [c.loss], marker=marker, s=48, color=color, edgecolors="black",
-                   linewidths=0.5, zorder=4, label=None if c.kind in kinds_seen else c.kind)
+        ax.scatter(
+            [c.params / scale],
+            [c.loss],
+            marker=marker,
+            s=48,
+            color=color,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=4,
+            label=None if c.kind in kinds_seen else c.kind,
+        )
         kinds_seen.add(c.kind)
         if label == "distilled":  # the rank only: the key beside the plot names it (long names collide)
-            ax.annotate(f"#{c.rank}", (c.params / scale, c.loss), textcoords="offset points", fontsize=8,
-                        fontweight="bold", zorder=6, **_beside(c.params, cands, 4))
+            ax.annotate(
+                f"#{c.rank}",
+                (c.params / scale, c.loss),
+                textcoords="offset points",
+                fontsize=8,
+                fontweight="bold",
+                zorder=6,
+                **_beside(c.params, cands, 4),
+            )
     front = sorted((c for c in cands if c.pareto), key=lambda c: c.params)
     if front:
-        ax.plot([c.params / scale for c in front], [c.loss for c in front], color="black", lw=1.2, ls="-",
-                zorder=3, label="Pareto front")
+        ax.plot(
+            [c.params / scale for c in front],
+            [c.loss for c in front],
+            color="black",
+            lw=1.2,
+            ls="-",
+            zorder=3,
+            label="Pareto front",
+        )
     winner = next((c for c in cands if c.name == result.winner), None)
     if winner is not None:
-        ax.scatter([winner.params / scale], [winner.loss], marker="*", s=320, color="gold", edgecolors="black",
-                   linewidths=0.9, zorder=5, label=f"chosen: {winner.name}")
-        ax.annotate("chosen", (winner.params / scale, winner.loss), textcoords="offset points", xytext=(-10, -16),
-                    fontsize=9, fontweight="bold", ha="right", zorder=6)
+        ax.scatter(
+            [winner.params / scale],
+            [winner.loss],
+            marker="*",
+            s=320,
+            color="gold",
+            edgecolors="black",
+            linewidths=0.9,
+            zorder=5,
+            label=f"chosen: {winner.name}",
+        )
+        ax.annotate(
+            "chosen",
+            (winner.params / scale, winner.loss),
+            textcoords="offset points",
+            xytext=(-10, -16),
+            fontsize=9,
+            fontweight="bold",
+            ha="right",
+            zorder=6,
+        )
     if result.teacher_loss is not None:
         ax.axhline(result.teacher_loss, color="gray", ls="--", lw=1, label=f"teacher ({result.teacher_loss:.3f})")
 
@@ -123,15 +179,17 @@ def plot_pareto(result: RankingResult, path: str | Path) -> Path:
     ax = axes[0]
     _draw_candidates(ax, result, scale, with_pruned=True, label="pruned" if zoom else "distilled")
     ax.margins(x=0.2)
-    ax.scatter([], [], marker="o", s=40, facecolors="none", edgecolors="gray",
-               label="pruned only (before distillation)")
+    ax.scatter(
+        [], [], marker="o", s=40, facecolors="none", edgecolors="gray", label="pruned only (before distillation)"
+    )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"validation loss ({result.metric})")
     ax.grid(alpha=0.3)
     if result.teacher_params:
         teacher = result.teacher_params / scale
-        top = ax.secondary_xaxis("top", functions=(lambda x: (x / teacher - 1) * 100,
-                                                   lambda pct: (pct / 100 + 1) * teacher))
+        top = ax.secondary_xaxis(
+            "top", functions=(lambda x: (x / teacher - 1) * 100, lambda pct: (pct / 100 + 1) * teacher)
+        )
         top.set_xlabel("change vs teacher (%)")
     if zoom:
         ax.set_title("pruned only (hollow) → after the short distillation (filled)")
@@ -148,12 +206,15 @@ def plot_pareto(result: RankingResult, path: str | Path) -> Path:
     handles, labels = ax.get_legend_handles_labels()
     axes[-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
     key = ["#  candidate (pruned-only #)"] + [f"{c.rank:<2} {c.name} ({c.pruned_rank})" for c in cands]
-    axes[-1].text(1.02, 0.0, "\n".join(key), transform=axes[-1].transAxes, fontsize=8, family="monospace",
-                  va="bottom", ha="left")
+    axes[-1].text(
+        1.02, 0.0, "\n".join(key), transform=axes[-1].transAxes, fontsize=8, family="monospace", va="bottom", ha="left"
+    )
     tau = result.kendall_tau
     plural = "" if len(cands) == 1 else "s"
-    fig.suptitle(f"Candidate search: {len(cands)} candidate{plural}, winner {result.winner}; Kendall τ pruned-only vs "
-                 f"distilled = {tau:+.2f} ({_agreement(tau)})")
+    fig.suptitle(
+        f"Candidate search: {len(cands)} candidate{plural}, winner {result.winner}; Kendall τ pruned-only vs "
+        f"distilled = {tau:+.2f} ({_agreement(tau)})"
+    )
     return _save(fig, path)
 
 
@@ -173,8 +234,15 @@ def plot_search_curves(candidates: list[CandidateResult], path: str | Path, winn
         for ax, key in zip(axes, ("val_nll", "val_kl")):
             xs = [p["step"] for p in points if p.get(key) is not None]
             ys = [p[key] for p in points if p.get(key) is not None]
-            ax.plot(xs, ys, color=color, marker=marker, ms=4, lw=2.6 if best else 1.2,
-                    label=f"{c.name} ({c.kind})" + (" — chosen" if best else ""))
+            ax.plot(
+                xs,
+                ys,
+                color=color,
+                marker=marker,
+                ms=4,
+                lw=2.6 if best else 1.2,
+                label=f"{c.name} ({c.kind})" + (" — chosen" if best else ""),
+            )
     for ax, what in zip(axes, ("validation loss (NLL per token)", "validation KL(teacher ‖ student) per token")):
         ax.set_xlabel("step of the short distillation")
         ax.set_ylabel(what)

@@ -24,8 +24,12 @@ from compactlm.errors import ConfigError
 from compactlm.model.params import count_on_meta, pruned_hf_config
 
 # export_config key, its letter in a candidate's name, its kind when it is the only size changed; in name order
-DIMENSIONS = (("num_layers", "L", "depth"), ("hidden_size", "H", "hidden"), ("ffn_hidden_size", "F", "ffn"),
-              ("num_attention_heads", "A", "heads"))
+DIMENSIONS = (
+    ("num_layers", "L", "depth"),
+    ("hidden_size", "H", "hidden"),
+    ("ffn_hidden_size", "F", "ffn"),
+    ("num_attention_heads", "A", "heads"),
+)
 # Which kinds get a guaranteed place first when there are more kinds than search.max_candidates
 KIND_PREFERENCE = ("depth", "ffn", "hybrid", "hidden", "heads")
 # (1 - 0.45) * 40 is 22.000000000000004: lower bounds are rounded up after forgiving this much
@@ -47,8 +51,10 @@ def preset_candidate(name: str, export_config: dict[str, int], base_hf_config, t
     export = {k: int(v) for k, v in export_config.items() if v is not None}
     changed = _changed(export, _teacher_sizes(base_hf_config))
     if not changed:
-        raise ConfigError(f"search.candidates: prune preset {name} keeps every size of the model "
-                          f"(export_config {export}); list presets that prune something")
+        raise ConfigError(
+            f"search.candidates: prune preset {name} keeps every size of the model "
+            f"(export_config {export}); list presets that prune something"
+        )
     params = count_on_meta(pruned_hf_config(base_hf_config, export))["without_lm_head"]
     return _candidate(name, export, _kind(changed), params, teacher_params)
 
@@ -57,15 +63,19 @@ def enumerate_candidates(base_hf_config, search: SearchConfig) -> list[SearchCan
     """At most `search.max_candidates` diverse architectures within `search.tolerance` of `search.target_params`,
     by parameter count (without lm_head) descending, then name. Raises ConfigError when none fits."""
     if search.target_params is None:
-        raise ConfigError("search.target_params is null and search.candidates is empty; set search.target_params "
-                          "(0.67 or 7.35e9) or list prune presets in search.candidates")
+        raise ConfigError(
+            "search.target_params is null and search.candidates is empty; set search.target_params "
+            "(0.67 or 7.35e9) or list prune presets in search.candidates"
+        )
     teacher = _teacher_sizes(base_hf_config)
     teacher_params = count_on_meta(base_hf_config)["without_lm_head"]
     target = target_count(search.target_params, teacher_params)
     if target > teacher_params:
-        raise ConfigError(f"search.target_params={search.target_params:g} asks for {target:,} parameters without "
-                          f"lm_head, but the teacher has only {teacher_params:,}: a search prunes, so ask for fewer "
-                          "(a fraction below 1, e.g. 0.67, or a smaller count)")
+        raise ConfigError(
+            f"search.target_params={search.target_params:g} asks for {target:,} parameters without "
+            f"lm_head, but the teacher has only {teacher_params:,}: a search prunes, so ask for fewer "
+            "(a fraction below 1, e.g. 0.67, or a smaller count)"
+        )
     points = _grid(base_hf_config, search, teacher)
     fits = [p for p in points if abs(p.params - target) <= search.tolerance * target]
     if not fits:
@@ -74,9 +84,11 @@ def enumerate_candidates(base_hf_config, search: SearchConfig) -> list[SearchCan
     for point in chosen:  # the affine counts, checked against a full meta model of each candidate kept
         full = count_on_meta(pruned_hf_config(base_hf_config, point.sizes))["without_lm_head"]
         if full != point.params:
-            raise RuntimeError(f"parameter count of {point.sizes} is {full} on the meta device but {point.params} "
-                               f"by the per-layer formula: {base_hf_config.model_type} layers are not affine in "
-                               "the FFN size, compactlm.search.space needs a full count per grid point for it")
+            raise RuntimeError(
+                f"parameter count of {point.sizes} is {full} on the meta device but {point.params} "
+                f"by the per-layer formula: {base_hf_config.model_type} layers are not affine in "
+                "the FFN size, compactlm.search.space needs a full count per grid point for it"
+            )
     candidates = []
     for point in chosen:
         changed = _changed(point.sizes, teacher)
@@ -129,8 +141,11 @@ def _grid(base_hf_config, search: SearchConfig, teacher: dict[str, int]) -> list
     layers = _options(teacher["num_layers"], search.num_layers_divisor, search.max_depth_pruning)
     hiddens = _options(teacher["hidden_size"], search.hidden_size_divisor, search.max_width_pruning)
     ffns = _options(teacher["ffn_hidden_size"], search.ffn_hidden_size_divisor, search.max_width_pruning)
-    heads = (_options(teacher["num_attention_heads"], kv, search.max_width_pruning) if search.prune_heads
-             else [teacher["num_attention_heads"]])
+    heads = (
+        _options(teacher["num_attention_heads"], kv, search.max_width_pruning)
+        if search.prune_heads
+        else [teacher["num_attention_heads"]]
+    )
     points = []
     for hidden in hiddens:
         for head in heads:
@@ -139,29 +154,40 @@ def _grid(base_hf_config, search: SearchConfig, teacher: dict[str, int]) -> list
             count = _affine_count(base_hf_config, hidden, head)
             for layer in layers:
                 for ffn in ffns:
-                    sizes = {"num_layers": layer, "hidden_size": hidden, "ffn_hidden_size": ffn,
-                             "num_attention_heads": head}
+                    sizes = {
+                        "num_layers": layer,
+                        "hidden_size": hidden,
+                        "ffn_hidden_size": ffn,
+                        "num_attention_heads": head,
+                    }
                     if sizes != teacher:
                         points.append(_Point(sizes, count(layer, ffn)))
     return points
 
 
 def _no_fit(search: SearchConfig, target: int, teacher_params: int, points: list[_Point]) -> str:
-    what = (f"search.target_params={search.target_params} asks for {target:,} parameters without lm_head "
-            f"(the teacher has {teacher_params:,})")
+    what = (
+        f"search.target_params={search.target_params} asks for {target:,} parameters without lm_head "
+        f"(the teacher has {teacher_params:,})"
+    )
     if not points:
-        return (f"{what}, but search.max_depth_pruning={search.max_depth_pruning} and search.max_width_pruning="
-                f"{search.max_width_pruning} on the search.*_divisor settings allow no pruned size at all; raise them")
+        return (
+            f"{what}, but search.max_depth_pruning={search.max_depth_pruning} and search.max_width_pruning="
+            f"{search.max_width_pruning} on the search.*_divisor settings allow no pruned size at all; raise them"
+        )
     nearest = min(points, key=lambda p: abs(p.params - target)).params
-    return (f"{what}, but no candidate is within search.tolerance={search.tolerance} of it: the nearest has "
-            f"{nearest:,} ({nearest / target - 1:+.1%}); widen search.tolerance, lower the search.*_divisor settings "
-            "or raise search.max_depth_pruning / search.max_width_pruning")
+    return (
+        f"{what}, but no candidate is within search.tolerance={search.tolerance} of it: the nearest has "
+        f"{nearest:,} ({nearest / target - 1:+.1%}); widen search.tolerance, lower the search.*_divisor settings "
+        "or raise search.max_depth_pruning / search.max_width_pruning"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ thinning
 def _thin(fits: list[_Point], teacher: dict[str, int], target: int, max_candidates: int) -> list[_Point]:
     """The closest to `target` of each kind (KIND_PREFERENCE order), then greedily the point farthest from every
     point chosen so far, in sizes relative to the teacher's; ties go to the closer to the target, then by name."""
+
     def closeness(p: _Point) -> tuple[int, str]:
         return abs(p.params - target), _name(_changed(p.sizes, teacher))
 
@@ -173,6 +199,7 @@ def _thin(fits: list[_Point], teacher: dict[str, int], target: int, max_candidat
         of_kind = [p for p in fits if _kind(_changed(p.sizes, teacher)) == kind]
         if of_kind and len(chosen) < max_candidates:
             chosen.append(min(of_kind, key=closeness))
+
     def spread(p: _Point) -> tuple[float, int, str]:  # rounded: mirror-image points tie, then closeness decides
         nearest = min(math.dist(position(p), position(c)) for c in chosen)
         return (-round(nearest, 9), *closeness(p))
@@ -208,5 +235,6 @@ def _name(changed: dict[str, int]) -> str:
 
 def _candidate(name: str, export: dict[str, int], kind: str, params: int, teacher_params: int) -> SearchCandidate:
     check_run_name(name, "search.resolved.name")
-    return SearchCandidate(name=name, export_config=ExportConfig(**export), kind=kind, params=params,
-                           change=params / teacher_params - 1.0)
+    return SearchCandidate(
+        name=name, export_config=ExportConfig(**export), kind=kind, params=params, change=params / teacher_params - 1.0
+    )

@@ -32,7 +32,15 @@ from compactlm.manifest import atomic_write_json
 from compactlm.model.loading import load_model, setup_engine
 from compactlm.pipeline import StageContext, StageOutput, split_task
 from compactlm.prune.stage import prune_checkpoint
-from compactlm.results import CandidateResult, ParamCounts, PruneResult, RankedCandidate, RankingResult, TeacherCacheResult, from_json
+from compactlm.results import (
+    CandidateResult,
+    ParamCounts,
+    PruneResult,
+    RankedCandidate,
+    RankingResult,
+    TeacherCacheResult,
+    from_json,
+)
 from compactlm.search.plots import plot_pareto, plot_search_curves
 
 # How often a candidate's short distillation is validated: about this many points on its curve.
@@ -68,8 +76,11 @@ class TeacherCacheStage:
 
     def config_view(self, cfg: CompactLMConfig, instance: str | None) -> dict[str, Any]:
         # not the candidate list: adding a candidate to a search reuses the cache
-        return {"distill_tokens": cfg.search.distill_tokens, "distill": dataclasses.asdict(cfg.distill),
-                "engine": dataclasses.asdict(cfg.engine)}
+        return {
+            "distill_tokens": cfg.search.distill_tokens,
+            "distill": dataclasses.asdict(cfg.distill),
+            "engine": dataclasses.asdict(cfg.engine),
+        }
 
     def run(self, ctx: StageContext) -> StageOutput:
         t0 = time.perf_counter()
@@ -85,18 +96,34 @@ class TeacherCacheStage:
         env = init_distributed(device)
         teacher_dir = ctx.upstream_output("model", "checkpoint")
         train_cache, val_cache = open_teacher_caches(
-            teacher_dir, data, ctx.stage_dir / "cache", ranking_distill(cfg.distill, cfg.search.distill_tokens),
-            precision, env, teacher_digest=ctx.upstream["model"]["output_digests"]["checkpoint"])
+            teacher_dir,
+            data,
+            ctx.stage_dir / "cache",
+            ranking_distill(cfg.distill, cfg.search.distill_tokens),
+            precision,
+            env,
+            teacher_digest=ctx.upstream["model"]["output_digests"]["checkpoint"],
+        )
         size = sum(f.stat().st_size for f in (ctx.stage_dir / "cache").rglob("*.npy"))
         # the teacher's own validation loss: the reference line of the ranking (same split, same measure)
         teacher = load_model(teacher_dir, env.device, precision.frozen_dtype)
         with precision.autocast():
-            reference = quality({"teacher": teacher}, "teacher", load_split(data, "validation"),
-                                cfg.distill.micro_batch_size, env.device)["teacher"]
-        result = TeacherCacheResult(train_sequences=int(train_cache.values.shape[0]),
-                                    validation_sequences=int(val_cache.values.shape[0]), topk=cfg.distill.topk,
-                                    seq_len=int(train.shape[1]), wall_s=round(time.perf_counter() - t0, 3),
-                                    size_bytes=int(size), teacher_loss=reference["loss"])
+            reference = quality(
+                {"teacher": teacher},
+                "teacher",
+                load_split(data, "validation"),
+                cfg.distill.micro_batch_size,
+                env.device,
+            )["teacher"]
+        result = TeacherCacheResult(
+            train_sequences=int(train_cache.values.shape[0]),
+            validation_sequences=int(val_cache.values.shape[0]),
+            topk=cfg.distill.topk,
+            seq_len=int(train.shape[1]),
+            wall_s=round(time.perf_counter() - t0, 3),
+            size_bytes=int(size),
+            teacher_loss=reference["loss"],
+        )
         print(f"[teacher_cache] {result.summary()} in {result.wall_s:.1f} s", flush=True)
         return StageOutput(result, outputs={"data": "data", "cache": "cache"}, engine=precision.record())
 
@@ -114,10 +141,15 @@ class CandidateStage:
     def config_view(self, cfg: CompactLMConfig, instance: str | None) -> dict[str, Any]:
         # its own architecture only: adding or removing another candidate leaves a finished one current
         s = cfg.search
-        return {"candidate": dataclasses.asdict(candidate_of(cfg, instance)), "distill_tokens": s.distill_tokens,
-                "depth_method": s.depth_method, "distill": dataclasses.asdict(cfg.distill),
-                "engine": dataclasses.asdict(cfg.engine), "importance": dataclasses.asdict(cfg.importance),
-                "seed": cfg.seed}
+        return {
+            "candidate": dataclasses.asdict(candidate_of(cfg, instance)),
+            "distill_tokens": s.distill_tokens,
+            "depth_method": s.depth_method,
+            "distill": dataclasses.asdict(cfg.distill),
+            "engine": dataclasses.asdict(cfg.engine),
+            "importance": dataclasses.asdict(cfg.importance),
+            "seed": cfg.seed,
+        }
 
     def run(self, ctx: StageContext) -> StageOutput:
         cfg, name = ctx.cfg, ctx.instance
@@ -138,9 +170,18 @@ class CandidateStage:
         short = dataclasses.replace(short, eval_every=max(1, math.ceil(steps / CURVE_POINTS)))
         print(f"[{tag}] {cand.kind}: {cand.export_config.known()}, {steps} steps of short distillation", flush=True)
         out = ctx.stage_dir / "distill"
-        metrics = distill(ctx.upstream_output("model", "checkpoint"), pruned, data, out, short, cfg.engine, cfg.seed,
-                          cache_dir=ctx.upstream_output("teacher_cache", "cache"),
-                          teacher_digest=ctx.upstream["model"]["output_digests"]["checkpoint"], build_cache=False)
+        metrics = distill(
+            ctx.upstream_output("model", "checkpoint"),
+            pruned,
+            data,
+            out,
+            short,
+            cfg.engine,
+            cfg.seed,
+            cache_dir=ctx.upstream_output("teacher_cache", "cache"),
+            teacher_digest=ctx.upstream["model"]["output_digests"]["checkpoint"],
+            build_cache=False,
+        )
         if not main:
             return StageOutput(None)
         evals = json.loads((out / "history.json").read_text())["eval"]
@@ -149,15 +190,26 @@ class CandidateStage:
         for folder in (Path(metrics["student_dir"]), out / "checkpoint"):
             shutil.rmtree(folder, ignore_errors=True)
         result = CandidateResult(
-            name=name, kind=cand.kind, export_config=cand.export_config.known(), architecture=prune.architecture,
-            params=prune.params_after, params_change=prune.params_change, kept_layers=prune.kept_layers,
-            pruned_loss=evals[0]["val_nll"], pruned_kl=evals[0]["val_kl"], loss=evals[-1]["val_nll"],
-            kl=evals[-1]["val_kl"], steps=metrics["steps"], tokens=metrics["tokens"],
+            name=name,
+            kind=cand.kind,
+            export_config=cand.export_config.known(),
+            architecture=prune.architecture,
+            params=prune.params_after,
+            params_change=prune.params_change,
+            kept_layers=prune.kept_layers,
+            pruned_loss=evals[0]["val_nll"],
+            pruned_kl=evals[0]["val_kl"],
+            loss=evals[-1]["val_nll"],
+            kl=evals[-1]["val_kl"],
+            steps=metrics["steps"],
+            tokens=metrics["tokens"],
             distill_s=round(metrics["wall_s"], 3),
-            curve=[{k: e[k] for k in ("step", "val_nll", "val_kl")} for e in evals])
+            curve=[{k: e[k] for k in ("step", "val_nll", "val_kl")} for e in evals],
+        )
         print(f"[{tag}] {result.summary()}", flush=True)
-        return StageOutput(result, outputs={"checkpoint": "pruned", "history": "distill/history.json"},
-                           engine=metrics["engine"])
+        return StageOutput(
+            result, outputs={"checkpoint": "pruned", "history": "distill/history.json"}, engine=metrics["engine"]
+        )
 
 
 def _wait_for(path: Path, timeout_s: float) -> None:
@@ -185,8 +237,10 @@ class RankingStage:
         plot_pareto(result, ctx.stage_dir / "pareto.png")
         plot_search_curves(found, ctx.stage_dir / "search_curves.png")
         print(format_ranking(result), flush=True)
-        return StageOutput(result, outputs={"checkpoint": str(winner_dir), "pareto_plot": "pareto.png",
-                                            "curves_plot": "search_curves.png"})
+        return StageOutput(
+            result,
+            outputs={"checkpoint": str(winner_dir), "pareto_plot": "pareto.png", "curves_plot": "search_curves.png"},
+        )
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:
@@ -222,28 +276,57 @@ def rank(candidates: list[CandidateResult], teacher: ParamCounts, teacher_loss: 
     read_teacher = params_read_per_token(asdict(teacher))
     rows = []
     for i, c in enumerate(order):
-        dominated = any(o is not c and o.params.without_lm_head <= c.params.without_lm_head and o.loss <= c.loss
-                        and (o.params.without_lm_head, o.loss) != (c.params.without_lm_head, c.loss)
-                        for o in candidates)
-        rows.append(RankedCandidate(
-            name=c.name, kind=c.kind, export_config=c.export_config, params=c.params.without_lm_head,
-            params_change=c.params_change, pruned_loss=c.pruned_loss, loss=c.loss, kl=c.kl, rank=i + 1,
-            pruned_rank=pruned_rank[c.name], decode_speedup=read_teacher / params_read_per_token(asdict(c.params)),
-            pareto=not dominated))
+        dominated = any(
+            o is not c
+            and o.params.without_lm_head <= c.params.without_lm_head
+            and o.loss <= c.loss
+            and (o.params.without_lm_head, o.loss) != (c.params.without_lm_head, c.loss)
+            for o in candidates
+        )
+        rows.append(
+            RankedCandidate(
+                name=c.name,
+                kind=c.kind,
+                export_config=c.export_config,
+                params=c.params.without_lm_head,
+                params_change=c.params_change,
+                pruned_loss=c.pruned_loss,
+                loss=c.loss,
+                kl=c.kl,
+                rank=i + 1,
+                pruned_rank=pruned_rank[c.name],
+                decode_speedup=read_teacher / params_read_per_token(asdict(c.params)),
+                pareto=not dominated,
+            )
+        )
     tau = kendall_tau([c.loss for c in candidates], [c.pruned_loss for c in candidates])
-    return RankingResult(metric="val_nll", candidates=rows, winner=rows[0].name, kendall_tau=tau,
-                         teacher_params=teacher.without_lm_head, teacher_loss=teacher_loss)
+    return RankingResult(
+        metric="val_nll",
+        candidates=rows,
+        winner=rows[0].name,
+        kendall_tau=tau,
+        teacher_params=teacher.without_lm_head,
+        teacher_loss=teacher_loss,
+    )
 
 
 def format_ranking(r: RankingResult) -> str:
     """The ranking as a text table (printed by the stage; the report has the same table)."""
-    head = f"{'rank':>4}  {'candidate':<14}{'kind':<8}{'params':>10}{'change':>8}{'pruned loss':>13}{'(rank)':>7}" \
-           f"{'loss':>9}{'KL':>8}{'decode':>8}"
+    head = (
+        f"{'rank':>4}  {'candidate':<14}{'kind':<8}{'params':>10}{'change':>8}{'pruned loss':>13}{'(rank)':>7}"
+        f"{'loss':>9}{'KL':>8}{'decode':>8}"
+    )
     unit, div = ("B", 1e9) if r.teacher_params >= 1e9 else ("M", 1e6)
-    lines = [f"[ranking] by validation loss after the short distillation (Kendall tau vs pruned-only "
-             f"{r.kendall_tau:+.2f})", head, "-" * len(head)]
+    lines = [
+        f"[ranking] by validation loss after the short distillation (Kendall tau vs pruned-only {r.kendall_tau:+.2f})",
+        head,
+        "-" * len(head),
+    ]
     for c in r.candidates:
-        lines.append(f"{c.rank:>4}  {c.name:<14}{c.kind:<8}{c.params / div:>9.2f}{unit}{c.params_change * 100:>7.1f}%"
-                     f"{c.pruned_loss:>13.4f}{c.pruned_rank:>7}{c.loss:>9.4f}{c.kl:>8.4f}{c.decode_speedup:>7.2f}x"
-                     + ("  <- winner" if c.name == r.winner else "") + ("" if c.pareto else "  (dominated)"))
+        lines.append(
+            f"{c.rank:>4}  {c.name:<14}{c.kind:<8}{c.params / div:>9.2f}{unit}{c.params_change * 100:>7.1f}%"
+            f"{c.pruned_loss:>13.4f}{c.pruned_rank:>7}{c.loss:>9.4f}{c.kl:>8.4f}{c.decode_speedup:>7.2f}x"
+            + ("  <- winner" if c.name == r.winner else "")
+            + ("" if c.pareto else "  (dominated)")
+        )
     return "\n".join(lines)
