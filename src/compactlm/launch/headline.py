@@ -17,9 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
-
 from compactlm.manifest import atomic_file
 from compactlm.results import TEACHER, BenchResult, EvaluateResult, ModelScores, student_label
 
@@ -123,6 +120,9 @@ STYLE = {TEACHER: ("*", "#222222", 180), "model": ("o", "#1f77b4", 70), "quantiz
 def plot_tradeoff(points: list[Point], path: Path) -> Path:
     """Weights on disk (MiB, log scale) against perplexity recovery, one labelled marker per point; dashed lines
     through the teacher. Written atomically as a PNG."""
+    from matplotlib.figure import Figure  # heavy (about 1 s): imported when a chart is drawn, not by `launch.py`
+    from matplotlib.ticker import FuncFormatter
+
     fig = Figure(figsize=(9, 4.6), layout="constrained")
     ax = fig.add_subplot()
     for kind, (marker, colour, size) in STYLE.items():
