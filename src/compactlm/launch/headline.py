@@ -110,7 +110,8 @@ def tradeoff_points(rs: dict[str, Any]) -> list[Point]:
         if size is None:
             continue
         kind = TEACHER if label == TEACHER else "quantized" if r.format else "model"
-        points.append(Point(label, size, ref / r.perplexity, kind))
+        name = f"{label} ({r.format})" if r.format and r.format not in label else label  # quantized -> (fp8)
+        points.append(Point(name, size, ref / r.perplexity, kind))
     return points
 
 
