@@ -5,6 +5,9 @@
     parse_dom(dom)             -> Page(tables, images) from that DOM, with html.parser
     inspect_page(path)         -> Page for `path`, every <img> marked decoded or not by the browser itself
     require_chromium()         -> the path, or pytest.skip with the install line (pytest.fail when $CI is set)
+    inspect_layout(path, width) -> Layout at a `width` px wide window: page scroll width, every element's box,
+                                  the order of the body's first children (measured by the browser's own JS)
+    screenshot(path, png, width, height) -> a PNG of the page's first screen (`--screenshot`)
 
 Whether an image decoded is decided in the browser, not guessed from its bytes: `inspect_page` renders a
 copy of the page with a small probe script appended. After the `load` event it asks Chromium for a
@@ -22,6 +25,7 @@ settled) before dumping; without it the dump can race the probe. The probe stamp
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
@@ -114,7 +118,13 @@ def require_chromium() -> str:
 
 
 def render_dom(
-    html_path: str | Path, timeout: float = 60, *, virtual_time_budget_ms: int = 5000, chromium: str | None = None
+    html_path: str | Path,
+    timeout: float = 60,
+    *,
+    virtual_time_budget_ms: int = 5000,
+    chromium: str | None = None,
+    flags: tuple[str, ...] = (),
+    dump: bool = True,
 ) -> str:
     """Load `html_path` in headless Chromium and return the DOM it serialises (`--dump-dom`) as a string.
 
@@ -134,7 +144,8 @@ def render_dom(
             *FLAGS,
             f"--user-data-dir={profile}",
             f"--virtual-time-budget={virtual_time_budget_ms}",
-            "--dump-dom",
+            *flags,
+            *(["--dump-dom"] if dump else []),
             html_path.as_uri(),
         ]
         # Own process group: on timeout the browser's helper processes (zygote, renderer) die with it.
@@ -145,7 +156,7 @@ def render_dom(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             raise TimeoutError(f"chromium did not render {html_path} within {timeout} s") from None
-    if proc.returncode != 0 or not out.strip():
+    if proc.returncode != 0 or (dump and not out.strip()):
         noise = re.compile(r"dbus|unexpected operator")  # harmless in a container without a session bus
         lines = [ln for ln in err.decode(errors="replace").splitlines() if not noise.search(ln)]
         raise RuntimeError(f"chromium exited with {proc.returncode} rendering {html_path}:\n" + "\n".join(lines[-20:]))
@@ -254,3 +265,73 @@ def inspect_page(
     if page.probed_images != len(page.images):
         raise RuntimeError(f"the probe saw {page.probed_images} images but the DOM has {len(page.images)}")
     return page
+
+
+LAYOUT_PROBE = """<script id="compactlm-layout-probe">
+addEventListener("load", () => {
+  const box = e => { const b = e.getBoundingClientRect();
+    return {tag: e.tagName.toLowerCase(), cls: e.className || "", left: b.left, right: b.right, width: b.width}; };
+  const shown = Array.from(document.body.children).filter(e => !["SCRIPT", "STYLE"].includes(e.tagName));
+  const layout = {
+    innerWidth: window.innerWidth,
+    scrollWidth: document.documentElement.scrollWidth,
+    tables: Array.from(document.querySelectorAll("table"), box),
+    elements: Array.from(document.body.querySelectorAll("*"), box),
+    first: shown.slice(0, 6).map(e => e.tagName.toLowerCase() + (e.className ? "." + e.className : "")),
+  };
+  document.documentElement.setAttribute("data-layout", JSON.stringify(layout));
+});
+</script>"""
+
+
+@dataclass
+class Layout:
+    """What the browser measured at one window width (CSS px): the page's scroll width, every table's and every
+    element's box (tag, cls, left, right, width), and the body's first children as 'tag' or 'tag.class'."""
+
+    inner_width: int
+    scroll_width: int
+    tables: list[dict]
+    elements: list[dict]
+    first: list[str]
+
+
+def _with_script(html_path: Path, script: str) -> str:
+    text = html_path.read_text(encoding="utf-8", errors="replace")
+    ends = [m.start() for m in re.finditer(r"</body\s*>", text, re.I)]
+    return text[: ends[-1]] + script + text[ends[-1] :] if ends else text + script
+
+
+def inspect_layout(html_path: str | Path, width: int = 1280, height: int = 900, timeout: float = 60) -> Layout:
+    """Render `html_path` in a `width` x `height` window and return what the page's own layout measured.
+
+    The probe runs on a copy in a temporary folder, so relative links do not resolve: the page must be
+    self-contained, as the report is (its images are embedded)."""
+    html_path = Path(html_path).resolve()
+    with tempfile.TemporaryDirectory(prefix="inspect-layout-") as tmp:
+        copy = Path(tmp) / html_path.name
+        copy.write_text(_with_script(html_path, LAYOUT_PROBE), encoding="utf-8")
+        dom = render_dom(copy, timeout, flags=(f"--window-size={width},{height}", "--hide-scrollbars"))
+    match = re.search(r'<html[^>]*\sdata-layout="([^"]*)"', dom)
+    if match is None:
+        raise RuntimeError(f"the layout probe did not finish rendering {html_path}")
+    data = json.loads(html.unescape(match.group(1)))
+    return Layout(data["innerWidth"], data["scrollWidth"], data["tables"], data["elements"], data["first"])
+
+
+def screenshot(
+    html_path: str | Path, png: str | Path, width: int = 1280, height: int = 900, timeout: float = 60
+) -> Path:
+    """Save the first `width` x `height` px of `html_path` as rendered by headless Chromium (`--screenshot`)."""
+    png = Path(png).resolve()
+    # every compositor stage runs before the capture, so the page is painted whole, not tile by tile
+    flags = (
+        f"--window-size={width},{height}",
+        "--hide-scrollbars",
+        "--run-all-compositor-stages-before-draw",
+        f"--screenshot={png}",
+    )
+    render_dom(html_path, timeout, flags=flags, dump=False)
+    if not png.is_file():
+        raise RuntimeError(f"chromium wrote no screenshot of {html_path} to {png}")
+    return png

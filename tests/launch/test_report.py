@@ -4,13 +4,26 @@ truth), the HTML renders in headless Chromium with every table and image, and ru
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import struct
+from pathlib import Path
 
 import pytest
-from browser import inspect_page, require_chromium
+from browser import inspect_layout, inspect_page, require_chromium, screenshot
 from helpers import compose, run_launch
 
+from compactlm.launch.headline import tradeoff_points
 from compactlm.launch.launcher import write_run_dir
-from compactlm.launch.report import bench_rows, build_blocks, quality_rows, write_report
+from compactlm.launch.report import (
+    bench_rows,
+    build_blocks,
+    manifests,
+    quality_rows,
+    recovery,
+    results,
+    write_report,
+)
 from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, atomic_write_json, read_manifest, seal
 from compactlm.pipeline import CONFIG_FILE, run_stage
@@ -118,8 +131,43 @@ def test_html_report_renders_in_chromium_with_tables_and_images(runs):
     models = read_manifest(f"{conf.run_dir}/evaluate")["result"]["models"]
     cells = {c for t in page.tables for row in t for c in row}
     assert f"{models['pruned']['perplexity']:.3f}" in cells
-    assert len(page.images) == 2 and page.probed_images == 2  # importance depth and width plots
+    assert len(page.images) == 3 and page.probed_images == 3  # the trade-off chart, importance depth and width
+    assert page.images[0].alt.startswith("Size against quality")
     assert all(img.decoded for img in page.images), page.images
+
+
+def test_report_first_screen_tells_the_story_and_fits_1280px(runs):
+    """report.html opens with the headline (the manifests' figures) and the trade-off chart, and no element is
+    wider than a 1280 px window; a screenshot of that first screen is kept (COMPACTLM_ARTIFACTS: copied there)."""
+    require_chromium()
+    _, (conf, _) = runs
+    page = Path(conf.run_dir) / "report.html"
+    layout = inspect_layout(page, width=1280, height=900)
+    assert layout.inner_width == 1280
+    assert layout.first[:3] == ["h1", "div.headline", "figure"], layout.first
+    assert layout.scroll_width <= 1280
+    assert layout.tables and [t for t in layout.tables if t["left"] < 0 or t["right"] > 1280] == []
+    assert [e for e in layout.elements if e["left"] < 0 or e["right"] > 1280] == []
+
+    ev, bench = read_result(conf.run_dir, "evaluate"), read_result(conf.run_dir, "bench")
+    t, s = ev.models["teacher"], ev.models["pruned"]
+    one = next(r for r in bench.runs if r.batch_size == 1)
+    text = page.read_text()
+    headline = text[text.index("<div class='headline'>") : text.index("<figure>")]
+    assert f"<b>{(s.params.total / t.params.total - 1) * 100:+.1f}%</b>" in headline
+    assert f"<b>{recovery(t, s)['aggregate'] * 100:.1f}%</b>" in headline
+    assert f"<b>{one.compare['decode_speedup']:.2f}×</b>" in headline
+    assert f"ideal {one.compare['ideal_speedup']:.2f}×" in headline
+    points = tradeoff_points(results(manifests(conf)))
+    assert {p.label: round(p.quality, 6) for p in points} == {
+        label: round(t.perplexity / m.perplexity, 6) for label, m in ev.models.items()
+    }
+
+    shot = screenshot(page, Path(conf.run_dir) / "report_first_screen_1280.png", width=1280, height=900)
+    head = shot.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (1280, 900)
+    if os.environ.get("COMPACTLM_ARTIFACTS"):
+        shutil.copy(shot, Path(os.environ["COMPACTLM_ARTIFACTS"]) / shot.name)
 
 
 def test_launch_report_compares_runs_side_by_side(runs):

@@ -11,7 +11,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-from browser import find_chromium, inspect_page, parse_dom, render_dom, require_chromium
+from browser import find_chromium, inspect_layout, inspect_page, parse_dom, render_dom, require_chromium, screenshot
+
+from compactlm.launch.report import Block, split_columns, to_html
 
 
 def png_bytes(width: int = 40, height: int = 30, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -150,3 +152,29 @@ def test_require_chromium_skips_or_fails_under_ci(monkeypatch):
     monkeypatch.setenv("CI", "1")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         require_chromium()
+
+
+def test_a_wide_table_fits_a_1280px_window(tmp_path):
+    """A quality table of many tasks and variants (it ran off the right edge at 1400 px) is split into tables that
+    repeat the model column, and no element of the page is wider than the window."""
+    require_chromium()
+    tasks = ["heldout_continuation", "arc_easy_pl", "hellaswag_pl"]
+    header = ["model", "params", "perplexity", "KL to teacher", "top-1 agreement", *[f"{t} acc" for t in tasks]]
+    header += ["recovery (ppl)", *[f"recovery ({t})" for t in tasks], "recovery (aggregate)", "decode tok/s", "TPOT ms"]
+    labels = ["teacher", "pruned", "distilled", "sft", "dpo", "quantized", "gguf q8_0", "gguf q4_k_m"]
+    rows = [[label, *[f"{1234.5678 + i:.4f}" for i in range(len(header) - 1)]] for label in labels]
+    parts = split_columns(header, rows)
+    assert len(parts) > 1 and all(h[0] == "model" and [r[0] for r in rs] == labels for h, rs in parts)
+    assert [c for h, _ in parts for c in h[1:]] == header[1:]  # every column once, in order
+    page = tmp_path / "wide.html"
+    page.write_text(to_html([Block("h1", "run"), Block("table", (header, rows))]), encoding="utf-8")
+    layout = inspect_layout(page, width=1280)
+    assert layout.inner_width == 1280 and layout.scroll_width <= 1280
+    assert len(layout.tables) == len(parts)
+    assert [e for e in layout.elements if e["left"] < 0 or e["right"] > 1280] == []
+    assert screenshot(page, tmp_path / "wide.png").stat().st_size > 0
+
+
+def test_split_columns_keeps_a_table_that_fits():
+    header, rows = ["model", "perplexity"], [["teacher", "12.345"]]
+    assert split_columns(header, rows) == [(header, rows)]

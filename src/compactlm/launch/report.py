@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from compactlm.config import CompactLMConfig
+from compactlm.launch.headline import TRADEOFF_PNG, headline, plot_tradeoff, tradeoff_points
 from compactlm.manifest import atomic_write_text, read_manifest
 from compactlm.pipeline import run_tasks, running, split_task, task_name
 from compactlm.results import (
@@ -415,7 +416,7 @@ def architecture_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
 
 @dataclass
 class Block:
-    kind: str  # "h1" | "h2" | "p" | "table" | "image"
+    kind: str  # "h1" | "h2" | "p" | "headline" | "table" | "image"
     content: Any
 
 
@@ -683,12 +684,30 @@ def search_blocks(conf: CompactLMConfig, rs: dict[str, Any]) -> list[Block]:
     return blocks
 
 
+def first_screen(rs: dict[str, Any], run_dir: Path) -> list[Block]:
+    """What the report opens with: the headline figures, then the size/quality chart of every model and variant
+    (written to `<run>/report_tradeoff.png`), each only where the run measured it."""
+    blocks = []
+    items = headline(rs, recovery)
+    if items:
+        blocks.append(Block("headline", items))
+    points = tradeoff_points(rs)
+    if len(points) > 1:
+        caption = (
+            "Size against quality of every model and variant the evaluate stage measured: weights on disk against "
+            "perplexity recovery on its validation split (teacher perplexity / model perplexity); dashed lines "
+            "through the teacher."
+        )
+        blocks.append(Block("image", (plot_tradeoff(points, run_dir / TRADEOFF_PNG), caption)))
+    return blocks
+
+
 def build_blocks(conf: CompactLMConfig) -> list[Block]:
     run_dir = Path(conf.run_dir)
     ms = manifests(conf)
     rs = results(ms)
-    blocks = [
-        Block("h1", f"compactlm run {conf.run_name}"),
+    blocks = [Block("h1", f"compactlm run {conf.run_name}"), *first_screen(rs, run_dir)]
+    blocks += [
         Block(
             "p",
             f"recipe={conf.recipe.name} ({' → '.join(conf.recipe.stages)}), model={conf.model.name}, "
@@ -789,6 +808,8 @@ def to_markdown(blocks: list[Block], run_dir: Path) -> str:
             out.append(f"## {b.content}\n")
         elif b.kind == "p":
             out.append(f"{b.content}\n")
+        elif b.kind == "headline":
+            out.append(" · ".join(f"**{figure}** {caption}" for figure, caption in b.content) + "\n")
         elif b.kind == "table":
             header, rows = b.content
             out.append("| " + " | ".join(header) + " |")
@@ -801,11 +822,42 @@ def to_markdown(blocks: list[Block], run_dir: Path) -> str:
     return "\n".join(out)
 
 
+# Wide tables fit the page (1280 px screens and up): header words may break anywhere (a task name such as
+# heldout_continuation is one word), cells are compact, and a table wider than the page still scrolls inside its own
+# box rather than pushing the page wider. The headline is a row of large figures that wraps on narrow screens.
 CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    ".table{max-width:100%;overflow-x:auto}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+    "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{overflow-wrap:anywhere;min-width:3em}"
     "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%}"
+    ".headline{display:flex;flex-wrap:wrap;gap:1em;margin:1em 0}"
+    ".headline div{flex:1 1 14em;border:1px solid #ccc;border-radius:6px;padding:.6em 1em;background:#f7f9fc}"
+    ".headline b{display:block;font-size:2em}.headline span{color:#555}"
 )
+
+
+TABLE_CHARS = 120  # about what 1100 px hold at the CSS's 14 px font, padding included
+
+
+def split_columns(header: list[str], rows: list[list[str]], budget: int = TABLE_CHARS) -> list[tuple[list, list]]:
+    """A table too wide for the page as several tables, each repeating the first column (the row's name).
+
+    A column's width is estimated in characters: its longest cell (numbers do not wrap), its header's longest word
+    up to 8 characters (headers wrap, long words anywhere), plus 2 for padding. One table when it fits `budget`."""
+    words = [max(map(len, str(h).split()), default=0) for h in header]
+    widths = [max([len(str(r[i])) for r in rows] + [min(words[i], 8)]) + 2 for i in range(len(header))]
+    if sum(widths) <= budget or len(header) < 3:
+        return [(header, rows)]
+    parts, current, used = [], [], widths[0]
+    for i in range(1, len(header)):
+        if current and used + widths[i] > budget:
+            parts.append(current)
+            current, used = [], widths[0]
+        current.append(i)
+        used += widths[i]
+    parts.append(current)
+    return [([header[0], *[header[i] for i in p]], [[r[0], *[r[i] for i in p]] for r in rows]) for p in parts]
 
 
 def to_html(blocks: list[Block]) -> str:
@@ -819,15 +871,21 @@ def to_html(blocks: list[Block]) -> str:
             out.append(f"<{b.kind}>{html.escape(b.content)}</{b.kind}>")
         elif b.kind == "p":
             out.append(f"<p>{html.escape(b.content)}</p>")
-        elif b.kind == "table":
-            header, rows = b.content
-            out.append(
-                "<table><thead><tr>"
-                + "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-                + "</tr></thead><tbody>"
+        elif b.kind == "headline":
+            figures = "".join(
+                f"<div><b>{html.escape(figure)}</b><span>{html.escape(caption)}</span></div>"
+                for figure, caption in b.content
             )
-            out += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
-            out.append("</tbody></table>")
+            out.append(f"<div class='headline'>{figures}</div>")
+        elif b.kind == "table":
+            for header, rows in split_columns(*b.content):
+                out.append(
+                    "<div class='table'><table><thead><tr>"
+                    + "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+                    + "</tr></thead><tbody>"
+                )
+                out += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
+                out.append("</tbody></table></div>")
         elif b.kind == "image":
             path, caption = b.content
             data = base64.b64encode(path.read_bytes()).decode()

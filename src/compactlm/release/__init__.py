@@ -1,0 +1,1 @@
+"""The release of a run: the Hub-ready folder `<run>/release/` and its upload (`compactlm.release.upload`)."""
