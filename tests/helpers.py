@@ -44,7 +44,9 @@ def clone_env(clone: Path) -> dict:
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The options of a config group: its YAML files (the recipes a user picks live in recipes/, not conf/)."""
+    folder = REPO / "recipes" if group == "recipe" else CONF / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
 def run_launch(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 900, **kw):

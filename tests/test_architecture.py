@@ -8,6 +8,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,7 +160,28 @@ def test_every_stage_follows_the_contract(name):
     assert stage.reads and set(stage.reads) <= fields, f"{name}.reads names no config section: {stage.reads}"
     assert isinstance(stage.keep, tuple)
     assert dataclasses.is_dataclass(RESULTS[name])
-    assert (REPO / "recipes" / f"{name}.py").is_file()
+
+
+def test_every_stage_starts_through_the_one_module():
+    """Stage processes start as `python -m compactlm.run <stage> config=...`: no script per stage (a script
+    folder on sys.path shadowed the `gguf` package), and the module names every stage."""
+    assert list((REPO / "recipes").glob("*.py")) == [], "recipes/ holds the recipes a user picks (YAML)"
+    assert [t for t, _, _ in imports(SRC / "compactlm" / "run.py")] == ["sys", "compactlm.pipeline"]  # thin
+    r = subprocess.run(
+        [sys.executable, "-m", "compactlm.run", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m compactlm.run <stage> config=")
+    assert r.stdout.splitlines()[-1] == f"Stages: {', '.join(STAGES)}"
+    bad = subprocess.run(
+        [sys.executable, "-m", "compactlm.run", "gguff", "config=x.yaml"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    assert bad.returncode == 2 and "stage 'gguff' is not one of model, data," in bad.stderr
 
 
 def test_a_stage_sees_only_the_sections_it_declares():

@@ -98,7 +98,9 @@ def test_every_shipped_combination_composes_and_validates(tiny_llama_dir, jsonl_
 
 
 def test_every_yaml_starts_with_a_comment_naming_its_command():
-    for path in sorted((REPO / "conf").rglob("*.yaml")):
+    paths = sorted((REPO / "conf").rglob("*.yaml")) + sorted((REPO / "recipes").glob("*.yaml"))
+    assert [p.stem for p in paths if p.parent == REPO / "recipes"] == group_options("recipe") != []
+    for path in paths:
         first = path.read_text().lstrip().splitlines()[0]
         assert first.startswith("#"), path
         assert "python launch.py" in path.read_text(), f"{path} does not say which command runs it"

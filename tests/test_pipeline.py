@@ -14,7 +14,7 @@ from compactlm.config import ConfigError
 from compactlm.launch.launcher import write_run_dir
 from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, LinkRefused, read_manifest
-from compactlm.pipeline import CONFIG_FILE, _clean, run_stage, stage_folder
+from compactlm.pipeline import CONFIG_FILE, Task, _clean, run_stage, stage_folder
 from compactlm.pipeline import main as pipeline_main
 from compactlm.results import EvaluateResult, read_result
 
@@ -225,10 +225,10 @@ def test_a_stage_never_cleans_outside_its_run_folder(tmp_path, tiny_llama_dir):
     with pytest.raises(ConfigError, match="is not a folder named after run_name"):
         run_stage("model", run_dir / CONFIG_FILE)
     assert precious.read_text() == "not compactlm's"
-    assert stage_folder(run_dir, conf.run_name, "model") == run_dir / "model"
+    assert stage_folder(run_dir, conf.run_name, Task("model")) == run_dir / "model"
     for bad in ("..", "."):
         with pytest.raises(ConfigError):
-            stage_folder(tmp_path / bad, bad, "model")
+            stage_folder(tmp_path / bad, bad, Task("model"))
 
 
 # ------------------------------------------------------------------------------------------ run folder safety (#28)
@@ -311,7 +311,7 @@ def test_a_linked_stage_folder_or_a_link_in_a_kept_checkpoint_is_refused_in_one_
     outside.mkdir()
     (run_dir / "model").symlink_to(outside)
     capsys.readouterr()
-    assert pipeline_main("model", [f"config={run_dir / CONFIG_FILE}"]) == 2
+    assert pipeline_main(["model", f"config={run_dir / CONFIG_FILE}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{run_dir / 'model'} is a symbolic link (to {outside})" in err[0], err
     assert os.listdir(outside) == []

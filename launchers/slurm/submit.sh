@@ -16,16 +16,26 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 HOME_DIR=${COMPACTLM_HOME:-$(cd "$HERE/../.." && pwd)}
 export COMPACTLM_HOME=$HOME_DIR
 NODES=${NODES:-1}; GPUS=${GPUS_PER_NODE:-0}; TIME=${TIME:-04:00:00}
-# one line per stage: its tasks (the stage itself, or candidate-<name> for each search candidate)
-STAGES=$(PYTHONPATH="$HOME_DIR/src" python -c "import sys; from compactlm.pipeline import load_config, stage_tasks; c = load_config(sys.argv[1]); print('\n'.join(' '.join(stage_tasks(c, s)) for s in c.recipe.stages))" "$CONFIG")
+# one line per stage: its tasks (the stage itself, or one per search candidate), each as name/stage/instance
+# from compactlm's own task list (pipeline.run_tasks), so nothing here takes a task name apart
+STAGES=$(PYTHONPATH="$HOME_DIR/src" python - "$CONFIG" <<'PY'
+import sys
+from compactlm.pipeline import load_config, run_tasks
+lines = {}
+for t in run_tasks(load_config(sys.argv[1])):
+    lines.setdefault(t.stage, []).append(f"{t.name}/{t.stage}/{t.instance or ''}")
+print("\n".join(" ".join(tasks) for tasks in lines.values()))
+PY
+)
 LOGS=$(dirname "$CONFIG")/slurm_logs
 mkdir -p "$LOGS"
 prev=""
 while read -r tasks; do
     ids=()
-    for task in $tasks; do
+    for entry in $tasks; do
+        IFS=/ read -r task stage instance <<< "$entry"
         res=(--nodes=1)
-        case ${task%%-*} in
+        case $stage in
             model|data) ;;
             distill) res=(--nodes="$NODES"); [ "$GPUS" -gt 0 ] && res+=(--gpus-per-node="$GPUS") ;;
             candidate) [ "$GPUS" -gt 0 ] && res+=(--gpus-per-node="$GPUS") ;;
@@ -34,7 +44,7 @@ while read -r tasks; do
         # a stage that failed for good cancels the ones after it instead of leaving them pending forever
         dep=(); [ -n "$prev" ] && dep=(--dependency=afterok:"$prev" --kill-on-invalid-dep=yes)
         id=$(sbatch --parsable --job-name="compactlm-$task" --time="$TIME" --output="$LOGS/$task-%j.out" \
-            "${res[@]}" "${dep[@]}" "$@" "$HERE/stage.sbatch" "$task" "$CONFIG")
+            "${res[@]}" "${dep[@]}" "$@" "$HERE/stage.sbatch" "$stage" "$CONFIG" ${instance:+"$stage=$instance"})
         echo "$task: job $id"
         ids+=("$id")
     done

@@ -1,7 +1,7 @@
 """compactlm's one command-line grammar below Hydra: `key=value` words, as Hydra overrides are written.
 
-`launch.py` composes runs with Hydra; its run operations (`launch.py status run_name=x`) and the stage entry
-points that run on the compute node (`python recipes/<stage>.py config=<run_dir>/config.yaml`) read the same
+`launch.py` composes runs with Hydra; its run operations (`launch.py status run_name=x`) and the stage module
+that runs on the compute node (`python -m compactlm.run <stage> config=<run_dir>/config.yaml`) read the same
 form through :func:`parse`. Library functions take typed arguments from Python and have no CLI of their own.
 """
 

@@ -1000,8 +1000,7 @@ class ClusterConfig:
         return self.executor in ("dgxc", "lepton") or (self.executor == "slurm" and self.slurm.tunnel == "ssh")
 
     def nodes_for(self, stage: str) -> int:
-        """Nodes `stage` (or a task of it, `candidate-exp_010`) runs on."""
-        stage = stage.partition("-")[0]
+        """Nodes each task of `stage` runs on (every instance of an instanced stage alike)."""
         return self.stage_nodes.get(stage, self.nodes if stage in MULTI_NODE_STAGES else 1)
 
 
@@ -1319,7 +1318,7 @@ class PlanConfig:
 # ---------------------------------------------------------------------------------------------- recipe
 @dataclass
 class RecipeConfig:
-    """An ordered list of stages; each runs as `python recipes/<stage>.py` on the compute node."""
+    """An ordered list of stages; each runs as `python -m compactlm.run <stage>` on the compute node."""
 
     name: str = MISSING
     description: str = ""

@@ -196,65 +196,94 @@ def _plain(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
-def task_name(stage: str, instance: str | None = None) -> str:
-    """The task (and folder) name of one instance of a stage: `candidate-exp_010`; a plain stage's is its name."""
-    return f"{stage}-{instance}" if instance else stage
+@dataclass(frozen=True)
+class Task:
+    """One task of a run: a stage, or one instance of an instanced stage (a search candidate). Computed by
+    `run_tasks`; the launcher, the executors, status, logs and cancel take these values and never parse `name`.
+
+    `depends_on` holds the tasks of the recipe's stage before (what a scheduler waits for); instances of the same
+    stage never depend on one another. Two tasks are equal when stage and instance are."""
+
+    stage: str
+    instance: str | None = None
+    depends_on: tuple[Task, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The task's folder under the run folder and its NeMo-Run task name: `candidate-exp_010`, or `distill`."""
+        return f"{self.stage}-{self.instance}" if self.instance is not None else self.stage
+
+    @property
+    def upstream(self) -> tuple[Task, ...]:
+        """Every task of the recipe's earlier stages, in recipe order: whose manifests this task reads."""
+        out: dict[Task, None] = {}
+        for dep in self.depends_on:
+            out.update(dict.fromkeys(dep.upstream))
+            out[dep] = None
+        return tuple(out)
+
+    def folder(self, run_dir: str | Path) -> Path:
+        return Path(run_dir) / self.name
 
 
-def split_task(task: str) -> tuple[str, str | None]:
-    """`candidate-exp_010` -> ("candidate", "exp_010"); `distill` -> ("distill", None). Stage names have no dash."""
-    stage, _, instance = task.partition("-")
-    return stage, instance or None
+def instanced_by(stage: str) -> str | None:
+    """The config section that lists the instances of an instanced stage (`search` for `candidate`), else None.
+    The one place the task list reads the stage table's INSTANCED."""
+    return INSTANCED.get(stage)
 
 
 def instances(cfg: CompactLMConfig, stage: str) -> list[str]:
     """Names of the instances of an instanced stage (the search candidates), in the config's order."""
-    return getattr(cfg, INSTANCED[stage]).names()
+    return getattr(cfg, instanced_by(stage)).names()
 
 
-def stage_tasks(cfg: CompactLMConfig, stage: str) -> list[str]:
-    """The task(s) of one recipe stage: the stage itself, or one per instance."""
-    if stage in INSTANCED:
-        return [task_name(stage, i) for i in instances(cfg, stage)]
-    return [stage]
+def run_tasks(cfg: CompactLMConfig) -> list[Task]:
+    """Every task of the run in recipe order: each stage, with an instanced stage expanded into its instances
+    (`instanced_by`). Their folders are `<run_dir>/<task.name>`; the launcher, status,
+    logs, cancel and the report go through this list."""
+    tasks: list[Task] = []
+    previous: tuple[Task, ...] = ()
+    for stage in cfg.recipe.stages:
+        names = instances(cfg, stage) if instanced_by(stage) else [None]
+        previous = tuple(Task(stage, instance, previous) for instance in names)
+        tasks += previous
+    return tasks
 
 
-def run_tasks(cfg: CompactLMConfig) -> list[str]:
-    """Every task of the run in recipe order: each stage, with an instanced stage expanded into its instances.
-    Their folders are `<run_dir>/<task>`; status, logs, cancel and the report go through this list."""
-    return [t for stage in cfg.recipe.stages for t in stage_tasks(cfg, stage)]
-
-
-def upstream_stages(cfg: CompactLMConfig, name: str) -> list[str]:
-    """The tasks `name` (a task) depends on: every task of the recipe's earlier stages. Instances of the same
-    stage never depend on one another."""
-    stages = cfg.recipe.stages
-    earlier = stages[: stages.index(split_task(name)[0])]
-    return [t for stage in earlier for t in stage_tasks(cfg, stage)]
-
-
-def run_stage(name: str, config_path: Path) -> int:
-    """Run task `name` (a stage, or `candidate-<name>`) of the run described by `config_path`; returns the
-    process exit code."""
-    cfg = load_config(config_path)
-    run_dir = Path(cfg.run_dir)
-    stage_name, instance = split_task(name)
-    if stage_name in STAGES and (stage_name in INSTANCED) != (instance is not None):
+def find_task(cfg: CompactLMConfig, stage: str, instance: str | None = None) -> Task:
+    """The task of the run that `stage` (and `instance`, for an instanced stage) names; ConfigError otherwise."""
+    if stage in STAGES and (instanced_by(stage) is not None) != (instance is not None):
         raise ConfigError(
-            f"stage {stage_name!r} "
+            f"stage {stage!r} "
             + (
-                f"runs once per {INSTANCED[stage_name]} candidate: name one "
-                f"(one of {', '.join(instances(cfg, stage_name)) or 'none'})"
+                f"runs once per {instanced_by(stage)} candidate: name one "
+                f"(one of {', '.join(instances(cfg, stage)) or 'none'})"
                 if instance is None
                 else "has no instances"
             )
         )
-    if instance is not None and instance not in instances(cfg, stage_name):
+    if instance is not None and instance not in instances(cfg, stage):
         raise ConfigError(
-            f"{stage_name}={instance!r} is not one of this run's candidates: "
-            f"{', '.join(instances(cfg, stage_name)) or 'none'}"
+            f"{stage}={instance!r} is not one of this run's candidates: {', '.join(instances(cfg, stage)) or 'none'}"
         )
-    stage_dir = stage_folder(run_dir, cfg.run_name, name)
+    if stage not in STAGES:
+        raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
+    found = [t for t in run_tasks(cfg) if t == Task(stage, instance)]
+    if not found:
+        raise ConfigError(
+            f"stage {stage!r} is not one of recipe={cfg.recipe.name}'s stages: {', '.join(cfg.recipe.stages)}"
+        )
+    return found[0]
+
+
+def run_stage(stage_name: str, config_path: Path, instance: str | None = None) -> int:
+    """Run stage `stage_name` (for an instanced stage: its instance `instance`, a candidate's name) of the run
+    described by `config_path`; returns the process exit code."""
+    cfg = load_config(config_path)
+    run_dir = Path(cfg.run_dir)
+    task = find_task(cfg, stage_name, instance)
+    name = task.name
+    stage_dir = stage_folder(run_dir, cfg.run_name, task)
     stage = load_stage(stage_name)
     if (run_dir / CANCELLED).is_file():
         print(
@@ -263,7 +292,7 @@ def run_stage(name: str, config_path: Path) -> int:
         )
         return EXIT_CANCELLED
     upstream: dict[str, dict[str, Any]] = {}
-    for up in upstream_stages(cfg, name):
+    for up in (t.name for t in task.upstream):
         m = read_manifest(run_dir / up)
         if m is None:
             print(
@@ -353,21 +382,20 @@ def _exit_on_signal(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def stage_folder(run_dir: Path, run_name: str, stage: str) -> Path:
-    """`<run_dir>/<task>`, after checking that it cannot lie outside the run folder: the run folder is named
+def stage_folder(run_dir: Path, run_name: str, task: Task) -> Path:
+    """`<run_dir>/<task.name>`, after checking that it cannot lie outside the run folder: the run folder is named
     after the (validated) run name, the stage is one of STAGES and an instance name is a plain folder name
     (the run-name rule), so a stage never cleans anything else."""
-    name, instance = split_task(stage)
-    if name not in STAGES:
-        raise ConfigError(f"stage {name!r} is not one of {', '.join(STAGES)}")
-    if instance is not None:
-        check_run_name(instance, name)
+    if task.stage not in STAGES:
+        raise ConfigError(f"stage {task.stage!r} is not one of {', '.join(STAGES)}")
+    if task.instance is not None:
+        check_run_name(task.instance, task.stage)
     if run_dir.name != run_name or ".." in run_dir.parts or run_dir.resolve() == Path(run_dir.anchor):
         raise ConfigError(
             f"run_dir={str(run_dir)!r} is not a folder named after run_name={run_name!r}: the "
             "stages write and clean only inside <runs_root>/<run_name>"
         )
-    folder = run_dir / stage
+    folder = task.folder(run_dir)
     refuse_link(folder)  # even one to another folder of the run: a stage writes into its own folder only
     if folder.resolve().parent != run_dir.resolve():
         raise ConfigError(f"{folder} resolves to {folder.resolve()}, outside the run folder {run_dir.resolve()}")
@@ -478,46 +506,54 @@ def _refuse_links_in(path: Path) -> None:
         refuse_link(p)
 
 
-def main(name: str, argv: list[str] | None = None) -> int:
-    """Entry point of `recipes/<name>.py`: `python recipes/<name>.py config=<run_dir>/config.yaml`."""
+USAGE = "usage: python -m compactlm.run <stage> config=<run_dir>/config.yaml [<stage>=<instance>]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Every stage's entry point, `python -m compactlm.run <stage> config=<run_dir>/config.yaml` (compactlm/run.py);
+    an instanced stage also names its instance: `candidate config=... candidate=exp_010`."""
     argv = sys.argv[1:] if argv is None else argv
-    # `python recipes/<name>.py` puts recipes/ first on sys.path, where recipes/gguf.py would shadow the `gguf`
-    # package that transformers and the gguf stage import (lazily, after this point)
-    if sys.argv and sys.argv[0].endswith(".py"):
-        recipes = Path(sys.argv[0]).resolve().parent
-        sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != recipes]
-    extra = f" {name}=<name>" if name in INSTANCED else ""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            f"{USAGE}\n\nRuns one stage of the run that config.yaml (written by launch.py) describes; skipped when its "
+            f"manifest is up to date.\nStages: {', '.join(STAGES)}",
+            file=sys.stdout if argv else sys.stderr,
+        )
+        return 0 if argv else 2
+    name, argv = argv[0], argv[1:]
+    if name not in STAGES:
+        print(f"compactlm.run: stage {name!r} is not one of {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    extra = f" {name}=<name>" if instanced_by(name) else ""
     if any(a in ("-h", "--help") for a in argv):
         print(
-            f"usage: python recipes/{name}.py config=<run_dir>/config.yaml{extra}\n\nRuns the {name} stage of the "
-            "run that config.yaml (written by launch.py) describes"
-            + (f", for one of its {INSTANCED[name]} candidates" if extra else "")
+            f"usage: python -m compactlm.run {name} config=<run_dir>/config.yaml{extra}\n\nRuns the {name} stage of "
+            "the run that config.yaml (written by launch.py) describes"
+            + (f", for one of its {instanced_by(name)} candidates" if extra else "")
             + "; skipped when its manifest is up to date."
         )
         return 0
     try:
         args = parse(argv, {"config": None, **({name: None} if extra else {})})
     except UsageError as e:
-        print(f"recipes/{name}.py: {e}", file=sys.stderr)
+        print(f"compactlm.run {name}: {e}", file=sys.stderr)
         return 2
-    task = task_name(name, args.get(name))
+    instance = args.get(name)
     try:
-        return run_stage(task, Path(args["config"]))
+        return run_stage(name, Path(args["config"]), instance)
     except ConfigError as e:
         print(f"[{name}] configuration error: {e}", file=sys.stderr)
-        _record_config_error(Path(args["config"]), task, str(e))
+        _record_config_error(Path(args["config"]), name, instance, str(e))
         return EXIT_CONFIG
 
 
-def _record_config_error(config_path: Path, name: str, message: str) -> None:
+def _record_config_error(config_path: Path, stage: str, instance: str | None, message: str) -> None:
     """Leave CONFIG_ERROR in the stage folder: a Slurm job script requeues a failed stage, except this one (the
     same config would fail again). The next run of the stage cleans it away."""
     try:
         cfg = load_config(config_path)
-        stage, instance = split_task(name)
-        if instance is not None and instance not in instances(cfg, stage):
-            return  # no such task: no folder is made for it
-        stage_dir = stage_folder(Path(cfg.run_dir), cfg.run_name, name)
+        task = find_task(cfg, stage, instance)  # ConfigError when there is no such task: no folder is made for it
+        stage_dir = stage_folder(Path(cfg.run_dir), cfg.run_name, task)
         stage_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(stage_dir / CONFIG_ERROR, message + "\n")
     except Exception:  # the config itself may be what is broken; the message is printed already

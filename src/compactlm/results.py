@@ -561,12 +561,12 @@ def result_of(stage: str, manifest: dict[str, Any] | None) -> Any:
     """The typed result of a finished stage's manifest (None when the stage has not finished)."""
     if manifest is None:
         return None
-    if "result" not in manifest:
+    if "result" not in manifest or manifest.get("stage") not in RESULTS:
         raise ResultError(
             f"{stage}/manifest.json has no result (written by an older compactlm); re-running the stage rewrites it"
         )
-    # a task of an instanced stage (`candidate-exp_010`) has its stage's result class
-    return from_json(RESULTS[stage.partition("-")[0]], manifest["result"], f"{stage}/manifest.json result")
+    # the manifest names its stage: a task of an instanced stage (`candidate-exp_010`) has its stage's result class
+    return from_json(RESULTS[manifest["stage"]], manifest["result"], f"{stage}/manifest.json result")
 
 
 def read_result(run_dir: str | Path, stage: str) -> Any:

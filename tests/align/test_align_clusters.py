@@ -65,7 +65,7 @@ def test_slurm_sft_script_matches_its_golden_file_and_dpo_grpo_are_alike():
     for stage in ALIGN:
         text = scripts[stage]
         assert "#SBATCH --nodes=2" in text and "#SBATCH --gpus-per-node=8" in text
-        assert "--nnodes 2 --nproc-per-node 8" in text and f"recipes/{stage}.py config=config.yaml" in text
+        assert "--nnodes 2 --nproc-per-node 8" in text and f"-m compactlm.run {stage} config=config.yaml" in text
         assert "#SBATCH --signal=USR1@120" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
     assert "--gpus-per-node=8" not in scripts["align_data"] and "#SBATCH --nodes=1" in scripts["align_data"]
 
@@ -76,7 +76,7 @@ def test_cloud_renders_torchrun_on_two_nodes_for_each_alignment_stage(cluster):
     for stage in ALIGN:
         assert (
             "torchrun --nnodes 2 --nproc-per-node 8" in text[stage]
-            and f"/opt/compactlm/recipes/{stage}.py config=/nemo_run/code/config.yaml" in text[stage]
+            and f"-m compactlm.run {stage} config=/nemo_run/code/config.yaml" in text[stage]
         ), text[stage]
     previous = {"sft": "align_data", "dpo": "sft", "grpo": "dpo"}
     for stage, before in previous.items():

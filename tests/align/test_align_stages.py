@@ -118,7 +118,7 @@ def _kill_during_training(tmp_path, model_dir, stage, sig=signal.SIGKILL, **step
         assert run_stage(up, run_dir / CONFIG_FILE) == 0
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "recipes" / f"{stage}.py"), f"config={run_dir / CONFIG_FILE}"],
+        [sys.executable, "-m", "compactlm.run", stage, f"config={run_dir / CONFIG_FILE}"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -39,7 +39,7 @@ def test_deploy_stage_stops_with_where_it_runs(tmp_path, tiny_llama_dir):
     run_dir = write_run_dir(conf)
     assert run_stage("model", run_dir / CONFIG_FILE) == 0
     r = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / "deploy.py"), f"config={run_dir / CONFIG_FILE}"],
+        [sys.executable, "-m", "compactlm.run", "deploy", f"config={run_dir / CONFIG_FILE}"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -166,15 +166,15 @@ def test_launch_submits_each_stage_after_the_previous_one_and_waits(tmp_path, fa
         launch_script = on_pvc(fake, f"{job_dir}/launch_script.sh").read_text()
         assert launch_script.startswith("\nset -o pipefail\n") and f"bash {job_dir}/torchrun_job.sh" in launch_script
         script = on_pvc(fake, f"{job_dir}/torchrun_job.sh").read_text()
-        commands[w.request["name"]] = [line for line in script.splitlines() if "/opt/compactlm/recipes/" in line]
+        commands[w.request["name"]] = [line for line in script.splitlines() if "-m compactlm.run " in line]
         config = on_pvc(fake, f"{job_dir}/code/config.yaml").read_text()
         assert (
             "run_dir: /workspace/compactlm/runs/exp010" in config and "cache_dir: /workspace/compactlm/cache" in config
         )
     assert commands == {
-        "model": ["python /opt/compactlm/recipes/model.py config=/nemo_run/code/config.yaml"],
+        "model": ["python -m compactlm.run model config=/nemo_run/code/config.yaml"],
         "distill": [
-            "torchrun --nnodes 2 --nproc-per-node 8 /opt/compactlm/recipes/distill.py config=/nemo_run/code/config.yaml"
+            "torchrun --nnodes 2 --nproc-per-node 8 -m compactlm.run distill config=/nemo_run/code/config.yaml"
         ],
     }
 
@@ -240,11 +240,8 @@ def test_dryrun_prints_the_workloads_and_contacts_nothing(tmp_path):
     assert out.count("# 3. POST http://127.0.0.1:9/api/v1/workloads/distributed  (after stage prune succeeded)") == 1
     assert '"gpuDevicesRequest": 8' in out and '"numWorkers": 2' in out and f'"image": "{IMAGE}"' in out
     assert f'"claimName": "{CLAIM}"' in out
-    assert (
-        "torchrun --nnodes 2 --nproc-per-node 8 /opt/compactlm/recipes/distill.py config=/nemo_run/code/config.yaml"
-        in out
-    )
-    assert "python /opt/compactlm/recipes/quantize.py config=/nemo_run/code/config.yaml" in out
+    assert "torchrun --nnodes 2 --nproc-per-node 8 -m compactlm.run distill config=/nemo_run/code/config.yaml" in out
+    assert "python -m compactlm.run quantize config=/nemo_run/code/config.yaml" in out
 
 
 GOOD = [

@@ -71,7 +71,7 @@ def test_distill_runs_on_two_replicas_of_eight_h200_with_torchrun(rendered):
     assert "export NODE_RANK=${LEPTON_JOB_WORKER_INDEX}" in text["distill"]
     assert (
         "torchrun --nnodes 2 --nproc-per-node 8 --node-rank $NODE_RANK --master-addr $MASTER_ADDR "
-        "--master-port $MASTER_PORT /opt/compactlm/recipes/distill.py config=/nemo_run/code/config.yaml"
+        "--master-port $MASTER_PORT -m compactlm.run distill config=/nemo_run/code/config.yaml"
     ) in text["distill"]
     assert "(after stage prune succeeded)" in text["distill"]
     # The stages write to the shared storage the replicas mount.
@@ -83,7 +83,7 @@ def test_single_gpu_and_cpu_stages_take_one_h200(rendered):
     for stage in ("model", "importance", "quantize"):
         spec = _specs(text[stage])["spec"]
         assert spec["resource_shape"] == "gpu.1xh200" and (spec["completions"], spec["parallelism"]) == (1, 1)
-        assert f"\npython /opt/compactlm/recipes/{stage}.py config=/nemo_run/code/config.yaml" in text[stage]
+        assert f"\npython -m compactlm.run {stage} config=/nemo_run/code/config.yaml" in text[stage]
     assert "after stage" not in text["model"]
 
 

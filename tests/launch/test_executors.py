@@ -14,7 +14,7 @@ from compactlm.config import ConfigError
 from compactlm.launch.executors import render_submission
 from compactlm.launch.launcher import place_run
 from compactlm.launch.validate import to_config, validate
-from compactlm.pipeline import STAGE_NAMES
+from compactlm.pipeline import STAGE_NAMES, Task
 
 GOLDEN = REPO / "tests" / "golden"
 SLURM_2X8 = [
@@ -71,7 +71,7 @@ def test_golden_distill_script_has_rendezvous_pyxis_requeue_and_outputs():
     assert "#SBATCH --signal=USR1@120" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
     assert "sbatch --requeue" in text and "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in text
     assert "#SBATCH --output=/lustre/alice/nemorun/bielik_exp010/" in text
-    assert "recipes/distill.py config=config.yaml" in text
+    assert "-m compactlm.run distill config=config.yaml" in text
     importance = (GOLDEN / "slurm_2x8_pyxis_importance.sbatch").read_text()
     assert "#SBATCH --nodes=1" in importance and "#SBATCH --gpus-per-node=1" in importance
     assert "--gpus-per-node" not in (GOLDEN / "slurm_2x8_pyxis_model.sbatch").read_text()
@@ -136,8 +136,8 @@ def test_resources_per_stage():
 
     conf = to_config(compose(SLURM_2X8))
     assert [conf.cluster.nodes_for(s) for s in ("model", "importance", "distill", "quantize")] == [1, 1, 2, 1]
-    assert [stage_gpus(conf, s) for s in ("model", "data", "prune", "distill", "evaluate")] == [0, 0, 1, 8, 1]
-    assert stage_processes(conf, "distill") == 8 and stage_processes(conf, "prune") == 1
+    assert [stage_gpus(conf, Task(s)) for s in ("model", "data", "prune", "distill", "evaluate")] == [0, 0, 1, 8, 1]
+    assert stage_processes(conf, Task("distill")) == 8 and stage_processes(conf, Task("prune")) == 1
     with pytest.raises(ConfigError):
         to_config(compose([*SLURM_2X8, "+cluster.stage_nodes.prune=3"]))
 
@@ -228,7 +228,7 @@ def test_remote_slurm_packages_the_code_and_the_config(tmp_path, monkeypatch):
     names = set(tarfile.open(tar).getnames())
     assert {
         "config.yaml",
-        "recipes/evaluate.py",
+        "recipes/prune_distill.yaml",
         "src/compactlm/evaluate/lm_eval_tasks/heldout_continuation.yaml",
     } <= names
     assert not any("shared" in n.split("/") for n in names)
@@ -300,5 +300,5 @@ def test_a_configuration_error_in_a_stage_leaves_the_no_requeue_marker(tmp_path,
     conf.run_dir = str(tmp_path / conf.run_name)
     run_dir = write_run_dir(conf)
     (model / "model.safetensors").unlink()  # the folder changed between submission and the stage
-    assert main("model", [f"config={run_dir / 'config.yaml'}"]) == EXIT_CONFIG
+    assert main(["model", f"config={run_dir / 'config.yaml'}"]) == EXIT_CONFIG
     assert "model.path" in (run_dir / "model" / CONFIG_ERROR).read_text()

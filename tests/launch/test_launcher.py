@@ -59,7 +59,7 @@ def test_dryrun_prints_tasks_and_writes_nothing(tmp_path, tiny_llama_dir):
     assert proc.returncode == 0, out
     assert "# resolved config" in out and "LocalExecutor" in out
     for stage in ("model", "data", "evaluate"):
-        assert f"python {REPO}/recipes/{stage}.py config={tmp_path}/tiny/config.yaml" in out
+        assert f"python -m compactlm.run {stage} config={tmp_path}/tiny/config.yaml" in out
     assert not any(tmp_path.iterdir())
 
 
@@ -133,7 +133,9 @@ def test_demo_command_on_smollm2_from_a_plain_clone(tmp_path):
         timeout=600,
     )
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
-    assert f"python {clone}/recipes/evaluate.py" in check.stdout and "shared/data" not in check.stdout
+    # the stage processes import compactlm from the clone
+    assert f"PYTHONPATH={clone}/src " in check.stdout and "shared/data" not in check.stdout
+    assert f"python -m compactlm.run evaluate config={tmp_path}/prune_distill_smollm2_135m/config.yaml" in check.stdout
     proc = subprocess.Popen(
         [sys.executable, "launch.py", f"runs_root={tmp_path}", *SHORT_DEMO],
         cwd=clone,

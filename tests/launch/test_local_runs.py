@@ -19,7 +19,7 @@ from compactlm.launch.local_runs import LOCK, RunLock, check_no_orphans, running
 from compactlm.launch.ops import main as ops_main
 from compactlm.launch.validate import to_config
 from compactlm.manifest import LinkRefused
-from compactlm.pipeline import RUNNING, process_identity, running_record, same_process
+from compactlm.pipeline import RUNNING, Task, process_identity, running_record, same_process
 
 
 def _args(tmp_path, model_dir, run_name):
@@ -120,9 +120,13 @@ def test_a_stale_running_record_with_a_reused_pid_is_not_trusted_nor_signalled(
     run_dir = write_run_dir(conf)
     _stale_marker(run_dir, "evaluate", unrelated_sleep.pid)
 
-    assert running_stages(run_dir, ["model", "data", "evaluate"]) == {}
-    check_no_orphans(run_dir, ["model", "data", "evaluate"], "stale")  # a launch is not refused
-    assert stage_state(run_dir, "evaluate", False) == f"DIED (pid {unrelated_sleep.pid} now belongs to another process)"
+    tasks = [Task("model"), Task("data"), Task("evaluate")]
+    assert running_stages(run_dir, tasks) == {}
+    check_no_orphans(run_dir, tasks, "stale")  # a launch is not refused
+    assert (
+        stage_state(run_dir, Task("evaluate"), False)
+        == f"DIED (pid {unrelated_sleep.pid} now belongs to another process)"
+    )
 
     capsys.readouterr()
     assert ops_main(["status", "run_name=stale", f"runs_root={tmp_path}"]) == 0
@@ -131,7 +135,7 @@ def test_a_stale_running_record_with_a_reused_pid_is_not_trusted_nor_signalled(
 
     assert ops_main(["cancel", "run_name=stale", f"runs_root={tmp_path}"]) == 0
     assert "stopped no running stage" in capsys.readouterr().out
-    assert stop_stages(run_dir, ["evaluate"], grace_s=0.5) == []
+    assert stop_stages(run_dir, [Task("evaluate")], grace_s=0.5) == []
     time.sleep(0.2)
     assert unrelated_sleep.poll() is None, "cancel signalled a process that is not the stage"
 
@@ -148,8 +152,8 @@ def test_cancel_still_stops_a_stage_that_really_runs(tmp_path):
     stage = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert stage.stdout.readline().strip() == "ready"
-        assert list(running_stages(run_dir, ["evaluate"])) == ["evaluate"]
-        assert stop_stages(run_dir, ["evaluate"], grace_s=5) == ["evaluate"]
+        assert list(running_stages(run_dir, [Task("evaluate")])) == ["evaluate"]
+        assert stop_stages(run_dir, [Task("evaluate")], grace_s=5) == ["evaluate"]
         assert stage.wait(timeout=10) == -signal.SIGTERM
     finally:
         stage.kill()

@@ -181,7 +181,7 @@ def test_slurm_scripts_carry_hostile_values_as_single_words(tmp_path):
         assert f"--comment={HOSTILE}" in argv and HOSTILE_NL in argv
         assert env["FOO"] == HOSTILE_NL
         assert env["COMPACTLM_NO_REQUEUE"] == f"/lustre/{HOSTILE}/hostile/{stage}/config_error.txt"
-        assert argv[-2:] == [f"recipes/{stage}.py", "config=config.yaml"]
+        assert argv[-4:] == ["-m", "compactlm.run", stage, "config=config.yaml"]
 
 
 def test_slurm_scripts_without_a_container_carry_hostile_values(tmp_path):
@@ -256,7 +256,7 @@ def test_dgxc_scripts_carry_hostile_values_as_single_words(tmp_path):
     assert env["FOO"] == HOSTILE_NL and parts["json"]["spec"]["image"] == HOSTILE  # JSON: no shell on the way
     calls = _run_script(parts["torchrun_job.sh"], tmp_path, "torchrun_job")
     ((name, argv, env_values),) = calls
-    assert name == "python" and argv == ["/opt/compactlm/recipes/evaluate.py", "config=/nemo_run/code/config.yaml"]
+    assert name == "python" and argv == ["-m", "compactlm.run", "evaluate", "config=/nemo_run/code/config.yaml"]
     assert env_values[0] == HOSTILE_NL
     launched = {name: argv for name, argv, _ in _run_script(parts["launch_script.sh"], tmp_path, "launch")}
     pvc_job_dir = launched["ln"][1].rstrip("/")
@@ -274,7 +274,7 @@ def test_lepton_launch_script_runs_only_the_stage_and_the_spec_carries_hostile_v
     assert env["FOO"] == HOSTILE_NL and parts["json"]["spec"]["container"]["image"] == HOSTILE
     calls = {name: argv for name, argv, _ in _run_script(parts["launch_script.sh"], tmp_path, "lepton")}
     assert set(calls) == {"ln", "python"}, calls
-    assert calls["python"] == ["/opt/compactlm/recipes/evaluate.py", "config=/nemo_run/code/config.yaml"]
+    assert calls["python"] == ["-m", "compactlm.run", "evaluate", "config=/nemo_run/code/config.yaml"]
 
 
 # ------------------------------------------------------------------------------------- the repro commands

@@ -11,8 +11,8 @@ from compactlm.config import ConfigError
 from compactlm.launch.executors import build_experiment, render_submission
 from compactlm.launch.launcher import place_run
 from compactlm.launch.search import format_candidates, resolve_search
-from compactlm.launch.validate import to_config, validate
-from compactlm.pipeline import STAGE_NAMES, run_tasks, upstream_stages
+from compactlm.launch.validate import check_force_stages, to_config, validate
+from compactlm.pipeline import STAGE_NAMES, Task, run_tasks
 from compactlm.results import Architecture, CandidateResult, ParamCounts
 from compactlm.search.stage import kendall_tau, rank
 
@@ -32,7 +32,16 @@ def test_demo_search_enumerates_six_candidates_across_kinds():
     assert len(conf.search.resolved) == 6 and {"depth", "ffn", "hybrid"} <= kinds
     for c in conf.search.resolved:
         assert abs(c.params / 134_515_008 - 0.67) <= 0.03 * 0.67  # within tolerance of the target
-    assert run_tasks(conf)[4:10] == [f"candidate-{c.name}" for c in conf.search.resolved]
+    assert run_tasks(conf)[4:10] == [Task("candidate", c.name) for c in conf.search.resolved]
+    assert [t.name for t in run_tasks(conf)[4:10]] == [f"candidate-{c.name}" for c in conf.search.resolved]
+
+
+def test_force_stages_names_a_stage_or_one_task_of_the_run():
+    conf = _planned(["recipe=search", "force_stages=[candidate,candidate-L18,teacher_cache]"])
+    check_force_stages(conf)  # a stage (all its candidates), one candidate's task, a plain stage
+    conf = _planned(["recipe=search", "force_stages=[candidate-L99]"])
+    with pytest.raises(ConfigError, match=r"force_stages contains 'candidate-L99', which recipe=search does not run; "):
+        check_force_stages(conf)
 
 
 def test_bielik_dry_run_lists_the_ten_exp_candidates_as_lepton_jobs_after_the_shared_stages():
@@ -69,10 +78,12 @@ def test_slurm_candidates_depend_only_on_the_shared_stages(tmp_path):
         ]
     )
     deps = _dependencies(conf)
-    cands = [t for t in run_tasks(conf) if t.startswith("candidate-")]
+    cands = [t.name for t in run_tasks(conf) if t.stage == "candidate"]
     assert len(cands) == 3 and all(deps[c] == ["teacher_cache"] for c in cands)
     assert deps["ranking"] == sorted(cands)
-    assert upstream_stages(conf, cands[1]) == ["model", "data", "importance", "teacher_cache"]
+    second = run_tasks(conf)[5]
+    assert second.instance is not None and second.depends_on == (Task("teacher_cache"),)
+    assert [t.name for t in second.upstream] == ["model", "data", "importance", "teacher_cache"]
 
 
 @pytest.mark.parametrize("parallel", [1, 2])
@@ -81,7 +92,7 @@ def test_local_search_parallel_bounds_the_candidates_running_at_once(tmp_path, p
         ["recipe=search", f"search.parallel={parallel}", f"runs_root={tmp_path}", "search.max_candidates=4"]
     )
     deps = _dependencies(conf)
-    cands = [t for t in run_tasks(conf) if t.startswith("candidate-")]
+    cands = [t.name for t in run_tasks(conf) if t.stage == "candidate"]
     for i, c in enumerate(cands):
         assert deps[c] == sorted(["teacher_cache", *([cands[i - parallel]] if i >= parallel else [])])
 

@@ -19,8 +19,9 @@ from compactlm.config import ExportConfig, SearchCandidate
 from compactlm.launch.report import agreement, results, search_rows, summary_table, write_comparison, write_report
 from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, atomic_write_json, read_manifest, seal, versions
-from compactlm.pipeline import RUNNING, run_tasks, split_task
+from compactlm.pipeline import RUNNING, run_tasks
 from compactlm.results import (
+    RESULTS,
     Architecture,
     CandidateResult,
     DataResult,
@@ -129,7 +130,7 @@ def write_manifest(run_dir, task: str, result) -> None:
         run_dir / task / MANIFEST,
         seal(
             {
-                "stage": split_task(task)[0],
+                "stage": next(stage for stage, cls in RESULTS.items() if type(result) is cls),
                 "task": task,
                 "config_hash": "test",
                 "input_hashes": {},
@@ -258,7 +259,7 @@ def test_report_lists_every_candidate_with_the_ranking_stage_figures(search_run)
     assert [t for t in stages if t.startswith("candidate-")] == [f"candidate-{n}" for n in [*CANDIDATES, "hd6"]]
     assert stages["candidate-H384"]["wall time"] == "1.5 s"
     assert stages["candidate-hd6"]["finished"] == "not finished"
-    assert list(stages) == run_tasks(conf)
+    assert list(stages) == [t.name for t in run_tasks(conf)]
 
 
 def test_a_candidate_without_manifest_is_failed_once_ranked_and_not_finished_before(search_run):
@@ -274,7 +275,7 @@ def test_a_candidate_without_manifest_is_failed_once_ranked_and_not_finished_bef
     # Without a ranking (the stage waits for every candidate) nothing is a winner, the others are sorted by loss,
     # and the one without a manifest is: not started (no folder), running (a stage process's marker in its
     # folder), failed (a folder a stopped attempt left).
-    ms = {t: read_manifest(f"{conf.run_dir}/{t}") for t in run_tasks(conf)}
+    ms = {t.name: read_manifest(t.folder(conf.run_dir)) for t in run_tasks(conf)}
     assert ms["ranking"] is not None
 
     def status() -> dict[str, str]:

@@ -63,7 +63,7 @@ def test_search_distill_ranks_the_candidates_and_distills_the_winner(tmp_path, t
     run_dir = write_run_dir(conf)
     tasks = run_tasks(conf)
     for task in tasks:
-        assert run_stage(task, run_dir / CONFIG_FILE) == 0, task
+        assert run_stage(task.stage, run_dir / CONFIG_FILE, task.instance) == 0, task
     cache = read_result(run_dir, "teacher_cache")
     assert cache.train_sequences == 8  # 8 steps x 2 sequences = 16, capped at the train split's 8
     for c in conf.search.resolved:
@@ -97,7 +97,7 @@ def test_search_distill_ranks_the_candidates_and_distills_the_winner(tmp_path, t
     kept = {c.name for c in conf.search.resolved} & {c.name for c in more.search.resolved}
     assert kept, "the larger search should keep a candidate of the smaller one"
     for task in run_tasks(more):
-        assert run_stage(task, run_dir / CONFIG_FILE) == 0, task
+        assert run_stage(task.stage, run_dir / CONFIG_FILE, task.instance) == 0, task
     out = capsys.readouterr().out
     for name in kept:
         assert f"[candidate-{name}] up to date" in out
@@ -106,7 +106,7 @@ def test_search_distill_ranks_the_candidates_and_distills_the_winner(tmp_path, t
 
     # a candidate the run does not have: one configuration error line, and no folder made for it
     r = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / "candidate.py"), f"config={run_dir / CONFIG_FILE}", "candidate=nope"],
+        [sys.executable, "-m", "compactlm.run", "candidate", f"config={run_dir / CONFIG_FILE}", "candidate=nope"],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO / "src")},
@@ -124,7 +124,7 @@ def test_a_candidate_runs_data_parallel_under_torchrun(tmp_path, tiny_llama_dir)
     run_dir = write_run_dir(conf)
     tasks = run_tasks(conf)
     for task in tasks[:4]:
-        assert run_stage(task, run_dir / CONFIG_FILE) == 0, task
+        assert run_stage(task.stage, run_dir / CONFIG_FILE, task.instance) == 0, task
     name = conf.search.resolved[0].name
     r = subprocess.run(
         [
@@ -133,7 +133,9 @@ def test_a_candidate_runs_data_parallel_under_torchrun(tmp_path, tiny_llama_dir)
             "torch.distributed.run",
             "--nproc-per-node",
             "2",
-            str(REPO / "recipes" / "candidate.py"),
+            "-m",
+            "compactlm.run",
+            "candidate",
             f"config={run_dir / CONFIG_FILE}",
             f"candidate={name}",
         ],

@@ -1,7 +1,10 @@
 """Logit distillation of a pruned student from its teacher (engine=torch), resumable and multi-process.
 
-    python -m compactlm.distill.train --teacher T --student S --data D --out O --seed 1234 --set max_steps=100
-    torchrun --nproc-per-node 8 -m compactlm.distill.train --teacher T ... --set strategy=fsdp2
+A library function, `distill(teacher_dir, student_dir, data_dir, out_dir, cfg, engine, seed)`, with no command line
+of its own: the distill stage (stage.py) and each search candidate call it, run as a stage of a prepared run:
+
+    python -m compactlm.run distill config=<run_dir>/config.yaml
+    torchrun --nproc-per-node 8 -m compactlm.run distill config=<run_dir>/config.yaml   # distill.strategy=fsdp2 ...
 
 The loss is ModelOpt's: the student is wrapped with `mtd.convert(..., "kd_loss")` and a KL criterion on
 ("lm_head", "lm_head"), reduced to the mean KL per token of the whole optimizer step (see losses.py).

@@ -68,7 +68,7 @@ from compactlm.launch.records import CONFIG_FILE
 from compactlm.launch.resources import stage_env, stage_gpus, stage_image, stage_processes
 from compactlm.launch.shell import shell_quote
 from compactlm.manifest import atomic_write_text
-from compactlm.pipeline import split_task, stage_tasks
+from compactlm.pipeline import Task
 
 log = logging.getLogger(__name__)
 NEMO_RUN_VERSION = "0.11.1"
@@ -453,61 +453,58 @@ def _blocker(after: str, state_of, completed, job_dirs: str, experiment_id: str)
     return None
 
 
-def _previous(conf: CompactLMConfig, task: str) -> str:
-    """The tasks (comma-separated) that must have succeeded before `task` is submitted: those of the stage before."""
-    stages = list(conf.recipe.stages)
-    stage = split_task(task)[0]
-    i = stages.index(stage) if stage in stages else 0
-    return ",".join(stage_tasks(conf, stages[i - 1])) if i > 0 else ""
+def _previous(task: Task) -> str:
+    """The tasks (comma-separated names) that must have succeeded before `task` is submitted: its `depends_on`."""
+    return ",".join(dep.name for dep in task.depends_on)
 
 
-def dgxc_executor(conf: CompactLMConfig, run, stage: str, packager) -> RunAIExecutor:
-    """The Run:ai executor of `stage`: its nodes, GPUs per node, image, PVCs and environment."""
+def dgxc_executor(conf: CompactLMConfig, run, task: Task, packager) -> RunAIExecutor:
+    """The Run:ai executor of `task`: its nodes, GPUs per node, image, PVCs and environment."""
     register()
     c, d = conf.cluster, conf.cluster.dgxc
     return RunAIExecutor(
         base_url=d.base_url.rstrip("/"),
         kube_apiserver_url=d.kube_apiserver_url or "",
         project_name=d.project_name,
-        container_image=stage_image(conf, stage),
+        container_image=stage_image(conf, task),
         pvc_nemo_run_dir=d.pvc_nemo_run_dir,
         pvcs=[{"claimName": p.claim_name, "path": p.path, "existingPvc": True, "readOnly": False} for p in d.pvcs],
-        nodes=c.nodes_for(stage),
-        gpus_per_node=stage_gpus(conf, stage),
-        nprocs_per_node=stage_processes(conf, stage),
+        nodes=c.nodes_for(task.stage),
+        gpus_per_node=stage_gpus(conf, task),
+        nprocs_per_node=stage_processes(conf, task),
         env_vars=stage_env(conf, remote=True),
         client_id_env=d.client_id_env,
         client_secret_env=d.client_secret_env,
-        after=_previous(conf, stage),
+        after=_previous(task),
         poll_seconds=d.poll_seconds,
         packager=packager,
     )
 
 
-def lepton_shape(conf: CompactLMConfig, stage: str) -> str:
+def lepton_shape(conf: CompactLMConfig, task: Task) -> str:
     """The stage's resource shape: the cluster's GPU with as many GPUs as the stage uses (at least one: Lepton's
     CPU shapes are too small to hold the model the CPU-only stages load)."""
     gpu = conf.cluster.lepton.resource_shape.split("x", 1)[1]
-    return f"gpu.{max(stage_gpus(conf, stage), 1)}x{gpu}"
+    return f"gpu.{max(stage_gpus(conf, task), 1)}x{gpu}"
 
 
-def lepton_executor(conf: CompactLMConfig, run, stage: str, packager) -> LeptonJobExecutor:
-    """The DGX Cloud Lepton executor of `stage`: replicas, resource shape, node group, mounts and environment."""
+def lepton_executor(conf: CompactLMConfig, run, task: Task, packager) -> LeptonJobExecutor:
+    """The DGX Cloud Lepton executor of `task`: replicas, resource shape, node group, mounts and environment."""
     register()
     c, lp = conf.cluster, conf.cluster.lepton
     return LeptonJobExecutor(
-        container_image=stage_image(conf, stage),
+        container_image=stage_image(conf, task),
         nemo_run_dir=lp.nemo_run_dir,
-        nodes=c.nodes_for(stage),
-        gpus_per_node=stage_gpus(conf, stage),
-        nprocs_per_node=stage_processes(conf, stage),
-        resource_shape=lepton_shape(conf, stage),
+        nodes=c.nodes_for(task.stage),
+        gpus_per_node=stage_gpus(conf, task),
+        nprocs_per_node=stage_processes(conf, task),
+        resource_shape=lepton_shape(conf, task),
         node_group=lp.node_group,
         mounts=[{"path": m.path, "mount_path": m.mount_path, "from": m.source} for m in lp.mounts],
         shared_memory_size=lp.shared_memory_size,
         image_pull_secrets=list(lp.image_pull_secrets),
         env_vars=stage_env(conf, remote=True),
-        after=_previous(conf, stage),
+        after=_previous(task),
         poll_seconds=lp.poll_seconds,
         packager=packager,
     )

@@ -25,6 +25,7 @@ from compactlm.launch.resources import (
     CLOUD_EXECUTORS,
     IMAGE_CODE_DIR,
     PACKAGED,
+    STAGE_MODULE,
     container_mounts,
     stage_args,
     stage_env,
@@ -34,7 +35,7 @@ from compactlm.launch.resources import (
 )
 from compactlm.launch.shell import shell_quote
 from compactlm.manifest import atomic_write_text
-from compactlm.pipeline import CONFIG_ERROR, INSTANCED, run_tasks, stage_tasks
+from compactlm.pipeline import CONFIG_ERROR, Task, run_tasks
 
 
 def packager(conf: CompactLMConfig, run, local_dir: Path):
@@ -51,22 +52,22 @@ def packager(conf: CompactLMConfig, run, local_dir: Path):
     return run.PatternPackager(include_pattern=patterns, relative_path=relative)
 
 
-def make_executor(conf: CompactLMConfig, run, stage: str, local_dir: Path):
-    """The executor for `stage` on `conf.cluster`; `run` is the imported nemo_run module."""
+def make_executor(conf: CompactLMConfig, run, task: Task, local_dir: Path):
+    """The executor for `task` on `conf.cluster`; `run` is the imported nemo_run module."""
     builder = {"local": _local, "slurm": _slurm, "dgxc": _dgxc, "lepton": _lepton}[conf.cluster.executor]
-    executor = builder(conf, run, stage, local_dir)
-    if stage_processes(conf, stage) > 1 or conf.cluster.nodes_for(stage) > 1:
+    executor = builder(conf, run, task, local_dir)
+    if stage_processes(conf, task) > 1 or conf.cluster.nodes_for(task.stage) > 1:
         executor.launcher = "torchrun"
     return executor
 
 
-def _local(conf, run, stage, local_dir):
+def _local(conf, run, task, local_dir):
     return run.LocalExecutor(
-        ntasks_per_node=stage_processes(conf, stage), packager=packager(conf, run, local_dir), env_vars=stage_env(conf)
+        ntasks_per_node=stage_processes(conf, task), packager=packager(conf, run, local_dir), env_vars=stage_env(conf)
     )
 
 
-def _slurm(conf, run, stage, local_dir):
+def _slurm(conf, run, task, local_dir):
     c, s = conf.cluster, conf.cluster.slurm
     if s.tunnel == "ssh":
         tunnel = run.SSHTunnel(
@@ -74,16 +75,16 @@ def _slurm(conf, run, stage, local_dir):
         )
     else:
         tunnel = run.LocalTunnel(job_dir=s.job_dir or "")
-    image = stage_image(conf, stage)
-    gpus = stage_gpus(conf, stage)
+    image = stage_image(conf, task)
+    gpus = stage_gpus(conf, task)
     # NeMo-Run pastes the image, the mounts and the srun arguments into the srun line as they are: hand them over as
     # shell words (shell.check_shell_values refused what pyxis cannot read); the #SBATCH values it quotes itself.
     executor = SlurmJobExecutor(
         account=s.account,
         partition=s.partition,
         time=s.time,
-        nodes=c.nodes_for(stage),
-        ntasks_per_node=stage_processes(conf, stage),
+        nodes=c.nodes_for(task.stage),
+        ntasks_per_node=stage_processes(conf, task),
         gpus_per_node=gpus or None,
         cpus_per_task=s.cpus_per_task,
         mem=s.mem,
@@ -97,7 +98,10 @@ def _slurm(conf, run, stage, local_dir):
         srun_args=[shell_quote(a) for a in s.srun_args] or None,
         job_name_prefix="compactlm-",
         tunnel=tunnel,
-        stage_env={**stage_env(conf, remote=True), "COMPACTLM_NO_REQUEUE": f"{conf.run_dir}/{stage}/{CONFIG_ERROR}"},
+        stage_env={
+            **stage_env(conf, remote=True),
+            "COMPACTLM_NO_REQUEUE": f"{task.folder(conf.run_dir)}/{CONFIG_ERROR}",
+        },
         packager=packager(conf, run, local_dir),
         # a stage that failed for good cancels the stages waiting on it (afterok); without this they stay
         # PENDING (DependencyNeverSatisfied) forever and the launcher, which waits for every job, with them
@@ -107,12 +111,12 @@ def _slurm(conf, run, stage, local_dir):
     return executor
 
 
-def _dgxc(conf, run, stage, local_dir):
-    return dgxc_executor(conf, run, stage, packager(conf, run, local_dir))
+def _dgxc(conf, run, task, local_dir):
+    return dgxc_executor(conf, run, task, packager(conf, run, local_dir))
 
 
-def _lepton(conf, run, stage, local_dir):
-    return lepton_executor(conf, run, stage, packager(conf, run, local_dir))
+def _lepton(conf, run, task, local_dir):
+    return lepton_executor(conf, run, task, packager(conf, run, local_dir))
 
 
 def check_credentials(conf: CompactLMConfig) -> None:
@@ -147,11 +151,11 @@ def describe_executor(conf: CompactLMConfig) -> str:
     env = stage_env(conf, remote=c.executor != "local")
     env = " ".join(f"{k}={shell_quote(v)}" for k, v in env.items() if k != "PATH")
     lines = [f"{where} (cluster={c.name})", f"  env: {env}"]
-    for stage in run_tasks(conf):
-        nodes, nproc, gpus = c.nodes_for(stage), stage_processes(conf, stage), stage_gpus(conf, stage)
+    for task in run_tasks(conf):
+        nodes, nproc, gpus = c.nodes_for(task.stage), stage_processes(conf, task), stage_gpus(conf, task)
         launch = f"torchrun {nodes} node(s) x {nproc} process(es)" if nodes > 1 or nproc > 1 else "python"
-        image = stage_image(conf, stage) if c.executor != "local" else None
-        lines.append(f"  {stage:<10} {launch}, {gpus} GPU(s)/node" + (f", image {image}" if image else ""))
+        image = stage_image(conf, task) if c.executor != "local" else None
+        lines.append(f"  {task.name:<10} {launch}, {gpus} GPU(s)/node" + (f", image {image}" if image else ""))
     return "\n".join(lines)
 
 
@@ -164,8 +168,8 @@ def render_submission(conf: CompactLMConfig, local_dir: Path) -> list[tuple[str,
     if conf.cluster.executor == "local":
         lines = []
         for task in run_tasks(conf):
-            path, args = stage_args(conf, task, local_dir / CONFIG_FILE)
-            lines.append((task, " ".join(map(shell_quote, ["python", path, *args]))))
+            args = stage_args(conf, task, local_dir / CONFIG_FILE)
+            lines.append((task.name, " ".join(map(shell_quote, ["python", "-m", STAGE_MODULE, *args]))))
         return lines
     saved, stdin = os.environ.get("NEMORUN_HOME"), sys.stdin
     sys.stdin = io.StringIO()  # NeMo-Run's shell calls (invoke) must not wait on, or read, our stdin
@@ -180,8 +184,8 @@ def render_submission(conf: CompactLMConfig, local_dir: Path) -> list[tuple[str,
             exp = build_experiment(conf, tmp_dir)
             with exp:
                 exp.dryrun(log=False, delete_exp_dir=False)
-                for stage, job in zip(run_tasks(conf), exp.jobs):
-                    out.append((stage, _rendered(conf, job).replace(str(tmp_dir), str(local_dir))))
+                for task, job in zip(run_tasks(conf), exp.jobs):
+                    out.append((task.name, _rendered(conf, job).replace(str(tmp_dir), str(local_dir))))
         finally:
             sys.stdin = stdin
             if saved is None:
@@ -198,30 +202,28 @@ def _rendered(conf: CompactLMConfig, job) -> str:
 
 
 def build_experiment(conf: CompactLMConfig, local_dir: Path):
-    """A NeMo-Run Experiment with one `run.Script` task per task of the run (`run_tasks`): each depends on every
-    task of the stage before, so the search candidates depend only on the shared stages and run side by side
-    where the executor can (Slurm: one job each; the clouds: submitted together). On this machine
-    `search.parallel` bounds how many run at once: candidate i also waits for candidate i - parallel."""
+    """A NeMo-Run Experiment with one `run.Script` task per task of the run (`run_tasks`), each run as
+    `python -m compactlm.run <stage> ...` and depending on the tasks in its `depends_on` (every task of the stage
+    before), so the search candidates depend only on the shared stages and run side by side where the executor
+    can (Slurm: one job each; the clouds: submitted together). On this machine `search.parallel` bounds how many
+    run at once: an instance i also waits for instance i - parallel of the same stage."""
     use_home(nemorun_home(local_dir))
     exp = run.Experiment(conf.run_name, log_level="WARN")
     with exp:
-        previous: list[str] = []
-        for stage in conf.recipe.stages:
-            added = []
-            for i, task in enumerate(stage_tasks(conf, stage)):
-                path, args = stage_args(conf, task, local_dir / CONFIG_FILE)
-                after = list(previous)
-                if conf.cluster.executor == "local" and stage in INSTANCED and i >= conf.search.parallel:
-                    after.append(added[i - conf.search.parallel])
-                script = run.Script(path=path, entrypoint="python", args=args)
-                added.append(
-                    exp.add(
-                        script,
-                        executor=make_executor(conf, run, task, local_dir),
-                        name=task,
-                        tail_logs=not conf.cluster.detach,
-                        dependencies=after or None,
-                    )
-                )
-            previous = added
+        job_ids: dict[Task, str] = {}
+        for task in run_tasks(conf):
+            after = [job_ids[dep] for dep in task.depends_on]
+            siblings = [t for t in job_ids if t.stage == task.stage]  # earlier instances of the same stage
+            if conf.cluster.executor == "local" and task.instance is not None and len(siblings) >= conf.search.parallel:
+                after.append(job_ids[siblings[len(siblings) - conf.search.parallel]])
+            script = run.Script(
+                path=STAGE_MODULE, m=True, entrypoint="python", args=stage_args(conf, task, local_dir / CONFIG_FILE)
+            )
+            job_ids[task] = exp.add(
+                script,
+                executor=make_executor(conf, run, task, local_dir),
+                name=task.name,
+                tail_logs=not conf.cluster.detach,
+                dependencies=after or None,
+            )
     return exp

@@ -1,6 +1,6 @@
 """The submit side of a run: validate, write the run folder, build the NeMo-Run experiment, run it, summarize.
 
-Never imports torch model code: everything heavy happens in `recipes/<stage>.py` on the compute node.
+Never imports torch model code: everything heavy happens in `python -m compactlm.run <stage>` on the compute node.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from compactlm.launch.records import CONFIG_FILE, REPO, nemorun_home, resolved_y
 from compactlm.launch.report import summary_table, write_report
 from compactlm.launch.search import format_candidates, prune_presets, resolve_search
 from compactlm.launch.shell import check_shell_values
-from compactlm.launch.validate import to_config, validate
+from compactlm.launch.validate import check_force_stages, to_config, validate
 from compactlm.manifest import atomic_write_json, atomic_write_text, read_manifest, versions
 from compactlm.model.loading import read_hf_config
 from compactlm.model.params import format_table, param_table
-from compactlm.pipeline import STAGE_NAMES, run_tasks
+from compactlm.pipeline import STAGE_NAMES, Task, run_tasks
 
 # launch.py's exit codes besides 0 (finished), 1 (a stage failed) and 2 (a configuration error)
 EXIT_BUSY = 3  # the run folder is in use by another launcher, or by a stage a dead launcher left running
@@ -49,6 +49,7 @@ def launch(cfg) -> int:
         conf = to_config(cfg)
         shape = validate(conf, STAGE_NAMES)
         resolve_search(conf, shape)
+        check_force_stages(conf)
         local_dir = place_run(conf)
         if conf.recipe.stages:
             check_shell_values(conf, local_dir)
@@ -326,19 +327,19 @@ def _submit(conf: CompactLMConfig, local_dir: Path) -> int:
     print(summary_table(conf, t0))
     md, page = write_report(conf)
     print(f"  report: {page}  ({md.name} beside it)")
-    failed = [task for task in run_tasks(conf) if read_manifest(run_dir / task) is None]
+    failed = [task for task in run_tasks(conf) if read_manifest(task.folder(run_dir)) is None]
     stop = cancelled(run_dir)
     if stop and failed:
         print(
-            f"compactlm: run cancelled ({stop['by']}, {stop['at']}); not finished: {', '.join(failed)}. "
+            f"compactlm: run cancelled ({stop['by']}, {stop['at']}); not finished: {', '.join(t.name for t in failed)}. "
             "Re-run the same command to resume.",
             file=sys.stderr,
         )
         return EXIT_STOPPED
     if failed:
         print(
-            f"compactlm: stage {failed[0]!r} did not finish (states: {states}); its log is under "
-            f"{nemorun_home(local_dir)} (python launch.py logs run_name={conf.run_name} stage={failed[0]}). "
+            f"compactlm: stage {failed[0].name!r} did not finish (states: {states}); its log is under "
+            f"{nemorun_home(local_dir)} (python launch.py logs run_name={conf.run_name} stage={failed[0].name}). "
             "Re-run the same command to resume from it.",
             file=sys.stderr,
         )
@@ -348,12 +349,12 @@ def _submit(conf: CompactLMConfig, local_dir: Path) -> int:
     return 0
 
 
-def failed_log_tail(local_dir: Path, stage: str, lines: int = 30) -> str:
-    """The last lines of the newest log of `stage` (its latest attempt), where the cause of a failure is."""
-    logs = stage_logs(local_dir, stage)
+def failed_log_tail(local_dir: Path, task: Task, lines: int = 30) -> str:
+    """The last lines of the newest log of `task` (its latest attempt), where the cause of a failure is."""
+    logs = stage_logs(local_dir, task)
     logs = [p for p in logs if p.name not in ("stdout.log", "stderr.log")] or logs
     if not logs:
-        return f"  (no log of stage {stage!r} was written)"
+        return f"  (no log of stage {task.name!r} was written)"
     text = logs[-1].read_text(errors="replace").splitlines()
     return f"==> {logs[-1]} (last {min(lines, len(text))} lines) <==\n" + "\n".join(text[-lines:])
 

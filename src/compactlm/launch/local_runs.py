@@ -27,7 +27,7 @@ from typing import Any
 from compactlm.config import ConfigError
 from compactlm.launch.records import NEMORUN_DIR
 from compactlm.manifest import atomic_write_json, open_fd_nofollow, read_manifest, refuse_link
-from compactlm.pipeline import CANCELLED, CONFIG_FILE, process_identity, running, same_process
+from compactlm.pipeline import CANCELLED, CONFIG_FILE, Task, process_identity, running, same_process
 
 LOCK = ".launch.lock"
 # What the launcher writes in a run folder, besides the stage folders.
@@ -93,14 +93,14 @@ class RunLock:
             os.close(fd)
 
 
-def check_no_links(local_dir: Path, run_dir: Path, tasks: Iterable[str]) -> None:
+def check_no_links(local_dir: Path, run_dir: Path, tasks: Iterable[Task]) -> None:
     """Refuse (LinkRefused, one line) a run folder with a symbolic link where the launcher or a stage writes: its
     own files (LAUNCHER_FILES) and the stage folders. Checked before anything is written; every write checks again
     (compactlm.manifest), so a link planted later is refused too."""
     for name in LAUNCHER_FILES:
         refuse_link(Path(local_dir) / name)
     for task in tasks:
-        refuse_link(Path(run_dir) / task)
+        refuse_link(task.folder(run_dir))
 
 
 def holder_of(lock_path: Path) -> str:
@@ -111,21 +111,21 @@ def holder_of(lock_path: Path) -> str:
         return "holder unknown"
 
 
-def running_stages(run_dir: Path, stages: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """stage -> its .running.json, for every stage whose process runs on this host right now. Records of
+def running_stages(run_dir: Path, tasks: Iterable[Task]) -> dict[str, dict[str, Any]]:
+    """task name -> its .running.json, for every task whose process runs on this host right now. Records of
     processes that died (kill -9, a crash) are stale and left out, also when their pid now belongs to another
     process (same_process)."""
     out = {}
-    for stage in stages:
-        info = running(Path(run_dir) / stage)
+    for task in tasks:
+        info = running(task.folder(run_dir))
         if same_process(info):
-            out[stage] = info
+            out[task.name] = info
     return out
 
 
-def check_no_orphans(run_dir: Path, stages: Iterable[str], run_name: str) -> None:
+def check_no_orphans(run_dir: Path, tasks: Iterable[Task], run_name: str) -> None:
     """Refuse to start while a stage that an earlier (now dead) launcher started is still running here."""
-    for stage, info in running_stages(run_dir, stages).items():
+    for stage, info in running_stages(run_dir, tasks).items():
         raise RunBusy(
             f"stage {stage!r} of run_name={run_name!r} is still running (pid {info['pid']}, started "
             f"{info['started_at']}) although the launch.py that started it has exited; stop it with "
@@ -133,10 +133,10 @@ def check_no_orphans(run_dir: Path, stages: Iterable[str], run_name: str) -> Non
         )
 
 
-def stop_stages(run_dir: Path, stages: Iterable[str], grace_s: float = GRACE_S) -> list[str]:
-    """SIGTERM the process group of every stage running here (the distill stage checkpoints on it), SIGKILL what
-    is left after `grace_s`; returns the stages stopped."""
-    targets = running_stages(run_dir, stages)
+def stop_stages(run_dir: Path, tasks: Iterable[Task], grace_s: float = GRACE_S) -> list[str]:
+    """SIGTERM the process group of every task running here (the distill stage checkpoints on it), SIGKILL what
+    is left after `grace_s`; returns the names of the tasks stopped."""
+    targets = running_stages(run_dir, tasks)
     for info in targets.values():
         _signal_group(info, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
@@ -182,9 +182,9 @@ def cancelled(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def stage_state(run_dir: Path, stage: str, launcher_running: bool) -> str:
-    """What a stage of a run on this machine is doing: SUCCEEDED, RUNNING (pid), CANCELLED, DIED, WAITING or -."""
-    stage_dir = Path(run_dir) / stage
+def stage_state(run_dir: Path, task: Task, launcher_running: bool) -> str:
+    """What a task of a run on this machine is doing: SUCCEEDED, RUNNING (pid), CANCELLED, DIED, WAITING or -."""
+    stage_dir = task.folder(run_dir)
     if read_manifest(stage_dir) is not None:
         return "SUCCEEDED"
     info = running(stage_dir)

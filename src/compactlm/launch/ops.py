@@ -24,7 +24,7 @@ from compactlm.launch.local_runs import LOCK, RunLock, holder_of, mark_cancelled
 from compactlm.launch.records import CONFIG_FILE, nemorun_home, stage_logs
 from compactlm.launch.report import text_table, write_comparison
 from compactlm.manifest import read_manifest
-from compactlm.pipeline import load_config, run_tasks
+from compactlm.pipeline import Task, load_config, run_tasks
 from compactlm.results import ResultError, read_result
 
 COMMANDS = ("list", "status", "logs", "cancel", "report")
@@ -71,12 +71,21 @@ def run_info(folder: Path) -> tuple[dict, object]:
         ) from None
 
 
-def stage_done(conf, stage: str) -> str:
+def stage_done(conf, task: Task) -> str:
     """done / missing / '?' (the stages write on a file system this machine does not see)."""
     run_dir = Path(conf.run_dir)
     if not run_dir.exists():
         return "?"
-    return "done" if read_manifest(run_dir / stage) is not None else "-"
+    return "done" if read_manifest(task.folder(run_dir)) is not None else "-"
+
+
+def named_tasks(conf, folder: Path, names: list[str]) -> list[Task]:
+    """The run's tasks that `stage=` names (by task name: `distill`, `candidate-exp_010`); OpsError otherwise."""
+    tasks = {t.name: t for t in run_tasks(conf)}
+    for name in names:
+        if name not in tasks:
+            raise OpsError(f"stage={name!r} is not a stage of run {folder.name}; its stages: {', '.join(tasks)}")
+    return [tasks[name] for name in names]
 
 
 def experiment(folder: Path):
@@ -134,40 +143,40 @@ def cmd_status(args: dict[str, str]) -> int:
     if local:  # the stage processes on this machine and the launcher's lock say what runs now
         launcher = RunLock(folder).held_elsewhere()
         print(f"launcher: {'running (' + holder_of(folder / LOCK) + ')' if launcher else 'not running'}")
-        for stage in run_tasks(conf):
+        for task in run_tasks(conf):
             rows.append(
                 [
-                    stage,
-                    stage_done(conf, stage),
-                    stage_state(Path(conf.run_dir), stage, launcher),
-                    stage_summary(conf, stage),
+                    task.name,
+                    stage_done(conf, task),
+                    stage_state(Path(conf.run_dir), task, launcher),
+                    stage_summary(conf, task),
                 ]
             )
         _print_table(["stage", "manifest", "state", "result"], rows)
         return 0
     jobs = job_states(experiment(folder))
-    for stage in run_tasks(conf):
-        job = jobs.get(stage, {})
+    for task in run_tasks(conf):
+        job = jobs.get(task.name, {})
         rows.append(
             [
-                stage,
-                stage_done(conf, stage),
+                task.name,
+                stage_done(conf, task),
                 str(job.get("status", "-")),
                 str(job.get("job_id", "-")),
-                stage_summary(conf, stage),
+                stage_summary(conf, task),
             ]
         )
     _print_table(["stage", "manifest", "scheduler state", "job id", "result"], rows)
     return 0
 
 
-def stage_summary(conf, stage: str) -> str:
+def stage_summary(conf, task: Task) -> str:
     """One line from the stage's typed result (compactlm.results), or why there is none."""
     run_dir = Path(conf.run_dir)
     if not run_dir.exists():
         return "-"
     try:
-        result = read_result(run_dir, stage)
+        result = read_result(run_dir, task.name)
     except ResultError as e:
         return f"unreadable result: {e}"
     return result.summary() if result is not None else "-"
@@ -176,13 +185,12 @@ def stage_summary(conf, stage: str) -> str:
 def cmd_logs(args: dict[str, str]) -> int:
     folder = run_folder(args["runs_root"], args["run_name"])
     _, conf = run_info(folder)
-    stage = args["stage"]
-    if stage not in run_tasks(conf):
-        raise OpsError(f"stage={stage!r} is not a stage of run {folder.name}; its stages: {', '.join(run_tasks(conf))}")
+    (task,) = named_tasks(conf, folder, [args["stage"]])
+    stage = task.name
     if not args["lines"].isdigit():
         raise OpsError(f"lines={args['lines']!r} must be a positive integer")
     lines = int(args["lines"])
-    files = [p for p in stage_logs(folder, stage) if p.name not in ("stdout.log", "stderr.log")]
+    files = [p for p in stage_logs(folder, task) if p.name not in ("stdout.log", "stderr.log")]
     if not files:
         exp = experiment(folder)
         if exp is None:
@@ -199,39 +207,35 @@ def cmd_logs(args: dict[str, str]) -> int:
 def cmd_cancel(args: dict[str, str]) -> int:
     folder = run_folder(args["runs_root"], args["run_name"])
     launch, conf = run_info(folder)
-    tasks = run_tasks(conf)
-    stages = [args["stage"]] if args["stage"] else tasks
-    for stage in stages:
-        if stage not in tasks:
-            raise OpsError(f"stage={stage!r} is not a stage of run {folder.name}; its stages: {', '.join(tasks)}")
+    tasks = named_tasks(conf, folder, [args["stage"]]) if args["stage"] else run_tasks(conf)
     if launch.get("cluster", "local") == "local":
-        return cancel_local(folder, conf, stages)
+        return cancel_local(folder, conf, tasks)
     exp = experiment(folder)
     if exp is None:
         raise OpsError(f"run {folder.name} has no experiment records to cancel")
     jobs = job_states(exp)
     cancelled = []
-    for stage in stages:
-        state = str(jobs.get(stage, {}).get("status", ""))
-        if stage_done(conf, stage) == "done" or state.endswith(("SUCCEEDED", "FAILED", "CANCELLED")):
+    for task in tasks:
+        state = str(jobs.get(task.name, {}).get("status", ""))
+        if stage_done(conf, task) == "done" or state.endswith(("SUCCEEDED", "FAILED", "CANCELLED")):
             continue
         with contextlib.redirect_stdout(io.StringIO()):
-            exp.cancel(stage)
-        cancelled.append(stage)
+            exp.cancel(task.name)
+        cancelled.append(task.name)
     print(f"cancelled: {', '.join(cancelled) if cancelled else 'nothing (every job had ended)'}")
     return 0
 
 
-def cancel_local(folder: Path, conf, stages: list[str]) -> int:
-    """Stop the stages running on this machine (SIGTERM to their process groups, SIGKILL after a grace period) and
-    keep the stages not yet started from starting; the launcher then reports the run cancelled."""
+def cancel_local(folder: Path, conf, tasks: list[Task]) -> int:
+    """Stop the tasks running on this machine (SIGTERM to their process groups, SIGKILL after a grace period) and
+    keep the tasks not yet started from starting; the launcher then reports the run cancelled."""
     run_dir = Path(conf.run_dir)
-    if all(read_manifest(run_dir / s) is not None for s in stages):
+    if all(read_manifest(t.folder(run_dir)) is not None for t in tasks):
         print("cancelled: nothing (every stage had finished)")
         return 0
     mark_cancelled(run_dir, by=f"launch.py cancel (pid {os.getpid()})")
-    stopped = stop_stages(run_dir, stages)
-    pending = [s for s in stages if s not in stopped and read_manifest(run_dir / s) is None]
+    stopped = stop_stages(run_dir, tasks)
+    pending = [t.name for t in tasks if t.name not in stopped and read_manifest(t.folder(run_dir)) is None]
     print(
         f"cancelled: stopped {', '.join(stopped) or 'no running stage'}"
         + (f"; will not start: {', '.join(pending)}" if pending else "")

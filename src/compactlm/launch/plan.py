@@ -43,7 +43,7 @@ from compactlm.config import EXPORT_TO_HF, TRAIN_STAGES, CompactLMConfig, Config
 from compactlm.distill import CHUNK_ELEMENTS
 from compactlm.launch.resources import stage_gpus, stage_processes
 from compactlm.model.precision import cpu_bf16_flags
-from compactlm.pipeline import run_tasks, split_task
+from compactlm.pipeline import Task, run_tasks
 
 GiB = 2**30
 
@@ -196,6 +196,8 @@ class StagePlan:
     hours: float | None = None
     """Wall hours at the device's peak × plan.mfu; None on CPU (no peak table) or without FLOPs."""
     notes: list[str] = field(default_factory=list)
+    task: Task | None = field(default=None, repr=False, compare=False)
+    """The task this plan is for (set by `plan_task`)."""
 
     @property
     def memory_total(self) -> int:
@@ -317,12 +319,12 @@ def _student(conf: CompactLMConfig, shape: dict[str, Any], teacher: ModelSizes |
     return teacher, f"model={conf.model.name}"
 
 
-def plan_task(conf: CompactLMConfig, task: str, shape: dict[str, Any], plan: RunPlan) -> StagePlan:
-    stage, instance = split_task(task)
-    nodes = conf.cluster.nodes_for(task)
+def plan_task(conf: CompactLMConfig, task: Task, shape: dict[str, Any], plan: RunPlan) -> StagePlan:
+    stage, instance = task.stage, task.instance
+    nodes = conf.cluster.nodes_for(stage)
     gpus = stage_gpus(conf, task)
     per_node = stage_processes(conf, task) if stage in TRAIN_STAGES else 1
-    sp = StagePlan(stage=task, processes=nodes * per_node, nodes=nodes, gpus_per_node=gpus)
+    sp = StagePlan(stage=task.name, processes=nodes * per_node, nodes=nodes, gpus_per_node=gpus, task=task)
     if plan.teacher is None:
         return sp
     cbytes = 2 if plan.compute in ("bfloat16", "float16") else 4
@@ -362,8 +364,8 @@ class _Ctx:
     def seq(self) -> int:
         return self.conf.data.seq_len
 
-    def world_gpus(self, task: str) -> int:
-        return self.conf.cluster.nodes_for(task) * stage_gpus(self.conf, task)
+    def world_gpus(self, task: Task) -> int:
+        return self.conf.cluster.nodes_for(task.stage) * stage_gpus(self.conf, task)
 
 
 # ------------------------------------------------------------------------------------------ activations
@@ -538,7 +540,7 @@ def _importance(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
 def _prune(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     """prune (prune/slicing.py stream_prune): the teacher is never built; one source safetensors file is
     memory-mapped at a time (its pages resident once read) and the output is written in shards of at most
-    SHARD_BYTES, held while safetensors serializes them (1.5x: measured 1.2-1.4x by bench/scale.py)."""
+    SHARD_BYTES, held while safetensors serializes them (1.5x: measured 1.2-1.4x by benchmarks/scale.py)."""
     stored = ctx.plan.stored_bytes
     out = stored * (s or t).total
     mem = {
@@ -559,7 +561,7 @@ def _quantize(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     if q.evaluate:
         mem[f"reference copy ({_dtype(c)})"] = c * s.total
     mem["calibration forward"] = forward_working_set(s, tokens, c) + 4 * tokens * s.hf["vocab_size"]
-    # export_hf_checkpoint builds the exported state dict beside the model (bench/scale.py: ~2 bytes a parameter)
+    # export_hf_checkpoint builds the exported state dict beside the model (benchmarks/scale.py: ~2 bytes a parameter)
     mem["export copy (bf16)"] = 2 * s.total
     embed = s.root  # embedding and output layer stay in quantize.export_dtype
     export = int((s.total - embed) * QUANT_BITS[q.format] / 8) + 2 * embed
@@ -656,8 +658,12 @@ def check_plan(plan: RunPlan, conf: CompactLMConfig) -> None:
     if not conf.plan.check:
         return
     for sp in plan.stages:
-        stage = split_task(sp.stage)[0]
-        if stage in ("distill", "candidate") and sp.on_gpu and plan.device and sp.memory_total > plan.device.memory:
+        if (
+            sp.task.stage in ("distill", "candidate")
+            and sp.on_gpu
+            and plan.device
+            and sp.memory_total > plan.device.memory
+        ):
             raise ConfigError(_no_fit(plan, conf, sp))
     _check_cache_space(plan, conf)
 
@@ -706,7 +712,7 @@ def _changes(conf: CompactLMConfig, sp: StagePlan) -> list[tuple[str, Any]]:
                 lambda x: dataclasses.replace(x, distill=dataclasses.replace(x.distill, micro_batch_size=1)),
             )
         )
-    if split_task(sp.stage)[0] == "distill" and c.executor != "local" and "distill" not in c.stage_nodes:
+    if sp.task.stage == "distill" and c.executor != "local" and "distill" not in c.stage_nodes:
         out.append(
             (
                 f"cluster.nodes={2 * c.nodes}",
@@ -726,7 +732,7 @@ def _remedies(plan: RunPlan, conf: CompactLMConfig, sp: StagePlan) -> list[tuple
             other = conf
             for _, change in combo:
                 other = change(other)
-            m = plan_task(other, sp.stage, plan.shape, plan).memory_total
+            m = plan_task(other, sp.task, plan.shape, plan).memory_total
             if m <= plan.device.memory:
                 fits.append(([key for key, _ in combo], m))
         if fits:

@@ -1,6 +1,6 @@
 """Where a run's records live on the submitting machine: the repository, the run folder's NeMo-Run home and
 the stage logs NeMo-Run keeps there. The lowest module of the submit side: it imports nothing of compactlm's
-but the config file's name."""
+but the config file's name and the Task type."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from compactlm.config import CompactLMConfig
-from compactlm.pipeline import CONFIG_FILE
+from compactlm.pipeline import CONFIG_FILE, Task
 
-__all__ = ["CONFIG_FILE", "NEMORUN_DIR", "REPO", "nemorun_home", "resolved_yaml", "stage_logs", "stage_script"]
+__all__ = ["CONFIG_FILE", "NEMORUN_DIR", "REPO", "nemorun_home", "resolved_yaml", "stage_logs"]
 
 # src/compactlm/launch/records.py -> the repository root (launch.py, conf/, recipes/)
 REPO = Path(__file__).resolve().parents[3]
@@ -23,19 +23,15 @@ def nemorun_home(local_dir: Path) -> Path:
     return Path(local_dir) / NEMORUN_DIR
 
 
-def stage_script(stage: str) -> Path:
-    return REPO / "recipes" / f"{stage}.py"
-
-
 def resolved_yaml(conf: CompactLMConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(conf))
 
 
-def stage_logs(folder: Path, stage: str) -> list[Path]:
-    """Log files NeMo-Run keeps for `stage` in the run's latest experiment, oldest first."""
+def stage_logs(folder: Path, task: Task) -> list[Path]:
+    """Log files NeMo-Run keeps for `task` in the run's latest experiment, oldest first."""
     exps = sorted((nemorun_home(folder) / "experiments" / Path(folder).name).glob("*/"))
     if not exps:
         return []
-    stage_dir = exps[-1] / stage
+    stage_dir = exps[-1] / task.name
     files = [p for p in stage_dir.rglob("*") if p.is_file() and p.suffix in (".log", ".out") and p.stat().st_size]
     return sorted(files, key=lambda p: p.stat().st_mtime)

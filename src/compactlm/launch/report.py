@@ -17,7 +17,7 @@ from typing import Any
 from compactlm.config import CompactLMConfig
 from compactlm.launch.headline import TRADEOFF_PNG, headline, plot_tradeoff, tradeoff_points
 from compactlm.manifest import atomic_write_text, read_manifest
-from compactlm.pipeline import run_tasks, running, split_task, task_name
+from compactlm.pipeline import Task, run_tasks, running
 from compactlm.results import (
     MODEL_LABELS,
     TEACHER,
@@ -61,12 +61,13 @@ def ordered(models: dict[str, Any]) -> list[tuple[str, Any]]:
 def manifests(conf: CompactLMConfig) -> dict[str, dict | None]:
     """task -> its manifest (None: not finished), for every task of the run in recipe order: each stage, and one
     `candidate-<name>` per search candidate (pipeline.run_tasks)."""
-    return {task: read_manifest(Path(conf.run_dir) / task) for task in run_tasks(conf)}
+    return {task.name: read_manifest(task.folder(conf.run_dir)) for task in run_tasks(conf)}
 
 
 def results(ms: dict[str, dict | None]) -> dict[str, Any]:
-    """task -> its typed result (compactlm.results, by the task's stage), None for a task that has not finished."""
-    return {task: result_of(split_task(task)[0], m) for task, m in ms.items()}
+    """task -> its typed result (compactlm.results, by the stage its manifest names), None for a task that has not
+    finished."""
+    return {task: result_of(task, m) for task, m in ms.items()}
 
 
 # ------------------------------------------------------------------------------------------- terminal
@@ -445,10 +446,9 @@ def _arch(export: dict[str, int], teacher: Architecture | None, actual: Architec
 def search_candidates(rs: dict[str, Any]) -> dict[str, CandidateResult]:
     """candidate name -> its result, for every finished `candidate-<name>` task."""
     out = {}
-    for task, r in rs.items():
-        stage, instance = split_task(task)
-        if stage == "candidate" and r is not None:
-            out[instance] = r
+    for r in rs.values():
+        if isinstance(r, CandidateResult):
+            out[r.name] = r
     return out
 
 
@@ -485,7 +485,7 @@ def search_rows(
     not started."""
     ranking: RankingResult | None = rs.get("ranking")
     done = search_candidates(rs)
-    tasks = [split_task(t)[1] for t in rs if split_task(t)[0] == "candidate"]
+    tasks = [t.instance for t in run_tasks(conf) if t.stage == "candidate"]
     if ranking is None and not tasks:
         return None
     model = rs.get("model")
@@ -549,7 +549,7 @@ def search_rows(
             continue
         plan = planned.get(name)
         counted = plan is not None and plan.params > 0
-        folder = Path(conf.run_dir) / task_name("candidate", name)
+        folder = Task("candidate", name).folder(conf.run_dir)
         state = (
             "failed"
             if ranking or (folder.is_dir() and running(folder) is None)
@@ -673,7 +673,7 @@ def search_blocks(conf: CompactLMConfig, rs: dict[str, Any]) -> list[Block]:
                     else "; the ranking stage waits for every "
                     "candidate, so fix and re-run the same command to resume): "
                 )
-                + ", ".join(f"{name} ({task_name('candidate', name)}/)" for name in failed)
+                + ", ".join(f"{name} ({Task('candidate', name).name}/)" for name in failed)
                 + ".",
             )
         )
@@ -790,7 +790,7 @@ def build_blocks(conf: CompactLMConfig) -> list[Block]:
     ]
     blocks += [Block("h2", "Stages"), Block("table", (["stage", "wall time", "finished"], stage_rows))]
     shown = {b.content[0] for b in blocks if b.kind == "image"}  # plots already shown in their own section
-    images = [(run_dir / task / f, cap) for task, m in ms.items() if m for f, cap in PLOTS.get(split_task(task)[0], [])]
+    images = [(run_dir / task / f, cap) for task, m in ms.items() if m for f, cap in PLOTS.get(m["stage"], [])]
     images = [(p, c) for p, c in images if p.is_file() and p not in shown]
     if images:
         blocks.append(Block("h2", "Plots"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from compactlm.config import TRAIN_STAGES, CompactLMConfig
 from compactlm.launch.records import REPO
-from compactlm.pipeline import split_task
+from compactlm.pipeline import Task
 
 # Every stage prints progress as it goes; Python must not hold it back in a pipe.
 BASE_ENV = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -18,6 +18,8 @@ BASE_ENV = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 # What the cluster executors package and run from: the library, the stage entry points and the configs.
 PACKAGED = ("src", "recipes", "conf", "launch.py", "pyproject.toml")
+# Every stage runs as this module, named by the task: `python -m compactlm.run distill config=...` (compactlm/run.py).
+STAGE_MODULE = "compactlm.run"
 # Inside containers NeMo-Run mounts the job folder at /nemo_run and runs from /nemo_run/code.
 CODE_DIR = "/nemo_run/code"
 CPU_STAGES = ("model", "data")
@@ -30,25 +32,25 @@ CLOUD_EXECUTORS = ("dgxc", "lepton")
 IMAGE_CODE_DIR = "/opt/compactlm"
 
 
-def stage_processes(conf: CompactLMConfig, task: str) -> int:
+def stage_processes(conf: CompactLMConfig, task: Task) -> int:
     """Processes per node for a task: the training stages (distill, sft, dpo, grpo, each search candidate's
     short distillation) are data-parallel."""
-    stage = split_task(task)[0]
+    stage = task.stage
     if stage not in TRAIN_STAGES:
         return 1
     return getattr(conf, TRAIN_SECTION.get(stage, stage)).nproc_per_node or max(conf.cluster.gpus_per_node, 1)
 
 
-def stage_gpus(conf: CompactLMConfig, task: str) -> int:
+def stage_gpus(conf: CompactLMConfig, task: Task) -> int:
     """GPUs per node a task asks for (0 on CPU clusters and for the CPU-only stages)."""
-    stage = split_task(task)[0]
+    stage = task.stage
     if conf.cluster.gpus_per_node == 0 or stage in CPU_STAGES:
         return 0
     return conf.cluster.gpus_per_node if stage in TRAIN_STAGES else 1
 
 
-def stage_image(conf: CompactLMConfig, task: str) -> str | None:
-    return conf.cluster.deploy_image if split_task(task)[0] == "deploy" else conf.cluster.container_image
+def stage_image(conf: CompactLMConfig, task: Task) -> str | None:
+    return conf.cluster.deploy_image if task.stage == "deploy" else conf.cluster.container_image
 
 
 def stage_env(conf: CompactLMConfig, remote: bool = False) -> dict[str, str]:
@@ -65,16 +67,18 @@ def stage_env(conf: CompactLMConfig, remote: bool = False) -> dict[str, str]:
     return {**env, **conf.cluster.env}
 
 
-def stage_args(conf: CompactLMConfig, task: str, config_path: Path) -> tuple[str, list[str]]:
-    """(script, args) of a task: absolute paths here, relative to the packaged code on a cluster; an instance of
-    an instanced stage is named on the command line (`candidate=exp_010`)."""
-    stage, instance = split_task(task)
-    extra = [f"{stage}={instance}"] if instance else []
+def stage_args(conf: CompactLMConfig, task: Task, config_path: Path) -> list[str]:
+    """Arguments of `python -m compactlm.run` (STAGE_MODULE) for a task: the stage, then its config file (an
+    absolute path here, relative to the packaged code on a cluster); an instance of an instanced stage is named
+    on the command line (`candidate=exp_010`)."""
+    extra = [f"{task.stage}={task.instance}"] if task.instance is not None else []
     if conf.cluster.executor == "local":
-        return str(REPO / "recipes" / f"{stage}.py"), [f"config={config_path}", *extra]
-    if conf.cluster.executor in CLOUD_EXECUTORS:
-        return f"{IMAGE_CODE_DIR}/recipes/{stage}.py", [f"config={CODE_DIR}/{config_path.name}", *extra]
-    return f"recipes/{stage}.py", [f"config={config_path.name}", *extra]
+        config = str(config_path)
+    elif conf.cluster.executor in CLOUD_EXECUTORS:
+        config = f"{CODE_DIR}/{config_path.name}"
+    else:
+        config = config_path.name
+    return [task.stage, f"config={config}", *extra]
 
 
 def input_folders(conf: CompactLMConfig) -> list[str]:

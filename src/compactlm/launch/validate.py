@@ -26,6 +26,7 @@ from compactlm.gguf.convert import check_source
 from compactlm.gguf.llamacpp import from_folder
 from compactlm.launch.search import check_export, check_search_recipe
 from compactlm.model.loading import check_hub_model, check_model_folder
+from compactlm.pipeline import run_tasks
 from compactlm.quantize.formats import check_deploy_support
 from compactlm.rewards import check_paths as check_reward_paths
 
@@ -93,6 +94,18 @@ def check_tasks(conf: CompactLMConfig) -> None:
         )
 
 
+def check_force_stages(conf: CompactLMConfig) -> None:
+    """Each `force_stages` entry is a stage of the recipe (all its tasks) or one task of the run (`candidate-L18`):
+    checked once the search candidates are resolved, so that an instance's name is known."""
+    tasks = [t.name for t in run_tasks(conf)]
+    for name in conf.force_stages:
+        if name not in conf.recipe.stages and name not in tasks:
+            raise ConfigError(
+                f"force_stages contains {name!r}, which recipe={conf.recipe.name} does not run; "
+                f"its stages: {', '.join(tasks)}"
+            )
+
+
 def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, Any]:
     """Raise ConfigError on anything that cannot work; return the model shape used for the checks."""
     check_run_dir(conf)
@@ -100,7 +113,7 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
         if stage not in known_stages:
             raise ConfigError(f"recipe.stages contains {stage!r}; known stages: {', '.join(known_stages)}")
     for stage in conf.force_stages:
-        if stage.partition("-")[0] not in conf.recipe.stages:  # a stage, or one instance of it (candidate-L18)
+        if stage in known_stages and stage not in conf.recipe.stages:  # a task name is checked by check_force_stages
             raise ConfigError(
                 f"force_stages contains {stage!r}, which recipe={conf.recipe.name} does not run; "
                 f"its stages: {', '.join(conf.recipe.stages)}"

@@ -1,4 +1,4 @@
-"""Random-weight checkpoints in Llama-3 proportions, written shard by shard (for bench/scale.py and tests).
+"""Random-weight checkpoints in Llama-3 proportions, written shard by shard (for benchmarks/scale.py and tests).
 
 A checkpoint here is a plain Hugging Face Llama folder, as released checkpoints are: bf16 safetensors in several
 shards with `model.safetensors.index.json`, untied embeddings, GQA with 128-dim heads, FFN ≈ 3.5 × hidden,

@@ -30,7 +30,7 @@ from compactlm.distill.train import distill, open_teacher_caches, total_steps
 from compactlm.evaluate.quality import quality
 from compactlm.manifest import atomic_write_json
 from compactlm.model.loading import load_model, setup_engine
-from compactlm.pipeline import StageContext, StageOutput, split_task
+from compactlm.pipeline import StageContext, StageOutput
 from compactlm.prune.stage import prune_checkpoint
 from compactlm.results import (
     CandidateResult,
@@ -229,7 +229,7 @@ class RankingStage:
     keep = ()
 
     def run(self, ctx: StageContext) -> StageOutput:
-        tasks = {task: ctx.result(task) for task in ctx.upstream if split_task(task)[0] == "candidate"}
+        tasks = {task: ctx.result(task) for task, m in ctx.upstream.items() if m["stage"] == "candidate"}
         found = list(tasks.values())
         result = rank(found, ctx.result("model").params, ctx.result("teacher_cache").teacher_loss)
         winner_task = next(task for task, c in tasks.items() if c.name == result.winner)

@@ -1,7 +1,7 @@
 """How fast `recipe=search` enumerates candidates, against counting every grid point with its own meta model.
 
-    python bench/search_enumeration.py                       # Bielik-11B-v3, target 7.35e9, divisors 256 / 512
-    python bench/search_enumeration.py --model smollm2_135m --target 0.67
+    python benchmarks/search_enumeration.py                       # Bielik-11B-v3, target 7.35e9, divisors 256 / 512
+    python benchmarks/search_enumeration.py --model smollm2_135m --target 0.67
 
 The enumeration (compactlm.search.space) counts parameters exactly from three small meta models per (hidden,
 heads) pair, using that the count is affine in the layer count and the FFN size; the obvious way builds a meta

@@ -1,6 +1,6 @@
 """What bf16 changes on a finished run's models: evaluation figures and the units importance pruning keeps.
 
-    python bench/precision_quality.py runs/prune_distill_smollm2_135m
+    python benchmarks/precision_quality.py runs/prune_distill_smollm2_135m
 
 For the run's teacher, pruned and distilled models it measures, in one process, the evaluate stage's figures
 (perplexity, KL and top-1 agreement to the teacher on the run's validation split) twice: float32 (float32

@@ -6,7 +6,7 @@ On SmolLM2-135M (the embedded demo model) pruned to a preset (default: smollm2_3
   2. calibration time (forward passes with the importance hooks) relative to plain forward passes over
      the same batches (target <= 1.2x).
 
-    python bench/prune_quality.py [--preset smollm2_33pct] [--calibration 32] [--validation 24]
+    python benchmarks/prune_quality.py [--preset smollm2_33pct] [--calibration 32] [--validation 24]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Distillation throughput and MFU of compactlm's `distill`, per dtype, against the bare minimum loop, in one run.
 
-    python bench/distill_speed.py                                   # random llama pair (hidden 256, 8 → 6 layers)
-    python bench/distill_speed.py --teacher T --student S --steps 6 --dtypes float32,bfloat16
+    python benchmarks/distill_speed.py                                   # random llama pair (hidden 256, 8 → 6 layers)
+    python benchmarks/distill_speed.py --teacher T --student S --steps 6 --dtypes float32,bfloat16
 
 For every dtype (`engine.dtype`: float32, or bfloat16 = frozen teacher in bf16 and float32 student master
 weights under bf16 autocast) it prints:

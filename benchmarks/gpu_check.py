@@ -1,8 +1,8 @@
 """One prepared GPU check (H100/H200): bf16 distillation MFU of a 1B-class random pair, importance on CUDA,
-FP8 and NVFP4 fake-quant forwards — every figure into one JSON file. Run through bench/gpu_check.sh.
+FP8 and NVFP4 fake-quant forwards — every figure into one JSON file. Run through benchmarks/gpu_check.sh.
 
 Needs PyTorch with CUDA and transformers; compactlm comes from src/ (no install); ModelOpt and OmegaConf from
-bench/wheelhouse when the machine lacks them (gpu_check.sh installs them offline). A part whose requirement
+benchmarks/wheelhouse when the machine lacks them (gpu_check.sh installs them offline). A part whose requirement
 is missing is recorded as {"skipped": reason}, not hidden; a part that fails records its error and the others
 still run. Tests never run this file.
 """
@@ -51,7 +51,7 @@ def part(results: dict, name: str, fn, *args):
     try:
         results[name] = fn(*args)
     except ModuleNotFoundError as e:
-        results[name] = {"skipped": f"{e.name} is not installed (see bench/gpu_check.sh)"}
+        results[name] = {"skipped": f"{e.name} is not installed (see benchmarks/gpu_check.sh)"}
     except Exception as e:  # recorded in the JSON; the other parts still run
         results[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
     results[name]["seconds"] = round(time.perf_counter() - t0, 1)

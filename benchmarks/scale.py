@@ -16,9 +16,9 @@ models the stage holds, against the target 1.3 x those bytes + 1.5 GiB. The PNG 
 The launch plan's memory estimate of each stage is printed next to its measured peak RSS
 (`compactlm.launch.plan`, for the same command line).
 
-    python bench/scale.py                                 # 135m, 0.5b, 1.5b (~25 min on 2 cores)
-    python bench/scale.py --sizes 3b --stages-b none      # one size, run A only
-    python bench/scale.py --sizes 7b --no-train --calib 2 --stages-b none   # the 7B-shaped importance + prune
+    python benchmarks/scale.py                                 # 135m, 0.5b, 1.5b (~25 min on 2 cores)
+    python benchmarks/scale.py --sizes 3b --stages-b none      # one size, run A only
+    python benchmarks/scale.py --sizes 7b --no-train --calib 2 --stages-b none   # the 7B-shaped importance + prune
 
 Checkpoints and runs go under --workdir (default /work/tmp-scalebench); each size's folder is deleted when its
 row is measured (a 7B-shaped checkpoint is ~15 GB), unless --keep. Results accumulate in <workdir>/scale.json,

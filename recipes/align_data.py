@@ -1,8 +1,0 @@
-"""The align_data stage, run on the compute node: python recipes/align_data.py config=<run_dir>/config.yaml"""
-
-import sys
-
-from compactlm.pipeline import main
-
-if __name__ == "__main__":
-    sys.exit(main("align_data"))

@@ -1,8 +1,0 @@
-"""The data stage, run on the compute node: python recipes/data.py config=<run_dir>/config.yaml"""
-
-import sys
-
-from compactlm.pipeline import main
-
-if __name__ == "__main__":
-    sys.exit(main("data"))

@@ -1,8 +1,0 @@
-"""The grpo stage, run on the compute node: python recipes/grpo.py config=<run_dir>/config.yaml"""
-
-import sys
-
-from compactlm.pipeline import main
-
-if __name__ == "__main__":
-    sys.exit(main("grpo"))
