@@ -27,10 +27,36 @@ needs_polish = pytest.mark.skipif(
 TINY_VOCAB = 384
 
 
+# The longest tests outside tests/slurm, longest first (durations of `make test` on 2 cores, 2026-12-07). pytest-xdist
+# (--dist loadgroup) gives the Slurm group, its largest unit, to one worker and the tests in this order to the other,
+# so the demo run and the Slurm tests, the two longest chains, both start at once; a name not found here only loses
+# its place in the queue.
+LONGEST_FIRST = (
+    "tests/launch/test_launcher.py::test_demo_command_on_smollm2_from_a_plain_clone",
+    "tests/search/test_search_run.py::test_search_killed_mid_candidate_resumes_and_skips_finished_ones",
+    "tests/launch/test_stopping.py::test_ctrl_c_during_distill_stops_every_process_and_the_rerun_resumes_bitwise",
+    "tests/gguf/test_gguf_stage.py::test_a_llama31_checkpoint_through_prune_distill_quantize_and_gguf",
+    "tests/launch/test_launcher.py::test_prune_distill_with_two_torchrun_processes",
+    "tests/align/test_align_stages.py::test_kill_9_resumes_from_the_last_complete_checkpoint",
+    "tests/align/test_align_stages.py::test_sft_dpo_grpo_in_order_with_every_model_evaluated",
+    "tests/gguf/test_gguf_convert.py::test_each_architecture_converts_verifies_and_loads_back",
+    "tests/align/test_align_data.py::test_launch_refuses_a_50_mb_grpo_prompt_in_one_line_before_any_stage",
+    "tests/launch/test_stopping.py::test_one_launcher_per_run_and_a_stage_left_by_a_dead_launcher_is_found",
+    "tests/launch/test_stopping.py::test_cancel_during_evaluate_stops_it_and_the_run_is_reported_cancelled",
+)
+
+
+def _start_rank(item) -> tuple[int, bool]:
+    name = item.nodeid.split("[")[0]
+    rank = LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    return rank, item.get_closest_marker("slow") is None
+
+
 def pytest_collection_modifyitems(config, items):
-    """The long end-to-end runs (`slow`) first: `make test` runs two pytest-xdist workers, and starting the long
-    runs at once lets the many short tests fill the gaps instead of one long run ending the session alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest runs first (LONGEST_FIRST, then the other end-to-end runs, marked `slow`): `make test` runs two
+    pytest-xdist workers, and starting the long runs at once lets the many short tests fill the gaps instead of one
+    long run ending the session alone."""
+    items.sort(key=_start_rank)
 
 
 # Per-architecture tiny configs: GQA (4 heads over 2 KV heads), 4 layers, untied except llama.
