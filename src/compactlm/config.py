@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from compactlm import stages
 from compactlm.arch import SUPPORTED as SUPPORTED_ARCHITECTURES
 from compactlm.errors import ConfigError
 from compactlm.quantize.formats import check_deploy_support
@@ -437,7 +438,6 @@ class SearchConfig:
 # ------------------------------------------------------------------------------------------- alignment
 # After distillation, as the Bielik-Minitron report did: SFT -> DPO-Positive -> GRPO with Hugging Face TRL.
 ALIGN_SOURCES = ("demo", "jsonl", "hf")
-ALIGN_KINDS = ("sft", "dpo", "grpo")
 # TRL 1.16's DPO losses usable alone, plus dpop (DPO-Positive, compactlm.align.dpop)
 DPO_LOSSES = (
     "dpop",
@@ -514,6 +514,10 @@ class AlignDataConfig:
             getattr(self, kind).check(f"align_data.{kind}")
         for key in ("demo_prompts", "demo_problems", "prompt_tokens", "answer_tokens"):
             _positive(f"align_data.{key}", getattr(self, key))
+
+
+ALIGN_KINDS = tuple(f.name for f in fields(AlignDataConfig) if f.type == "AlignSource")
+"""The kinds of examples align_data makes, one per alignment stage (sft, dpo, grpo): its AlignSource fields."""
 
 
 @dataclass
@@ -894,11 +898,6 @@ class LeptonOptions:
         return int(m.group(1)) if m else 0
 
 
-# Stages that use every node of the cluster; all others run on one node.
-# the training stages: data-parallel under torchrun, one process per GPU, across every node by default
-TRAIN_STAGES = ("distill", "sft", "dpo", "grpo", "candidate")
-# a search candidate's short distillation uses every GPU of one node; the others span every node by default
-MULTI_NODE_STAGES = ("distill", "sft", "dpo", "grpo")
 # GPUs the plan knows (memory and bf16 dense peak: compactlm.launch.plan.DEVICES)
 GPU_NAMES = ("h100", "h200")
 
@@ -998,7 +997,7 @@ class ClusterConfig:
     def nodes_for(self, stage: str) -> int:
         """Nodes `stage` (or a task of it, `candidate-exp_010`) runs on."""
         stage = stage.partition("-")[0]
-        return self.stage_nodes.get(stage, self.nodes if stage in MULTI_NODE_STAGES else 1)
+        return self.stage_nodes.get(stage, self.nodes if stages.get(stage).multi_node else 1)
 
 
 def _looks_secret(key: str) -> bool:
@@ -1321,48 +1320,3 @@ class RecipeConfig:
     description: str = ""
     stages: list[str] = field(default_factory=list)
     """Stage names in order; each depends on every stage before it. Empty: the recipe runs in the launcher."""
-
-
-# ------------------------------------------------------------------------------------------------ root
-@dataclass
-class CompactLMConfig:
-    """Everything one run needs; composed by Hydra, converted once with `OmegaConf.to_object`."""
-
-    recipe: RecipeConfig = MISSING
-    model: ModelConfig = MISSING
-    data: DataConfig = MISSING
-    prune: PruneConfig = MISSING
-    cluster: ClusterConfig = MISSING
-    engine: EngineConfig = MISSING
-    quantize: QuantizeConfig = MISSING
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    deploy: DeployConfig = field(default_factory=DeployConfig)
-    bench: BenchConfig = field(default_factory=BenchConfig)
-    gguf: GGUFConfig = field(default_factory=GGUFConfig)
-    align_data: AlignDataConfig = MISSING
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    plan: PlanConfig = field(default_factory=PlanConfig)
-    run_name: str = "${recipe.name}_${model.name}"
-    """Folder name of the run under runs_root; the same name resumes the same run."""
-    runs_root: str = "runs"
-    run_dir: str = "${runs_root}/${run_name}"
-    """Where every stage writes `<run_dir>/<stage>/`; made absolute by the launcher."""
-    cache_dir: str = "${oc.env:COMPACTLM_CACHE,'~/.cache/compactlm'}"
-    """Materialized models (e.g. the GGUF demo model saved as safetensors) live here."""
-    seed: int = 1234
-    dryrun: bool = False
-    """Print the resolved config and what would be submitted, then exit."""
-    prepare_only: bool = False
-    """Write the run folder (config.yaml, launch.json) and stop: for hand submission with launchers/slurm/."""
-    force: bool = False
-    """Re-run every stage even when its manifest matches."""
-    force_stages: list[str] = field(default_factory=list)
-    """Re-run only these stages (and, because their outputs change, everything after them)."""
-
-    def __post_init__(self) -> None:
-        check_run_name(self.run_name)

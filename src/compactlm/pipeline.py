@@ -7,7 +7,6 @@ config file written by the launcher, converted to :class:`CompactLMConfig` datac
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import resource
@@ -25,8 +24,9 @@ from typing import Any, Protocol
 
 from omegaconf import OmegaConf
 
+from compactlm import stages
 from compactlm.cli import UsageError, parse
-from compactlm.config import CompactLMConfig, ConfigError, check_run_name
+from compactlm.config import ConfigError, check_run_name
 from compactlm.manifest import (
     MANIFEST,
     apply_umask_tree,
@@ -43,33 +43,12 @@ from compactlm.manifest import (
     sha256_json,
     versions,
 )
-from compactlm.results import RESULTS, ResultError, result_of, run_models, to_json
+from compactlm.results import ResultError, result_class, result_of, run_models, to_json
+from compactlm.run_config import CompactLMConfig
 
-# stage name -> "module:Class". The launcher lists stages without importing them (no torch on the submit
-# side); the runner imports the one it runs.
-STAGES: dict[str, str] = {
-    "model": "compactlm.model.stage:ModelStage",
-    "data": "compactlm.data.stage:DataStage",
-    "importance": "compactlm.prune.stage:ImportanceStage",
-    "prune": "compactlm.prune.stage:PruneStage",
-    "teacher_cache": "compactlm.search.stage:TeacherCacheStage",
-    "candidate": "compactlm.search.stage:CandidateStage",
-    "ranking": "compactlm.search.stage:RankingStage",
-    "distill": "compactlm.distill.stage:DistillStage",
-    "align_data": "compactlm.align.stage:AlignDataStage",
-    "sft": "compactlm.align.stage:SFTStage",
-    "dpo": "compactlm.align.stage:DPOStage",
-    "grpo": "compactlm.align.stage:GRPOStage",
-    "quantize": "compactlm.quantize.stage:QuantizeStage",
-    "gguf": "compactlm.gguf.stage:GGUFStage",
-    "evaluate": "compactlm.evaluate.stage:EvaluateStage",
-    "deploy": "compactlm.deploy.stage:DeployStage",
-    "bench": "compactlm.bench.stage:BenchStage",
-}
-STAGE_NAMES = tuple(STAGES)
-# Stages that run once per instance, each instance a task of its own (`candidate-exp_010`, folder
-# `<run_dir>/candidate-exp_010/`): stage -> the config attribute listing the instances' names.
-INSTANCED = {"candidate": "search"}
+# Every stage the runner knows (built-in and registered: compactlm.stages); the launcher lists them without
+# importing them (no torch on the submit side), the runner imports the one it runs.
+STAGE_NAMES = stages.names()
 CONFIG_FILE = "config.yaml"
 RESUME_KEY = "resume_key.json"
 # In a stage folder while the stage runs: who runs it (pid, process group, host, and the process's identity:
@@ -173,8 +152,7 @@ class Stage(Protocol):
 
 
 def load_stage(name: str) -> Stage:
-    module, cls = STAGES[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    return stages.load(stages.get(name).stage)()
 
 
 def load_config(path: Path) -> CompactLMConfig:
@@ -209,12 +187,12 @@ def split_task(task: str) -> tuple[str, str | None]:
 
 def instances(cfg: CompactLMConfig, stage: str) -> list[str]:
     """Names of the instances of an instanced stage (the search candidates), in the config's order."""
-    return getattr(cfg, INSTANCED[stage]).names()
+    return getattr(cfg, stages.get(stage).instanced_by).names()
 
 
 def stage_tasks(cfg: CompactLMConfig, stage: str) -> list[str]:
     """The task(s) of one recipe stage: the stage itself, or one per instance."""
-    if stage in INSTANCED:
+    if stages.get(stage).instanced_by:
         return [task_name(stage, i) for i in instances(cfg, stage)]
     return [stage]
 
@@ -239,12 +217,12 @@ def run_stage(name: str, config_path: Path) -> int:
     cfg = load_config(config_path)
     run_dir = Path(cfg.run_dir)
     stage_name, instance = split_task(name)
-    if stage_name in STAGES and (stage_name in INSTANCED) != (instance is not None):
+    by = stages.get(stage_name).instanced_by
+    if (by is not None) != (instance is not None):
         raise ConfigError(
             f"stage {stage_name!r} "
             + (
-                f"runs once per {INSTANCED[stage_name]} candidate: name one "
-                f"(one of {', '.join(instances(cfg, stage_name)) or 'none'})"
+                f"runs once per {by} candidate: name one (one of {', '.join(instances(cfg, stage_name)) or 'none'})"
                 if instance is None
                 else "has no instances"
             )
@@ -313,7 +291,7 @@ def run_stage(name: str, config_path: Path) -> int:
     # libraries write with modes of their own (safetensors: 0600): the whole folder gets the umask's, before the
     # manifest records it
     apply_umask_tree(stage_dir)
-    expected = RESULTS[stage_name]
+    expected = result_class(stage_name)
     if type(out.result) is not expected:
         raise TypeError(f"stage {name!r} returned {type(out.result).__name__}, not {expected.__name__}")
     files = {k: file_records(resolve_output(stage_dir, v)) for k, v in out.outputs.items()}
@@ -355,11 +333,10 @@ def _exit_on_signal(signum: int, _frame) -> None:
 
 def stage_folder(run_dir: Path, run_name: str, stage: str) -> Path:
     """`<run_dir>/<task>`, after checking that it cannot lie outside the run folder: the run folder is named
-    after the (validated) run name, the stage is one of STAGES and an instance name is a plain folder name
+    after the (validated) run name, the stage is a registered one and an instance name is a plain folder name
     (the run-name rule), so a stage never cleans anything else."""
     name, instance = split_task(stage)
-    if name not in STAGES:
-        raise ConfigError(f"stage {name!r} is not one of {', '.join(STAGES)}")
+    stages.get(name)  # a ConfigError naming the known stages
     if instance is not None:
         check_run_name(instance, name)
     if run_dir.name != run_name or ".." in run_dir.parts or run_dir.resolve() == Path(run_dir.anchor):
@@ -486,12 +463,13 @@ def main(name: str, argv: list[str] | None = None) -> int:
     if sys.argv and sys.argv[0].endswith(".py"):
         recipes = Path(sys.argv[0]).resolve().parent
         sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != recipes]
-    extra = f" {name}=<name>" if name in INSTANCED else ""
+    by = stages.get(name).instanced_by
+    extra = f" {name}=<name>" if by else ""
     if any(a in ("-h", "--help") for a in argv):
         print(
             f"usage: python recipes/{name}.py config=<run_dir>/config.yaml{extra}\n\nRuns the {name} stage of the "
             "run that config.yaml (written by launch.py) describes"
-            + (f", for one of its {INSTANCED[name]} candidates" if extra else "")
+            + (f", for one of its {by} candidates" if extra else "")
             + "; skipped when its manifest is up to date."
         )
         return 0

@@ -16,22 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from compactlm import stages
 from compactlm.manifest import read_manifest, resolve_output
 
 TEACHER = "teacher"
-# stage that produces a model -> that model's label in tables, in pipeline order
-MODEL_LABELS = {
-    "model": TEACHER,
-    "prune": "pruned",
-    "ranking": "pruned",
-    "distill": "distilled",
-    "sft": "sft",
-    "dpo": "dpo",
-    "grpo": "grpo",
-    "quantize": "quantized",
-}
-# the run's high-precision students, latest first
-STUDENT_LABELS = ("grpo", "dpo", "sft", "distilled", "pruned")
+"""The model stage's label (compactlm.stages: the labels of every stage's model, in pipeline order)."""
 
 
 # ------------------------------------------------------------------------------------------- shared parts
@@ -485,28 +474,12 @@ class DeployResult:
         return "served: " + ", ".join(self.models)
 
 
-RESULTS: dict[str, type] = {
-    "model": ModelResult,
-    "data": DataResult,
-    "importance": ImportanceResult,
-    "prune": PruneResult,
-    "teacher_cache": TeacherCacheResult,
-    "candidate": CandidateResult,
-    "ranking": RankingResult,
-    "distill": DistillResult,
-    "align_data": AlignDataResult,
-    "sft": SFTResult,
-    "dpo": DPOResult,
-    "grpo": GRPOResult,
-    "quantize": QuantizeResult,
-    "gguf": GGUFResult,
-    "evaluate": EvaluateResult,
-    "deploy": DeployResult,
-    "bench": BenchResult,
-}
-
-
 # ------------------------------------------------------------------------------------------- reading back
+def result_class(stage: str) -> type:
+    """The result dataclass of `stage` (or of a task of it, `candidate-exp_010`), from the stage registry."""
+    return stages.load(stages.get(stage.partition("-")[0]).result)
+
+
 class ResultError(ValueError):
     """A manifest's result does not fit its stage's result class (hand-edited, or written by another version)."""
 
@@ -566,7 +539,7 @@ def result_of(stage: str, manifest: dict[str, Any] | None) -> Any:
             f"{stage}/manifest.json has no result (written by an older compactlm); re-running the stage rewrites it"
         )
     # a task of an instanced stage (`candidate-exp_010`) has its stage's result class
-    return from_json(RESULTS[stage.partition("-")[0]], manifest["result"], f"{stage}/manifest.json result")
+    return from_json(result_class(stage), manifest["result"], f"{stage}/manifest.json result")
 
 
 def read_result(run_dir: str | Path, stage: str) -> Any:
@@ -579,16 +552,15 @@ def run_models(run_dir: str | Path, manifests: dict[str, dict[str, Any]]) -> dic
     stage's checkpoint), pruned, distilled, and the quantized export. The one place that decides which model
     is which; `manifests` maps stage name -> manifest."""
     out = {}
-    for stage, label in MODEL_LABELS.items():
-        m = manifests.get(stage)
-        if m is None:
+    for spec in stages.specs():
+        m = manifests.get(spec.name)
+        if m is None or spec.model_label is None:
             continue
-        key = "export" if stage == "quantize" else "checkpoint"
-        out[label] = resolve_output(Path(run_dir) / stage, m["outputs"][key])
+        out[spec.model_label] = resolve_output(Path(run_dir) / spec.name, m["outputs"][spec.model_output])
     return out
 
 
 def student_label(models: dict[str, Any]) -> Optional[str]:
     """The final high-precision student among `models` labels: the latest of grpo, dpo, sft, distilled and
     pruned (None: teacher only)."""
-    return next((label for label in STUDENT_LABELS if label in models), None)
+    return next((label for label in stages.student_labels() if label in models), None)

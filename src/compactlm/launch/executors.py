@@ -18,12 +18,14 @@ from pathlib import Path
 
 import nemo_run as run
 
-from compactlm.config import CompactLMConfig, ConfigError
+from compactlm import stages
+from compactlm.config import ConfigError
 from compactlm.launch.cloud import SlurmJobExecutor, dgxc_executor, lepton_executor, rendered_spec, use_home
 from compactlm.launch.records import CONFIG_FILE, REPO, nemorun_home, resolved_yaml
 from compactlm.launch.resources import (
     CLOUD_EXECUTORS,
     IMAGE_CODE_DIR,
+    MODULE,
     PACKAGED,
     container_mounts,
     stage_args,
@@ -34,7 +36,8 @@ from compactlm.launch.resources import (
 )
 from compactlm.launch.shell import shell_quote
 from compactlm.manifest import atomic_write_text
-from compactlm.pipeline import CONFIG_ERROR, INSTANCED, run_tasks, stage_tasks
+from compactlm.pipeline import CONFIG_ERROR, run_tasks, stage_tasks
+from compactlm.run_config import CompactLMConfig
 
 
 def packager(conf: CompactLMConfig, run, local_dir: Path):
@@ -165,7 +168,8 @@ def render_submission(conf: CompactLMConfig, local_dir: Path) -> list[tuple[str,
         lines = []
         for task in run_tasks(conf):
             path, args = stage_args(conf, task, local_dir / CONFIG_FILE)
-            lines.append((task, " ".join(map(shell_quote, ["python", path, *args]))))
+            command = ["python", *(["-m"] if path == MODULE else []), path, *args]
+            lines.append((task, " ".join(map(shell_quote, command))))
         return lines
     saved, stdin = os.environ.get("NEMORUN_HOME"), sys.stdin
     sys.stdin = io.StringIO()  # NeMo-Run's shell calls (invoke) must not wait on, or read, our stdin
@@ -211,9 +215,9 @@ def build_experiment(conf: CompactLMConfig, local_dir: Path):
             for i, task in enumerate(stage_tasks(conf, stage)):
                 path, args = stage_args(conf, task, local_dir / CONFIG_FILE)
                 after = list(previous)
-                if conf.cluster.executor == "local" and stage in INSTANCED and i >= conf.search.parallel:
+                if conf.cluster.executor == "local" and stages.get(stage).instanced_by and i >= conf.search.parallel:
                     after.append(added[i - conf.search.parallel])
-                script = run.Script(path=path, entrypoint="python", args=args)
+                script = run.Script(path=path, entrypoint="python", args=args, m=path == MODULE)
                 added.append(
                     exp.add(
                         script,

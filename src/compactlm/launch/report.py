@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from compactlm.config import CompactLMConfig
+from compactlm import stages
 from compactlm.manifest import atomic_write_text, read_manifest
 from compactlm.pipeline import run_tasks, running, split_task, task_name
+from compactlm.report_blocks import Block, pct, text_table
 from compactlm.results import (
-    MODEL_LABELS,
     TEACHER,
     Architecture,
     BenchResult,
@@ -27,33 +26,14 @@ from compactlm.results import (
     RankingResult,
     result_of,
 )
+from compactlm.run_config import CompactLMConfig
 
-# Pipeline order, whatever order the manifest's JSON (sorted keys) stored them in.
-MODEL_ORDER = tuple(MODEL_LABELS.values())
-PLOTS = {  # stage -> (file, caption)
-    "importance": [("depth.png", "Per-layer depth importance"), ("width.png", "Per-layer width importance")],
-    "distill": [("loss_curve.png", "Distillation loss and validation curves")],
-    "sft": [("curves.png", "SFT: loss on the answer tokens and token accuracy per step")],
-    "dpo": [("curves.png", "DPO: loss, reward margin and reward accuracy per step (training batches)")],
-    "grpo": [("curves.png", "GRPO: mean reward of the sampled completions and their length per step")],
-    "ranking": [
-        (
-            "pareto.png",
-            "Candidate search: parameters (without lm_head) vs validation loss after the short "
-            "distillation (filled) and pruned only (hollow); Pareto front, and the chosen "
-            "candidate as a star",
-        ),
-        (
-            "search_curves.png",
-            "Candidate search: validation loss and KL to the teacher per step of each candidate's short distillation",
-        ),
-    ],
-}
 SEARCH_TOP = 5  # ranked candidates in the terminal summary
 
 
 def ordered(models: dict[str, Any]) -> list[tuple[str, Any]]:
-    rank = {k: i for i, k in enumerate(MODEL_ORDER)}
+    # pipeline order (the registry's), whatever order the manifest's JSON (sorted keys) stored them in
+    rank = {k: i for i, k in enumerate(dict.fromkeys(stages.model_labels().values()))}
     return sorted(models.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
 
 
@@ -66,6 +46,13 @@ def manifests(conf: CompactLMConfig) -> dict[str, dict | None]:
 def results(ms: dict[str, dict | None]) -> dict[str, Any]:
     """task -> its typed result (compactlm.results, by the task's stage), None for a task that has not finished."""
     return {task: result_of(split_task(task)[0], m) for task, m in ms.items()}
+
+
+def _registered(conf: CompactLMConfig, what: str) -> list:
+    """The report functions (`what`: "report" blocks or "summary" lines) of the recipe's stages, from the stage
+    registry, each once, in pipeline order."""
+    named = [getattr(s, what) for s in stages.specs() if getattr(s, what) and s.name in conf.recipe.stages]
+    return [stages.load(dotted) for dotted in dict.fromkeys(named)]
 
 
 # ------------------------------------------------------------------------------------------- terminal
@@ -129,6 +116,7 @@ def summary_table(conf: CompactLMConfig, launched_at: float) -> str:
     if quantized:
         lines += ["", "  quantized variants (each against its own unquantized source, measured the same way)"]
         lines += ["  " + row for row in text_table(*quantized)]
+    lines += [line for fn in _registered(conf, "summary") for line in fn(conf, rs)]
     bench = rs.get("bench")
     if bench:
         lines += ["", f"  speed ({bench.source}" + (f", {bench.device}" if bench.device else "") + ")"]
@@ -136,20 +124,7 @@ def summary_table(conf: CompactLMConfig, launched_at: float) -> str:
     return "\n".join(lines)
 
 
-def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def fmt(cells):
-        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return [fmt(header), "-" * len(fmt(header))] + [fmt(r) for r in rows]
-
-
 # ------------------------------------------------------------------------------------------ contents
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x * 100:.1f}%"
-
-
 def recovery(teacher: ModelScores, model: ModelScores) -> dict[str, float]:
     """Recovery of each metric, student relative to teacher (1.0 = as good as the teacher).
 
@@ -197,11 +172,11 @@ def quality_rows(models: dict[str, ModelScores]) -> tuple[list[str], list[list[s
                 f"{r.params.total / 1e6:.1f}M",
                 f"{r.perplexity:.3f}",
                 _num(r.kl_to_teacher, ".4f"),
-                _pct(r.top1_agreement),
+                pct(r.top1_agreement),
                 *[_num(a, ".3f") for a in acc],
-                _pct(rec.get("perplexity")),
-                *[_pct(rec.get(f"{t} acc")) for t in tasks],
-                _pct(rec.get("aggregate")),
+                pct(rec.get("perplexity")),
+                *[pct(rec.get(f"{t} acc")) for t in tasks],
+                pct(rec.get("aggregate")),
                 _num(r.output_tokens_per_s, ".1f"),
                 _num(r.tpot_ms, ".1f"),
             ]
@@ -305,16 +280,16 @@ def quantized_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] | No
         rows.append(
             [
                 q.format,
-                MODEL_LABELS[q.source_stage],
+                stages.model_labels()[q.source_stage],
                 f"{q.export['safetensors_bytes'] / 2**20:.1f}",
                 "-",
                 f"{q.export['ratio_to_bf16']:.3f}x of bf16",
                 _num(quant and quant["perplexity"], ".3f"),
                 _num(ref and ref["perplexity"], ".3f"),
-                _pct(ref["perplexity"] / quant["perplexity"]) if quant else "-",
+                pct(ref["perplexity"] / quant["perplexity"]) if quant else "-",
                 "ModelOpt fake-quant",
                 _num(quant and quant.get("kl_to_teacher"), ".5f"),
-                _pct(quant and quant.get("top1_agreement")),
+                pct(quant and quant.get("top1_agreement")),
             ]
         )
     g = rs.get("gguf")
@@ -332,10 +307,10 @@ def quantized_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] | No
                     f"{f.size_ratio:.3f}x of {g.outtype}",
                     _num(ppl, ".3f"),
                     _num(ref, ".3f"),
-                    _pct(ref / ppl) if ppl and ref else "-",
+                    pct(ref / ppl) if ppl and ref else "-",
                     "llama-perplexity" if ppl else "-",
                     _num(f.hf and f.hf["kl_to_source"], ".5f"),
-                    _pct(f.hf and f.hf["top1_agreement_to_source"]),
+                    pct(f.hf and f.hf["top1_agreement_to_source"]),
                 ]
             )
     return (header, rows) if rows else None
@@ -369,9 +344,9 @@ def alignment_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] | No
                 dpo.train.source,
                 str(dpo.train.steps),
                 f"preference accuracy ({dpo.heldout_pairs} pairs)",
-                _pct(dpo.preference_accuracy_before),
-                _pct(dpo.preference_accuracy_after),
-                f"reward margin {dpo.reward_margin_after:+.4f}, reward accuracy {_pct(dpo.reward_accuracy_after)}, "
+                pct(dpo.preference_accuracy_before),
+                pct(dpo.preference_accuracy_after),
+                f"reward margin {dpo.reward_margin_after:+.4f}, reward accuracy {pct(dpo.reward_accuracy_after)}, "
                 f"chosen log p {dpo.chosen_logp_before:.2f} -> {dpo.chosen_logp_after:.2f}",
             ]
         )
@@ -411,12 +386,6 @@ def architecture_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
     for key in ("total", "embedding", "without_lm_head"):
         rows.append([f"params ({key})", *[f"{getattr(params, key):,}" for _, params in cols.values()]])
     return header, rows
-
-
-@dataclass
-class Block:
-    kind: str  # "h1" | "h2" | "p" | "table" | "image"
-    content: Any
 
 
 # ------------------------------------------------------------------------------------------- search
@@ -679,7 +648,9 @@ def search_blocks(conf: CompactLMConfig, rs: dict[str, Any]) -> list[Block]:
     blocks.append(Block("table", table))
     folder = Path(conf.run_dir) / "ranking"
     if ranking is not None:
-        blocks += [Block("image", (folder / f, cap)) for f, cap in PLOTS["ranking"] if (folder / f).is_file()]
+        blocks += [
+            Block("image", (folder / f, cap)) for f, cap in stages.get("ranking").plots if (folder / f).is_file()
+        ]
     return blocks
 
 
@@ -766,12 +737,15 @@ def build_blocks(conf: CompactLMConfig) -> list[Block]:
             ),
             Block("table", bench_rows(bench)),
         ]
+    blocks += [b for fn in _registered(conf, "report") for b in fn(conf, rs)]
     stage_rows = [
         [t, f"{m['wall_time_s']:.1f} s" if m else "-", m["finished_at"] if m else "not finished"] for t, m in ms.items()
     ]
     blocks += [Block("h2", "Stages"), Block("table", (["stage", "wall time", "finished"], stage_rows))]
     shown = {b.content[0] for b in blocks if b.kind == "image"}  # plots already shown in their own section
-    images = [(run_dir / task / f, cap) for task, m in ms.items() if m for f, cap in PLOTS.get(split_task(task)[0], [])]
+    images = [
+        (run_dir / task / f, cap) for task, m in ms.items() if m for f, cap in stages.get(split_task(task)[0]).plots
+    ]
     images = [(p, c) for p, c in images if p.is_file() and p not in shown]
     if images:
         blocks.append(Block("h2", "Plots"))
@@ -888,7 +862,7 @@ def comparison_blocks(confs: list[CompactLMConfig]) -> list[Block]:
                     put(f"{task} acc", i, f"{v['acc']:.3f}")
             if TEACHER in models:
                 for k, v in recovery(models[TEACHER], r).items():
-                    put(f"recovery ({k})", i, _pct(v))
+                    put(f"recovery ({k})", i, pct(v))
         if "quantized" in models:
             q = models["quantized"]
             put("quantized perplexity", i, f"{q.perplexity:.3f} ({q.format})")

@@ -7,9 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from compactlm.config import TRAIN_STAGES, CompactLMConfig
+from compactlm import stages
 from compactlm.launch.records import REPO
 from compactlm.pipeline import split_task
+from compactlm.run_config import CompactLMConfig
 
 # Every stage prints progress as it goes; Python must not hold it back in a pipe.
 BASE_ENV = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -20,46 +21,50 @@ TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 PACKAGED = ("src", "recipes", "conf", "launch.py", "pyproject.toml")
 # Inside containers NeMo-Run mounts the job folder at /nemo_run and runs from /nemo_run/code.
 CODE_DIR = "/nemo_run/code"
-CPU_STAGES = ("model", "data")
-# training stages whose process count comes from another stage's section: a candidate distills as distill does
-TRAIN_SECTION = {"candidate": "distill"}
 # DGX Cloud and Lepton copy each job folder onto the cluster through the scheduler's API (base64 in a busybox
 # command, a few KB per call), so only the run's config travels; the code is the one containers/*.Dockerfile
 # installs here (pip install -e), and a code change there means rebuilding the image.
 CLOUD_EXECUTORS = ("dgxc", "lepton")
 IMAGE_CODE_DIR = "/opt/compactlm"
+# What `python -m` runs for a stage without a script in recipes/ (compactlm/__main__.py).
+MODULE = "compactlm"
 
 
 def stage_processes(conf: CompactLMConfig, task: str) -> int:
     """Processes per node for a task: the training stages (distill, sft, dpo, grpo, each search candidate's
     short distillation) are data-parallel."""
-    stage = split_task(task)[0]
-    if stage not in TRAIN_STAGES:
+    spec = stages.get(split_task(task)[0])
+    if not spec.trains:
         return 1
-    return getattr(conf, TRAIN_SECTION.get(stage, stage)).nproc_per_node or max(conf.cluster.gpus_per_node, 1)
+    section = spec.train_section or spec.section  # a candidate distills as distill does
+    return getattr(conf, section).nproc_per_node or max(conf.cluster.gpus_per_node, 1)
 
 
 def stage_gpus(conf: CompactLMConfig, task: str) -> int:
     """GPUs per node a task asks for (0 on CPU clusters and for the CPU-only stages)."""
-    stage = split_task(task)[0]
-    if conf.cluster.gpus_per_node == 0 or stage in CPU_STAGES:
+    spec = stages.get(split_task(task)[0])
+    if conf.cluster.gpus_per_node == 0 or spec.cpu_only:
         return 0
-    return conf.cluster.gpus_per_node if stage in TRAIN_STAGES else 1
+    return conf.cluster.gpus_per_node if spec.trains else 1
 
 
 def stage_image(conf: CompactLMConfig, task: str) -> str | None:
-    return conf.cluster.deploy_image if split_task(task)[0] == "deploy" else conf.cluster.container_image
+    return getattr(conf.cluster, stages.get(split_task(task)[0]).image)
 
 
 def stage_env(conf: CompactLMConfig, remote: bool = False) -> dict[str, str]:
     """Environment of every stage process; `remote`: on a cluster, running from the packaged code."""
     env = {**BASE_ENV, "TORCHELASTIC_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS}
+    if os.environ.get(stages.EXTRA_ENV):  # stages registered from outside compactlm: every stage process loads them
+        env[stages.EXTRA_ENV] = os.environ[stages.EXTRA_ENV]
     if remote:
         if conf.cluster.executor not in CLOUD_EXECUTORS:  # on DGX Cloud / Lepton the image's install is used
             # NeMo-Run runs the job from its code folder; /nemo_run is rewritten to the job folder without containers.
             env["PYTHONPATH"] = f"{CODE_DIR}/src"
     else:
-        env["PYTHONPATH"] = str(REPO / "src")
+        # compactlm from this checkout, then what the launcher's own PYTHONPATH finds (a registered stage's package)
+        paths = [str(REPO / "src"), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(filter(None, paths)))
         # `python` (and torchrun's workers) must be the interpreter running the launcher, e.g. its venv.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**env, **conf.cluster.env}
@@ -67,14 +72,20 @@ def stage_env(conf: CompactLMConfig, remote: bool = False) -> dict[str, str]:
 
 def stage_args(conf: CompactLMConfig, task: str, config_path: Path) -> tuple[str, list[str]]:
     """(script, args) of a task: absolute paths here, relative to the packaged code on a cluster; an instance of
-    an instanced stage is named on the command line (`candidate=exp_010`)."""
+    an instanced stage is named on the command line (`candidate=exp_010`). A stage with no script in recipes/ (one
+    registered from outside compactlm) runs as the module MODULE (`python -m compactlm <stage> ...`)."""
     stage, instance = split_task(task)
     extra = [f"{stage}={instance}"] if instance else []
-    if conf.cluster.executor == "local":
-        return str(REPO / "recipes" / f"{stage}.py"), [f"config={config_path}", *extra]
+    config = {"local": str(config_path)}.get(conf.cluster.executor, config_path.name)
     if conf.cluster.executor in CLOUD_EXECUTORS:
-        return f"{IMAGE_CODE_DIR}/recipes/{stage}.py", [f"config={CODE_DIR}/{config_path.name}", *extra]
-    return f"recipes/{stage}.py", [f"config={config_path.name}", *extra]
+        config = f"{CODE_DIR}/{config_path.name}"
+    if not (REPO / "recipes" / f"{stage}.py").is_file():  # a registered stage: `python -m compactlm <stage>`
+        return MODULE, [stage, f"config={config}", *extra]
+    if conf.cluster.executor == "local":
+        return str(REPO / "recipes" / f"{stage}.py"), [f"config={config}", *extra]
+    if conf.cluster.executor in CLOUD_EXECUTORS:
+        return f"{IMAGE_CODE_DIR}/recipes/{stage}.py", [f"config={config}", *extra]
+    return f"recipes/{stage}.py", [f"config={config}", *extra]
 
 
 def input_folders(conf: CompactLMConfig) -> list[str]:

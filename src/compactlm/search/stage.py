@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from compactlm.bench.speed import params_read_per_token
-from compactlm.config import CompactLMConfig, ConfigError, DistillConfig, SearchCandidate
+from compactlm.config import ConfigError, DistillConfig, SearchCandidate
 from compactlm.data.splits import load_split, save_array
 from compactlm.distill.parallel import init_distributed
 from compactlm.distill.train import distill, open_teacher_caches, total_steps
@@ -41,6 +41,7 @@ from compactlm.results import (
     TeacherCacheResult,
     from_json,
 )
+from compactlm.run_config import CompactLMConfig
 from compactlm.search.plots import plot_pareto, plot_search_curves
 
 # How often a candidate's short distillation is validated: about this many points on its curve.
