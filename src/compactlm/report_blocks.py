@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from compactlm import stages
+
 
 @dataclass
 class Block:
@@ -30,3 +32,15 @@ def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def pct(x: float | None) -> str:
     """A fraction as a percentage with one decimal ("-" for none)."""
     return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def num(x, fmt: str) -> str:
+    """`x` formatted with `fmt` ("-" for none)."""
+    return "-" if x is None else format(x, fmt)
+
+
+def ordered(models: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(label, value) of `models` in pipeline order (the registry's model labels), unknown labels last."""
+    # pipeline order (the registry's), whatever order the manifest's JSON (sorted keys) stored them in
+    rank = {k: i for i, k in enumerate(dict.fromkeys(stages.model_labels().values()))}
+    return sorted(models.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))

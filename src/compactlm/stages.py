@@ -220,6 +220,8 @@ _BUILTIN: tuple[StageSpec, ...] = (
         student=True,
         checks="compactlm.align.checks:check_trainer",
         plots=(("curves.png", "SFT: loss on the answer tokens and token accuracy per step"),),
+        report="compactlm.align.report:report",
+        summary="compactlm.align.report:summary",
     ),
     StageSpec(
         name="dpo",
@@ -235,6 +237,8 @@ _BUILTIN: tuple[StageSpec, ...] = (
         student=True,
         checks="compactlm.align.checks:check_trainer",
         plots=(("curves.png", "DPO: loss, reward margin and reward accuracy per step (training batches)"),),
+        report="compactlm.align.report:report",
+        summary="compactlm.align.report:summary",
     ),
     StageSpec(
         name="grpo",
@@ -250,6 +254,8 @@ _BUILTIN: tuple[StageSpec, ...] = (
         student=True,
         checks="compactlm.align.checks:check_grpo",
         plots=(("curves.png", "GRPO: mean reward of the sampled completions and their length per step"),),
+        report="compactlm.align.report:report",
+        summary="compactlm.align.report:summary",
     ),
     StageSpec(
         name="quantize",
@@ -264,6 +270,8 @@ _BUILTIN: tuple[StageSpec, ...] = (
         model_label="quantized",
         model_output="export",
         checks="compactlm.quantize.checks:check",
+        report="compactlm.quantize.report:report",
+        summary="compactlm.quantize.report:summary",
     ),
     StageSpec(
         name="gguf",
@@ -274,6 +282,8 @@ _BUILTIN: tuple[StageSpec, ...] = (
         section="gguf",
         config="compactlm.config:GGUFConfig",
         checks="compactlm.gguf.checks:check",
+        report="compactlm.quantize.report:report",
+        summary="compactlm.quantize.report:summary",
     ),
     StageSpec(
         name="evaluate",
@@ -284,6 +294,8 @@ _BUILTIN: tuple[StageSpec, ...] = (
         section="evaluate",
         config="compactlm.config:EvaluateConfig",
         checks="compactlm.evaluate.checks:check",
+        report="compactlm.evaluate.report:report",
+        summary="compactlm.evaluate.report:summary",
     ),
     StageSpec(
         name="deploy",
@@ -303,6 +315,8 @@ _BUILTIN: tuple[StageSpec, ...] = (
         result="compactlm.results:BenchResult",
         section="bench",
         config="compactlm.config:BenchConfig",
+        report="compactlm.bench.report:report",
+        summary="compactlm.bench.report:summary",
     ),
 )
 

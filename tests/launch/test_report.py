@@ -9,8 +9,10 @@ import pytest
 from browser import inspect_page, require_chromium
 from helpers import compose, run_launch
 
+from compactlm.bench.report import bench_rows
+from compactlm.evaluate.report import quality_rows
 from compactlm.launch.launcher import write_run_dir
-from compactlm.launch.report import bench_rows, build_blocks, quality_rows, write_report
+from compactlm.launch.report import build_blocks, write_report
 from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, atomic_write_json, read_manifest, seal
 from compactlm.pipeline import CONFIG_FILE, run_stage
