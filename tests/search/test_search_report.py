@@ -15,24 +15,16 @@ import pytest
 from helpers import compose
 from matplotlib.image import imread
 
-from compactlm.config import ExportConfig, SearchCandidate
+from compactlm.data.schema import DataResult
 from compactlm.launch.report import agreement, results, search_rows, summary_table, write_comparison, write_report
 from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, atomic_write_json, read_manifest, seal, versions
+from compactlm.model.schema import ModelResult
 from compactlm.pipeline import RUNNING, run_tasks, split_task
-from compactlm.results import (
-    Architecture,
-    CandidateResult,
-    DataResult,
-    ModelResult,
-    ParamCounts,
-    RankedCandidate,
-    RankingResult,
-    TeacherCacheResult,
-    read_result,
-    to_json,
-)
+from compactlm.prune.schema import ExportConfig
+from compactlm.results import Architecture, ParamCounts, read_result, to_json
 from compactlm.search.plots import plot_pareto, plot_search_curves
+from compactlm.search.schema import CandidateResult, RankedCandidate, RankingResult, SearchCandidate, TeacherCacheResult
 
 TEACHER_ARCH = Architecture(
     "llama",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from compactlm.bench.schema import BenchResult
 from compactlm.report_blocks import Block, num, ordered, text_table
-from compactlm.results import TEACHER, BenchResult
+from compactlm.results import TEACHER
 
 
 def bench_rows(bench: BenchResult) -> tuple[list[str], list[list[str]]]:

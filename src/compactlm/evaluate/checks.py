@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compactlm.config import TEXT_TASKS, ConfigError
+from compactlm.config import ConfigError
 from compactlm.data.splits import check_utf8_text
 from compactlm.evaluate.lmeval import TASK_DIR, unknown_tasks
+from compactlm.evaluate.schema import TEXT_TASKS
 
 
 def check_tasks(conf) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from compactlm.evaluate.schema import ModelScores
 from compactlm.report_blocks import Block, num, ordered, pct, text_table
-from compactlm.results import TEACHER, ModelScores
+from compactlm.results import TEACHER
 
 
 def recovery(teacher: ModelScores, model: ModelScores) -> dict[str, float]:

@@ -9,13 +9,14 @@ from pathlib import Path
 import torch
 
 from compactlm import stages
-from compactlm.config import HELDOUT_TASK, ConfigError
+from compactlm.config import ConfigError
 from compactlm.data.splits import load_split
 from compactlm.evaluate.lmeval import build_task_data, run_tasks
 from compactlm.evaluate.quality import decode_speed, quality
+from compactlm.evaluate.schema import HELDOUT_TASK, EvaluateResult, ModelScores
 from compactlm.model.loading import count_parameters, load_model, load_tokenizer, setup_engine
 from compactlm.pipeline import StageContext, StageOutput
-from compactlm.results import TEACHER, EvaluateResult, ModelScores, ParamCounts
+from compactlm.results import TEACHER, ParamCounts
 
 
 class EvaluateStage:

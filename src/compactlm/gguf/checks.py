@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compactlm.config import GGUF_MODEL_TYPES, ConfigError
+from compactlm.config import ConfigError
 from compactlm.gguf.convert import check_source
 from compactlm.gguf.llamacpp import from_folder
+from compactlm.gguf.schema import GGUF_MODEL_TYPES
 
 
 def check(conf, shape: dict[str, Any]) -> None:

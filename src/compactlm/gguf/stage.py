@@ -18,10 +18,11 @@ from compactlm.evaluate.quality import quality
 from compactlm.gguf import convert as gg
 from compactlm.gguf.llamacpp import ensure
 from compactlm.gguf.measure import perplexity, serving_speed, summary_row
+from compactlm.gguf.schema import GGUFFile, GGUFResult
 from compactlm.manifest import atomic_write_text
 from compactlm.model.loading import load_model, setup_engine
 from compactlm.pipeline import StageContext, StageOutput
-from compactlm.results import TEACHER, GGUFFile, GGUFResult, ParamCounts, student_label
+from compactlm.results import TEACHER, ParamCounts, student_label
 
 
 class GGUFStage:

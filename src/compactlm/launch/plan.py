@@ -40,11 +40,12 @@ from typing import Any
 from compactlm import stages
 from compactlm.arch import adapter_for
 from compactlm.bench.flops import forward_flops_per_token
-from compactlm.config import EXPORT_TO_HF, ConfigError, DistillConfig
+from compactlm.config import ConfigError, DistillConfig
 from compactlm.distill import CHUNK_ELEMENTS
 from compactlm.launch.resources import stage_gpus, stage_processes
 from compactlm.model.precision import cpu_bf16_flags
 from compactlm.pipeline import run_tasks, split_task
+from compactlm.prune.schema import EXPORT_TO_HF
 from compactlm.run_config import CompactLMConfig
 
 GiB = 2**30

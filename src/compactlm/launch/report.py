@@ -18,14 +18,9 @@ from compactlm.evaluate.report import recovery
 from compactlm.manifest import atomic_write_text, read_manifest
 from compactlm.pipeline import run_tasks, running, split_task, task_name
 from compactlm.report_blocks import Block, num, ordered, pct, text_table
-from compactlm.results import (
-    TEACHER,
-    Architecture,
-    CandidateResult,
-    RankingResult,
-    result_of,
-)
+from compactlm.results import TEACHER, Architecture, result_of
 from compactlm.run_config import CompactLMConfig
+from compactlm.search.schema import CandidateResult, RankingResult
 
 SEARCH_TOP = 5  # ranked candidates in the terminal summary
 

@@ -13,11 +13,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from compactlm.config import ConfigError, PruneConfig
+from compactlm.config import ConfigError
 from compactlm.launch.records import REPO
 from compactlm.model.loading import read_hf_config
 from compactlm.model.params import count_on_meta, model_hf_config
 from compactlm.prune.checks import check_export
+from compactlm.prune.schema import PruneConfig
 from compactlm.run_config import CompactLMConfig
 from compactlm.search.space import enumerate_candidates, preset_candidate
 from compactlm.stages import search_order

@@ -15,9 +15,10 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from compactlm.config import ConfigError, ModelShape
+from compactlm.config import ConfigError
 from compactlm.launch.search import check_search_recipe
 from compactlm.model.loading import check_hub_model, check_model_folder
+from compactlm.model.schema import ModelShape
 from compactlm.run_config import CompactLMConfig
 from compactlm.stages import load, specs
 

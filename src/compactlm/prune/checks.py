@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from compactlm.config import EXPORT_TO_HF, ConfigError
+from compactlm.config import ConfigError
+from compactlm.prune.schema import EXPORT_TO_HF
 
 
 def check_export(export: dict[str, int], shape: dict[str, Any], key: str, model_name: str) -> None:

@@ -17,8 +17,8 @@ from compactlm.model.loading import load_model, load_tokenizer, setup_engine
 from compactlm.pipeline import StageContext, StageOutput
 from compactlm.quantize.formats import forward_supported
 from compactlm.quantize.ptq import check_exclude, export, quantize
+from compactlm.quantize.schema import QuantizeResult
 from compactlm.quantize.verify import check_layout, compare, fake_quant_quality
-from compactlm.results import QuantizeResult
 
 
 class QuantizeStage:
