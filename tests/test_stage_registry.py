@@ -156,3 +156,32 @@ def test_a_stage_registered_from_outside_runs_in_a_recipe(tmp_path, tiny_llama_d
     assert "toy copy of teacher" in toy_line, status.stdout
     report = (run_dir / "report.md").read_text()
     assert "## Toy" in report and "The toy copied the teacher model" in report
+
+
+def test_the_tables_derived_from_the_registry():
+    from compactlm import stages
+    from compactlm.config import ConfigError
+
+    assert stages.model_labels() == {
+        "model": "teacher",
+        "prune": "pruned",
+        "ranking": "pruned",
+        "distill": "distilled",
+        "sft": "sft",
+        "dpo": "dpo",
+        "grpo": "grpo",
+        "quantize": "quantized",
+    }
+    assert stages.student_labels() == ("grpo", "dpo", "sft", "distilled", "pruned")
+    assert stages.search_order() == ("importance", "teacher_cache", "candidate", "ranking")
+    assert stages.where(trains=True) == ("candidate", "distill", "sft", "dpo", "grpo")
+    assert stages.where(multi_node=True) == ("distill", "sft", "dpo", "grpo")
+    assert stages.where(cpu_only=True) == ("model", "data")
+    assert set(stages.group_sections()) == {"model", "data", "prune", "align_data", "quantize"}
+    assert stages.sections()["search"].endswith(":SearchConfig")
+    with pytest.raises(ConfigError, match="stage 'prune' is registered already"):
+        stages.register(stages.StageSpec(name="prune", package="x", stage="x.stage:X", result="x:R"))
+    with pytest.raises(ConfigError, match="must be a Python identifier"):
+        stages.register(stages.StageSpec(name="my-stage", package="x", stage="x.stage:X", result="x:R"))
+    with pytest.raises(ConfigError, match="stage 'nope' is not one of model, data"):
+        stages.get("nope")
