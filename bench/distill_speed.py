@@ -107,7 +107,7 @@ def run_ours(a: dict) -> dict:
         micro_batch_size=a["micro"],
         global_batch_size=a["global_batch"],
         eval_every=a["steps"],
-        checkpoint_every=a["steps"],
+        save_every=a["steps"],
         warmup_steps=1,
         lr=1e-4,
     )

@@ -67,7 +67,7 @@ def distill_mfu(root: Path, teacher: Path, student: Path, peak: float) -> dict:
 
     data = make_data(root, TEACHER["vocab"], SEQ, n_train=64)
     cfg = DistillConfig(
-        max_steps=8, micro_batch_size=4, global_batch_size=8, eval_every=8, checkpoint_every=8, warmup_steps=1, lr=1e-4
+        max_steps=8, micro_batch_size=4, global_batch_size=8, eval_every=8, save_every=8, warmup_steps=1, lr=1e-4
     )
     m = distill(
         teacher, student, data, root / "distill", cfg, EngineConfig(name="gpu", device="cuda"), seed=0, progress=False

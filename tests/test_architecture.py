@@ -114,6 +114,7 @@ GROUND = {
     "compactlm.config",
     "compactlm.results",
     "compactlm.stages",
+    "compactlm.train_options",
     "compactlm.report_blocks",
     "compactlm.preempt",
     "compactlm.rewards",

@@ -257,7 +257,7 @@ def _prune_distill(tmp_path, model_dir):
                 "distill.micro_batch_size=2",
                 "distill.global_batch_size=2",
                 "distill.eval_every=2",
-                "distill.checkpoint_every=1",
+                "distill.save_every=1",
                 f"runs_root={tmp_path}",
             ]
         )

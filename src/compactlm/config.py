@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from omegaconf import MISSING
 
 from compactlm import stages
 from compactlm.errors import ConfigError
+from compactlm.train_options import TrainingOptions
 
 __all__ = [
     "ConfigError",
@@ -73,36 +74,33 @@ DISTILL_STRATEGIES = ("ddp", "fsdp2")
 
 
 @dataclass
-class DistillConfig:
-    """Logit distillation of the pruned student from the teacher (Minitron: forward KL, no CE term)."""
+class DistillConfig(TrainingOptions):
+    """Logit distillation of the pruned student from the teacher (Minitron: forward KL, no CE term). The training
+    knobs (lr, min_lr, warm-up, max_steps, micro_batch_size, weight_decay, grad_clip, save_every, nproc_per_node)
+    are compactlm.train_options.TrainingOptions, shared with sft, dpo and grpo."""
 
-    temperature: float = 1.0
-    """Softmax temperature of the KL term; the loss is scaled by T^2."""
-    lm_loss_weight: float = 0.0
-    """Weight of the next-token cross-entropy added to the KL (0: logit-only, as in the report)."""
+    section: ClassVar[str] = "distill"
+    renamed: ClassVar[dict[str, str]] = {"checkpoint_every": "save_every"}
+
     lr: float = 5e-4
     """Peak learning rate (the demo's short budget needs more than the 1e-4 typical of long runs)."""
     min_lr: float = 5e-5
     """Cosine decay ends at this learning rate."""
-    warmup_steps: int = 4
+    warmup_steps: Optional[int] = 4
+    """Linear warm-up, in optimizer steps; when set it wins over distill.warmup_ratio."""
     weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    """Max global gradient norm (0 disables clipping)."""
-    micro_batch_size: int = 4
-    """Sequences per process per forward/backward."""
+    """AdamW weight decay of the weight matrices (biases and norms get none)."""
+    temperature: float = 1.0
+    """Softmax temperature of the KL term; the loss is scaled by T^2."""
+    lm_loss_weight: float = 0.0
+    """Weight of the next-token cross-entropy added to the KL (0: logit-only, as in the report)."""
     global_batch_size: int = 8
     """Sequences per optimizer step, whatever the number of processes (gradient accumulation fills the gap)."""
-    max_steps: Optional[int] = None
-    """Optimizer steps; when None, derived from max_tokens."""
     max_tokens: Optional[int] = 114_688
     """Training-token budget, used when max_steps is None (the default, 56 steps of 8 x 256 tokens, fits the
     CPU demo's ~12 minutes in bf16; a real compression such as Bielik's needs billions: set it per run)."""
     eval_every: int = 8
     """Validate (student perplexity, KL to teacher) every N steps."""
-    checkpoint_every: int = 8
-    """Write a resumable checkpoint every N steps (also on SIGTERM/SIGUSR1)."""
-    nproc_per_node: Optional[int] = None
-    """Processes per node (torchrun) for this stage; None: one per GPU (cluster.gpus_per_node), 1 on CPU."""
     strategy: str = "ddp"
     """ddp or fsdp2 when running multi-process."""
     teacher_cache: bool = False
@@ -114,24 +112,21 @@ class DistillConfig:
     (transformers' `gradient_checkpointing_enable()`): the student's activations shrink to one layer's input per
     layer plus one layer recomputed, for about one more student forward per step. 8k-token sequences on an 11B
     teacher need it (`launch.py ... dryrun=true` prints both estimates)."""
+    checkpoint_every: Optional[int] = None
+    """Deprecated name of distill.save_every (read until the next release)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _choice("distill.strategy", self.strategy, DISTILL_STRATEGIES)
-        for k in ("micro_batch_size", "global_batch_size", "nproc_per_node", "topk", "eval_every", "checkpoint_every"):
+        for k in ("global_batch_size", "topk", "eval_every"):
             _positive(f"distill.{k}", getattr(self, k))
-        _positive("distill.max_steps", self.max_steps)
         _positive("distill.max_tokens", self.max_tokens)
-        _positive("distill.warmup_steps", self.warmup_steps, 0)
         if self.max_steps is None and self.max_tokens is None:
             raise ConfigError("distill.max_steps and distill.max_tokens are both null; set one budget")
         if self.temperature <= 0:
             raise ConfigError(f"distill.temperature={self.temperature} must be > 0")
         if self.lm_loss_weight < 0:
             raise ConfigError(f"distill.lm_loss_weight={self.lm_loss_weight} must be >= 0")
-        if not self.lr > 0:
-            raise ConfigError(f"distill.lr={self.lr} must be > 0 (the peak learning rate, e.g. 3e-4)")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ConfigError(f"distill.min_lr={self.min_lr} must be between 0 and distill.lr={self.lr}")
         if self.global_batch_size % self.micro_batch_size:
             raise ConfigError(
                 f"distill.global_batch_size={self.global_batch_size} is not a multiple of "
@@ -225,45 +220,52 @@ ALIGN_KINDS = tuple(f.name for f in fields(AlignDataConfig) if f.type == "AlignS
 
 
 @dataclass
-class TrainerOptions:
-    """Training settings shared by the sft, dpo and grpo stages (Hugging Face Trainer arguments)."""
+class TrainerOptions(TrainingOptions):
+    """What the sft, dpo and grpo stages add to the shared training knobs (compactlm.train_options), which they
+    pass to TRL's trainers (Hugging Face Trainer arguments)."""
+
+    renamed: ClassVar[dict[str, str]] = {"batch_size": "micro_batch_size", "save_steps": "save_every"}
 
     lr: float = 1e-5
-    max_steps: int = 24
-    batch_size: int = 4
-    """Examples per process per optimizer step before accumulation."""
+    max_steps: Optional[int] = 24
+    """Optimizer steps (required: the align stages train a fixed number of steps)."""
+    warmup_ratio: float = 0.1
+    """Linear warm-up as a fraction of max_steps, rounded down; used when warmup_steps is None."""
     grad_accum: int = 1
+    """Micro-batches per process per optimizer step (Trainer's gradient_accumulation_steps)."""
     max_length: int = 160
     """Tokens per example (prompt + answer), at most the model's max_position_embeddings; longer ones are truncated
     (sft, dpo: TRL keeps the start; grpo: see GRPOConfig), far longer ones refused at launch (compactlm.align.data)."""
-    warmup_ratio: float = 0.1
-    save_steps: int = 8
-    """Write a resumable checkpoint every N steps (also on SIGTERM/SIGUSR1)."""
-    nproc_per_node: Optional[int] = None
-    """Processes per node (torchrun) for this stage; None: one per GPU (cluster.gpus_per_node), 1 on CPU."""
+    batch_size: Optional[int] = None
+    """Deprecated name of micro_batch_size (read until the next release)."""
+    save_steps: Optional[int] = None
+    """Deprecated name of save_every (read until the next release)."""
 
-    def check(self, key: str) -> None:
-        for k in ("max_steps", "batch_size", "grad_accum", "max_length", "save_steps", "nproc_per_node"):
-            _positive(f"{key}.{k}", getattr(self, k))
-        if not self.lr > 0:
-            raise ConfigError(f"{key}.lr={self.lr} must be > 0")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"{key}.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        s = self.section
+        for k in ("grad_accum", "max_length"):
+            _positive(f"{s}.{k}", getattr(self, k))
+        if self.max_steps is None:
+            raise ConfigError(
+                f"{s}.max_steps is null; the {s} stage trains a fixed number of steps, e.g. {s}.max_steps=24"
+            )
 
 
 @dataclass
 class SFTConfig(TrainerOptions):
     """Supervised fine-tuning on chat examples (TRL SFTTrainer); the loss covers the assistant turns only."""
 
-    lr: float = 2e-5
+    section: ClassVar[str] = "sft"
 
-    def __post_init__(self) -> None:
-        self.check("sft")
+    lr: float = 2e-5
 
 
 @dataclass
 class DPOConfig(TrainerOptions):
     """Preference optimization (TRL DPOTrainer) against the stage's own starting model as the reference."""
+
+    section: ClassVar[str] = "dpo"
 
     lr: float = 2e-5
     loss: str = "dpop"
@@ -274,7 +276,7 @@ class DPOConfig(TrainerOptions):
     log-likelihood below the reference (the paper uses 50); 0 gives plain DPO (sigmoid)."""
 
     def __post_init__(self) -> None:
-        self.check("dpo")
+        super().__post_init__()
         _choice("dpo.loss", self.loss, DPO_LOSSES)
         if not self.beta > 0:
             raise ConfigError(f"dpo.beta={self.beta} must be > 0")
@@ -288,9 +290,11 @@ class GRPOConfig(TrainerOptions):
     and its answer: prompts get at most max_length - max_completion_length tokens (TRL 1.16 takes prompts whole, so
     the launcher refuses far longer ones and the stage truncates the rest, keeping their end)."""
 
+    section: ClassVar[str] = "grpo"
+
     lr: float = 3e-5
-    max_steps: int = 32
-    batch_size: int = 8
+    max_steps: Optional[int] = 32
+    micro_batch_size: int = 8
     rewards: list[str] = field(
         default_factory=lambda: ["compactlm.rewards.numeric_match", "compactlm.rewards.answer_format"]
     )
@@ -307,7 +311,7 @@ class GRPOConfig(TrainerOptions):
     """KL penalty to the starting model (TRL's default 0 loads no reference model)."""
 
     def __post_init__(self) -> None:
-        self.check("grpo")
+        super().__post_init__()
         for k in ("num_generations", "max_completion_length"):
             _positive(f"grpo.{k}", getattr(self, k))
         if self.max_completion_length >= self.max_length:
@@ -321,9 +325,9 @@ class GRPOConfig(TrainerOptions):
                 f"grpo.num_generations={self.num_generations} must be >= 2 (rewards are compared "
                 "within each prompt's group)"
             )
-        if (self.batch_size * self.grad_accum) % self.num_generations:
+        if (self.micro_batch_size * self.grad_accum) % self.num_generations:
             raise ConfigError(
-                f"grpo.batch_size × grpo.grad_accum = {self.batch_size * self.grad_accum} must be a "
+                f"grpo.micro_batch_size × grpo.grad_accum = {self.micro_batch_size * self.grad_accum} must be a "
                 f"multiple of grpo.num_generations={self.num_generations} (whole groups per step)"
             )
         if not list(self.rewards):

@@ -146,7 +146,7 @@ def test_hf_source_reads_a_dataset_and_checks_every_row(tmp_path):
 LIMITS = budgets(
     SFTConfig(max_length=16),
     DPOConfig(max_length=16),
-    GRPOConfig(max_length=16, max_completion_length=6, batch_size=4, num_generations=2),
+    GRPOConfig(max_length=16, max_completion_length=6, micro_batch_size=4, num_generations=2),
 )
 LONG = "x" * (16 * CHARS_PER_TOKEN + 1)  # one character past what 16 tokens can hold
 

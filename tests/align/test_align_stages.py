@@ -62,13 +62,13 @@ def _conf(tmp_path, model_dir, stages, *extra):
                 "align_data.dpo.heldout=8",
                 "align_data.grpo.heldout=8",
                 "sft.max_steps=6",
-                "sft.save_steps=3",
+                "sft.save_every=3",
                 "sft.lr=1e-3",
                 "dpo.max_steps=4",
-                "dpo.save_steps=2",
+                "dpo.save_every=2",
                 "dpo.lr=1e-3",
                 "grpo.max_steps=4",
-                "grpo.save_steps=2",
+                "grpo.save_every=2",
                 "grpo.max_completion_length=8",
                 "engine.dtype=float32",
                 f"runs_root={tmp_path}",
@@ -138,7 +138,7 @@ def _kill_during_training(tmp_path, model_dir, stage, sig=signal.SIGKILL, **step
 
 # enough steps that the kill lands after the first checkpoint and well before the end (the process polls 20x/s)
 @pytest.mark.parametrize(
-    "stage,steps", [("sft", dict(max_steps=40, save_steps=4)), ("grpo", dict(max_steps=12, save_steps=2))]
+    "stage,steps", [("sft", dict(max_steps=40, save_every=4)), ("grpo", dict(max_steps=12, save_every=2))]
 )
 def test_kill_9_resumes_from_the_last_complete_checkpoint(tmp_path, tiny_llama_dir, capsys, stage, steps):
     run_dir, _ = _kill_during_training(tmp_path, tiny_llama_dir, stage, **steps)
@@ -154,7 +154,7 @@ def test_kill_9_resumes_from_the_last_complete_checkpoint(tmp_path, tiny_llama_d
 
 
 def test_sigterm_checkpoints_the_current_step_and_exits_with_the_requeue_code(tmp_path, tiny_llama_dir, capsys):
-    run_dir, rc = _kill_during_training(tmp_path, tiny_llama_dir, "sft", sig=signal.SIGTERM, max_steps=40, save_steps=4)
+    run_dir, rc = _kill_during_training(tmp_path, tiny_llama_dir, "sft", sig=signal.SIGTERM, max_steps=40, save_every=4)
     assert rc == 128 + signal.SIGTERM  # what the Slurm job script requeues
     markers = [
         json.loads(p.read_text())["global_step"]
@@ -191,7 +191,7 @@ def test_sft_runs_data_parallel_under_torchrun(tmp_path, tiny_llama_dir):
             "align_data.dpo.heldout=8",
             "align_data.grpo.heldout=8",
             "sft.max_steps=4",
-            "sft.save_steps=2",
+            "sft.save_every=2",
             "sft.nproc_per_node=2",
             "engine.dtype=float32",
             f"runs_root={tmp_path}",

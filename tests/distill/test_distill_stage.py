@@ -39,7 +39,7 @@ def test_prune_distill_recipe(tmp_path, tiny_llama_dir, capsys):
                 "distill.micro_batch_size=4",
                 "distill.global_batch_size=8",
                 "distill.eval_every=6",
-                "distill.checkpoint_every=6",
+                "distill.save_every=6",
                 f"runs_root={tmp_path}",
             ]
         )

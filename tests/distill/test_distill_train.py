@@ -35,12 +35,12 @@ BASE = DistillConfig(
     micro_batch_size=2,
     global_batch_size=4,
     eval_every=10,
-    checkpoint_every=5,
+    save_every=5,
     warmup_steps=3,
     lr=2e-3,
     min_lr=2e-4,
 )
-SHORT = dataclasses.replace(BASE, max_steps=6, eval_every=3, checkpoint_every=3)
+SHORT = dataclasses.replace(BASE, max_steps=6, eval_every=3, save_every=3)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -197,7 +197,7 @@ def test_prune_distill_with_two_torchrun_processes(tmp_path, tiny_llama_dir):
         "distill.micro_batch_size=2",
         "distill.global_batch_size=8",
         "distill.eval_every=2",
-        "distill.checkpoint_every=2",
+        "distill.save_every=2",
         "engine.threads=1",
     ]
     proc = _launch(args)

@@ -51,7 +51,7 @@ DISTILL = [
     "distill.micro_batch_size=2",
     "distill.global_batch_size=4",
     "distill.eval_every=1000",
-    "distill.checkpoint_every=5",
+    "distill.save_every=5",
 ]
 # an evaluate stage that decodes for a while (greedy, tiny model): long enough to cancel; the quick one after it
 SLOW_EVALUATE = ["evaluate.generate_tokens=20000"]

@@ -38,7 +38,7 @@ def _args(tmp_path, model_dir, *extra):
         "search.max_candidates=3",
         "distill.micro_batch_size=2",
         "distill.global_batch_size=2",
-        "distill.checkpoint_every=5",
+        "distill.save_every=5",
         "distill.lr=1e-3",
         "engine.dtype=float32",
         "engine.threads=1",

@@ -180,7 +180,7 @@ def test_a_failed_stage_ends_the_run_and_cancels_the_stages_after_it(slurm_clust
 def test_preempted_distill_job_requeues_and_resumes_to_the_same_result(slurm_cluster, tmp_path, tiny_llama_dir):
     budget = [
         "distill.max_steps=200",
-        "distill.checkpoint_every=10",
+        "distill.save_every=10",
         "distill.eval_every=100",
         "recipe.stages=[model,data,importance,prune,distill]",
     ]

@@ -6,7 +6,6 @@ held-out measurements before and after, and the trained model written as a plain
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -60,19 +59,21 @@ def trainer_args(
     cls: type, cfg: TrainerOptions, stage_dir: Path, device: str, precision: Precision, seed: int, **extra: Any
 ):
     """TRL's `<Kind>Config` from the stage's settings: float32 master weights under bf16/fp16 autocast where the
-    engine computes in it, one log line per step, a checkpoint every `save_steps` (two kept)."""
+    engine computes in it, one log line per step, a checkpoint every `save_every` steps (two kept)."""
     return cls(
         output_dir=str(stage_dir / CHECKPOINTS),
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
+        per_device_train_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.micro_batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=math.floor(cfg.warmup_ratio * cfg.max_steps),
+        warmup_steps=cfg.warmup(cfg.max_steps),
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.grad_clip,
+        **_cosine(cfg),
         logging_steps=1,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
+        save_steps=cfg.save_every,
         save_total_limit=2,
         report_to=[],
         seed=seed,
@@ -84,6 +85,13 @@ def trainer_args(
         log_level="warning",
         **extra,
     )
+
+
+def _cosine(cfg: TrainerOptions) -> dict[str, Any]:
+    """The Trainer's cosine schedule: plain "cosine" (to zero) when min_lr is 0, else "cosine_with_min_lr"."""
+    if cfg.min_lr == 0:
+        return {"lr_scheduler_type": "cosine"}
+    return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr": cfg.min_lr}}
 
 
 # ------------------------------------------------------------------------------------------ resume / preempt

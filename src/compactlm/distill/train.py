@@ -61,7 +61,8 @@ from compactlm.preempt import Preempted, PreemptFlag
 # Changing these between an interrupted run and its resumption does not change what is optimized.
 RESUMABLE_CHANGES = (
     "eval_every",
-    "checkpoint_every",
+    "save_every",
+    "checkpoint_every",  # the deprecated name of save_every, in checkpoints written before the rename
     "nproc_per_node",
     "strategy",
     "micro_batch_size",
@@ -90,9 +91,10 @@ def total_steps(cfg: DistillConfig, seq_len: int) -> int:
 
 def lr_at(step: int, cfg: DistillConfig, steps: int) -> float:
     """Learning rate of optimizer step `step` (0-based): linear warmup to lr, then cosine decay to min_lr."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps - 1)
+    warmup = cfg.warmup(steps)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup - 1)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -525,7 +527,7 @@ class _Trainer:
                     last = self.step == self.steps
                     if self.step % cfg.eval_every == 0 or last:
                         self._record_eval(self.evaluate(), bar)
-                    if self.step % cfg.checkpoint_every == 0 or last or stop:
+                    if self.step % cfg.save_every == 0 or last or stop:
                         self.save()
                     if stop and not last:
                         signum = flag.signum or signal.SIGTERM
