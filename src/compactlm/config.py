@@ -1,23 +1,24 @@
-"""The typed configuration of a compactlm run: one dataclass per Hydra group, plus the root.
+"""The shared part of a run's typed configuration: the sections no single stage owns (cluster, engine, plan,
+recipe), the run-name rule, and the helpers every stage's schema uses to refuse bad values.
 
-The dataclasses ARE the schema: every default lives here, every field has a one-line docstring, and
-`__post_init__` rejects bad values with a message naming the override key (`prune.export_config.num_layers=0
-must be >= 1`). Checks that need two groups at once (a prune preset against the model it prunes) live in
-:func:`validate`. This module imports neither Hydra nor torch, so stage code and the launcher share it.
+Each stage's own section is a dataclass in its package's `schema.py`; the root that holds them all is
+`compactlm.run_config.CompactLMConfig`, built from the stage registry. The dataclasses ARE the schema: defaults live
+there, and `__post_init__` rejects bad values with a message naming the override key (`cluster.nodes=0 must be an
+integer >= 1`); checks that need two sections or the file system live in each stage's `checks.py`. This module
+imports neither Hydra nor torch nor any stage package, so stage code and the launcher share it.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
 from compactlm import stages
 from compactlm.errors import ConfigError
-from compactlm.train_options import TrainingOptions
 
 __all__ = [
     "ConfigError",
@@ -60,286 +61,13 @@ def check_run_name(value: str, key: str = "run_name") -> None:
         raise ConfigError(f"{key}={value!r} is not allowed (character {bad!r}); {_RUN_NAME_RULE}")
 
 
-# ----------------------------------------------------------------------------------------------- model
+# ------------------------------------------------------------------------------------------- model names
 _HUB_ID = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)?")
 
 
 def hub_id_like(path: str) -> bool:
     """True when `path` has the form of a Hugging Face Hub id: `name` or `org/name` of A-Z a-z 0-9 . _ -."""
     return bool(_HUB_ID.fullmatch(path)) and not any(part in (".", "..") for part in path.split("/"))
-
-
-# --------------------------------------------------------------------------------------------- distill
-DISTILL_STRATEGIES = ("ddp", "fsdp2")
-
-
-@dataclass
-class DistillConfig(TrainingOptions):
-    """Logit distillation of the pruned student from the teacher (Minitron: forward KL, no CE term). The training
-    knobs (lr, min_lr, warm-up, max_steps, micro_batch_size, weight_decay, grad_clip, save_every, nproc_per_node)
-    are compactlm.train_options.TrainingOptions, shared with sft, dpo and grpo."""
-
-    section: ClassVar[str] = "distill"
-    renamed: ClassVar[dict[str, str]] = {"checkpoint_every": "save_every"}
-
-    lr: float = 5e-4
-    """Peak learning rate (the demo's short budget needs more than the 1e-4 typical of long runs)."""
-    min_lr: float = 5e-5
-    """Cosine decay ends at this learning rate."""
-    warmup_steps: Optional[int] = 4
-    """Linear warm-up, in optimizer steps; when set it wins over distill.warmup_ratio."""
-    weight_decay: float = 0.01
-    """AdamW weight decay of the weight matrices (biases and norms get none)."""
-    temperature: float = 1.0
-    """Softmax temperature of the KL term; the loss is scaled by T^2."""
-    lm_loss_weight: float = 0.0
-    """Weight of the next-token cross-entropy added to the KL (0: logit-only, as in the report)."""
-    global_batch_size: int = 8
-    """Sequences per optimizer step, whatever the number of processes (gradient accumulation fills the gap)."""
-    max_tokens: Optional[int] = 114_688
-    """Training-token budget, used when max_steps is None (the default, 56 steps of 8 x 256 tokens, fits the
-    CPU demo's ~12 minutes in bf16; a real compression such as Bielik's needs billions: set it per run)."""
-    eval_every: int = 8
-    """Validate (student perplexity, KL to teacher) every N steps."""
-    strategy: str = "ddp"
-    """ddp or fsdp2 when running multi-process."""
-    teacher_cache: bool = False
-    """Distill from precomputed teacher top-k logits instead of running the teacher."""
-    topk: int = 64
-    """Logits kept per token in the teacher cache."""
-    activation_checkpointing: bool = False
-    """Recompute each student decoder layer in the backward pass instead of keeping its activations
-    (transformers' `gradient_checkpointing_enable()`): the student's activations shrink to one layer's input per
-    layer plus one layer recomputed, for about one more student forward per step. 8k-token sequences on an 11B
-    teacher need it (`launch.py ... dryrun=true` prints both estimates)."""
-    checkpoint_every: Optional[int] = None
-    """Deprecated name of distill.save_every (read until the next release)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _choice("distill.strategy", self.strategy, DISTILL_STRATEGIES)
-        for k in ("global_batch_size", "topk", "eval_every"):
-            _positive(f"distill.{k}", getattr(self, k))
-        _positive("distill.max_tokens", self.max_tokens)
-        if self.max_steps is None and self.max_tokens is None:
-            raise ConfigError("distill.max_steps and distill.max_tokens are both null; set one budget")
-        if self.temperature <= 0:
-            raise ConfigError(f"distill.temperature={self.temperature} must be > 0")
-        if self.lm_loss_weight < 0:
-            raise ConfigError(f"distill.lm_loss_weight={self.lm_loss_weight} must be >= 0")
-        if self.global_batch_size % self.micro_batch_size:
-            raise ConfigError(
-                f"distill.global_batch_size={self.global_batch_size} is not a multiple of "
-                f"distill.micro_batch_size={self.micro_batch_size}"
-            )
-
-
-# ------------------------------------------------------------------------------------------- alignment
-# After distillation, as the Bielik-Minitron report did: SFT -> DPO-Positive -> GRPO with Hugging Face TRL.
-ALIGN_SOURCES = ("demo", "jsonl", "hf")
-# TRL 1.16's DPO losses usable alone, plus dpop (DPO-Positive, compactlm.align.dpop)
-DPO_LOSSES = (
-    "dpop",
-    "sigmoid",
-    "hinge",
-    "ipo",
-    "robust",
-    "bco_pair",
-    "sppo_hard",
-    "nca_pair",
-    "exo_pair",
-    "aot",
-    "aot_unpaired",
-    "apo_zero",
-    "apo_down",
-    "discopop",
-    "sigmoid_norm",
-)
-
-
-@dataclass
-class AlignSource:
-    """Where one alignment stage's examples come from (formats: compactlm.align.data)."""
-
-    source: str = "demo"
-    """demo: built offline from the run (teacher answers, pruned-student answers, arithmetic problems);
-    jsonl: local files; hf: a Hugging Face dataset (needs network where the stage runs)."""
-    paths: list[str] = field(default_factory=list)
-    """source=jsonl: training files (globs allowed)."""
-    heldout_paths: list[str] = field(default_factory=list)
-    """source=jsonl: held-out files; empty: the last `heldout` examples of the training files are held out."""
-    heldout: int = 16
-    """Held-out examples (the before/after measurements) when no held-out files are given."""
-    hf_path: Optional[str] = None
-    """source=hf: dataset id (e.g. trl-lib/ultrafeedback_binarized); its rows must have this stage's fields."""
-    hf_name: Optional[str] = None
-    hf_split: str = "train"
-    max_examples: Optional[int] = None
-    """Use at most this many training examples (None: all)."""
-
-    def check(self, key: str) -> None:
-        _choice(f"{key}.source", self.source, ALIGN_SOURCES)
-        _positive(f"{key}.heldout", self.heldout)
-        _positive(f"{key}.max_examples", self.max_examples)
-        if self.source == "jsonl" and not self.paths:
-            raise ConfigError(
-                f"{key}.paths is empty: {key}.source=jsonl needs jsonl files, e.g. {key}.paths=[data/{key.split('.')[-1]}.jsonl]"
-            )
-        if self.source == "hf" and not self.hf_path:
-            raise ConfigError(f"{key}.hf_path is not set: {key}.source=hf needs a dataset id")
-
-
-@dataclass
-class AlignDataConfig:
-    """The examples of the sft, dpo and grpo stages (one source each) and how the offline demo data is built."""
-
-    name: str = MISSING
-    sft: AlignSource = field(default_factory=AlignSource)
-    dpo: AlignSource = field(default_factory=AlignSource)
-    grpo: AlignSource = field(default_factory=AlignSource)
-    demo_prompts: int = 96
-    """demo: documents of the run's training split turned into "continue this text" prompts; the first half get
-    the teacher's answer for SFT, the second half the teacher's (chosen) and the pruned student's (rejected)
-    answers for DPO."""
-    demo_problems: int = 256
-    """demo: generated arithmetic word problems with exact answers, for GRPO."""
-    prompt_tokens: int = 40
-    """demo: tokens of a document shown in its prompt."""
-    answer_tokens: int = 32
-    """demo: tokens the teacher and the pruned student generate per answer."""
-
-    def __post_init__(self) -> None:
-        for kind in ALIGN_KINDS:
-            getattr(self, kind).check(f"align_data.{kind}")
-        for key in ("demo_prompts", "demo_problems", "prompt_tokens", "answer_tokens"):
-            _positive(f"align_data.{key}", getattr(self, key))
-
-
-ALIGN_KINDS = tuple(f.name for f in fields(AlignDataConfig) if f.type == "AlignSource")
-"""The kinds of examples align_data makes, one per alignment stage (sft, dpo, grpo): its AlignSource fields."""
-
-
-@dataclass
-class TrainerOptions(TrainingOptions):
-    """What the sft, dpo and grpo stages add to the shared training knobs (compactlm.train_options), which they
-    pass to TRL's trainers (Hugging Face Trainer arguments)."""
-
-    renamed: ClassVar[dict[str, str]] = {"batch_size": "micro_batch_size", "save_steps": "save_every"}
-
-    lr: float = 1e-5
-    max_steps: Optional[int] = 24
-    """Optimizer steps (required: the align stages train a fixed number of steps)."""
-    warmup_ratio: float = 0.1
-    """Linear warm-up as a fraction of max_steps, rounded down; used when warmup_steps is None."""
-    grad_accum: int = 1
-    """Micro-batches per process per optimizer step (Trainer's gradient_accumulation_steps)."""
-    max_length: int = 160
-    """Tokens per example (prompt + answer), at most the model's max_position_embeddings; longer ones are truncated
-    (sft, dpo: TRL keeps the start; grpo: see GRPOConfig), far longer ones refused at launch (compactlm.align.data)."""
-    batch_size: Optional[int] = None
-    """Deprecated name of micro_batch_size (read until the next release)."""
-    save_steps: Optional[int] = None
-    """Deprecated name of save_every (read until the next release)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        s = self.section
-        for k in ("grad_accum", "max_length"):
-            _positive(f"{s}.{k}", getattr(self, k))
-        if self.max_steps is None:
-            raise ConfigError(
-                f"{s}.max_steps is null; the {s} stage trains a fixed number of steps, e.g. {s}.max_steps=24"
-            )
-
-
-@dataclass
-class SFTConfig(TrainerOptions):
-    """Supervised fine-tuning on chat examples (TRL SFTTrainer); the loss covers the assistant turns only."""
-
-    section: ClassVar[str] = "sft"
-
-    lr: float = 2e-5
-
-
-@dataclass
-class DPOConfig(TrainerOptions):
-    """Preference optimization (TRL DPOTrainer) against the stage's own starting model as the reference."""
-
-    section: ClassVar[str] = "dpo"
-
-    lr: float = 2e-5
-    loss: str = "dpop"
-    """dpop: DPO-Positive (Smaug, Pal et al. 2024); or any of TRL's DPO losses (sigmoid is plain DPO)."""
-    beta: float = 0.1
-    dpop_lambda: float = 50.0
-    """DPO-Positive's λ: weight of max(0, log π_ref(y_w|x) − log π_θ(y_w|x)), the drop of the chosen answer's
-    log-likelihood below the reference (the paper uses 50); 0 gives plain DPO (sigmoid)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _choice("dpo.loss", self.loss, DPO_LOSSES)
-        if not self.beta > 0:
-            raise ConfigError(f"dpo.beta={self.beta} must be > 0")
-        if self.dpop_lambda < 0:
-            raise ConfigError(f"dpo.dpop_lambda={self.dpop_lambda} must be >= 0")
-
-
-@dataclass
-class GRPOConfig(TrainerOptions):
-    """Group-relative policy optimization (TRL GRPOTrainer) with verifiable rewards. `max_length` bounds a prompt
-    and its answer: prompts get at most max_length - max_completion_length tokens (TRL 1.16 takes prompts whole, so
-    the launcher refuses far longer ones and the stage truncates the rest, keeping their end)."""
-
-    section: ClassVar[str] = "grpo"
-
-    lr: float = 3e-5
-    max_steps: Optional[int] = 32
-    micro_batch_size: int = 8
-    rewards: list[str] = field(
-        default_factory=lambda: ["compactlm.rewards.numeric_match", "compactlm.rewards.answer_format"]
-    )
-    """Reward functions by dotted path (`pkg.mod.fn` or `pkg.mod:fn`), TRL's signature:
-    fn(prompts, completions, **columns) -> list[float]; the grpo examples' `answer` column is passed as `answer`."""
-    reward_weights: Optional[list[float]] = None
-    """One weight per reward (None: all 1)."""
-    num_generations: int = 4
-    """Completions sampled per prompt (the group whose rewards are compared)."""
-    max_completion_length: int = 16
-    """Tokens a sampled answer may have (out of max_length)."""
-    temperature: float = 1.0
-    beta: float = 0.0
-    """KL penalty to the starting model (TRL's default 0 loads no reference model)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for k in ("num_generations", "max_completion_length"):
-            _positive(f"grpo.{k}", getattr(self, k))
-        if self.max_completion_length >= self.max_length:
-            raise ConfigError(
-                f"grpo.max_completion_length={self.max_completion_length} leaves no room for the prompt "
-                f"in grpo.max_length={self.max_length} tokens; use grpo.max_completion_length<"
-                f"{self.max_length} or raise grpo.max_length"
-            )
-        if self.num_generations < 2:
-            raise ConfigError(
-                f"grpo.num_generations={self.num_generations} must be >= 2 (rewards are compared "
-                "within each prompt's group)"
-            )
-        if (self.micro_batch_size * self.grad_accum) % self.num_generations:
-            raise ConfigError(
-                f"grpo.micro_batch_size × grpo.grad_accum = {self.micro_batch_size * self.grad_accum} must be a "
-                f"multiple of grpo.num_generations={self.num_generations} (whole groups per step)"
-            )
-        if not list(self.rewards):
-            raise ConfigError("grpo.rewards is empty; e.g. grpo.rewards=[compactlm.rewards.numeric_match]")
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
-            raise ConfigError(
-                f"grpo.reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} grpo.rewards"
-            )
-        if not self.temperature > 0:
-            raise ConfigError(f"grpo.temperature={self.temperature} must be > 0")
-        if self.beta < 0:
-            raise ConfigError(f"grpo.beta={self.beta} must be >= 0")
 
 
 # --------------------------------------------------------------------------------------------- cluster

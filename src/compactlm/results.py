@@ -1,10 +1,10 @@
-"""What each stage writes: one dataclass per stage, shared by the manifest, the report, `launch.py status`
-and the stages that read an earlier stage's result.
+"""Reading back what each stage writes, and the result parts several stages share (ParamCounts, Architecture).
 
-`config.py` says what a stage reads; this module says what it writes. A stage returns its result
-object; the stage runner stores `asdict(result)` as the manifest's "result" and :func:`read_result`
-turns it back into the same class (a manifest whose result does not fit its class is not trusted).
-No torch, no Hydra: both sides of compactlm import it.
+Each stage's result is a dataclass in its package's `schema.py`, named by its registry entry
+(`compactlm.stages`); it is shared by the manifest, the report, `launch.py status` and the stages that read an
+earlier stage's result. A stage returns its result object; the stage runner stores `asdict(result)` as the
+manifest's "result" and :func:`read_result` turns it back into the same class (a manifest whose result does not fit
+its class is not trusted). No torch, no Hydra: both sides of compactlm import it.
 """
 
 from __future__ import annotations
@@ -48,123 +48,6 @@ class Architecture:
 
 
 # ------------------------------------------------------------------------------------------- per stage
-@dataclass
-class DistillResult:
-    """distill stage: training summary of the student."""
-
-    steps: int
-    tokens: int
-    val_ppl: float
-    val_kl: float
-    """KL(teacher ‖ student) per token at T=1 on the validation split."""
-    val_kl_source: str
-    resumed_from_step: int
-    world_size: int
-    strategy: str
-    wall_s: float
-    train_loss: Optional[float] = None
-    train_kl: Optional[float] = None
-    tokens_per_s: Optional[float] = None
-    student_dir: Optional[str] = None
-
-    def summary(self) -> str:
-        return f"{self.steps} steps, val ppl {self.val_ppl:.3f}, val KL {self.val_kl:.4f}"
-
-
-@dataclass
-class AlignDataResult:
-    """align_data stage: the examples of the sft, dpo and grpo stages (train / held-out counts, where from)."""
-
-    sources: dict[str, str]
-    """kind -> demo, jsonl or hf."""
-    train: dict[str, int]
-    heldout: dict[str, int]
-    demo_s: Optional[float] = None
-    """Seconds spent generating the demo answers (teacher and pruned student)."""
-
-    def summary(self) -> str:
-        return ", ".join(f"{k}: {self.train[k]} + {self.heldout[k]} held out ({self.sources[k]})" for k in self.train)
-
-
-@dataclass
-class TrainSummary:
-    """What every alignment stage records about its training run."""
-
-    source: str
-    """Label of the model it started from (distilled, sft, ...)."""
-    steps: int
-    examples: int
-    resumed_from_step: int
-    world_size: int
-    wall_s: float
-    train_loss: Optional[float] = None
-
-
-@dataclass
-class SFTResult:
-    """sft stage: supervised fine-tuning (TRL SFTTrainer); loss per answer token on held-out chat examples."""
-
-    train: TrainSummary
-    heldout_loss_before: float
-    heldout_loss_after: float
-    heldout_examples: int
-
-    def summary(self) -> str:
-        return (
-            f"{self.train.steps} steps from {self.train.source}, held-out loss {self.heldout_loss_before:.3f} -> "
-            f"{self.heldout_loss_after:.3f}"
-        )
-
-
-@dataclass
-class DPOResult:
-    """dpo stage: preference optimization (TRL DPOTrainer; loss dpop = DPO-Positive) on held-out pairs.
-
-    preference accuracy: share of pairs where the model gives the chosen answer a higher log-likelihood than the
-    rejected one. reward margin: β·mean[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)], 0 before
-    training by definition (the reference is the starting model); reward accuracy: share of pairs with margin > 0.
-    """
-
-    train: TrainSummary
-    loss: str
-    beta: float
-    dpop_lambda: Optional[float]
-    heldout_pairs: int
-    preference_accuracy_before: float
-    preference_accuracy_after: float
-    reward_margin_after: float
-    reward_accuracy_after: float
-    chosen_logp_before: float
-    chosen_logp_after: float
-    rejected_logp_before: float
-    rejected_logp_after: float
-
-    def summary(self) -> str:
-        return (
-            f"{self.train.steps} steps ({self.loss}), held-out preference accuracy "
-            f"{self.preference_accuracy_before:.2f} -> {self.preference_accuracy_after:.2f}, reward margin "
-            f"{self.reward_margin_after:+.3f}"
-        )
-
-
-@dataclass
-class GRPOResult:
-    """grpo stage: GRPO with verifiable rewards (TRL GRPOTrainer); mean reward of greedy answers to held-out
-    problems, per reward function and weighted total."""
-
-    train: TrainSummary
-    rewards: list[str]
-    heldout_problems: int
-    heldout_reward_before: dict[str, float]
-    heldout_reward_after: dict[str, float]
-    train_reward_first: Optional[float] = None
-    train_reward_last: Optional[float] = None
-
-    def summary(self) -> str:
-        b, a = self.heldout_reward_before["total"], self.heldout_reward_after["total"]
-        return f"{self.train.steps} steps, held-out mean reward {b:.3f} -> {a:.3f}"
-
-
 # ------------------------------------------------------------------------------------------- reading back
 def result_class(stage: str) -> type:
     """The result dataclass of `stage` (or of a task of it, `candidate-exp_010`), from the stage registry."""

@@ -7,7 +7,8 @@ from typing import Any
 
 from compactlm.align.data import budgets
 from compactlm.align.data import check_sources as check_example_sources
-from compactlm.config import ALIGN_KINDS, ConfigError
+from compactlm.align.schema import ALIGN_KINDS
+from compactlm.config import ConfigError
 from compactlm.rewards import check_paths as check_reward_paths
 
 

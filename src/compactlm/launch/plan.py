@@ -40,8 +40,9 @@ from typing import Any
 from compactlm import stages
 from compactlm.arch import adapter_for
 from compactlm.bench.flops import forward_flops_per_token
-from compactlm.config import ConfigError, DistillConfig
+from compactlm.config import ConfigError
 from compactlm.distill import CHUNK_ELEMENTS
+from compactlm.distill.schema import DistillConfig
 from compactlm.launch.resources import stage_gpus, stage_processes
 from compactlm.model.precision import cpu_bf16_flags
 from compactlm.pipeline import run_tasks, split_task

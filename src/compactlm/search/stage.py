@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from compactlm.bench.speed import params_read_per_token
-from compactlm.config import ConfigError, DistillConfig
+from compactlm.config import ConfigError
 from compactlm.data.splits import load_split, save_array
 from compactlm.distill.parallel import init_distributed
+from compactlm.distill.schema import DistillConfig
 from compactlm.distill.train import distill, open_teacher_caches, total_steps
 from compactlm.evaluate.quality import quality
 from compactlm.manifest import atomic_write_json
