@@ -97,7 +97,8 @@ def probe(a: dict) -> dict:
 
 
 def run_ours(a: dict) -> dict:
-    from compactlm.config import DistillConfig, EngineConfig
+    from compactlm.config import EngineConfig
+    from compactlm.distill.schema import DistillConfig
     from compactlm.distill.train import distill
 
     peak = probe(a)

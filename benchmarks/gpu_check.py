@@ -62,7 +62,8 @@ def distill_mfu(root: Path, teacher: Path, student: Path, peak: float) -> dict:
     from distill_speed import make_data, peak_memory
 
     from compactlm.bench.flops import distill_flops_per_token
-    from compactlm.config import DistillConfig, EngineConfig
+    from compactlm.config import EngineConfig
+    from compactlm.distill.schema import DistillConfig
     from compactlm.distill.train import distill
 
     data = make_data(root, TEACHER["vocab"], SEQ, n_train=64)

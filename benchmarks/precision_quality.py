@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compactlm import stages
 from compactlm.arch import adapter_for
 from compactlm.config import EngineConfig
 from compactlm.data.splits import load_split
@@ -28,7 +29,7 @@ from compactlm.model.loading import load_model
 from compactlm.model.precision import Precision, resolve_precision
 from compactlm.prune.importance import collect_importance, select_layers
 from compactlm.prune.slicing import top_heads_per_group, top_k_sorted
-from compactlm.results import MODEL_LABELS, TEACHER, run_models
+from compactlm.results import TEACHER, run_models
 
 PRECISIONS = {
     "float32": Precision("cpu", "float32", "engine.dtype=float32"),
@@ -81,7 +82,9 @@ def main(argv=None) -> int:
         if (m := read_manifest(a.run_dir / s)) is not None
     }
     models = {
-        label: path for label, path in run_models(a.run_dir, manifests).items() if label != MODEL_LABELS["quantize"]
+        label: path
+        for label, path in run_models(a.run_dir, manifests).items()
+        if label != stages.get("quantize").model_label
     }
     data_dir = a.run_dir / "data"
     val = load_split(data_dir, "validation")

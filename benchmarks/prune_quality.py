@@ -22,11 +22,13 @@ import torch
 from omegaconf import OmegaConf
 
 from compactlm.arch import adapter_for
-from compactlm.config import DataConfig, ModelConfig, PruneConfig
+from compactlm.data.schema import DataConfig
 from compactlm.data.splits import build_splits
 from compactlm.evaluate.quality import quality
 from compactlm.model.loading import load_model, load_tokenizer, materialize
+from compactlm.model.schema import ModelConfig
 from compactlm.prune.importance import ImportanceScores, collect_importance
+from compactlm.prune.schema import PruneConfig
 from compactlm.prune.slicing import prune_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from compactlm.config import ModelConfig
 from compactlm.launch.compose import compose
 from compactlm.launch.plan import plan_run
 from compactlm.launch.validate import model_shape, to_config
 from compactlm.manifest import read_manifest
 from compactlm.model.loading import materialize
+from compactlm.model.schema import ModelConfig
 from compactlm.model.synthetic import SHAPES, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

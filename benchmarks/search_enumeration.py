@@ -18,8 +18,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from compactlm.config import SearchConfig
 from compactlm.model.params import count_on_meta, hf_config_from_shape, pruned_hf_config
+from compactlm.search.schema import SearchConfig
 from compactlm.search.space import enumerate_candidates
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib
 import os
 import subprocess
 import sys
@@ -16,10 +15,10 @@ from pathlib import Path
 import pytest
 from helpers import REPO, compose
 
-from compactlm.config import CompactLMConfig
+from compactlm import stages
 from compactlm.launch.validate import to_config
-from compactlm.pipeline import STAGES, StageConfig, UndeclaredRead
-from compactlm.results import RESULTS
+from compactlm.pipeline import StageConfig, UndeclaredRead
+from compactlm.run_config import CompactLMConfig
 
 SRC = REPO / "src"
 SUBMIT_SIDE = "compactlm.launch"
@@ -102,6 +101,118 @@ def test_the_import_graph_has_no_cycle():
     assert cycles(graph()) == []
 
 
+# Floors, lowest first: a module imports only modules of its own floor or below (`floor`).
+# 0 the ground: what every stage uses (errors, config's shared sections, results' reading back, manifest, the
+#   stage registry); 1 each stage's package (its library, schema, checks, report rows); 2 the root config and the
+#   runner of one stage; 3 the stage classes (`<package>.stage`); 4 the submit side (compactlm.launch).
+GROUND = {
+    "compactlm",
+    "compactlm.errors",
+    "compactlm.cli",
+    "compactlm.arch",
+    "compactlm.manifest",
+    "compactlm.config",
+    "compactlm.results",
+    "compactlm.stages",
+    "compactlm.train_options",
+    "compactlm.report_blocks",
+    "compactlm.preempt",
+    "compactlm.rewards",
+}
+ROOT = {"compactlm.run_config", "compactlm.pipeline", "compactlm.run"}
+
+
+def floor(mod: str) -> int:
+    if mod in GROUND:
+        return 0
+    if mod in ROOT:
+        return 2
+    if mod == SUBMIT_SIDE or mod.startswith(SUBMIT_SIDE + "."):
+        return 4
+    return 3 if mod.endswith(".stage") else 1
+
+
+def test_no_import_runs_from_a_lower_floor_to_a_higher_one():
+    assert floor("compactlm.prune.schema") == 1 and floor("compactlm.prune.stage") == 3
+    bad = [
+        f"{mod} (floor {floor(mod)}) imports {target} (floor {floor(target)})"
+        for mod, targets in graph().items()
+        for target in targets
+        if floor(target) > floor(mod)
+    ]
+    assert bad == []
+
+
+def test_every_stage_part_imports_without_torch():
+    """The registry, every schema, checks and report module, and the root config import with torch blocked: the
+    launcher reads them, and no stage's config may pull its trainer in."""
+    parts = sorted(m for m in MODULES if m.rsplit(".", 1)[-1] in ("schema", "checks", "report") and m.count(".") == 2)
+    assert len(parts) >= 8, parts
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "import importlib\n"
+        f"for m in {['compactlm.stages', 'compactlm.run_config', *parts]!r}:\n"
+        "    importlib.import_module(m)\n"
+        "assert 'transformers' not in sys.modules\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)}
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def stage_tables(source: str, own: set[str], names: set[str]) -> list[tuple[int, list[str]]]:
+    """(line, stage names) of every literal in `source` that lists three or more stages as a table does: a tuple,
+    list or set of stage names, or a dict keyed by stage names only, unless all of them are stages of the module's
+    own package (`own`: the align package's formats of its own three stages are its own business)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Dict):
+            keys = [k for k in node.keys if k is not None]
+            if not all(isinstance(k, ast.Constant) and k.value in names for k in keys):
+                continue  # a record (some keys are no stage), not a table of stages
+            elts = keys
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            elts = node.elts
+        else:
+            continue
+        found = sorted({e.value for e in elts if isinstance(e, ast.Constant) and e.value in names})
+        if len(found) >= 3 and not set(found) <= own:
+            out.append((node.lineno, found))
+    return out
+
+
+def test_no_per_stage_table_outside_the_registry():
+    names = set(stages.names())
+    by_package: dict[str, set[str]] = {}
+    for s in stages.specs():
+        by_package.setdefault(s.package, set()).add(s.name)
+    bad = []
+    for mod, path in MODULES.items():
+        if mod == "compactlm.stages":
+            continue
+        own = by_package.get(mod.rpartition(".")[0], set())
+        bad += [
+            f"{path.relative_to(REPO)}:{line}: {found}" for line, found in stage_tables(path.read_text(), own, names)
+        ]
+    assert bad == []
+
+
+def test_the_table_finder_finds_tables():
+    names = {"model", "data", "prune", "distill"}
+    found = stage_tables(
+        "A = ('model', 'data', 'prune')\n"
+        "B = {'model': 1, 'data': 2, 'distill': 3}\n"
+        "C = {'model': 1, 'data': 2, 'distill': 3, 'seed': 4}\n"
+        "D = ['model', 'data']\n"
+        "E = ('data', 'prune', 'distill')\n",
+        {"data", "prune", "distill"},
+        names,
+    )
+    assert found == [(1, ["data", "model", "prune"]), (2, ["data", "distill", "model"])]
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -139,27 +250,19 @@ def test_imports_inside_functions_say_why():
 
 
 # ------------------------------------------------------------------------------------------ stage contract
-@pytest.mark.parametrize("name", list(STAGES))
-def test_every_stage_follows_the_contract(name):
-    module, cls = STAGES[name].split(":")
-    # both pruning stages live in prune/stage.py, the alignment stages in align/stage.py, the search's in search/
-    package = {
-        "importance": "prune",
-        "align_data": "align",
-        "sft": "align",
-        "dpo": "align",
-        "grpo": "align",
-        "teacher_cache": "search",
-        "candidate": "search",
-        "ranking": "search",
-    }.get(name, name)
-    assert module == f"compactlm.{package}.stage", "a stage's module sits next to the library it drives"
-    stage = getattr(importlib.import_module(module), cls)
+@pytest.mark.parametrize("spec", stages.specs(), ids=lambda s: s.name)
+def test_every_stage_follows_the_contract(spec):
+    module, cls = spec.stage.split(":")
+    assert module == f"{spec.package}.stage", "a stage's module sits next to the library it drives"
+    stage = stages.load(spec.stage)
     fields = {f.name for f in dataclasses.fields(CompactLMConfig)}
-    assert stage.name == name
-    assert stage.reads and set(stage.reads) <= fields, f"{name}.reads names no config section: {stage.reads}"
+    assert stage.name == spec.name
+    assert stage.reads and set(stage.reads) <= fields, f"{spec.name}.reads names no config section: {stage.reads}"
+    assert spec.section is None or spec.section in stage.reads
     assert isinstance(stage.keep, tuple)
-    assert dataclasses.is_dataclass(RESULTS[name])
+    assert dataclasses.is_dataclass(stages.load(spec.result))
+    for dotted in (spec.config, spec.checks, spec.report, spec.summary):
+        assert dotted is None or callable(stages.load(dotted)), dotted
 
 
 def test_every_stage_starts_through_the_one_module():
@@ -174,7 +277,7 @@ def test_every_stage_starts_through_the_one_module():
         env={**os.environ, "PYTHONPATH": str(SRC)},
     )
     assert r.returncode == 0 and r.stdout.startswith("usage: python -m compactlm.run <stage> config=")
-    assert r.stdout.splitlines()[-1] == f"Stages: {', '.join(STAGES)}"
+    assert r.stdout.splitlines()[-1] == f"Stages: {', '.join(stages.names())}"
     bad = subprocess.run(
         [sys.executable, "-m", "compactlm.run", "gguff", "config=x.yaml"],
         capture_output=True,

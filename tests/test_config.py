@@ -8,9 +8,10 @@ import json
 import pytest
 from helpers import REPO, compose, group_options, run_launch
 
-from compactlm.config import CompactLMConfig, ConfigError
+from compactlm.config import ConfigError
 from compactlm.launch.validate import to_config, validate
 from compactlm.pipeline import STAGE_NAMES
+from compactlm.run_config import CompactLMConfig
 
 # Groups whose shipped options leave a required key open (???): what a user must add on the command line.
 REQUIRED = {

@@ -11,12 +11,13 @@ from conftest import POLISH, needs_polish
 from helpers import compose
 
 from compactlm.config import ConfigError
+from compactlm.evaluate.schema import EvaluateResult
 from compactlm.launch.launcher import write_run_dir
 from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, LinkRefused, read_manifest
 from compactlm.pipeline import CONFIG_FILE, Task, _clean, run_stage, stage_folder
 from compactlm.pipeline import main as pipeline_main
-from compactlm.results import EvaluateResult, read_result
+from compactlm.results import read_result
 
 STAGES = ["model", "data", "evaluate"]
 

@@ -9,7 +9,8 @@ import pytest
 from helpers import compose
 
 from compactlm import train_options
-from compactlm.config import DistillConfig, DPOConfig, GRPOConfig, SFTConfig
+from compactlm.align.schema import DPOConfig, GRPOConfig, SFTConfig
+from compactlm.distill.schema import DistillConfig
 from compactlm.errors import ConfigError
 from compactlm.launch.records import resolved_yaml
 from compactlm.launch.validate import to_config

@@ -7,7 +7,6 @@ config file written by the launcher, converted to :class:`CompactLMConfig` datac
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import resource
@@ -25,8 +24,9 @@ from typing import Any, Protocol
 
 from omegaconf import OmegaConf
 
+from compactlm import stages
 from compactlm.cli import UsageError, parse
-from compactlm.config import CompactLMConfig, ConfigError, check_run_name
+from compactlm.config import ConfigError, check_run_name
 from compactlm.manifest import (
     MANIFEST,
     apply_umask_tree,
@@ -43,33 +43,12 @@ from compactlm.manifest import (
     sha256_json,
     versions,
 )
-from compactlm.results import RESULTS, ResultError, result_of, run_models, to_json
+from compactlm.results import ResultError, result_class, result_of, run_models, to_json
+from compactlm.run_config import CompactLMConfig
 
-# stage name -> "module:Class". The launcher lists stages without importing them (no torch on the submit
-# side); the runner imports the one it runs.
-STAGES: dict[str, str] = {
-    "model": "compactlm.model.stage:ModelStage",
-    "data": "compactlm.data.stage:DataStage",
-    "importance": "compactlm.prune.stage:ImportanceStage",
-    "prune": "compactlm.prune.stage:PruneStage",
-    "teacher_cache": "compactlm.search.stage:TeacherCacheStage",
-    "candidate": "compactlm.search.stage:CandidateStage",
-    "ranking": "compactlm.search.stage:RankingStage",
-    "distill": "compactlm.distill.stage:DistillStage",
-    "align_data": "compactlm.align.stage:AlignDataStage",
-    "sft": "compactlm.align.stage:SFTStage",
-    "dpo": "compactlm.align.stage:DPOStage",
-    "grpo": "compactlm.align.stage:GRPOStage",
-    "quantize": "compactlm.quantize.stage:QuantizeStage",
-    "gguf": "compactlm.gguf.stage:GGUFStage",
-    "evaluate": "compactlm.evaluate.stage:EvaluateStage",
-    "deploy": "compactlm.deploy.stage:DeployStage",
-    "bench": "compactlm.bench.stage:BenchStage",
-}
-STAGE_NAMES = tuple(STAGES)
-# Stages that run once per instance, each instance a task of its own (`candidate-exp_010`, folder
-# `<run_dir>/candidate-exp_010/`): stage -> the config attribute listing the instances' names.
-INSTANCED = {"candidate": "search"}
+# Every stage the runner knows (built-in and registered: compactlm.stages); the launcher lists them without
+# importing them (no torch on the submit side), the runner imports the one it runs.
+STAGE_NAMES = stages.names()
 CONFIG_FILE = "config.yaml"
 RESUME_KEY = "resume_key.json"
 # In a stage folder while the stage runs: who runs it (pid, process group, host, and the process's identity:
@@ -173,8 +152,7 @@ class Stage(Protocol):
 
 
 def load_stage(name: str) -> Stage:
-    module, cls = STAGES[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    return stages.load(stages.get(name).stage)()
 
 
 def load_config(path: Path) -> CompactLMConfig:
@@ -228,8 +206,8 @@ class Task:
 
 def instanced_by(stage: str) -> str | None:
     """The config section that lists the instances of an instanced stage (`search` for `candidate`), else None.
-    The one place the task list reads the stage table's INSTANCED."""
-    return INSTANCED.get(stage)
+    The one place the task list reads the stage registry's `instanced_by`."""
+    return stages.get(stage).instanced_by
 
 
 def instances(cfg: CompactLMConfig, stage: str) -> list[str]:
@@ -252,7 +230,7 @@ def run_tasks(cfg: CompactLMConfig) -> list[Task]:
 
 def find_task(cfg: CompactLMConfig, stage: str, instance: str | None = None) -> Task:
     """The task of the run that `stage` (and `instance`, for an instanced stage) names; ConfigError otherwise."""
-    if stage in STAGES and (instanced_by(stage) is not None) != (instance is not None):
+    if stage in stages.names() and (instanced_by(stage) is not None) != (instance is not None):
         raise ConfigError(
             f"stage {stage!r} "
             + (
@@ -266,8 +244,7 @@ def find_task(cfg: CompactLMConfig, stage: str, instance: str | None = None) -> 
         raise ConfigError(
             f"{stage}={instance!r} is not one of this run's candidates: {', '.join(instances(cfg, stage)) or 'none'}"
         )
-    if stage not in STAGES:
-        raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
+    stages.get(stage)  # a ConfigError naming the known stages
     found = [t for t in run_tasks(cfg) if t == Task(stage, instance)]
     if not found:
         raise ConfigError(
@@ -342,7 +319,7 @@ def run_stage(stage_name: str, config_path: Path, instance: str | None = None) -
     # libraries write with modes of their own (safetensors: 0600): the whole folder gets the umask's, before the
     # manifest records it
     apply_umask_tree(stage_dir)
-    expected = RESULTS[stage_name]
+    expected = result_class(stage_name)
     if type(out.result) is not expected:
         raise TypeError(f"stage {name!r} returned {type(out.result).__name__}, not {expected.__name__}")
     files = {k: file_records(resolve_output(stage_dir, v)) for k, v in out.outputs.items()}
@@ -384,10 +361,9 @@ def _exit_on_signal(signum: int, _frame) -> None:
 
 def stage_folder(run_dir: Path, run_name: str, task: Task) -> Path:
     """`<run_dir>/<task.name>`, after checking that it cannot lie outside the run folder: the run folder is named
-    after the (validated) run name, the stage is one of STAGES and an instance name is a plain folder name
+    after the (validated) run name, the stage is a registered one and an instance name is a plain folder name
     (the run-name rule), so a stage never cleans anything else."""
-    if task.stage not in STAGES:
-        raise ConfigError(f"stage {task.stage!r} is not one of {', '.join(STAGES)}")
+    stages.get(task.stage)  # a ConfigError naming the known stages
     if task.instance is not None:
         check_run_name(task.instance, task.stage)
     if run_dir.name != run_name or ".." in run_dir.parts or run_dir.resolve() == Path(run_dir.anchor):
@@ -516,13 +492,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(
             f"{USAGE}\n\nRuns one stage of the run that config.yaml (written by launch.py) describes; skipped when its "
-            f"manifest is up to date.\nStages: {', '.join(STAGES)}",
+            f"manifest is up to date.\nStages: {', '.join(stages.names())}",
             file=sys.stdout if argv else sys.stderr,
         )
         return 0 if argv else 2
     name, argv = argv[0], argv[1:]
-    if name not in STAGES:
-        print(f"compactlm.run: stage {name!r} is not one of {', '.join(STAGES)}", file=sys.stderr)
+    if name not in stages.names():
+        print(f"compactlm.run: stage {name!r} is not one of {', '.join(stages.names())}", file=sys.stderr)
         return 2
     extra = f" {name}=<name>" if instanced_by(name) else ""
     if any(a in ("-h", "--help") for a in argv):

@@ -9,8 +9,9 @@ import pytest
 from helpers import config_error, run_launch
 
 from compactlm.align.data import CHARS_PER_TOKEN, BadExample, budgets, read_jsonl, split_heldout, to_conversational
+from compactlm.align.schema import DPOConfig, GRPOConfig, SFTConfig
 from compactlm.align.train import CHATML, chat_tokens, fit_prompts, report_over
-from compactlm.config import ConfigError, DPOConfig, GRPOConfig, SFTConfig
+from compactlm.config import ConfigError
 
 GOOD = {
     "sft": {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
@@ -130,7 +131,7 @@ def test_launch_refuses_a_bad_file_before_submitting(tmp_path):
 
 def test_hf_source_reads_a_dataset_and_checks_every_row(tmp_path):
     from compactlm.align.data import read_hf
-    from compactlm.config import AlignSource
+    from compactlm.align.schema import AlignSource
 
     folder = tmp_path / "pairs"
     folder.mkdir()

@@ -10,8 +10,8 @@ import torch
 from transformers import get_scheduler
 from trl import SFTConfig as TRLSFTConfig
 
+from compactlm.align.schema import GRPOConfig, SFTConfig
 from compactlm.align.train import trainer_args
-from compactlm.config import GRPOConfig, SFTConfig
 from compactlm.model.precision import Precision
 
 FP32 = Precision(device="cpu", compute="float32", reason="test")

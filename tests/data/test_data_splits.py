@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import POLISH, needs_polish
 
-from compactlm.config import ConfigError, DataConfig
+from compactlm.config import ConfigError
+from compactlm.data.schema import DataConfig
 from compactlm.data.splits import build_splits, load_split, pack, read_documents, save_splits
 
 

@@ -52,7 +52,7 @@ def test_deploy_stage_stops_with_where_it_runs(tmp_path, tiny_llama_dir):
 
 def test_nvfp4_deploy_on_h200_lepton_is_refused():
     from compactlm.config import ConfigError
-    from compactlm.launch.validate import check_deploy
+    from compactlm.deploy.checks import check_deploy
 
     conf = to_config(compose(["recipe=prune_distill_deploy", "quantize=nvfp4"]))
     conf.cluster.executor, conf.cluster.deploy_image = "lepton", "nvcr.io/nvidia/tensorrt-llm/release:1.2.0"

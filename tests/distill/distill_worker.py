@@ -7,7 +7,8 @@ tests that kill that process or start it under torchrun. Users run distillation 
 import json
 import sys
 
-from compactlm.config import DistillConfig, EngineConfig
+from compactlm.config import EngineConfig
+from compactlm.distill.schema import DistillConfig
 from compactlm.distill.train import distill
 
 if __name__ == "__main__":

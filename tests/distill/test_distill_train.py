@@ -22,7 +22,8 @@ import torch
 from conftest import make_tiny_model
 from safetensors.torch import load_file
 
-from compactlm.config import ConfigError, DistillConfig, EngineConfig
+from compactlm.config import ConfigError, EngineConfig
+from compactlm.distill.schema import DistillConfig
 from compactlm.distill.train import Preempted, accumulation_steps, distill, lr_at, total_steps
 
 SEQ = 32

@@ -11,12 +11,13 @@ from helpers import compose, run_launch
 
 from compactlm.bench.stage import bench_from_gguf
 from compactlm.gguf import convert as gg
+from compactlm.gguf.schema import GGUFFile, GGUFResult
 from compactlm.launch.launcher import write_run_dir
 from compactlm.launch.report import write_report
 from compactlm.launch.validate import to_config
 from compactlm.manifest import read_manifest
 from compactlm.pipeline import CONFIG_FILE, run_stage
-from compactlm.results import GGUFFile, GGUFResult, ParamCounts
+from compactlm.results import ParamCounts
 
 STAGES = ["model", "data", "quantize", "gguf", "evaluate"]
 

@@ -21,7 +21,7 @@ import pytest
 from helpers import REPO, compose, config_error, run_launch
 from safetensors.numpy import save_file
 
-from compactlm.config import ConfigError, ModelConfig, check_run_name, hub_id_like
+from compactlm.config import ConfigError, check_run_name, hub_id_like
 from compactlm.data import splits
 from compactlm.data.splits import utf8_error
 from compactlm.evaluate.lmeval import unknown_tasks
@@ -29,6 +29,7 @@ from compactlm.launch.compose import help_text, schema_keys
 from compactlm.launch.launcher import place_run, write_run_dir
 from compactlm.launch.validate import to_config, validate
 from compactlm.model.loading import check_model_folder, materialize
+from compactlm.model.schema import ModelConfig
 from compactlm.pipeline import STAGE_NAMES, run_stage
 
 ERROR = "compactlm: configuration error: "

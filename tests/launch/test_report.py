@@ -13,17 +13,11 @@ import pytest
 from browser import inspect_layout, inspect_page, require_chromium, screenshot
 from helpers import compose, run_launch
 
+from compactlm.bench.report import bench_rows
+from compactlm.evaluate.report import quality_rows, recovery
 from compactlm.launch.headline import tradeoff_points
 from compactlm.launch.launcher import write_run_dir
-from compactlm.launch.report import (
-    bench_rows,
-    build_blocks,
-    manifests,
-    quality_rows,
-    recovery,
-    results,
-    write_report,
-)
+from compactlm.launch.report import build_blocks, manifests, results, write_report
 from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, atomic_write_json, read_manifest, seal
 from compactlm.pipeline import CONFIG_FILE, run_stage

@@ -13,7 +13,8 @@ from compactlm.launch.launcher import place_run
 from compactlm.launch.search import format_candidates, resolve_search
 from compactlm.launch.validate import check_force_stages, to_config, validate
 from compactlm.pipeline import STAGE_NAMES, Task, run_tasks
-from compactlm.results import Architecture, CandidateResult, ParamCounts
+from compactlm.results import Architecture, ParamCounts
+from compactlm.search.schema import CandidateResult
 from compactlm.search.stage import kendall_tau, rank
 
 EXP = [f"exp_{i:03d}" for i in range(1, 11)]

@@ -15,25 +15,17 @@ import pytest
 from helpers import compose
 from matplotlib.image import imread
 
-from compactlm.config import ExportConfig, SearchCandidate
+from compactlm import stages
+from compactlm.data.schema import DataResult
 from compactlm.launch.report import agreement, results, search_rows, summary_table, write_comparison, write_report
 from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, atomic_write_json, read_manifest, seal, versions
+from compactlm.model.schema import ModelResult
 from compactlm.pipeline import RUNNING, run_tasks
-from compactlm.results import (
-    RESULTS,
-    Architecture,
-    CandidateResult,
-    DataResult,
-    ModelResult,
-    ParamCounts,
-    RankedCandidate,
-    RankingResult,
-    TeacherCacheResult,
-    read_result,
-    to_json,
-)
+from compactlm.prune.schema import ExportConfig
+from compactlm.results import Architecture, ParamCounts, read_result, result_class, to_json
 from compactlm.search.plots import plot_pareto, plot_search_curves
+from compactlm.search.schema import CandidateResult, RankedCandidate, RankingResult, SearchCandidate, TeacherCacheResult
 
 TEACHER_ARCH = Architecture(
     "llama",
@@ -130,7 +122,7 @@ def write_manifest(run_dir, task: str, result) -> None:
         run_dir / task / MANIFEST,
         seal(
             {
-                "stage": next(stage for stage, cls in RESULTS.items() if type(result) is cls),
+                "stage": next(stage for stage in stages.names() if result_class(stage) is type(result)),
                 "task": task,
                 "config_hash": "test",
                 "input_hashes": {},

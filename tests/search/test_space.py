@@ -11,9 +11,11 @@ from helpers import CONF
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
-from compactlm.config import EXPORT_TO_HF, ConfigError, SearchConfig, check_run_name
+from compactlm.config import ConfigError, check_run_name
 from compactlm.model.params import count_on_meta, hf_config_from_shape, pruned_hf_config
+from compactlm.prune.schema import EXPORT_TO_HF
 from compactlm.search import space
+from compactlm.search.schema import SearchConfig
 from compactlm.search.space import DIMENSIONS, enumerate_candidates, preset_candidate, target_count
 
 BIELIK_SEARCH = dict(target_params=7.35e9, hidden_size_divisor=256, ffn_hidden_size_divisor=512)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compactlm.config import AlignSource, ConfigError, GRPOConfig, TrainerOptions
+from compactlm.align.schema import AlignSource, GRPOConfig, TrainerOptions
+from compactlm.config import ConfigError
 from compactlm.data.splits import expand_globs
 from compactlm.manifest import atomic_write_text
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from compactlm.align.data import split_heldout
+from compactlm.align.schema import AlignDataConfig
 from compactlm.align.train import generate
-from compactlm.config import AlignDataConfig
 
 NAMES = ("Ala", "Bartek", "Celina", "Darek", "Ewa", "Filip", "Gosia", "Henryk", "Iga", "Janek")
 ITEMS = ("apple", "book", "pencil", "coin", "stamp", "marble", "card", "shell")

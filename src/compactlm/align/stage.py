@@ -20,6 +20,7 @@ from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, SFTConfig, SFTTr
 from compactlm.align import data as align_data
 from compactlm.align import demo
 from compactlm.align.dpop import DPOPTrainer
+from compactlm.align.schema import ALIGN_KINDS, AlignDataResult, DPOResult, GRPOResult, SFTResult, TrainSummary
 from compactlm.align.train import (
     CHECKPOINTS,
     IS_MAIN,
@@ -36,12 +37,11 @@ from compactlm.align.train import (
     train,
     trainer_args,
 )
-from compactlm.config import ALIGN_KINDS
 from compactlm.data.splits import load_split
 from compactlm.manifest import atomic_write_json
 from compactlm.model.loading import load_model, setup_engine
 from compactlm.pipeline import StageContext, StageOutput
-from compactlm.results import TEACHER, AlignDataResult, DPOResult, GRPOResult, SFTResult, TrainSummary
+from compactlm.results import TEACHER
 from compactlm.rewards import completion_text, resolve
 
 

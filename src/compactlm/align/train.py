@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 from transformers import TrainerCallback
 
-from compactlm.config import TrainerOptions
+from compactlm.align.schema import TrainerOptions
 from compactlm.manifest import atomic_file, atomic_write_json, staging_dir
 from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.model.loading import load_tokenizer

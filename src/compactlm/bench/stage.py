@@ -11,10 +11,11 @@ import dataclasses
 
 import torch
 
+from compactlm.bench.schema import BenchResult, BenchRun
 from compactlm.bench.speed import compare, generation_speed, params_read_per_token
 from compactlm.model.loading import count_parameters, load_model, load_tokenizer, setup_engine
 from compactlm.pipeline import StageContext, StageOutput
-from compactlm.results import TEACHER, BenchResult, BenchRun, ParamCounts, student_label
+from compactlm.results import TEACHER, ParamCounts, student_label
 
 
 class BenchStage:

@@ -19,7 +19,8 @@ from pydoc_data.topics import topics
 import numpy as np
 from tqdm import tqdm
 
-from compactlm.config import ConfigError, DataConfig
+from compactlm.config import ConfigError
+from compactlm.data.schema import DataConfig
 from compactlm.manifest import atomic_file, atomic_write_text
 
 SPLITS = ("validation", "calibration", "train")

@@ -3,10 +3,10 @@ the held-out documents' text for the evaluate stage's heldout_continuation task.
 
 from __future__ import annotations
 
+from compactlm.data.schema import DataResult
 from compactlm.data.splits import build_splits_with_heldout, save_heldout, save_splits
 from compactlm.model.loading import load_tokenizer
 from compactlm.pipeline import StageContext, StageOutput
-from compactlm.results import DataResult
 
 
 class DataStage:

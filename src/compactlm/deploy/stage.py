@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from compactlm.deploy.schema import DeployResult
 from compactlm.deploy.trtllm import DeployUnavailable, run_deploy
 from compactlm.pipeline import EXIT_UNAVAILABLE, StageContext, StageOutput
-from compactlm.results import TEACHER, DeployResult, student_label
+from compactlm.results import TEACHER, student_label
 
 
 class DeployStage:

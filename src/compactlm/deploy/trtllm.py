@@ -40,7 +40,7 @@ from typing import Any, Optional
 import yaml
 from packaging.version import InvalidVersion, Version
 
-from compactlm.config import DeployConfig as DeploySettings
+from compactlm.deploy.schema import DeployConfig as DeploySettings
 from compactlm.manifest import atomic_write_text, open_nofollow
 
 # Said by every DeployUnavailable: where the stage can run.

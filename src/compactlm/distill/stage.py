@@ -6,9 +6,9 @@ resumes, but only while the stage's config and inputs are unchanged (`resume_key
 
 from __future__ import annotations
 
+from compactlm.distill.schema import DistillResult
 from compactlm.distill.train import distill
 from compactlm.pipeline import StageContext, StageOutput
-from compactlm.results import DistillResult
 
 
 class DistillStage:

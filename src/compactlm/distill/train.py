@@ -36,7 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm import tqdm
 
-from compactlm.config import ConfigError, DistillConfig, EngineConfig
+from compactlm.config import ConfigError, EngineConfig
 from compactlm.data.splits import load_split
 from compactlm.distill import checkpoint as ckpt
 from compactlm.distill.cache import CACHE_DTYPES, ensure_cache
@@ -56,6 +56,7 @@ from compactlm.distill.parallel import (
     wrap_student,
 )
 from compactlm.distill.sampler import SequenceOrder, micro_batches, padded_shard, rank_slice
+from compactlm.distill.schema import DistillConfig
 from compactlm.manifest import atomic_write_json, file_digest, path_digest, staging_dir
 from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.model.loading import load_model, read_hf_config, setup_engine

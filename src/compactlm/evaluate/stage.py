@@ -8,13 +8,15 @@ from pathlib import Path
 
 import torch
 
-from compactlm.config import HELDOUT_TASK, ConfigError
+from compactlm import stages
+from compactlm.config import ConfigError
 from compactlm.data.splits import load_split
 from compactlm.evaluate.lmeval import build_task_data, run_tasks
 from compactlm.evaluate.quality import decode_speed, quality
+from compactlm.evaluate.schema import HELDOUT_TASK, EvaluateResult, ModelScores
 from compactlm.model.loading import count_parameters, load_model, load_tokenizer, setup_engine
 from compactlm.pipeline import StageContext, StageOutput
-from compactlm.results import MODEL_LABELS, TEACHER, EvaluateResult, ModelScores, ParamCounts
+from compactlm.results import TEACHER, ParamCounts
 
 
 class EvaluateStage:
@@ -26,7 +28,7 @@ class EvaluateStage:
         cfg = ctx.cfg.evaluate
         device, precision = setup_engine(ctx.cfg.engine)
         # the quantized export is not loadable by plain transformers: its row comes from the quantize stage
-        folders = {label: path for label, path in ctx.models().items() if label != MODEL_LABELS["quantize"]}
+        folders = {label: path for label, path in ctx.models().items() if label != stages.get("quantize").model_label}
         models = {label: load_model(path, device, precision.frozen_dtype) for label, path in folders.items()}
         val = load_split(ctx.upstream_output("data", "validation").parent, "validation")
         if cfg.max_sequences:
@@ -55,7 +57,7 @@ class EvaluateStage:
             )
         q = ctx.result("quantize")
         if q is not None and q.quality:  # measured by the quantize stage on the fake-quantized model
-            source = MODEL_LABELS[q.source_stage]
+            source = stages.model_labels()[q.source_stage]
             fq = q.quality["quantized"]
             scores["quantized"] = ModelScores(
                 perplexity=fq["perplexity"],

@@ -12,15 +12,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from compactlm import stages
 from compactlm.data.splits import load_split
 from compactlm.evaluate.quality import quality
 from compactlm.gguf import convert as gg
 from compactlm.gguf.llamacpp import ensure
 from compactlm.gguf.measure import perplexity, serving_speed, summary_row
+from compactlm.gguf.schema import GGUFFile, GGUFResult
 from compactlm.manifest import atomic_write_text
 from compactlm.model.loading import load_model, setup_engine
 from compactlm.pipeline import StageContext, StageOutput
-from compactlm.results import MODEL_LABELS, TEACHER, GGUFFile, GGUFResult, ParamCounts, student_label
+from compactlm.results import TEACHER, ParamCounts, student_label
 
 
 class GGUFStage:
@@ -31,7 +33,7 @@ class GGUFStage:
 
     def run(self, ctx: StageContext) -> StageOutput:
         cfg = ctx.cfg.gguf
-        models = {k: v for k, v in ctx.models().items() if k != MODEL_LABELS["quantize"]}
+        models = {k: v for k, v in ctx.models().items() if k != stages.get("quantize").model_label}
         student = student_label(models) or TEACHER
         sources = {student: models[student]}
         if cfg.teacher and student != TEACHER:

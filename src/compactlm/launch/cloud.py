@@ -63,12 +63,12 @@ from nemo_run.run.torchx_backend.schedulers import lepton as lepton_scheduler
 from nemo_run.run.torchx_backend.schedulers import local as local_scheduler
 from nemo_run.run.torchx_backend.schedulers import slurm as slurm_scheduler
 
-from compactlm.config import CompactLMConfig
 from compactlm.launch.records import CONFIG_FILE
 from compactlm.launch.resources import stage_env, stage_gpus, stage_image, stage_processes
 from compactlm.launch.shell import shell_quote
 from compactlm.manifest import atomic_write_text
 from compactlm.pipeline import Task
+from compactlm.run_config import CompactLMConfig
 
 log = logging.getLogger(__name__)
 NEMO_RUN_VERSION = "0.11.1"

@@ -29,9 +29,10 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
-from compactlm.config import CompactLMConfig, ConfigError
-from compactlm.launch.conf_store import GROUPS, register_configs
+from compactlm.config import ConfigError
+from compactlm.launch.conf_store import groups, register_configs
 from compactlm.launch.records import REPO
+from compactlm.run_config import CompactLMConfig
 
 CONF_DIR = REPO / "conf"
 CONFIG_NAME = "config"
@@ -159,7 +160,7 @@ def composition_error(e: Exception, parsed: list[Override]) -> str:
             return f"{group}={option}: Could not find '{found.group(1)}'; choose one of: {', '.join(choices)}"
         return _one_line(message)
     if isinstance(e, ValueError) and "Config group override must be" in message:
-        o = next((o for o in parsed if o.key_or_group in GROUPS and o.value() is None), None)
+        o = next((o for o in parsed if o.key_or_group in groups() and o.value() is None), None)
         if o is not None:
             return (
                 f"{o.input_line}: config group {o.key_or_group} needs one of its options (python launch.py --help "

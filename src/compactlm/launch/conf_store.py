@@ -9,40 +9,28 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.config_source import ConfigSource
 from omegaconf import OmegaConf
 
-from compactlm.config import (
-    AlignDataConfig,
-    ClusterConfig,
-    CompactLMConfig,
-    DataConfig,
-    EngineConfig,
-    ModelConfig,
-    PruneConfig,
-    QuantizeConfig,
-    RecipeConfig,
-)
+from compactlm import stages
 from compactlm.launch.records import REPO
+from compactlm.run_config import SHARED_SECTIONS, CompactLMConfig
 
 # The recipes a user picks (`python launch.py recipe=prune_distill`) live at the top of the repository, apart from
 # conf/'s building blocks; Hydra's `recipe` group reads them from here through the ConfigStore.
 RECIPES_DIR = REPO / "recipes"
 
-GROUPS = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "prune": PruneConfig,
-    "cluster": ClusterConfig,
-    "engine": EngineConfig,
-    "quantize": QuantizeConfig,
-    "recipe": RecipeConfig,
-    "align_data": AlignDataConfig,
-}
+
+def groups() -> dict[str, type]:
+    """Hydra config group -> its schema: the shared groups and the stage sections the registry marks as groups."""
+    return {
+        **SHARED_SECTIONS,
+        **{s: stages.load(stages.sections()[s]) for s in stages.group_sections()},
+    }
 
 
 def register_configs() -> None:
     """Store the root schema as `compactlm_schema` and each group's as `<group>/base_<group>`."""
     cs = ConfigStore.instance()
     cs.store(name="compactlm_schema", node=CompactLMConfig)
-    for group, schema in GROUPS.items():
+    for group, schema in groups().items():
         cs.store(group=group, name=f"base_{group}", node=schema)
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
         store_recipe(cs, path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nemo_run as run
 
-from compactlm.config import CompactLMConfig, ConfigError
+from compactlm.config import ConfigError
 from compactlm.launch.cloud import SlurmJobExecutor, dgxc_executor, lepton_executor, rendered_spec, use_home
 from compactlm.launch.records import CONFIG_FILE, REPO, nemorun_home, resolved_yaml
 from compactlm.launch.resources import (
@@ -36,6 +36,7 @@ from compactlm.launch.resources import (
 from compactlm.launch.shell import shell_quote
 from compactlm.manifest import atomic_write_text
 from compactlm.pipeline import CONFIG_ERROR, Task, run_tasks
+from compactlm.run_config import CompactLMConfig
 
 
 def packager(conf: CompactLMConfig, run, local_dir: Path):

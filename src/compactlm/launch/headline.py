@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compactlm.bench.schema import BenchResult
+from compactlm.evaluate.schema import EvaluateResult, ModelScores
 from compactlm.manifest import atomic_file
-from compactlm.results import TEACHER, BenchResult, EvaluateResult, ModelScores, student_label
+from compactlm.results import TEACHER, student_label
 
 TRADEOFF_PNG = "report_tradeoff.png"
 

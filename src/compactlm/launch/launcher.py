@@ -15,7 +15,8 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from compactlm.config import CompactLMConfig, ConfigError
+from compactlm import stages
+from compactlm.config import ConfigError
 from compactlm.launch.executors import build_experiment, check_credentials, describe_executor, render_submission
 from compactlm.launch.local_runs import (
     RunBusy,
@@ -36,7 +37,8 @@ from compactlm.launch.validate import check_force_stages, to_config, validate
 from compactlm.manifest import atomic_write_json, atomic_write_text, read_manifest, versions
 from compactlm.model.loading import read_hf_config
 from compactlm.model.params import format_table, param_table
-from compactlm.pipeline import STAGE_NAMES, Task, run_tasks
+from compactlm.pipeline import Task, run_tasks
+from compactlm.run_config import CompactLMConfig
 
 # launch.py's exit codes besides 0 (finished), 1 (a stage failed) and 2 (a configuration error)
 EXIT_BUSY = 3  # the run folder is in use by another launcher, or by a stage a dead launcher left running
@@ -47,7 +49,7 @@ def launch(cfg) -> int:
     """Entry of `launch.py` (after Hydra composed `cfg`); returns the process exit code."""
     try:
         conf = to_config(cfg)
-        shape = validate(conf, STAGE_NAMES)
+        shape = validate(conf, stages.names())
         resolve_search(conf, shape)
         check_force_stages(conf)
         local_dir = place_run(conf)

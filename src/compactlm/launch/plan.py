@@ -37,13 +37,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compactlm import stages
 from compactlm.arch import adapter_for
 from compactlm.bench.flops import forward_flops_per_token
-from compactlm.config import EXPORT_TO_HF, TRAIN_STAGES, CompactLMConfig, ConfigError, DistillConfig
+from compactlm.config import ConfigError
 from compactlm.distill import CHUNK_ELEMENTS
+from compactlm.distill.schema import DistillConfig
 from compactlm.launch.resources import stage_gpus, stage_processes
 from compactlm.model.precision import cpu_bf16_flags
 from compactlm.pipeline import Task, run_tasks
+from compactlm.prune.schema import EXPORT_TO_HF
+from compactlm.run_config import CompactLMConfig
 
 GiB = 2**30
 
@@ -85,7 +89,6 @@ HOST_RUNTIME = 520 * 2**20
 5.14): 519.5 MiB, measured with resource.getrusage (ru_maxrss) twice."""
 MODELOPT_RUNTIME = 128 * 2**20
 """What `import modelopt.torch.distill` adds to that (648 MiB in all, same measurement): distill and quantize."""
-MODELOPT_STAGES = ("distill", "candidate", "quantize", "teacher_cache")
 
 KL_SLICE_TEMPORARIES = 8
 """Float32 [slice, vocab] tensors alive at once in one slice of the KL and its gradient (losses._kl_rows: the two
@@ -323,7 +326,7 @@ def plan_task(conf: CompactLMConfig, task: Task, shape: dict[str, Any], plan: Ru
     stage, instance = task.stage, task.instance
     nodes = conf.cluster.nodes_for(stage)
     gpus = stage_gpus(conf, task)
-    per_node = stage_processes(conf, task) if stage in TRAIN_STAGES else 1
+    per_node = stage_processes(conf, task) if stages.get(stage).trains else 1
     sp = StagePlan(stage=task.name, processes=nodes * per_node, nodes=nodes, gpus_per_node=gpus, task=task)
     if plan.teacher is None:
         return sp
@@ -339,12 +342,12 @@ def plan_task(conf: CompactLMConfig, task: Task, shape: dict[str, Any], plan: Ru
             # a candidate distills from the shared teacher cache for search.distill_tokens (search/stage.py)
             cfg = dataclasses.replace(cfg, teacher_cache=True, max_steps=None, max_tokens=conf.search.distill_tokens)
         sp.memory, sp.disk, sp.flops, sp.notes = distill_plan(ctx, cfg, plan.teacher, student, stage == "candidate")
-    elif stage in STAGE_PLANS:
-        sp.memory, sp.disk, sp.flops = STAGE_PLANS[stage](ctx, plan.teacher, plan.student)
+    elif stages.get(stage).plan:  # the stage's model of its memory, disk and FLOPs (StageSpec.plan)
+        sp.memory, sp.disk, sp.flops = stages.load(stages.get(stage).plan)(ctx, plan.teacher, plan.student)
     elif stage != "ranking":  # ranking reads results only; the alignment stages and deploy are not modelled yet
         sp.notes.append(f"{stage}: only the runtime is estimated (its models are not modelled by the plan)")
     sp.memory["runtime"] = (
-        GPU_RUNTIME if on_gpu else HOST_RUNTIME + (MODELOPT_RUNTIME if stage in MODELOPT_STAGES else 0)
+        GPU_RUNTIME if on_gpu else HOST_RUNTIME + (MODELOPT_RUNTIME if stages.get(stage).modelopt else 0)
     )
     if on_gpu and sp.flops is not None:
         sp.hours = sp.flops / (ctx.world_gpus(task) * plan.device.bf16_flops * plan.mfu) / 3600
@@ -496,7 +499,7 @@ def _dtype(cbytes: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------ other stages
-def _model(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+def plan_model(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     """model: a packaged GGUF is dequantized to float32 and saved once; a hub model is downloaded (bf16)."""
     m = ctx.conf.model
     if m.source == "gguf_package":
@@ -506,7 +509,7 @@ def _model(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     return {}, {"teacher download (bf16, Hugging Face cache)": 2 * t.total}, None
 
 
-def _data(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+def plan_data(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     d = ctx.conf.data
     train = d.max_train_sequences or _steps(ctx.conf.distill, d.seq_len) * ctx.conf.distill.global_batch_size
     tokens = (train + d.validation_sequences + d.calibration_sequences) * d.seq_len
@@ -517,7 +520,7 @@ def _data(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     )
 
 
-def _importance(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+def plan_importance(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     """importance (prune/stage.py): a 16-bit checkpoint on a float32 machine stays 16-bit, and each block (the
     embedding, a decoder layer, the final norm) is upcast to float32 only while it runs."""
     imp = ctx.conf.importance
@@ -537,7 +540,7 @@ def _importance(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     return mem, {}, calib * forward_flops_per_token(t.hf, ctx.seq)
 
 
-def _prune(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+def plan_prune(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     """prune (prune/slicing.py stream_prune): the teacher is never built; one source safetensors file is
     memory-mapped at a time (its pages resident once read) and the output is written in shards of at most
     SHARD_BYTES, held while safetensors serializes them (1.5x: measured 1.2-1.4x by benchmarks/scale.py)."""
@@ -552,7 +555,7 @@ def _prune(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     return mem, {f"pruned checkpoint ({_dtype(stored)})": out}, None
 
 
-def _quantize(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+def plan_quantize(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     s = s or t
     q = ctx.conf.quantize
     c = ctx.cbytes
@@ -569,7 +572,7 @@ def _quantize(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     return mem, {f"{q.format} export": export}, calib * forward_flops_per_token(s.hf, ctx.seq)
 
 
-def _gguf(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+def plan_gguf(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     g = ctx.conf.gguf
     s = s or t
     mem = {}
@@ -595,14 +598,12 @@ def _gguf_bytes(params: int, typ: str) -> int:
 
 def _evaluated(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None) -> list[ModelSizes]:
     """The models the evaluate stage loads together: the teacher and each later model of the run."""
-    stages = ctx.conf.recipe.stages
-    later = [st for st in ("prune", "distill", "quantize") if st in stages]
-    if "ranking" in stages:
-        later.append("ranking")
+    recipe = ctx.conf.recipe.stages
+    later = [st for st in stages.model_labels() if st in recipe and st != "model"]
     return [t] + [s or t] * len(later)
 
 
-def _evaluate(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+def plan_evaluate(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     e = ctx.conf.evaluate
     c = ctx.cbytes
     models = _evaluated(ctx, t, s)
@@ -615,11 +616,11 @@ def _evaluate(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     return mem, {}, val * sum(forward_flops_per_token(m.hf, ctx.seq) for m in models)
 
 
-def _bench(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+def plan_bench(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     return {f"one model at a time ({_dtype(ctx.cbytes)})": ctx.cbytes * max(t.total, (s or t).total)}, {}, None
 
 
-def _teacher_cache(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+def plan_teacher_cache(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     cfg = dataclasses.replace(
         ctx.conf.distill, teacher_cache=True, max_steps=None, max_tokens=ctx.conf.search.distill_tokens
     )
@@ -636,19 +637,6 @@ def _teacher_cache(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
         {"teacher top-k cache": teacher_cache_bytes(ctx.conf, cfg, ranking=True)},
         cache_tokens(ctx.conf, cfg, ranking=True) * forward_flops_per_token(t.hf, ctx.seq),
     )
-
-
-STAGE_PLANS = {
-    "model": _model,
-    "data": _data,
-    "importance": _importance,
-    "prune": _prune,
-    "quantize": _quantize,
-    "gguf": _gguf,
-    "evaluate": _evaluate,
-    "bench": _bench,
-    "teacher_cache": _teacher_cache,
-}
 
 
 # ------------------------------------------------------------------------------------------------ checks

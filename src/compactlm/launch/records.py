@@ -8,8 +8,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from compactlm.config import CompactLMConfig
 from compactlm.pipeline import CONFIG_FILE, Task
+from compactlm.run_config import CompactLMConfig
 
 __all__ = ["CONFIG_FILE", "NEMORUN_DIR", "REPO", "nemorun_home", "resolved_yaml", "stage_logs"]
 

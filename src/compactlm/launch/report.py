@@ -9,53 +9,21 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from compactlm.config import CompactLMConfig
+from compactlm import stages
+from compactlm.evaluate.report import recovery
 from compactlm.launch.headline import TRADEOFF_PNG, headline, plot_tradeoff, tradeoff_points
 from compactlm.manifest import atomic_write_text, read_manifest
 from compactlm.pipeline import Task, run_tasks, running
-from compactlm.results import (
-    MODEL_LABELS,
-    TEACHER,
-    Architecture,
-    BenchResult,
-    CandidateResult,
-    ModelScores,
-    RankingResult,
-    result_of,
-)
+from compactlm.report_blocks import Block, num, ordered, pct, text_table
+from compactlm.results import TEACHER, Architecture, result_of
+from compactlm.run_config import CompactLMConfig
+from compactlm.search.schema import CandidateResult, RankingResult
 
-# Pipeline order, whatever order the manifest's JSON (sorted keys) stored them in.
-MODEL_ORDER = tuple(MODEL_LABELS.values())
-PLOTS = {  # stage -> (file, caption)
-    "importance": [("depth.png", "Per-layer depth importance"), ("width.png", "Per-layer width importance")],
-    "distill": [("loss_curve.png", "Distillation loss and validation curves")],
-    "sft": [("curves.png", "SFT: loss on the answer tokens and token accuracy per step")],
-    "dpo": [("curves.png", "DPO: loss, reward margin and reward accuracy per step (training batches)")],
-    "grpo": [("curves.png", "GRPO: mean reward of the sampled completions and their length per step")],
-    "ranking": [
-        (
-            "pareto.png",
-            "Candidate search: parameters (without lm_head) vs validation loss after the short "
-            "distillation (filled) and pruned only (hollow); Pareto front, and the chosen "
-            "candidate as a star",
-        ),
-        (
-            "search_curves.png",
-            "Candidate search: validation loss and KL to the teacher per step of each candidate's short distillation",
-        ),
-    ],
-}
 SEARCH_TOP = 5  # ranked candidates in the terminal summary
-
-
-def ordered(models: dict[str, Any]) -> list[tuple[str, Any]]:
-    rank = {k: i for i, k in enumerate(MODEL_ORDER)}
-    return sorted(models.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
 
 
 def manifests(conf: CompactLMConfig) -> dict[str, dict | None]:
@@ -68,6 +36,13 @@ def results(ms: dict[str, dict | None]) -> dict[str, Any]:
     """task -> its typed result (compactlm.results, by the stage its manifest names), None for a task that has not
     finished."""
     return {task: result_of(task, m) for task, m in ms.items()}
+
+
+def _registered(conf: CompactLMConfig, what: str) -> list:
+    """The report functions (`what`: "report" blocks or "summary" lines) of the recipe's stages, from the stage
+    registry, each once, in pipeline order."""
+    named = [getattr(s, what) for s in stages.specs() if getattr(s, what) and s.name in conf.recipe.stages]
+    return [stages.load(dotted) for dotted in dict.fromkeys(named)]
 
 
 # ------------------------------------------------------------------------------------------- terminal
@@ -114,287 +89,12 @@ def summary_table(conf: CompactLMConfig, launched_at: float) -> str:
         lines += ["  " + row for row in text_table([header[i] for i in keep], [[r[i] for i in keep] for r in shown])]
         if len(ranked) > SEARCH_TOP:
             lines.append(f"  ... and {len(ranked) - SEARCH_TOP} more ranked candidates in the report")
-    evaluation = rs.get("evaluate")
-    if evaluation:
-        lines.append("")
-        lines.append(
-            f"  evaluated on {evaluation.validation_sequences} validation sequences, "
-            f"device={evaluation.device} dtype={evaluation.dtype} threads={evaluation.threads}"
-        )
-        for row in text_table(*quality_rows(evaluation.models)):
-            lines.append("  " + row)
-    aligned = alignment_rows(rs)
-    if aligned:
-        lines += ["", "  alignment (held-out examples; before = the stage's starting model)"]
-        lines += ["  " + row for row in text_table(*aligned)]
-    quantized = quantized_rows(rs)
-    if quantized:
-        lines += ["", "  quantized variants (each against its own unquantized source, measured the same way)"]
-        lines += ["  " + row for row in text_table(*quantized)]
-    bench = rs.get("bench")
-    if bench:
-        lines += ["", f"  speed ({bench.source}" + (f", {bench.device}" if bench.device else "") + ")"]
-        lines += ["  " + row for row in text_table(*bench_rows(bench))]
+    lines += [line for fn in _registered(conf, "summary") for line in fn(conf, rs)]
     return "\n".join(lines)
 
 
-def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def fmt(cells):
-        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return [fmt(header), "-" * len(fmt(header))] + [fmt(r) for r in rows]
-
-
 # ------------------------------------------------------------------------------------------ contents
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x * 100:.1f}%"
-
-
-def recovery(teacher: ModelScores, model: ModelScores) -> dict[str, float]:
-    """Recovery of each metric, student relative to teacher (1.0 = as good as the teacher).
-
-    Perplexity is lower-is-better, so its recovery is teacher / student; top-1 agreement is already a
-    fraction of the teacher's own predictions. The aggregate is their mean.
-    """
-    out = {"perplexity": teacher.perplexity / model.perplexity}
-    if model.top1_agreement is not None:
-        out["top1_agreement"] = model.top1_agreement
-    for task, scores in model.tasks.items():
-        base = teacher.tasks.get(task, {}).get("acc")
-        if base and "acc" in scores:
-            out[f"{task} acc"] = scores["acc"] / base
-    out["aggregate"] = sum(out.values()) / len(out)
-    return out
-
-
-def task_names(models: dict[str, ModelScores]) -> list[str]:
-    return sorted({t for r in models.values() for t, v in r.tasks.items() if "acc" in v})
-
-
-def quality_rows(models: dict[str, ModelScores]) -> tuple[list[str], list[list[str]]]:
-    tasks = task_names(models)
-    header = [
-        "model",
-        "params",
-        "perplexity",
-        "KL to teacher",
-        "top-1 agreement",
-        *[f"{t} acc" for t in tasks],
-        "recovery (ppl)",
-        *[f"recovery ({t})" for t in tasks],
-        "recovery (aggregate)",
-        "decode tok/s",
-        "TPOT ms",
-    ]
-    teacher = models.get(TEACHER)
-    rows = []
-    for label, r in ordered(models):
-        rec = recovery(teacher, r) if teacher and label != TEACHER else {}
-        acc = [r.tasks.get(t, {}).get("acc") for t in tasks]
-        rows.append(
-            [
-                label,
-                f"{r.params.total / 1e6:.1f}M",
-                f"{r.perplexity:.3f}",
-                _num(r.kl_to_teacher, ".4f"),
-                _pct(r.top1_agreement),
-                *[_num(a, ".3f") for a in acc],
-                _pct(rec.get("perplexity")),
-                *[_pct(rec.get(f"{t} acc")) for t in tasks],
-                _pct(rec.get("aggregate")),
-                _num(r.output_tokens_per_s, ".1f"),
-                _num(r.tpot_ms, ".1f"),
-            ]
-        )
-    return header, rows
-
-
-def speed_rows(models: dict[str, ModelScores]) -> tuple[list[str], list[list[str]]]:
-    header = ["model", "params", "decode tok/s", "TTFT ms", "TPOT ms", "speed vs teacher", "ideal (param ratio)"]
-    teacher = models.get(TEACHER)
-    rows = []
-    for label, r in ordered(models):
-        if r.output_tokens_per_s is None:
-            continue
-        speed = r.output_tokens_per_s / teacher.output_tokens_per_s if teacher and teacher.output_tokens_per_s else None
-        ideal = teacher.params.total / r.params.total if teacher else None
-        rows.append(
-            [
-                label,
-                f"{r.params.total / 1e6:.1f}M",
-                f"{r.output_tokens_per_s:.1f}",
-                _num(r.ttft_ms, ".1f"),
-                _num(r.tpot_ms, ".1f"),
-                f"{speed:.2f}x" if speed else "-",
-                f"{ideal:.2f}x" if ideal else "-",
-            ]
-        )
-    return header, rows
-
-
-def _num(x, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def bench_rows(bench: BenchResult) -> tuple[list[str], list[list[str]]]:
-    """One row per (batch size, model): tokens/s, TTFT, TPOT, peak memory, and the student's ratios."""
-    header = [
-        "batch",
-        "model",
-        "output tok/s",
-        "TTFT ms",
-        "TPOT ms",
-        "peak memory MiB",
-        "tok/s vs teacher",
-        "decode speed-up",
-        "ideal (param ratio)",
-    ]
-    rows = []
-    for run in bench.runs:
-        c, t = run.compare, run.models.get(TEACHER, {})
-        for label, r in ordered(run.models):
-            mem = r.get("peak_memory_bytes")
-            if label == bench.student:
-                ratios = [c.get("tokens_per_s_ratio"), c.get("decode_speedup"), c.get("ideal_speedup")]
-            elif label != TEACHER:  # e.g. the student's quantized GGUF files: measured against the same teacher row
-                tps, tpot = r.get("output_tokens_per_s"), r.get("tpot_ms")
-                ratios = [
-                    tps / t["output_tokens_per_s"] if tps and t.get("output_tokens_per_s") else None,
-                    t["tpot_ms"] / tpot if tpot and t.get("tpot_ms") else None,
-                    None,
-                ]
-            else:
-                ratios = [None, None, None]
-            rows.append(
-                [
-                    str(run.batch_size),
-                    label,
-                    _num(r.get("output_tokens_per_s"), ".1f"),
-                    _num(r.get("ttft_ms"), ".1f"),
-                    _num(r.get("tpot_ms"), ".1f"),
-                    _num(mem / 2**20 if mem else None, ".0f"),
-                    *[f"{x:.2f}x" if x else "-" for x in ratios],
-                ]
-            )
-    if rows and all(r[5] == "-" for r in rows):  # an engine that reports no peak memory (llama.cpp, trtllm-bench)
-        header, rows = header[:5] + header[6:], [r[:5] + r[6:] for r in rows]
-    return header, rows
-
-
-def quantized_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
-    """FP8/NVFP4 (quantize stage) and GGUF (gguf stage) variants side by side: size, bits per weight, and
-    quality retention against their own unquantized source measured the same way."""
-    header = [
-        "variant",
-        "from",
-        "size MiB",
-        "bits/weight",
-        "size vs source",
-        "perplexity",
-        "source perplexity",
-        "retention (ppl)",
-        "measured by",
-        "KL to source",
-        "top-1 vs source",
-    ]
-    rows = []
-    q = rs.get("quantize")
-    if q is not None:
-        fq = q.quality or {}
-        ref, quant = fq.get("reference"), fq.get("quantized")
-        rows.append(
-            [
-                q.format,
-                MODEL_LABELS[q.source_stage],
-                f"{q.export['safetensors_bytes'] / 2**20:.1f}",
-                "-",
-                f"{q.export['ratio_to_bf16']:.3f}x of bf16",
-                _num(quant and quant["perplexity"], ".3f"),
-                _num(ref and ref["perplexity"], ".3f"),
-                _pct(ref["perplexity"] / quant["perplexity"]) if quant else "-",
-                "ModelOpt fake-quant",
-                _num(quant and quant.get("kl_to_teacher"), ".5f"),
-                _pct(quant and quant.get("top1_agreement")),
-            ]
-        )
-    g = rs.get("gguf")
-    if g is not None:
-        for f in g.files:
-            base = g.file(f.model, g.outtype)
-            ppl = f.perplexity and f.perplexity["perplexity"]
-            ref = base.perplexity and base.perplexity["perplexity"]
-            rows.append(
-                [
-                    f"gguf {f.type}",
-                    f.model,
-                    f"{f.size_bytes / 2**20:.1f}",
-                    f"{f.bits_per_weight:.2f}",
-                    f"{f.size_ratio:.3f}x of {g.outtype}",
-                    _num(ppl, ".3f"),
-                    _num(ref, ".3f"),
-                    _pct(ref / ppl) if ppl and ref else "-",
-                    "llama-perplexity" if ppl else "-",
-                    _num(f.hf and f.hf["kl_to_source"], ".5f"),
-                    _pct(f.hf and f.hf["top1_agreement_to_source"]),
-                ]
-            )
-    return (header, rows) if rows else None
-
-
 ARCH_KEYS = ("model_type", "hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_key_value_heads")
-
-
-def alignment_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
-    """SFT -> DPO -> GRPO: each stage's own held-out measure, before (its starting model) and after."""
-    header = ["stage", "from", "steps", "held-out measure", "before", "after", "also"]
-    rows = []
-    sft, dpo, grpo = rs.get("sft"), rs.get("dpo"), rs.get("grpo")
-    if sft:
-        rows.append(
-            [
-                "sft",
-                sft.train.source,
-                str(sft.train.steps),
-                f"answer loss ({sft.heldout_examples} examples)",
-                f"{sft.heldout_loss_before:.4f}",
-                f"{sft.heldout_loss_after:.4f}",
-                "-",
-            ]
-        )
-    if dpo:
-        name = f"dpo ({dpo.loss}" + (f", λ={dpo.dpop_lambda:g}" if dpo.dpop_lambda is not None else "") + ")"
-        rows.append(
-            [
-                name,
-                dpo.train.source,
-                str(dpo.train.steps),
-                f"preference accuracy ({dpo.heldout_pairs} pairs)",
-                _pct(dpo.preference_accuracy_before),
-                _pct(dpo.preference_accuracy_after),
-                f"reward margin {dpo.reward_margin_after:+.4f}, reward accuracy {_pct(dpo.reward_accuracy_after)}, "
-                f"chosen log p {dpo.chosen_logp_before:.2f} -> {dpo.chosen_logp_after:.2f}",
-            ]
-        )
-    if grpo:
-        parts = ", ".join(
-            f"{k.rsplit('.', 1)[-1].rsplit(':', 1)[-1]} {grpo.heldout_reward_before[k]:.3f} -> "
-            f"{grpo.heldout_reward_after[k]:.3f}"
-            for k in grpo.rewards
-        )
-        rows.append(
-            [
-                "grpo",
-                grpo.train.source,
-                str(grpo.train.steps),
-                f"mean reward ({grpo.heldout_problems} problems)",
-                f"{grpo.heldout_reward_before['total']:.3f}",
-                f"{grpo.heldout_reward_after['total']:.3f}",
-                parts,
-            ]
-        )
-    return (header, rows) if rows else None
 
 
 def architecture_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
@@ -413,12 +113,6 @@ def architecture_rows(rs: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
     for key in ("total", "embedding", "without_lm_head"):
         rows.append([f"params ({key})", *[f"{getattr(params, key):,}" for _, params in cols.values()]])
     return header, rows
-
-
-@dataclass
-class Block:
-    kind: str  # "h1" | "h2" | "p" | "headline" | "table" | "image"
-    content: Any
 
 
 # ------------------------------------------------------------------------------------------- search
@@ -584,7 +278,7 @@ def search_rows(
                 _count(ranking.teacher_params),
                 "-",
                 "-",
-                _num(ranking.teacher_loss, ".4f"),
+                num(ranking.teacher_loss, ".4f"),
                 "-",
                 f"1.00{times}",
                 "",
@@ -680,7 +374,9 @@ def search_blocks(conf: CompactLMConfig, rs: dict[str, Any]) -> list[Block]:
     blocks.append(Block("table", table))
     folder = Path(conf.run_dir) / "ranking"
     if ranking is not None:
-        blocks += [Block("image", (folder / f, cap)) for f, cap in PLOTS["ranking"] if (folder / f).is_file()]
+        blocks += [
+            Block("image", (folder / f, cap)) for f, cap in stages.get("ranking").plots if (folder / f).is_file()
+        ]
     return blocks
 
 
@@ -720,77 +416,13 @@ def build_blocks(conf: CompactLMConfig) -> list[Block]:
     if arch:
         blocks += [Block("h2", "Architecture"), Block("table", arch)]
     blocks += search_blocks(conf, rs)
-    evaluation, bench = rs.get("evaluate"), rs.get("bench")
-    if evaluation:
-        blocks += [
-            Block("h2", "Quality and recovery"),
-            Block(
-                "p",
-                f"Held-out validation split: {evaluation.validation_sequences} sequences. Recovery = "
-                "teacher perplexity / model perplexity, model / teacher task accuracy; aggregate = "
-                "mean of those and top-1 agreement.",
-            ),
-            Block("table", quality_rows(evaluation.models)),
-        ]
-        speed = speed_rows(evaluation.models)
-        if speed[1] and not bench:
-            blocks += [
-                Block("h2", "Speed"),
-                Block(
-                    "p",
-                    f"Greedy decoding at batch 1 on {evaluation.device} ({evaluation.dtype}, "
-                    f"{evaluation.threads} threads); the ideal ratio is the parameter ratio.",
-                ),
-                Block("table", speed),
-            ]
-    aligned = alignment_rows(rs)
-    if aligned:
-        blocks += [
-            Block("h2", "Alignment"),
-            Block(
-                "p",
-                "Each stage measured on its own held-out examples, before (the model it started from) "
-                "and after. SFT: loss per answer token. DPO: share of pairs where the model gives the "
-                "chosen answer the higher log-likelihood; reward margin = β·mean of the chosen-minus-"
-                "rejected log-ratio to the reference (0 before by definition). GRPO: mean reward of "
-                "greedy answers.",
-            ),
-            Block("table", aligned),
-        ]
-    quantized = quantized_rows(rs)
-    if quantized:
-        blocks += [
-            Block("h2", "Quantized variants"),
-            Block(
-                "p",
-                "Each variant against its own unquantized source, measured the same way: FP8/NVFP4 by "
-                "ModelOpt's fake-quantized forward on the validation split; GGUF by llama.cpp's "
-                "llama-perplexity on the held-out documents (the source is its own unquantized GGUF). "
-                "KL and top-1 for GGUF: the file dequantized by transformers vs the source checkpoint.",
-            ),
-            Block("table", quantized),
-        ]
-    if bench:
-        where = (
-            f"{bench.source} on {bench.device} ({bench.dtype}, {bench.threads} threads)"
-            if bench.device
-            else bench.source
-        )
-        blocks += [
-            Block("h2", "Speed"),
-            Block(
-                "p",
-                f"Teacher vs {bench.student}, {where}. Ideal = weights read per decoded token, "
-                "teacher / student (decoding is memory-bound).",
-            ),
-            Block("table", bench_rows(bench)),
-        ]
+    blocks += [b for fn in _registered(conf, "report") for b in fn(conf, rs)]
     stage_rows = [
         [t, f"{m['wall_time_s']:.1f} s" if m else "-", m["finished_at"] if m else "not finished"] for t, m in ms.items()
     ]
     blocks += [Block("h2", "Stages"), Block("table", (["stage", "wall time", "finished"], stage_rows))]
     shown = {b.content[0] for b in blocks if b.kind == "image"}  # plots already shown in their own section
-    images = [(run_dir / task / f, cap) for task, m in ms.items() if m for f, cap in PLOTS.get(m["stage"], [])]
+    images = [(run_dir / task / f, cap) for task, m in ms.items() if m for f, cap in stages.get(m["stage"]).plots]
     images = [(p, c) for p, c in images if p.is_file() and p not in shown]
     if images:
         blocks.append(Block("h2", "Plots"))
@@ -946,7 +578,7 @@ def comparison_blocks(confs: list[CompactLMConfig]) -> list[Block]:
                     put(f"{task} acc", i, f"{v['acc']:.3f}")
             if TEACHER in models:
                 for k, v in recovery(models[TEACHER], r).items():
-                    put(f"recovery ({k})", i, _pct(v))
+                    put(f"recovery ({k})", i, pct(v))
         if "quantized" in models:
             q = models["quantized"]
             put("quantized perplexity", i, f"{q.perplexity:.3f} ({q.format})")

@@ -7,9 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from compactlm.config import TRAIN_STAGES, CompactLMConfig
+from compactlm import stages
 from compactlm.launch.records import REPO
 from compactlm.pipeline import Task
+from compactlm.run_config import CompactLMConfig
 
 # Every stage prints progress as it goes; Python must not hold it back in a pipe.
 BASE_ENV = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -22,9 +23,6 @@ PACKAGED = ("src", "recipes", "conf", "launch.py", "pyproject.toml")
 STAGE_MODULE = "compactlm.run"
 # Inside containers NeMo-Run mounts the job folder at /nemo_run and runs from /nemo_run/code.
 CODE_DIR = "/nemo_run/code"
-CPU_STAGES = ("model", "data")
-# training stages whose process count comes from another stage's section: a candidate distills as distill does
-TRAIN_SECTION = {"candidate": "distill"}
 # DGX Cloud and Lepton copy each job folder onto the cluster through the scheduler's API (base64 in a busybox
 # command, a few KB per call), so only the run's config travels; the code is the one containers/*.Dockerfile
 # installs here (pip install -e), and a code change there means rebuilding the image.
@@ -35,33 +33,38 @@ IMAGE_CODE_DIR = "/opt/compactlm"
 def stage_processes(conf: CompactLMConfig, task: Task) -> int:
     """Processes per node for a task: the training stages (distill, sft, dpo, grpo, each search candidate's
     short distillation) are data-parallel."""
-    stage = task.stage
-    if stage not in TRAIN_STAGES:
+    spec = stages.get(task.stage)
+    if not spec.trains:
         return 1
-    return getattr(conf, TRAIN_SECTION.get(stage, stage)).nproc_per_node or max(conf.cluster.gpus_per_node, 1)
+    section = spec.train_section or spec.section  # a candidate distills as distill does
+    return getattr(conf, section).nproc_per_node or max(conf.cluster.gpus_per_node, 1)
 
 
 def stage_gpus(conf: CompactLMConfig, task: Task) -> int:
     """GPUs per node a task asks for (0 on CPU clusters and for the CPU-only stages)."""
-    stage = task.stage
-    if conf.cluster.gpus_per_node == 0 or stage in CPU_STAGES:
+    spec = stages.get(task.stage)
+    if conf.cluster.gpus_per_node == 0 or spec.cpu_only:
         return 0
-    return conf.cluster.gpus_per_node if stage in TRAIN_STAGES else 1
+    return conf.cluster.gpus_per_node if spec.trains else 1
 
 
 def stage_image(conf: CompactLMConfig, task: Task) -> str | None:
-    return conf.cluster.deploy_image if task.stage == "deploy" else conf.cluster.container_image
+    return getattr(conf.cluster, stages.get(task.stage).image)
 
 
 def stage_env(conf: CompactLMConfig, remote: bool = False) -> dict[str, str]:
     """Environment of every stage process; `remote`: on a cluster, running from the packaged code."""
     env = {**BASE_ENV, "TORCHELASTIC_SIGNALS_TO_HANDLE": TORCHRUN_SIGNALS}
+    if os.environ.get(stages.EXTRA_ENV):  # stages registered from outside compactlm: every stage process loads them
+        env[stages.EXTRA_ENV] = os.environ[stages.EXTRA_ENV]
     if remote:
         if conf.cluster.executor not in CLOUD_EXECUTORS:  # on DGX Cloud / Lepton the image's install is used
             # NeMo-Run runs the job from its code folder; /nemo_run is rewritten to the job folder without containers.
             env["PYTHONPATH"] = f"{CODE_DIR}/src"
     else:
-        env["PYTHONPATH"] = str(REPO / "src")
+        # compactlm from this checkout, then what the launcher's own PYTHONPATH finds (a registered stage's package)
+        paths = [str(REPO / "src"), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(filter(None, paths)))
         # `python` (and torchrun's workers) must be the interpreter running the launcher, e.g. its venv.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**env, **conf.cluster.env}
@@ -70,7 +73,7 @@ def stage_env(conf: CompactLMConfig, remote: bool = False) -> dict[str, str]:
 def stage_args(conf: CompactLMConfig, task: Task, config_path: Path) -> list[str]:
     """Arguments of `python -m compactlm.run` (STAGE_MODULE) for a task: the stage, then its config file (an
     absolute path here, relative to the packaged code on a cluster); an instance of an instanced stage is named
-    on the command line (`candidate=exp_010`)."""
+    on the command line (`candidate=exp_010`). A stage registered from outside compactlm runs the same way."""
     extra = [f"{task.stage}={task.instance}"] if task.instance is not None else []
     if conf.cluster.executor == "local":
         config = str(config_path)

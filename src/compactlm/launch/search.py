@@ -13,13 +13,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from compactlm.config import EXPORT_TO_HF, CompactLMConfig, ConfigError, PruneConfig
+from compactlm.config import ConfigError
 from compactlm.launch.records import REPO
 from compactlm.model.loading import read_hf_config
 from compactlm.model.params import count_on_meta, model_hf_config
+from compactlm.prune.checks import check_export
+from compactlm.prune.schema import PruneConfig
+from compactlm.run_config import CompactLMConfig
 from compactlm.search.space import enumerate_candidates, preset_candidate
-
-SEARCH_ORDER = ("importance", "teacher_cache", "candidate", "ranking")
+from compactlm.stages import search_order
 
 
 def prune_presets(model_name: str) -> list[PruneConfig]:
@@ -34,38 +36,16 @@ def prune_presets(model_name: str) -> list[PruneConfig]:
     return out
 
 
-def check_export(export: dict[str, int], shape: dict[str, Any], key: str, model_name: str) -> None:
-    """An export_config fits the model: no size above the model's, query heads a multiple of the KV heads."""
-    if not export:
-        raise ConfigError(f"{key} is empty; set at least one of " + ", ".join(f"{key}.{k}" for k in EXPORT_TO_HF))
-    for k, value in export.items():
-        have = shape.get(EXPORT_TO_HF[k])
-        if have is not None and value > have:
-            raise ConfigError(f"{key}.{k}={value} exceeds the model's {have} ({model_name})")
-    hidden = export.get("hidden_size", shape.get("hidden_size"))
-    query = export.get("num_attention_heads", shape.get("num_attention_heads"))
-    if hidden and query and hidden % query:
-        raise ConfigError(
-            f"{key}: hidden_size {hidden} is not a multiple of num_attention_heads {query}; transformers "
-            "refuses to save such a model (choose a hidden size or head count that divide)"
-        )
-    heads, kv = export.get("num_attention_heads"), shape.get("num_key_value_heads")
-    if heads is not None and kv and heads % kv:
-        raise ConfigError(
-            f"{key}.num_attention_heads={heads} is not divisible by the model's num_key_value_heads="
-            f"{kv}: every KV group must keep the same number of query heads"
-        )
-
-
 def check_search_recipe(stages: list[str]) -> None:
     """The search stages in their order: importance, teacher_cache, candidate, ranking (and no prune stage)."""
-    if not any(s in stages for s in SEARCH_ORDER[1:]):
+    order = search_order()
+    if not any(s in stages for s in order[1:]):
         return
-    missing = [s for s in SEARCH_ORDER if s not in stages]
-    at = [stages.index(s) for s in SEARCH_ORDER if s in stages]
+    missing = [s for s in order if s not in stages]
+    at = [stages.index(s) for s in order if s in stages]
     if missing or at != sorted(at):
         raise ConfigError(
-            f"recipe.stages={stages}: a search runs {' -> '.join(SEARCH_ORDER)} in this order"
+            f"recipe.stages={stages}: a search runs {' -> '.join(order)} in this order"
             + (f" (missing: {', '.join(missing)})" if missing else "")
         )
     if "prune" in stages:

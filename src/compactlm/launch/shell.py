@@ -25,9 +25,10 @@ import re
 import shlex
 from pathlib import Path
 
-from compactlm.config import CompactLMConfig, ConfigError
+from compactlm.config import ConfigError
 from compactlm.launch.resources import input_folders, stage_image
 from compactlm.pipeline import run_tasks
+from compactlm.run_config import CompactLMConfig
 
 # A folder NeMo-Run pastes into its own commands: nothing a shell, sbatch's --output or pyxis would read differently.
 FOLDER_CHARS = re.compile(r"[A-Za-z0-9_./+@=-]+")

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from compactlm.arch import adapter_for
-from compactlm.config import ConfigError, EngineConfig, ModelConfig, hub_id_like
+from compactlm.config import ConfigError, EngineConfig, hub_id_like
 from compactlm.manifest import atomic_write_text, sha256_json, staging_dir
 from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.model.precision import Precision, resolve_precision
+from compactlm.model.schema import ModelConfig
 
 
 def read_hf_config(folder: Path, key: str = "model.path") -> dict[str, Any]:

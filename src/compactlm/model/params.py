@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from compactlm.config import EXPORT_TO_HF, ModelConfig, PruneConfig
 from compactlm.model.loading import count_parameters
+from compactlm.model.schema import ModelConfig
+from compactlm.prune.schema import EXPORT_TO_HF, PruneConfig
 from compactlm.results import Architecture
 
 

@@ -6,8 +6,9 @@ from transformers import AutoConfig
 
 from compactlm.model.loading import materialize
 from compactlm.model.params import architecture, count_on_meta
+from compactlm.model.schema import ModelResult
 from compactlm.pipeline import StageContext, StageOutput
-from compactlm.results import ModelResult, ParamCounts
+from compactlm.results import ParamCounts
 
 
 class ModelStage:

@@ -32,10 +32,11 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from compactlm.arch import Adapter, adapter_for, decoder_layers
-from compactlm.config import EXPORT_KEYS, EXPORT_TO_HF, ConfigError
+from compactlm.config import ConfigError
 from compactlm.manifest import atomic_write_text, staging_dir
 from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.prune.importance import ImportanceScores, select_layers
+from compactlm.prune.schema import EXPORT_KEYS, EXPORT_TO_HF
 
 
 def _head_dim(config) -> int:

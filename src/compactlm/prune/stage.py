@@ -17,8 +17,9 @@ from compactlm.model.params import architecture, count_on_meta
 from compactlm.pipeline import StageContext, StageOutput
 from compactlm.prune.importance import ImportanceScores, add_lm_loss_scores, collect_importance
 from compactlm.prune.plots import plot_depth, plot_width
+from compactlm.prune.schema import ImportanceResult, PruneResult
 from compactlm.prune.slicing import stream_prune
-from compactlm.results import ImportanceResult, ParamCounts, PruneResult
+from compactlm.results import ParamCounts
 
 
 def batches(sequences, batch_size: int):

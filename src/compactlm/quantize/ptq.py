@@ -33,10 +33,10 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from compactlm.config import ConfigError
-from compactlm.config import QuantizeConfig as QuantizeSpec  # the name kept for library users
 from compactlm.manifest import atomic_write_text, staging_dir
 from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.quantize.formats import EXPORT_DTYPES, format_of
+from compactlm.quantize.schema import QuantizeConfig as QuantizeSpec  # the name kept for library users
 
 
 # ---------------------------------------------------------------------------------------------- exclude

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 
+from compactlm import stages
 from compactlm.data.splits import load_split
 from compactlm.model.loading import load_model, load_tokenizer, setup_engine
 from compactlm.pipeline import StageContext, StageOutput
 from compactlm.quantize.formats import forward_supported
 from compactlm.quantize.ptq import check_exclude, export, quantize
+from compactlm.quantize.schema import QuantizeResult
 from compactlm.quantize.verify import check_layout, compare, fake_quant_quality
-from compactlm.results import MODEL_LABELS, QuantizeResult
 
 
 class QuantizeStage:
@@ -32,7 +33,7 @@ class QuantizeStage:
         label, source = list(ctx.models().items())[
             -1
         ]  # the latest model of the run: distilled, else pruned, else teacher
-        source_stage = next(s for s, lab in MODEL_LABELS.items() if lab == label)
+        source_stage = next(s for s, lab in stages.model_labels().items() if lab == label)
         model = load_model(source, device, precision.frozen_dtype)
         check_exclude(model, q.exclude)
         data_dir = ctx.upstream_output("data", "calibration").parent

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
 
 from compactlm.manifest import atomic_file
-from compactlm.results import CandidateResult, RankedCandidate, RankingResult
+from compactlm.search.schema import CandidateResult, RankedCandidate, RankingResult
 
 # kind -> (color, marker); an unknown kind gets the last entry's look
 KIND_STYLE = {

@@ -19,9 +19,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from compactlm.config import EXPORT_TO_HF, ExportConfig, SearchCandidate, SearchConfig, check_run_name
+from compactlm.config import check_run_name
 from compactlm.errors import ConfigError
 from compactlm.model.params import count_on_meta, pruned_hf_config
+from compactlm.prune.schema import EXPORT_TO_HF, ExportConfig
+from compactlm.search.schema import SearchCandidate, SearchConfig
 
 # export_config key, its letter in a candidate's name, its kind when it is the only size changed; in name order
 DIMENSIONS = (

@@ -23,25 +23,21 @@ from typing import Any
 import numpy as np
 
 from compactlm.bench.speed import params_read_per_token
-from compactlm.config import CompactLMConfig, ConfigError, DistillConfig, SearchCandidate
+from compactlm.config import ConfigError
 from compactlm.data.splits import load_split, save_array
 from compactlm.distill.parallel import init_distributed
+from compactlm.distill.schema import DistillConfig
 from compactlm.distill.train import distill, open_teacher_caches, total_steps
 from compactlm.evaluate.quality import quality
 from compactlm.manifest import atomic_write_json
 from compactlm.model.loading import load_model, setup_engine
 from compactlm.pipeline import StageContext, StageOutput
+from compactlm.prune.schema import PruneResult
 from compactlm.prune.stage import prune_checkpoint
-from compactlm.results import (
-    CandidateResult,
-    ParamCounts,
-    PruneResult,
-    RankedCandidate,
-    RankingResult,
-    TeacherCacheResult,
-    from_json,
-)
+from compactlm.results import ParamCounts, from_json
+from compactlm.run_config import CompactLMConfig
 from compactlm.search.plots import plot_pareto, plot_search_curves
+from compactlm.search.schema import CandidateResult, RankedCandidate, RankingResult, SearchCandidate, TeacherCacheResult
 
 # How often a candidate's short distillation is validated: about this many points on its curve.
 CURVE_POINTS = 2
