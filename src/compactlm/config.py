@@ -19,6 +19,7 @@ from omegaconf import MISSING
 from compactlm.arch import SUPPORTED as SUPPORTED_ARCHITECTURES
 from compactlm.errors import ConfigError
 from compactlm.quantize.formats import check_deploy_support
+from compactlm.release.schema import ReleaseConfig
 
 __all__ = [
     "ConfigError",
@@ -1347,6 +1348,7 @@ class CompactLMConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
     run_name: str = "${recipe.name}_${model.name}"
     """Folder name of the run under runs_root; the same name resumes the same run."""
     runs_root: str = "runs"

@@ -65,6 +65,7 @@ STAGES: dict[str, str] = {
     "evaluate": "compactlm.evaluate.stage:EvaluateStage",
     "deploy": "compactlm.deploy.stage:DeployStage",
     "bench": "compactlm.bench.stage:BenchStage",
+    "release": "compactlm.release.stage:ReleaseStage",
 }
 STAGE_NAMES = tuple(STAGES)
 # Stages that run once per instance, each instance a task of its own (`candidate-exp_010`, folder

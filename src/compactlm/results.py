@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from compactlm.manifest import read_manifest, resolve_output
+from compactlm.release.schema import ReleaseResult
 
 TEACHER = "teacher"
 # stage that produces a model -> that model's label in tables, in pipeline order
@@ -503,7 +504,30 @@ RESULTS: dict[str, type] = {
     "evaluate": EvaluateResult,
     "deploy": DeployResult,
     "bench": BenchResult,
+    "release": ReleaseResult,
 }
+
+
+# ------------------------------------------------------------------------------------------- derived figures
+def recovery(teacher: ModelScores, model: ModelScores) -> dict[str, float]:
+    """Recovery of each metric, student relative to teacher (1.0 = as good as the teacher).
+
+    Perplexity is lower-is-better, so its recovery is teacher / student; top-1 agreement is already a
+    fraction of the teacher's own predictions. The aggregate is their mean.
+    """
+    out = {"perplexity": teacher.perplexity / model.perplexity}
+    if model.top1_agreement is not None:
+        out["top1_agreement"] = model.top1_agreement
+    for task, scores in model.tasks.items():
+        base = teacher.tasks.get(task, {}).get("acc")
+        if base and "acc" in scores:
+            out[f"{task} acc"] = scores["acc"] / base
+    out["aggregate"] = sum(out.values()) / len(out)
+    return out
+
+
+def task_names(models: dict[str, ModelScores]) -> list[str]:
+    return sorted({t for r in models.values() for t, v in r.tasks.items() if "acc" in v})
 
 
 # ------------------------------------------------------------------------------------------- reading back

@@ -25,7 +25,9 @@ from compactlm.results import (
     CandidateResult,
     ModelScores,
     RankingResult,
+    recovery,
     result_of,
+    task_names,
 )
 
 # Pipeline order, whatever order the manifest's JSON (sorted keys) stored them in.
@@ -148,27 +150,6 @@ def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
 # ------------------------------------------------------------------------------------------ contents
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.1f}%"
-
-
-def recovery(teacher: ModelScores, model: ModelScores) -> dict[str, float]:
-    """Recovery of each metric, student relative to teacher (1.0 = as good as the teacher).
-
-    Perplexity is lower-is-better, so its recovery is teacher / student; top-1 agreement is already a
-    fraction of the teacher's own predictions. The aggregate is their mean.
-    """
-    out = {"perplexity": teacher.perplexity / model.perplexity}
-    if model.top1_agreement is not None:
-        out["top1_agreement"] = model.top1_agreement
-    for task, scores in model.tasks.items():
-        base = teacher.tasks.get(task, {}).get("acc")
-        if base and "acc" in scores:
-            out[f"{task} acc"] = scores["acc"] / base
-    out["aggregate"] = sum(out.values()) / len(out)
-    return out
-
-
-def task_names(models: dict[str, ModelScores]) -> list[str]:
-    return sorted({t for r in models.values() for t, v in r.tasks.items() if "acc" in v})
 
 
 def quality_rows(models: dict[str, ModelScores]) -> tuple[list[str], list[list[str]]]:

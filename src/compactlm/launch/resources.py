@@ -20,7 +20,7 @@ TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 PACKAGED = ("src", "recipes", "conf", "launch.py", "pyproject.toml")
 # Inside containers NeMo-Run mounts the job folder at /nemo_run and runs from /nemo_run/code.
 CODE_DIR = "/nemo_run/code"
-CPU_STAGES = ("model", "data")
+CPU_STAGES = ("model", "data", "release")  # release: copies, hashes and (with repo_id) uploads
 # training stages whose process count comes from another stage's section: a candidate distills as distill does
 TRAIN_SECTION = {"candidate": "distill"}
 # DGX Cloud and Lepton copy each job folder onto the cluster through the scheduler's API (base64 in a busybox

@@ -27,6 +27,7 @@ from compactlm.gguf.llamacpp import from_folder
 from compactlm.launch.search import check_export, check_search_recipe
 from compactlm.model.loading import check_hub_model, check_model_folder
 from compactlm.quantize.formats import check_deploy_support
+from compactlm.release.checks import check_release
 from compactlm.rewards import check_paths as check_reward_paths
 
 
@@ -123,6 +124,7 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
     if "gguf" in conf.recipe.stages:
         check_gguf(conf, shape)
     check_align(conf, shape)
+    check_release(conf)
     if "evaluate" in conf.recipe.stages:
         check_tasks(conf)
         if not conf.cluster.is_remote():
