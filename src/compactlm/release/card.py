@@ -258,6 +258,8 @@ def evaluation(f: CardFacts) -> list[str]:
         return []
     models = {k: v for k, v in e.models.items() if k == TEACHER or not k.startswith(("gguf ", "quantized"))}
     teacher, tasks = models.get(TEACHER), task_names(models)
+    if set(models) == {TEACHER}:
+        teacher = None  # nothing to recover: no recovery columns
     header = ["model", "params", "perplexity", "KL to teacher", "top-1 agreement", *[f"{t} acc" for t in tasks]]
     header += ["recovery (ppl)", "recovery (aggregate)"] if teacher else []
     rows = []
@@ -294,7 +296,10 @@ def variants(f: CardFacts) -> list[str]:
                 f"`{f.export_folder}/`",
                 q.format,
                 f"{q.export['safetensors_bytes'] / 2**20:.1f}",
-                "-",
+                # the export's own bytes over its own parameter count (quantization scales included)
+                f"{q.export['safetensors_bytes'] * 8 / q.export['parameters']:.2f}"
+                if q.export.get("parameters")
+                else "-",
                 _num(quant and quant["perplexity"], ".3f"),
                 _pct(ref["perplexity"] / quant["perplexity"]) if ref and quant else "-",
                 "ModelOpt fake-quant" if quant else "-",
@@ -404,7 +409,7 @@ def usage(f: CardFacts) -> list[str]:
             f"TensorRT-LLM (the `{f.export_folder}/` checkpoint; FP8 from Ada/Hopper GPUs, NVFP4 from Blackwell):",
             "",
             "```bash",
-            f"huggingface-cli download {repo} --include '{f.export_folder}/*' --local-dir model",
+            f"hf download {repo} --include '{f.export_folder}/*' --local-dir model",
             f"trtllm-serve model/{f.export_folder}",
             "```",
             "",
@@ -415,7 +420,7 @@ def usage(f: CardFacts) -> list[str]:
             "llama.cpp and Ollama:",
             "",
             "```bash",
-            f"huggingface-cli download {repo} --include 'gguf/*' --local-dir model",
+            f"hf download {repo} --include 'gguf/*' --local-dir model",
             f'llama-cli -m model/{g} -p "Hello!"',
             f"ollama create {f.name.lower()} -f model/{g.removesuffix('.gguf')}.Modelfile && ollama run {f.name.lower()}",
             "```",
