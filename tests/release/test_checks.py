@@ -50,12 +50,14 @@ def test_a_repo_id_without_a_token_is_refused(monkeypatch):
 
 
 def test_a_license_that_cannot_be_read_is_refused(tiny_llama_dir, tmp_path):
-    msg = config_error(_local(tiny_llama_dir))  # no README.md: nothing says the license
+    bare = shutil.copytree(tiny_llama_dir, tmp_path / "bare")
+    (bare / "README.md").unlink()  # no card: nothing says the license
+    msg = config_error(_local(bare))
     assert (
         msg.startswith("release.license=None and the teacher's license cannot be read") and "release.license=<" in msg
     )
     # a card without a license is refused the same way, naming the card; given on the command line, it is accepted
-    folder = shutil.copytree(tiny_llama_dir, tmp_path / "teacher")
+    folder = shutil.copytree(bare, tmp_path / "teacher")
     (folder / "README.md").write_text("---\nlanguage: en\n---\n# no license here\n")
     msg = config_error(_local(folder))
     assert f"cannot be read ({folder / 'README.md'} has no license)" in msg

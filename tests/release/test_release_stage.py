@@ -40,6 +40,7 @@ def test_release_of_a_pruned_and_distilled_model(tmp_path, smol_tokenizer_dir, l
                 f"model.path={teacher}",
                 "prune.model=null",
                 "prune.export_config.num_layers=3",
+                "prune.export_config.ffn_hidden_size=256",
                 "data=pydoc",
                 "data.max_documents=30",
                 "data.seq_len=64",

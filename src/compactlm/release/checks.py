@@ -63,10 +63,10 @@ def check_repo(conf: CompactLMConfig) -> None:
             f"release.repo_id={repo!r}: upload not available in this compactlm (no compactlm.release.upload); "
             "leave release.repo_id unset and upload the release folder yourself"
         )
-    if not conf.release.dry_run and not os.environ.get(TOKEN_ENV):
+    if not os.environ.get(TOKEN_ENV, "").strip():
         raise ConfigError(
             f"release.repo_id={repo!r} needs a Hub token in the environment variable {TOKEN_ENV} (read from there "
-            f"only, never written): export {TOKEN_ENV}=hf_..., or list what would be sent with release.dry_run=true"
+            f"only, never written): export {TOKEN_ENV}=hf_..., or leave release.repo_id unset"
         )
 
 

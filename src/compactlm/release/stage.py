@@ -177,7 +177,7 @@ class ReleaseStage:
         if upload_release is None:
             raise ConfigError(f"release.repo_id={cfg.repo_id!r}: upload not available (compactlm.release.upload)")
         check_sums(folder)  # nothing leaves the machine unless every file still matches SHA256SUMS
-        r = upload_release(folder, cfg.repo_id, os.environ.get("HF_TOKEN"), cfg.dry_run)
+        r = upload_release(folder, cfg.repo_id, os.environ.get("HF_TOKEN", ""), dry_run=cfg.dry_run)
         return dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r)
 
 
