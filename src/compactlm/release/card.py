@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from compactlm.errors import ConfigError
 from compactlm.release.schema import BASE_MODEL_RELATIONS
-from compactlm.results import TEACHER, Architecture, ParamCounts, recovery, task_names
+from compactlm.results import MODEL_LABELS, TEACHER, Architecture, ParamCounts, recovery, task_names
 
 PIPELINE_TAG = "text-generation"
 LIBRARY_NAME = "transformers"
@@ -143,6 +143,12 @@ def _count(n: float) -> str:
     return str(int(n))
 
 
+def ordered(rows: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Rows by model label in pipeline order (teacher first), other labels (a student's GGUF types) after them."""
+    rank = {label: i for i, label in enumerate(MODEL_LABELS.values())}
+    return sorted(rows.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+
+
 def _pct(x: Optional[float]) -> str:
     return "-" if x is None else f"{x * 100:.1f}%"
 
@@ -216,19 +222,19 @@ def lineage(f: CardFacts) -> list[str]:
     if d:
         items.append(
             f"**Distillation**: logit distillation (forward KL) from the teacher, {d.steps:,} steps, {d.tokens:,} "
-            f"tokens of `{f.data_name}`, {d.world_size} process(es), {d.strategy}; validation KL to the teacher "
+            f"tokens of `{f.data_name}`, {d.world_size} process{'es' if d.world_size > 1 else ''} ({d.strategy}); validation KL to the teacher "
             f"{d.val_kl:.4f}, perplexity {d.val_ppl:.3f}."
         )
     items += _alignment(rs)
     q = rs.get("quantize")
     if q:
         items.append(
-            f"**Quantization**: {q.format} with NVIDIA ModelOpt post-training quantization of the {q.source_stage} "
-            f"model"
+            f"**Quantization**: {q.format} with NVIDIA ModelOpt post-training quantization of the "
+            f"{MODEL_LABELS.get(q.source_stage, q.source_stage)} model"
             + (", FP8 KV cache" if q.kv_cache_fp8 else "")
             + (f", excluding {q.exclude}" if q.exclude else "")
-            + ", exported as a unified Hugging Face checkpoint and verified by dequantizing it"
-            + (f" (max relative error {q.verify['max_rel_err']:.3g})." if "max_rel_err" in q.verify else ".")
+            + ", exported as a unified Hugging Face checkpoint"
+            + (", every weight checked by dequantizing it." if q.verify.get("passed") else ".")
         )
     g = rs.get("gguf")
     if g:
@@ -263,7 +269,7 @@ def evaluation(f: CardFacts) -> list[str]:
     header = ["model", "params", "perplexity", "KL to teacher", "top-1 agreement", *[f"{t} acc" for t in tasks]]
     header += ["recovery (ppl)", "recovery (aggregate)"] if teacher else []
     rows = []
-    for label, m in models.items():
+    for label, m in ordered(models):
         rec = recovery(teacher, m) if teacher and label != TEACHER else {}
         row = [
             label,
@@ -342,7 +348,7 @@ def speed(f: CardFacts) -> list[str]:
     rows = []
     for run in b.runs:
         c, t = run.compare, run.models.get(TEACHER, {})
-        for label, r in run.models.items():
+        for label, r in ordered(run.models):
             tps = r.get("output_tokens_per_s")
             ratio = (
                 c.get("tokens_per_s_ratio")
