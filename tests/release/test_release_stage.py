@@ -117,12 +117,12 @@ def test_release_of_a_pruned_and_distilled_model(tmp_path, smol_tokenizer_dir, l
     modelfile = (rel / "gguf" / "distilled-q8_0.Modelfile").read_text()
     assert "FROM ./distilled-q8_0.gguf" in modelfile and "<|im_start|>" in modelfile
 
-    # Chromium renders the card (GitHub-flavoured markdown, as the Hub does) with its tables
+    # Chromium renders the card (CommonMark with GitHub tables, as the Hub renders them) with its tables
     require_chromium()
     page = tmp_path / "card.html"
     page.write_text(
         "<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
-        + MarkdownIt("gfm-like").render(text.split("\n---\n", 1)[1])
+        + MarkdownIt("commonmark").enable("table").render(text.split("\n---\n", 1)[1])
         + "</body></html>"
     )
     tables = inspect_page(page).tables
