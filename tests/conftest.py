@@ -25,6 +25,9 @@ needs_polish = pytest.mark.skipif(
     "is not beside this checkout (a plain clone has no ../shared; CI has it)",
 )
 TINY_VOCAB = 384
+# The model card a Hub checkpoint comes with: the release stage inherits its license (tests of a teacher without one
+# remove it)
+CARD = "---\nlicense: apache-2.0\nlanguage:\n- en\n---\n# a tiny random model for compactlm's tests\n"
 
 
 # The longest tests outside tests/slurm, longest first (durations of `make test` on 2 cores, 2026-12-07). pytest-xdist
@@ -141,6 +144,7 @@ def make_tiny_model(model_type: str, folder: Path, tokenizer, seed: int = 0, **o
     model = build_tiny_model(model_type, seed, **overrides)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    (Path(folder) / "README.md").write_text(CARD)
     return Path(folder)
 
 
@@ -241,6 +245,7 @@ def make_gguf_ready_model(model_type: str, folder: Path, tokenizer_dir: Path, **
     model.save_pretrained(folder, safe_serialization=True)
     for f in tokenizer_dir.iterdir():
         shutil.copy2(f, folder / f.name)
+    (folder / "README.md").write_text(CARD)
     return folder
 
 

@@ -318,6 +318,16 @@ _BUILTIN: tuple[StageSpec, ...] = (
         report="compactlm.bench.report:report",
         summary="compactlm.bench.report:summary",
     ),
+    StageSpec(
+        name="release",
+        package="compactlm.release",
+        stage="compactlm.release.stage:ReleaseStage",
+        result="compactlm.release.schema:ReleaseResult",
+        section="release",
+        config="compactlm.release.schema:ReleaseConfig",
+        cpu_only=True,  # copies, hashes and (with release.repo_id) uploads: no GPU
+        checks="compactlm.release.checks:check",
+    ),
 )
 
 _REGISTRY: dict[str, StageSpec] = {s.name: s for s in _BUILTIN}

@@ -219,7 +219,9 @@ def materialize(model: ModelConfig, cache_dir: str | Path) -> Path:
 
         return Path(
             snapshot_download(
-                model.path, revision=model.revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]
+                model.path,
+                revision=model.revision,
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "README.md"],
             )
         )
     final = materialized_dir(model, cache_dir)

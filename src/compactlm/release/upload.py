@@ -125,11 +125,13 @@ def upload_release(
     revision: str = constants.DEFAULT_REVISION,
     private: bool | None = None,
     commit_message: str = COMMIT_MESSAGE,
+    only: list[str] | None = None,
 ) -> UploadResult:
     """Upload every file of `folder` to the model repository `repo_id` (created if missing), resuming an earlier try.
 
     dry_run: list the files and the commit, with no network call. `endpoint` defaults to HF_ENDPOINT (else
-    huggingface.co). Raises ConfigError, before any network call, for an invalid repo id, an empty token, a folder
+    huggingface.co). `only`: the folder's files to send (paths relative to it; the release stage passes what
+    SHA256SUMS covers, so the runner's records in the stage folder stay home). Raises ConfigError, before any network call, for an invalid repo id, an empty token, a folder
     with nothing to upload, or HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set.
     """
     check_repo_id(repo_id)
@@ -139,6 +141,8 @@ def upload_release(
     if not folder.is_dir():
         raise ConfigError(f"release folder {folder} does not exist: nothing to upload")
     files = release_files(folder)
+    if only is not None:
+        files = [f for f in files if f.path in set(only)]
     if not files:
         raise ConfigError(f"release folder {folder} holds no file to upload")
     result = UploadResult(
@@ -151,7 +155,12 @@ def upload_release(
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     info = api.upload_folder(
-        repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision, commit_message=commit_message
+        repo_id=repo_id,
+        folder_path=folder,
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message,
+        allow_patterns=[f.path for f in files],
     )
     result.commit_oid = info.oid
     return result
