@@ -7,16 +7,11 @@ import pytest
 from huggingface_hub import ModelCard
 
 from compactlm.errors import ConfigError
+from compactlm.evaluate.schema import EvaluateResult, ModelScores
+from compactlm.gguf.schema import GGUFFile, GGUFResult
+from compactlm.model.schema import ModelResult
 from compactlm.release import card as cards
-from compactlm.results import (
-    Architecture,
-    EvaluateResult,
-    GGUFFile,
-    GGUFResult,
-    ModelResult,
-    ModelScores,
-    ParamCounts,
-)
+from compactlm.results import Architecture, ParamCounts
 
 ARCH = Architecture("llama", 576, 1536, 30, 9, 3, 49152)
 PARAMS = ParamCounts(total=134_515_008, embedding=28_311_552, without_lm_head=134_515_008)

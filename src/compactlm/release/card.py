@@ -119,10 +119,9 @@ def intro(f: CardFacts) -> str:
     teacher = f"[{f.base_model}](https://huggingface.co/{f.base_model})" if f.base_model else f"`{f.teacher_name}`"
     if f.model == TEACHER:
         return f"Quantized variants of {teacher}, made and measured with compactlm."
-    steps = [
-        s for s, key in (("pruned", "prune"), ("searched", "ranking"), ("distilled", "distill")) if f.results.get(key)
-    ]
-    steps += [s for s in ("sft", "dpo", "grpo") if f.results.get(s)]
+    # what made the student, in pipeline order: pruned (or searched), distilled, sft, dpo, grpo
+    labels = stages.model_labels()
+    steps = list(dict.fromkeys(labels[s] for s in stages.where(student=True) if f.results.get(s)))
     return (
         f"A compressed version of {teacher} ({', '.join(steps) or f.model}), made with compactlm: structured "
         "pruning guided by activation importance, then logit distillation from the original model. Every figure "

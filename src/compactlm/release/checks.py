@@ -10,10 +10,9 @@ from huggingface_hub.utils import validate_repo_id
 
 from compactlm.errors import ConfigError
 from compactlm.release.teacher import release_license, teacher_meta
+from compactlm.stages import where
 
 STAGE = "release"
-# stages whose model the release can hold: a student checkpoint, the quantized export, GGUF files
-STUDENT_STAGES = ("prune", "ranking", "distill", "sft", "dpo", "grpo")
 TOKEN_ENV = "HF_TOKEN"
 
 
@@ -40,7 +39,7 @@ def check_release(conf) -> None:
 def check_something_to_release(conf) -> None:
     r, stages = conf.release, set(conf.recipe.stages)
     parts = {
-        "release.hf (a student checkpoint)": r.hf and bool(stages & set(STUDENT_STAGES)),
+        "release.hf (a student checkpoint)": r.hf and bool(stages & set(where(student=True))),
         "release.export (the quantize stage)": r.export and "quantize" in stages,
         "release.gguf (the gguf stage)": r.gguf and "gguf" in stages,
     }
