@@ -134,7 +134,7 @@ def test_demo_command_on_smollm2_from_a_plain_clone(tmp_path):
     )
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     # the stage processes import compactlm from the clone
-    assert f"PYTHONPATH={clone}/src " in check.stdout and "shared/data" not in check.stdout
+    assert f"PYTHONPATH={clone}/src" in check.stdout.split() and "shared/data" not in check.stdout
     assert f"python -m compactlm.run evaluate config={tmp_path}/prune_distill_smollm2_135m/config.yaml" in check.stdout
     proc = subprocess.Popen(
         [sys.executable, "launch.py", f"runs_root={tmp_path}", *SHORT_DEMO],
