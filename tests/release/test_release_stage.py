@@ -6,6 +6,7 @@ file of the run."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 
@@ -113,7 +114,8 @@ def test_release_of_a_pruned_and_distilled_model(tmp_path, smol_tokenizer_dir, l
     assert "## Speed" not in text  # nothing measured speed in this run: no speed table
     assert "ollama create" in text and "trtllm-serve model/fp8" in text
     command = json.loads((run_dir / "launch.json").read_text())["command"]  # what write_run_dir recorded
-    assert "## Reproduce" in text and f"python {command[0]} " in text
+    # (under pytest-xdist the recorded command is the worker's `-c`: compare the whole line, not a trailing word)
+    assert "## Reproduce" in text and f"\npython {shlex.join(command)}\n" in text
     modelfile = (rel / "gguf" / "distilled-q8_0.Modelfile").read_text()
     assert "FROM ./distilled-q8_0.gguf" in modelfile and "<|im_start|>" in modelfile
 
