@@ -66,7 +66,8 @@ def test_prune_distill_recipe(tmp_path, tiny_llama_dir, capsys):
     text = md.read_text()
     for label in ("teacher", "pruned", "distilled", "quantized"):
         assert f"| {label} |" in text
-    assert "loss_curve.png" in text and page.read_text().count("data:image/png;base64,") == 3
+    # the trade-off chart first, then importance (depth, width) and the distillation curves
+    assert "loss_curve.png" in text and page.read_text().count("data:image/png;base64,") == 4
 
     # re-running changes nothing: every stage is up to date
     capsys.readouterr()
