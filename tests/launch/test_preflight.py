@@ -389,7 +389,7 @@ def test_a_hub_id_in_the_cache_is_what_the_model_stage_loads_offline(tmp_path, t
     proc = run_launch(args, cwd=tmp_path, env=_hub_env(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr
     code = (
-        "from compactlm.config import ModelConfig; from compactlm.model.loading import materialize; "
+        "from compactlm.model.schema import ModelConfig; from compactlm.model.loading import materialize; "
         "print(materialize(ModelConfig(name='local', path='someorg/tiny'), '.'))"
     )
     out = subprocess.run(
