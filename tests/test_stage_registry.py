@@ -176,7 +176,7 @@ def test_the_tables_derived_from_the_registry():
     assert stages.search_order() == ("importance", "teacher_cache", "candidate", "ranking")
     assert stages.where(trains=True) == ("candidate", "distill", "sft", "dpo", "grpo")
     assert stages.where(multi_node=True) == ("distill", "sft", "dpo", "grpo")
-    assert stages.where(cpu_only=True) == ("model", "data")
+    assert stages.where(cpu_only=True) == ("model", "data", "release")  # release copies, hashes and uploads
     assert set(stages.group_sections()) == {"model", "data", "prune", "align_data", "quantize"}
     assert stages.sections()["search"].endswith(":SearchConfig")
     with pytest.raises(ConfigError, match="stage 'prune' is registered already"):
