@@ -9,6 +9,7 @@ COMPACTLM_SLURM_STOP=1 to stop it at the end. Every test in this folder is marke
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -61,6 +62,24 @@ def pytest_collection_modifyitems(config, items):
             # one cluster with a few CPUs: its tests run one after another on one pytest-xdist worker, so no
             # test's jobs wait behind another test's (tests check that candidates' jobs overlap)
             item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
+@pytest.fixture(autouse=True)
+def _one_slurm_test_at_a_time(request):
+    """The `xdist_group` above keeps these tests on one worker; this lock keeps them one at a time even when it
+    does not (pytest 9.2 silently dropped the grouping, pytest-xdist#1386, and two tests' jobs then queued behind
+    each other on the 2-CPU node). With the grouping in force the lock is never contended."""
+    if "slurm_cluster" not in request.fixturenames:
+        yield
+        return
+    state_dir = Path(os.environ.get("COMPACTLM_SLURM_DIR", "/tmp/compactlm-slurm"))
+    lock = state_dir.parent / f".{state_dir.name}.tests.lock"
+    with open(lock, "a") as fd:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _unavailable(reason: str):
