@@ -17,7 +17,6 @@ from pathlib import Path
 
 from compactlm import stages
 from compactlm.config import ConfigError
-from compactlm.launch.executors import build_experiment, check_credentials, describe_executor, render_submission
 from compactlm.launch.local_runs import (
     RunBusy,
     RunLock,
@@ -61,6 +60,8 @@ def launch(cfg) -> int:
         if plan is not None:
             check_plan(plan, conf)
         if conf.recipe.stages and not (conf.dryrun or conf.prepare_only):
+            from compactlm.launch.executors import check_credentials  # NeMo-Run (torch, leptonai): only to submit
+
             check_credentials(conf)
         if not conf.dryrun:
             make_run_dir(conf, local_dir)
@@ -210,6 +211,8 @@ def dryrun(conf: CompactLMConfig, local_dir: Path, plan: RunPlan) -> int:
     Nothing is written to the run folder and nothing is contacted: scripts and specs are rendered in a
     temporary folder by the same code that submits them.
     """
+    from compactlm.launch.executors import describe_executor, render_submission  # NeMo-Run: see check_credentials
+
     print("# resolved config\n" + resolved_yaml(conf))
     if conf.search.resolved:
         print(f"# search candidates ({len(conf.search.resolved)})\n{format_candidates(conf)}")
@@ -285,6 +288,8 @@ def _stopper(conf: CompactLMConfig):
 
 
 def _submit(conf: CompactLMConfig, local_dir: Path) -> int:
+    from compactlm.launch.executors import build_experiment  # NeMo-Run (torch, leptonai): only to submit
+
     write_run_dir(conf, local_dir)
     where = (
         f"{local_dir}" if conf.run_dir == str(local_dir) else f"{conf.run_dir} on the cluster (records in {local_dir})"

@@ -14,12 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-import nemo_run as run
 from omegaconf.errors import OmegaConfBaseException
 
 from compactlm.cli import UsageError, parse
 from compactlm.config import ConfigError, check_run_name
-from compactlm.launch.cloud import use_home
 from compactlm.launch.local_runs import LOCK, RunLock, holder_of, mark_cancelled, stage_state, stop_stages
 from compactlm.launch.records import CONFIG_FILE, nemorun_home, stage_logs
 from compactlm.launch.report import text_table, write_comparison
@@ -93,6 +91,10 @@ def experiment(folder: Path):
     home = nemorun_home(folder)
     if not (home / "experiments" / folder.name).is_dir():
         return None
+    import nemo_run as run  # torch and leptonai come with it: only for runs that have NeMo-Run records
+
+    from compactlm.launch.cloud import use_home  # NeMo-Run too: see above
+
     use_home(home)  # also registers compactlm's DGX Cloud / Lepton executor classes and their job records
     with contextlib.redirect_stdout(io.StringIO()):
         return run.Experiment.from_title(folder.name)
