@@ -20,12 +20,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFReader
 from transformers import AutoTokenizer
 
 from compactlm import stages
 from compactlm.errors import ConfigError
 from compactlm.manifest import atomic_write_text, file_digest
+from compactlm.model.gguf_header import gguf_metadata
 from compactlm.pipeline import StageContext, StageOutput
 from compactlm.release import card as cards
 from compactlm.release.integrity import SUMS, check_sums, place, released_files, verify, write_sums
@@ -183,8 +183,7 @@ def _own(folder: Path, name: str) -> ReleaseFile:
 
 
 def _gguf_flag(path: Path, key: str) -> bool:
-    field = GGUFReader(path).fields.get(key)
-    return bool(field.contents()) if field is not None else False
+    return bool(gguf_metadata(path, (key,)).get(key, False))
 
 
 def _launch_record(run_dir: Path) -> dict[str, Any]:

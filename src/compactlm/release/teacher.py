@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from gguf import GGUFReader
 from huggingface_hub import ModelCard, try_to_load_from_cache
 
 from compactlm.config import hub_id_like
 from compactlm.errors import ConfigError
+from compactlm.model.gguf_header import gguf_metadata
 from compactlm.model.loading import gguf_package_file
 from compactlm.model.schema import ModelConfig
 
@@ -44,10 +44,9 @@ def from_card(readme: Path) -> TeacherMeta:
 
 def from_gguf(path: Path) -> TeacherMeta:
     """License and languages from a GGUF file's `general.*` metadata."""
-    fields = GGUFReader(path).fields
-    lic = fields["general.license"].contents() if "general.license" in fields else None
-    lang = fields["general.languages"].contents() if "general.languages" in fields else []
-    return TeacherMeta(license=lic or None, language=list(lang or []), source=str(path))
+    meta = gguf_metadata(path, ("general.license", "general.languages"))
+    lang = meta.get("general.languages") or []
+    return TeacherMeta(license=meta.get("general.license") or None, language=list(lang), source=str(path))
 
 
 def teacher_meta(model: ModelConfig, folder: Optional[Path] = None) -> Optional[TeacherMeta]:
