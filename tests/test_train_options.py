@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from helpers import compose
+from helpers import compose, config_error
 
 from compactlm import train_options
 from compactlm.align.schema import DPOConfig, GRPOConfig, SFTConfig
@@ -119,3 +119,55 @@ def test_bad_values_name_the_key(kwargs, message):
 def test_align_stages_need_a_step_budget():
     with pytest.raises(ConfigError, match=r"grpo.max_steps is null; the grpo stage trains a fixed number of steps"):
         GRPOConfig(max_steps=None)
+
+
+# ------------------------------------------------------------------------------------------ the batch, one way
+@pytest.mark.parametrize("section", list(SECTIONS))
+def test_the_global_batch_is_said_one_way_in_every_section(section):
+    """global_batch_size = micro_batch_size × accumulation × processes, in distill and in the align stages."""
+    conf = to_config(compose([ALIGN_RECIPE, f"{section}.micro_batch_size=4", f"{section}.global_batch_size=16"]))
+    cfg = getattr(conf, section)
+    assert (cfg.accumulation(1), cfg.accumulation(2), cfg.accumulation(4)) == (4, 2, 1)
+    with pytest.raises(ConfigError, match=rf"^{section}.global_batch_size=16 is not a multiple of {section}.micro"):
+        cfg.accumulation(8)
+    with pytest.raises(ConfigError, match=rf"^{section}.global_batch_size=6 is not a multiple of {section}.micro"):
+        to_config(compose([ALIGN_RECIPE, f"{section}.micro_batch_size=4", f"{section}.global_batch_size=6"]))
+
+
+def test_the_align_stages_accumulate_nothing_without_a_global_batch():
+    conf = to_config(compose([ALIGN_RECIPE]))
+    assert all(
+        getattr(conf, s).global_batch_size is None and getattr(conf, s).accumulation(2) == 1
+        for s in "sft dpo grpo".split()
+    )
+
+
+def test_grad_accum_still_works_for_one_release_with_one_line(capsys):
+    conf = to_config(compose([ALIGN_RECIPE, "sft.micro_batch_size=2", "sft.grad_accum=3"]))
+    assert conf.sft.accumulation(1) == 3 and conf.sft.accumulation(4) == 3  # its old meaning: per process
+    lines = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+    assert lines == [
+        "compactlm: sft.grad_accum is deprecated, use sft.global_batch_size (= micro_batch_size × grad_accum × "
+        "processes) (the old key is read until the next release)"
+    ]
+    with pytest.raises(ConfigError, match=r"^sft.grad_accum=3 and sft.global_batch_size=6 are both set"):
+        to_config(compose([ALIGN_RECIPE, "sft.grad_accum=3", "sft.global_batch_size=6", "sft.micro_batch_size=2"]))
+
+
+def test_grpo_steps_hold_whole_groups():
+    assert GRPOConfig(micro_batch_size=2, global_batch_size=8, num_generations=4).accumulation(2) == 2
+    with pytest.raises(ConfigError, match=r"^grpo.global_batch_size = 6 must be a multiple of grpo.num_generations=4"):
+        GRPOConfig(micro_batch_size=2, global_batch_size=6, num_generations=4)
+
+
+def test_launch_refuses_a_global_batch_that_does_not_divide_over_the_processes():
+    """2 nodes × 8 GPUs = 16 processes: a global batch of 24 sequences of micro-batch 2 cannot be dealt out."""
+    cluster = ["cluster=slurm", "cluster.slurm.account=a", "cluster.gpus_per_node=8", "cluster.nodes=2"]
+    assert config_error([*cluster, "distill.micro_batch_size=2", "distill.global_batch_size=24"]) == (
+        "distill.global_batch_size=24 is not a multiple of distill.micro_batch_size=2 × 16 processes; choose a "
+        "global batch divisible by 32 or a smaller micro batch"
+    )
+    align = [ALIGN_RECIPE, *cluster, "distill.global_batch_size=32", "distill.micro_batch_size=2"]
+    assert config_error([*align, "dpo.micro_batch_size=1", "dpo.global_batch_size=8"]).startswith(
+        "dpo.global_batch_size=8 is not a multiple of dpo.micro_batch_size=1 × 16 processes"
+    )

@@ -65,6 +65,10 @@ class TrainingOptions:
     """Optimizer steps (distill: None derives them from distill.max_tokens)."""
     micro_batch_size: int = 4
     """Sequences (examples) per process per forward/backward."""
+    global_batch_size: Optional[int] = None
+    """Sequences (examples) per optimizer step over all processes, = micro_batch_size × gradient accumulation ×
+    processes: the same value trains the same way on 1 or 16 GPUs (accumulation fills the gap). None: one
+    micro-batch per process per step (no accumulation)."""
     weight_decay: float = 0.0
     """AdamW weight decay of the weight matrices (biases and norms get none)."""
     grad_clip: float = 1.0
@@ -80,6 +84,12 @@ class TrainingOptions:
         for key in ("max_steps", "micro_batch_size", "save_every", "nproc_per_node"):
             _whole(f"{s}.{key}", getattr(self, key), 1)
         _whole(f"{s}.warmup_steps", self.warmup_steps, 0)
+        _whole(f"{s}.global_batch_size", self.global_batch_size, 1)
+        if self.global_batch_size is not None and self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"{s}.global_batch_size={self.global_batch_size} is not a multiple of "
+                f"{s}.micro_batch_size={self.micro_batch_size}"
+            )
         if not self.lr > 0:
             raise ConfigError(f"{s}.lr={self.lr} must be > 0 (the peak learning rate, e.g. 3e-4)")
         if not 0 <= self.min_lr <= self.lr:
@@ -90,6 +100,20 @@ class TrainingOptions:
             raise ConfigError(f"{s}.weight_decay={self.weight_decay} must be >= 0")
         if not self.grad_clip >= 0:
             raise ConfigError(f"{s}.grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)")
+
+    def accumulation(self, world: int) -> int:
+        """Micro-batches per process per optimizer step, so that global_batch_size = micro × accumulation × world
+        (`world` processes); ConfigError when global_batch_size does not divide so."""
+        if self.global_batch_size is None:
+            return 1
+        s, per_step = self.section, self.micro_batch_size * world
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"{s}.global_batch_size={self.global_batch_size} is not a multiple of {s}.micro_batch_size="
+                f"{self.micro_batch_size} × {world} processes; choose a global batch divisible by {per_step} "
+                "or a smaller micro batch"
+            )
+        return self.global_batch_size // per_step
 
     def warmup(self, steps: int) -> int:
         """Warm-up steps of a run of `steps` optimizer steps: warmup_steps, else floor(warmup_ratio × steps)."""

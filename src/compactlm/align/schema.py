@@ -10,7 +10,7 @@ from typing import ClassVar, Optional
 from omegaconf import MISSING
 
 from compactlm.config import ConfigError, _choice, _positive
-from compactlm.train_options import TrainingOptions
+from compactlm.train_options import TrainingOptions, announce_renamed
 
 # After distillation, as the Bielik-Minitron report did: SFT -> DPO-Positive -> GRPO with Hugging Face TRL.
 ALIGN_SOURCES = ("demo", "jsonl", "hf")
@@ -108,8 +108,6 @@ class TrainerOptions(TrainingOptions):
     """Optimizer steps (required: the align stages train a fixed number of steps)."""
     warmup_ratio: float = 0.1
     """Linear warm-up as a fraction of max_steps, rounded down; used when warmup_steps is None."""
-    grad_accum: int = 1
-    """Micro-batches per process per optimizer step (Trainer's gradient_accumulation_steps)."""
     max_length: int = 160
     """Tokens per example (prompt + answer), at most the model's max_position_embeddings; longer ones are truncated
     (sft, dpo: TRL keeps the start; grpo: see GRPOConfig), far longer ones refused at launch (compactlm.align.data)."""
@@ -117,16 +115,36 @@ class TrainerOptions(TrainingOptions):
     """Deprecated name of micro_batch_size (read until the next release)."""
     save_steps: Optional[int] = None
     """Deprecated name of save_every (read until the next release)."""
+    grad_accum: Optional[int] = None
+    """Deprecated: micro-batches per process per step; set global_batch_size = micro_batch_size × grad_accum ×
+    processes instead (read until the next release)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         s = self.section
-        for k in ("grad_accum", "max_length"):
-            _positive(f"{s}.{k}", getattr(self, k))
+        _positive(f"{s}.max_length", self.max_length)
+        if self.grad_accum is not None:
+            _positive(f"{s}.grad_accum", self.grad_accum)
+            if self.global_batch_size is not None:
+                raise ConfigError(
+                    f"{s}.grad_accum={self.grad_accum} and {s}.global_batch_size={self.global_batch_size} are both "
+                    f"set: {s}.grad_accum is deprecated; set only {s}.global_batch_size"
+                )
+            announce_renamed(f"{s}.grad_accum", f"{s}.global_batch_size (= micro_batch_size × grad_accum × processes)")
         if self.max_steps is None:
             raise ConfigError(
                 f"{s}.max_steps is null; the {s} stage trains a fixed number of steps, e.g. {s}.max_steps=24"
             )
+
+    def accumulation(self, world: int) -> int:
+        """The deprecated grad_accum when given, else from global_batch_size (TrainingOptions.accumulation)."""
+        return self.grad_accum if self.grad_accum is not None else super().accumulation(world)
+
+    def batch_per_step(self) -> int:
+        """Examples per optimizer step on one process: the whole step when global_batch_size is set."""
+        if self.global_batch_size is not None:
+            return self.global_batch_size
+        return self.micro_batch_size * (self.grad_accum or 1)
 
 
 @dataclass
@@ -202,10 +220,15 @@ class GRPOConfig(TrainerOptions):
                 f"grpo.num_generations={self.num_generations} must be >= 2 (rewards are compared "
                 "within each prompt's group)"
             )
-        if (self.micro_batch_size * self.grad_accum) % self.num_generations:
+        if self.batch_per_step() % self.num_generations:
+            what = (
+                "grpo.global_batch_size"
+                if self.global_batch_size is not None
+                else "grpo.micro_batch_size" + (" × grpo.grad_accum" if self.grad_accum else "")
+            )
             raise ConfigError(
-                f"grpo.micro_batch_size × grpo.grad_accum = {self.micro_batch_size * self.grad_accum} must be a "
-                f"multiple of grpo.num_generations={self.num_generations} (whole groups per step)"
+                f"{what} = {self.batch_per_step()} must be a multiple of grpo.num_generations={self.num_generations} "
+                "(whole groups per step)"
             )
         if not list(self.rewards):
             raise ConfigError("grpo.rewards is empty; e.g. grpo.rewards=[compactlm.rewards.numeric_match]")

@@ -65,7 +65,7 @@ def trainer_args(
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.micro_batch_size,
         per_device_eval_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_accumulation_steps=cfg.accumulation(int(os.environ.get("WORLD_SIZE", "1"))),
         learning_rate=cfg.lr,
         warmup_steps=cfg.warmup(cfg.max_steps),
         weight_decay=cfg.weight_decay,

@@ -104,13 +104,7 @@ def lr_at(step: int, cfg: DistillConfig, steps: int) -> float:
 
 def accumulation_steps(cfg: DistillConfig, world: int) -> int:
     """Micro-batches per process per optimizer step so that global_batch_size = micro × accum × world."""
-    if cfg.global_batch_size % (cfg.micro_batch_size * world):
-        raise ConfigError(
-            f"distill.global_batch_size={cfg.global_batch_size} is not a multiple of distill.micro_batch_size="
-            f"{cfg.micro_batch_size} × {world} processes; choose a global batch divisible by "
-            f"{cfg.micro_batch_size * world} or a smaller micro batch"
-        )
-    return cfg.global_batch_size // (cfg.micro_batch_size * world)
+    return cfg.accumulation(world)
 
 
 def _param_groups(named_params, weight_decay: float) -> list[dict]:

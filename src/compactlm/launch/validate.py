@@ -16,12 +16,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from compactlm.config import ConfigError
+from compactlm.launch.resources import stage_processes
 from compactlm.launch.search import check_search_recipe
 from compactlm.model.loading import check_hub_model, check_model_folder
 from compactlm.model.schema import ModelShape
 from compactlm.pipeline import run_tasks
 from compactlm.run_config import CompactLMConfig
-from compactlm.stages import load, specs
+from compactlm.stages import get, load, specs
 
 
 def to_config(cfg) -> CompactLMConfig:
@@ -103,7 +104,18 @@ def validate(conf: CompactLMConfig, known_stages: tuple[str, ...]) -> dict[str, 
     check_search_recipe(conf.recipe.stages)
     for dotted in dict.fromkeys(s.checks for s in specs() if s.checks and s.name in conf.recipe.stages):
         load(dotted)(conf, shape)  # each stage's own checks (<package>/checks.py), in pipeline order
+    check_global_batches(conf)
     m = conf.model
     if "model" in conf.recipe.stages and m.source == "hf" and not m.is_local() and conf.cluster.executor == "local":
         check_hub_model(m)  # last: it may ask the Hub, and every cheaper mistake should be named first
     return shape
+
+
+def check_global_batches(conf: CompactLMConfig) -> None:
+    """Each training task's global batch divides over its processes (nodes × processes per node), checked here
+    rather than by the stage once its job has waited in the queue."""
+    for task in run_tasks(conf):
+        spec = get(task.stage)
+        if spec.trains:
+            world = conf.cluster.nodes_for(task.stage) * stage_processes(conf, task)
+            getattr(conf, spec.train_section or spec.section).accumulation(world)
