@@ -25,6 +25,7 @@ REQUIRED = {
         "cluster.dgxc.project_name=compactlm",
         "cluster.dgxc.pvcs.0.claim_name=compactlm-ws",
         "cluster.container_image=nvcr.io/acme/compactlm-train:1.0",
+        "distill.global_batch_size=64",  # 2 nodes × 8 GPUs × micro-batch 4: the CPU demo's 8 cannot be dealt out
     ],
     ("cluster", "dgx_h200"): [
         "cluster.lepton.node_group=h200-pool",

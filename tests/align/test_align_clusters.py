@@ -25,6 +25,7 @@ CLUSTERS = {
         "cluster.slurm.partition=batch",
         "cluster.nodes=2",
         "cluster.gpus_per_node=8",
+        "distill.global_batch_size=64",  # 2 × 8 processes × micro-batch 4
         "cluster.slurm.tunnel=ssh",
         "cluster.slurm.host=login.example.com",
         "cluster.slurm.user=alice",
@@ -37,6 +38,7 @@ CLUSTERS = {
     "lepton": ["cluster=dgx_h200", "cluster.lepton.node_group=h200-pool", f"cluster.container_image={IMAGE}"],
     "dgxc": [
         "cluster=dgxc",
+        "distill.global_batch_size=64",  # 2 × 8 processes × micro-batch 4
         "cluster.dgxc.base_url=http://127.0.0.1:9/api/v1",
         "cluster.dgxc.project_name=compactlm",
         "cluster.dgxc.pvcs.0.claim_name=compactlm-ws",

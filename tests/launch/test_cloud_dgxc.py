@@ -36,6 +36,7 @@ def dgxc_args(base_url: str, runs_root: Path, *extra: str) -> list[str]:
         f"cluster.dgxc.pvcs.0.claim_name={CLAIM}",
         f"cluster.container_image={IMAGE}",
         "cluster.dgxc.poll_seconds=0.05",
+        "distill.global_batch_size=64",  # dgxc: 2 nodes × 8 GPUs × micro-batch 4
         f"runs_root={runs_root}",
         "run_name=exp010",
         *extra,

@@ -23,6 +23,7 @@ SLURM_2X8 = [
     "cluster.slurm.partition=batch",
     "cluster.nodes=2",
     "cluster.gpus_per_node=8",
+    "distill.global_batch_size=64",  # 2 × 8 processes × micro-batch 4
     "cluster.slurm.tunnel=ssh",
     "cluster.slurm.host=login.example.com",
     "cluster.slurm.user=alice",
