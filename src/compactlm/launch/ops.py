@@ -20,9 +20,10 @@ from compactlm.cli import UsageError, parse
 from compactlm.config import ConfigError, check_run_name
 from compactlm.launch.local_runs import LOCK, RunLock, holder_of, mark_cancelled, stage_state, stop_stages
 from compactlm.launch.records import CONFIG_FILE, nemorun_home, stage_logs
-from compactlm.launch.report import text_table, write_comparison
+from compactlm.launch.report import write_comparison
 from compactlm.manifest import read_manifest
 from compactlm.pipeline import Task, load_config, run_tasks
+from compactlm.report_blocks import text_table
 from compactlm.results import ResultError, read_result
 
 COMMANDS = ("list", "status", "logs", "cancel", "report")
