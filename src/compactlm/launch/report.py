@@ -21,7 +21,7 @@ from compactlm.pipeline import Task, run_tasks, running
 from compactlm.report_blocks import Block, num, ordered, pct, text_table
 from compactlm.results import TEACHER, Architecture, result_of
 from compactlm.run_config import CompactLMConfig
-from compactlm.search.schema import CandidateResult, RankingResult
+from compactlm.search.schema import CandidateResult, RankingResult, agreement
 
 SEARCH_TOP = 5  # ranked candidates in the terminal summary
 
@@ -150,21 +150,6 @@ def search_winner(rs: dict[str, Any]) -> CandidateResult | None:
     """The chosen candidate's own result (architecture, parameter counts), when the ranking finished."""
     ranking = rs.get("ranking")
     return search_candidates(rs).get(ranking.winner) if ranking else None
-
-
-def agreement(tau: float, short: bool = False) -> str:
-    """How the pruned-only ranking relates to the ranking after distillation, in words, from Kendall's tau: a
-    verb phrase ("partly agrees with") for a sentence, or `short` ("partly agrees") for a table cell."""
-    for bound, phrase, word in (
-        (0.999, "agrees exactly with", "same order"),
-        (0.6, "largely agrees with", "largely agrees"),
-        (0.2, "partly agrees with", "partly agrees"),
-        (-0.2, "is nearly unrelated to", "unrelated"),
-        (-0.6, "partly disagrees with", "partly disagrees"),
-    ):
-        if tau >= bound:
-            return word if short else phrase
-    return "reversed" if short else "largely reverses"
 
 
 def search_rows(

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
 
 from compactlm.manifest import atomic_file
-from compactlm.search.schema import CandidateResult, RankedCandidate, RankingResult
+from compactlm.search.schema import CandidateResult, RankedCandidate, RankingResult, agreement
 
 # kind -> (color, marker); an unknown kind gets the last entry's look
 KIND_STYLE = {
@@ -42,18 +42,6 @@ def _save(fig: Figure, path: str | Path) -> Path:
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return path
-
-
-def _agreement(tau: float) -> str:
-    if tau >= 0.999:
-        return "same order"
-    if tau >= 0.6:
-        return "agrees"
-    if tau >= 0.2:
-        return "partly agrees"
-    if tau > -0.2:
-        return "unrelated"
-    return "disagrees"
 
 
 def _beside(params: int, cands: list[RankedCandidate], dy: int) -> dict:
@@ -213,7 +201,7 @@ def plot_pareto(result: RankingResult, path: str | Path) -> Path:
     plural = "" if len(cands) == 1 else "s"
     fig.suptitle(
         f"Candidate search: {len(cands)} candidate{plural}, winner {result.winner}; Kendall τ pruned-only vs "
-        f"distilled = {tau:+.2f} ({_agreement(tau)})"
+        f"distilled = {tau:+.2f} ({agreement(tau, short=True)})"
     )
     return _save(fig, path)
 

@@ -191,6 +191,21 @@ class RankedCandidate:
     """No other candidate has both fewer parameters and a lower loss."""
 
 
+def agreement(tau: float, short: bool = False) -> str:
+    """How the pruned-only ranking relates to the ranking after distillation, in words, from Kendall's tau: a
+    verb phrase ("partly agrees with") for a sentence, or `short` ("partly agrees") for a table cell."""
+    for bound, phrase, word in (
+        (0.999, "agrees exactly with", "same order"),
+        (0.6, "largely agrees with", "largely agrees"),
+        (0.2, "partly agrees with", "partly agrees"),
+        (-0.2, "is nearly unrelated to", "unrelated"),
+        (-0.6, "partly disagrees with", "partly disagrees"),
+    ):
+        if tau >= bound:
+            return word if short else phrase
+    return "reversed" if short else "largely reverses"
+
+
 @dataclass
 class RankingResult:
     """ranking stage: candidates ordered by validation loss after the short distillation; the winner goes on."""
