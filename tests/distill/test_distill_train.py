@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from compactlm.config import ConfigError, EngineConfig
 from compactlm.distill.schema import DistillConfig
-from compactlm.distill.train import Preempted, accumulation_steps, distill, lr_at, total_steps
+from compactlm.distill.train import Preempted, distill, lr_at, total_steps
 
 SEQ = 32
 # float32: the tests below compare with hand computations to 1e-5; bf16 autocast has its own tests
@@ -131,9 +131,9 @@ def test_schedule_and_batch_arithmetic():
     lrs = [lr_at(s, cfg, 20) for s in range(3, 20)]
     assert all(x >= y for x, y in zip(lrs, lrs[1:]))
     assert total_steps(DistillConfig(max_tokens=1000, global_batch_size=4), seq_len=32) == 8
-    assert accumulation_steps(DistillConfig(micro_batch_size=2, global_batch_size=8), world=2) == 2
+    assert DistillConfig(micro_batch_size=2, global_batch_size=8).accumulation(world=2) == 2
     with pytest.raises(ConfigError, match="distill.global_batch_size=8 is not a multiple"):
-        accumulation_steps(DistillConfig(micro_batch_size=4, global_batch_size=8), world=4)
+        DistillConfig(micro_batch_size=4, global_batch_size=8).accumulation(world=4)
 
 
 # ------------------------------------------------------------------------------------------- outputs

@@ -102,11 +102,6 @@ def lr_at(step: int, cfg: DistillConfig, steps: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def accumulation_steps(cfg: DistillConfig, world: int) -> int:
-    """Micro-batches per process per optimizer step so that global_batch_size = micro × accum × world."""
-    return cfg.accumulation(world)
-
-
 def _param_groups(named_params, weight_decay: float) -> list[dict]:
     """Decay matrices (projections, embeddings), not norms or biases."""
     decay, no_decay = [], []
@@ -235,7 +230,7 @@ class _Trainer:
         self.train_tokens = load_split(self.data_dir, "train")
         self.val_tokens = load_split(self.data_dir, "validation")
         self.seq_len = int(self.train_tokens.shape[1])
-        self.accum = accumulation_steps(cfg, env.world)
+        self.accum = cfg.accumulation(env.world)
         self.steps = total_steps(cfg, self.seq_len)
         self.order = SequenceOrder(len(self.train_tokens), self.seed)
         self.fsdp = env.distributed and cfg.strategy == "fsdp2"
