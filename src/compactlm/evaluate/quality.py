@@ -44,11 +44,14 @@ def quality(
                 logits = models[label](input_ids=ids).logits[:, :-1].float()
                 sums[label]["time"] += time.perf_counter() - t0
                 logp = F.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=-1)
-                sums[label]["nll"] += F.nll_loss(logp, targets, reduction="sum").item()
+                # each row is reduced by one thread and the rows are summed in float64, so the figures do not move
+                # with the number of threads (a float32 sum over rows × vocabulary is split between threads)
+                sums[label]["nll"] += F.nll_loss(logp, targets, reduction="none").double().sum().item()
                 if label == teacher:
                     t_logp = logp
                     continue
-                sums[label]["kl"] += F.kl_div(logp, t_logp, log_target=True, reduction="sum").item()
+                kl_rows = F.kl_div(logp, t_logp, log_target=True, reduction="none").sum(-1)
+                sums[label]["kl"] += kl_rows.double().sum().item()
                 sums[label]["agree"] += (logp.argmax(-1) == t_logp.argmax(-1)).sum().item()
     out = {}
     for label, s in sums.items():
