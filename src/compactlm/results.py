@@ -116,6 +116,29 @@ def result_of(stage: str, manifest: dict[str, Any] | None) -> Any:
     return from_json(result_class(manifest["stage"]), manifest["result"], f"{stage}/manifest.json result")
 
 
+@dataclass(frozen=True)
+class TaskState:
+    """One task of a run as the report and the terminal summary see it (the launcher computes these from the run's
+    typed task list, so a stage's report rows never parse task names nor import the runner)."""
+
+    stage: str
+    instance: Optional[str]
+    name: str
+    """Its folder under the run folder."""
+    state: str
+    """finished (its manifest is there); running (a stage process holds its folder); stopped (its folder holds an
+    attempt that no process runs); not started."""
+
+
+class RunResults(dict):
+    """task -> its typed result (None: not finished), in recipe order, as every report function receives it;
+    `tasks` holds each task's :class:`TaskState` in the same order."""
+
+    def __init__(self, results: dict[str, Any], tasks: list[TaskState] | tuple[TaskState, ...] = ()):
+        super().__init__(results)
+        self.tasks = list(tasks)
+
+
 def read_result(run_dir: str | Path, stage: str) -> Any:
     """The typed result of `<run_dir>/<stage>/manifest.json`, or None when that stage has not finished."""
     return result_of(stage, read_manifest(Path(run_dir) / stage))

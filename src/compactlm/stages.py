@@ -74,7 +74,8 @@ class StageSpec:
     """Its launch-time checks, `module:function(conf, shape)`, run by the launcher's one validator when the recipe
     runs the stage; raise ConfigError."""
     report: str | None = None
-    """Its report section, `module:function(conf, results) -> list[Block]`; `results` maps task -> typed result."""
+    """Its report section, `module:function(conf, results) -> list[Block]`; `results` (compactlm.results.RunResults)
+    maps task -> typed result, and its `tasks` give each task's state."""
     summary: str | None = None
     """Its lines in the launcher's terminal summary, `module:function(conf, results) -> list[str]`."""
     plots: tuple[tuple[str, str], ...] = field(default_factory=tuple)
@@ -149,6 +150,8 @@ _BUILTIN: tuple[StageSpec, ...] = (
         name="candidate",
         package="compactlm.search",
         stage="compactlm.search.stage:CandidateStage",
+        report="compactlm.search.report:report",
+        summary="compactlm.search.report:summary",
         result="compactlm.search.schema:CandidateResult",
         section="search",
         config="compactlm.search.schema:SearchConfig",
@@ -162,6 +165,8 @@ _BUILTIN: tuple[StageSpec, ...] = (
         name="ranking",
         package="compactlm.search",
         stage="compactlm.search.stage:RankingStage",
+        report="compactlm.search.report:report",
+        summary="compactlm.search.report:summary",
         result="compactlm.search.schema:RankingResult",
         section="search",
         config="compactlm.search.schema:SearchConfig",

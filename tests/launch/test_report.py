@@ -17,7 +17,7 @@ from compactlm.bench.report import bench_rows
 from compactlm.evaluate.report import quality_rows, recovery
 from compactlm.launch.headline import tradeoff_points
 from compactlm.launch.launcher import write_run_dir
-from compactlm.launch.report import build_blocks, manifests, results, write_report
+from compactlm.launch.report import build_blocks, results, write_report
 from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, atomic_write_json, read_manifest, seal
 from compactlm.pipeline import CONFIG_FILE, run_stage
@@ -152,7 +152,7 @@ def test_report_first_screen_tells_the_story_and_fits_1280px(runs):
     assert f"<b>{recovery(t, s)['aggregate'] * 100:.1f}%</b>" in headline
     assert f"<b>{one.compare['decode_speedup']:.2f}×</b>" in headline
     assert f"ideal {one.compare['ideal_speedup']:.2f}×" in headline
-    points = tradeoff_points(results(manifests(conf)))
+    points = tradeoff_points(results(conf))
     assert {p.label: round(p.quality, 6) for p in points} == {
         label: round(t.perplexity / m.perplexity, 6) for label, m in ev.models.items()
     }

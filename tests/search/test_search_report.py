@@ -17,7 +17,7 @@ from matplotlib.image import imread
 
 from compactlm import stages
 from compactlm.data.schema import DataResult
-from compactlm.launch.report import agreement, results, search_rows, summary_table, write_comparison, write_report
+from compactlm.launch.report import results, summary_table, write_comparison, write_report
 from compactlm.launch.validate import to_config
 from compactlm.manifest import MANIFEST, atomic_write_json, read_manifest, seal, versions
 from compactlm.model.schema import ModelResult
@@ -25,7 +25,15 @@ from compactlm.pipeline import RUNNING, run_tasks
 from compactlm.prune.schema import ExportConfig
 from compactlm.results import Architecture, ParamCounts, read_result, result_class, to_json
 from compactlm.search.plots import plot_pareto, plot_search_curves
-from compactlm.search.schema import CandidateResult, RankedCandidate, RankingResult, SearchCandidate, TeacherCacheResult
+from compactlm.search.report import search_rows
+from compactlm.search.schema import (
+    CandidateResult,
+    RankedCandidate,
+    RankingResult,
+    SearchCandidate,
+    TeacherCacheResult,
+    agreement,
+)
 
 TEACHER_ARCH = Architecture(
     "llama",
@@ -271,7 +279,7 @@ def test_a_candidate_without_manifest_is_failed_once_ranked_and_not_finished_bef
     assert ms["ranking"] is not None
 
     def status() -> dict[str, str]:
-        header, rows = search_rows(conf, results({**ms, "ranking": None}))
+        header, rows = search_rows(conf, results(conf, {**ms, "ranking": None}))
         assert [r[1] for r in rows] == ["H384", "F960", "L20", "hyb", "hd6"]  # no teacher row without a ranking
         assert all(r[0] == "-" for r in rows)
         return {r[1]: r[header.index("status")] for r in rows}
