@@ -72,3 +72,37 @@ def test_cli_prints_the_exp_table(tmp_path):
         assert f"exp_{i:03d}" in proc.stdout
     assert "7.346B" in proc.stdout and "-33.4%" in proc.stdout
     assert (tmp_path / "params_bielik_11b_v3" / "params.json").is_file()
+
+
+def test_a_hub_id_without_sizes_is_one_configuration_line_and_no_folder(tmp_path):
+    """model=local with a Hub id has no config.json here and no shape: counting it used to end in a KeyError
+    traceback (after the run folder was made); nothing is downloaded to count parameters."""
+    proc = run_launch(
+        ["recipe=params", "model=local", "model.path=HuggingFaceTB/SmolLM2-135M", f"runs_root={tmp_path}"], timeout=300
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("compactlm: configuration error:")]
+    assert len(lines) == 1
+    assert "model.path='HuggingFaceTB/SmolLM2-135M'" in lines[0] and "model.shape lacks model_type" in lines[0]
+    assert not any(tmp_path.iterdir())
+
+    # the YAML's shape is enough: the same Hub id with its sizes given on the command line is counted
+    shape = dict(
+        model_type="llama",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        vocab_size=49152,
+        tie_word_embeddings="true",
+    )
+    proc = run_launch(
+        ["recipe=params", "model=local", "model.path=HuggingFaceTB/SmolLM2-135M", "dryrun=true"]
+        + [f"model.shape.{k}={v}" for k, v in shape.items()],
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "134.515M" in proc.stdout

@@ -57,6 +57,7 @@ def launch(cfg) -> int:
         if conf.recipe.stages and not conf.dryrun:
             check_no_links(local_dir, Path(conf.run_dir), run_tasks(conf))
         plan = plan_run(conf, shape) if conf.recipe.stages else None
+        rows = None if conf.recipe.stages else params_rows(conf)  # recipe=params: its sizes, before a folder is made
         if plan is not None:
             check_plan(plan, conf)
         if conf.recipe.stages and not (conf.dryrun or conf.prepare_only):
@@ -68,8 +69,8 @@ def launch(cfg) -> int:
     except ConfigError as e:
         print(f"compactlm: configuration error: {e}", file=sys.stderr)
         return 2
-    if not conf.recipe.stages:
-        return print_params(conf)
+    if rows is not None:
+        return print_params(conf, rows)
     if conf.dryrun:
         return dryrun(conf, local_dir, plan)
     if conf.prepare_only:
@@ -366,14 +367,19 @@ def failed_log_tail(local_dir: Path, task: Task, lines: int = 30) -> str:
     return f"==> {logs[-1]} (last {min(lines, len(text))} lines) <==\n" + "\n".join(text[-lines:])
 
 
-def print_params(conf: CompactLMConfig) -> int:
-    """recipe=params: the parameter table of the model and its presets (meta device, no weights)."""
+def params_rows(conf: CompactLMConfig) -> list[dict]:
+    """recipe=params: the parameter table of the model and its presets (meta device, no weights); ConfigError when
+    the model's sizes are unknown here."""
     local = (
         read_hf_config(Path(conf.model.path).expanduser())
         if conf.model.source == "hf" and conf.model.is_local()
         else None
     )
-    rows = param_table(conf.model, prune_presets(conf.model.name), local)
+    return param_table(conf.model, prune_presets(conf.model.name), local)
+
+
+def print_params(conf: CompactLMConfig, rows: list[dict]) -> int:
+    """Prints recipe=params' table and, unless a dry run, writes it to `<run_dir>/params.json`."""
     print(f"Parameters of model={conf.model.name} and its prune presets (instantiated on the meta device):")
     print(format_table(rows))
     if not conf.dryrun:

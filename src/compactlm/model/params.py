@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from compactlm.errors import ConfigError
 from compactlm.model.loading import count_parameters
 from compactlm.model.schema import ModelConfig
 from compactlm.prune.schema import EXPORT_TO_HF, PruneConfig
@@ -65,13 +66,35 @@ def count_on_meta(hf_config) -> dict[str, int]:
     return count_parameters(model)
 
 
+COUNTED_SHAPE = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
+"""The `model.shape` keys that parameter counts need when the model has no local config.json (transformers'
+defaults for a missing one would count another model)."""
+
+
 def model_hf_config(model: ModelConfig, local_config: dict[str, Any] | None = None):
-    """The teacher's config: its local config.json when there is one, else the shape from its YAML."""
+    """The teacher's config: its local config.json when there is one, else the shape from its YAML; ConfigError
+    when neither gives its sizes (a Hub id with model=local: nothing is downloaded to count parameters)."""
     if local_config is not None:
         from transformers import AutoConfig  # imports torch (seconds): not at launcher import time
 
         return AutoConfig.for_model(**local_config)
-    return hf_config_from_shape(model.shape.known())
+    shape = model.shape.known()
+    missing = [k for k in COUNTED_SHAPE if k not in shape]
+    if missing:
+        raise ConfigError(
+            f"model.path={model.path!r} is no local folder with a config.json and model.shape lacks "
+            f"{', '.join(missing)}: counting parameters needs the model's sizes; give a local folder, set "
+            f"model.shape.<key>=... for each, or pick a model preset with its shape (conf/model/)"
+        )
+    return hf_config_from_shape(shape)
 
 
 def param_table(model: ModelConfig, presets: list[PruneConfig], local_config: dict | None = None) -> list[dict]:
