@@ -78,3 +78,39 @@ def config_error(overrides: list[str]) -> str:
         validate(conf, STAGE_NAMES)
         place_run(conf)
     return str(e.value)
+
+
+class Rows:
+    """An in-memory sink for compactlm.data.splits.pack_rows (the data stage writes its splits to files)."""
+
+    def __init__(self, seq_len: int):
+        self.seq_len, self.kept = seq_len, []
+
+    @property
+    def rows(self) -> int:
+        return len(self.kept)
+
+    def append(self, row) -> None:
+        self.kept.append(row.copy())
+
+    def array(self):
+        import numpy as np  # helpers are imported by every test module; numpy only where sequences are packed
+
+        return np.stack(self.kept) if self.kept else np.zeros((0, self.seq_len), np.int32)
+
+
+def pack(token_docs, seq_len: int, quotas: list) -> list:
+    """compactlm.data.splits.pack_rows into arrays: one [n, seq_len] int32 array per quota."""
+    from compactlm.data.splits import pack_rows
+
+    sinks = [Rows(seq_len) for _ in quotas]
+    pack_rows(token_docs, seq_len, quotas, sinks)
+    return [s.array() for s in sinks]
+
+
+def pydoc_sequences(tokenizer, n: int, seq_len: int):
+    """n packed sequences of real text (CPython's pydoc topics) tokenized with `tokenizer`."""
+    from pydoc_data.topics import topics
+
+    docs = (tokenizer(topics[k], add_special_tokens=False)["input_ids"] for k in sorted(topics))
+    return pack(docs, seq_len, [n])[0]

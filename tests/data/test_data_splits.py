@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 from conftest import POLISH, needs_polish
+from helpers import pack
 
 from compactlm.config import ConfigError
 from compactlm.data.schema import DataConfig
-from compactlm.data.splits import build_splits, load_split, pack, read_documents, save_splits
+from compactlm.data.splits import NpyRows, load_split, read_documents, write_splits
 
 
 def test_pack_fills_splits_in_order_without_straddling_documents():
@@ -22,11 +23,19 @@ def test_pack_fills_splits_in_order_without_straddling_documents():
     assert not set(train.ravel()) & {1, 2}
 
 
-def test_pydoc_splits_are_deterministic_and_disjoint(tiny_tokenizer):
+def build_splits(cfg: DataConfig, tokenizer, seed: int, folder) -> dict[str, np.ndarray]:
+    names, sequences, _ = write_splits(cfg, tokenizer, seed, folder)
+    assert names == {"validation": "validation.npy", "calibration": "calibration.npy", "train": "train.npy"}
+    arrays = {split: load_split(folder, split, mmap=False) for split in names}
+    assert {split: len(a) for split, a in arrays.items()} == sequences
+    return arrays
+
+
+def test_pydoc_splits_are_deterministic_and_disjoint(tiny_tokenizer, tmp_path):
     cfg = DataConfig(name="pydoc", kind="pydoc", seq_len=64, validation_sequences=8, calibration_sequences=8)
-    a = build_splits(cfg, tiny_tokenizer, seed=1)
-    b = build_splits(cfg, tiny_tokenizer, seed=1)
-    c = build_splits(cfg, tiny_tokenizer, seed=2)
+    a = build_splits(cfg, tiny_tokenizer, seed=1, folder=tmp_path / "a")
+    b = build_splits(cfg, tiny_tokenizer, seed=1, folder=tmp_path / "b")
+    c = build_splits(cfg, tiny_tokenizer, seed=2, folder=tmp_path / "c")
     for split in a:
         assert np.array_equal(a[split], b[split])
         assert a[split].dtype == np.int32 and a[split].shape[1] == 64
@@ -48,11 +57,8 @@ def test_polish_text_files(tiny_tokenizer, tmp_path):
     )
     docs = read_documents(cfg)
     assert len(docs) == 3018 and any("ż" in d or "ą" in d for d in docs)
-    arrays = build_splits(cfg, tiny_tokenizer, seed=0)
+    arrays = build_splits(cfg, tiny_tokenizer, seed=0, folder=tmp_path)
     assert arrays["train"].shape == (16, 32)
-    names = save_splits(arrays, tmp_path)
-    assert names == {"validation": "validation.npy", "calibration": "calibration.npy", "train": "train.npy"}
-    assert np.array_equal(load_split(tmp_path, "train"), arrays["train"])
     text = tiny_tokenizer.decode(arrays["validation"][0])
     assert text.strip()
 
@@ -72,4 +78,23 @@ def test_too_little_text_names_the_keys(tiny_tokenizer, tmp_path):
     p.write_text("krótki tekst\n")
     cfg = DataConfig(name="short", kind="text", paths=[str(p)], seq_len=64)
     with pytest.raises(ConfigError, match="data.validation_sequences"):
-        build_splits(cfg, tiny_tokenizer, seed=0)
+        write_splits(cfg, tiny_tokenizer, 0, tmp_path / "splits")
+    assert not (tmp_path / "splits").exists() or not any((tmp_path / "splits").iterdir())  # no split half-written
+
+
+def test_splits_are_written_row_by_row_into_one_npy(tmp_path):
+    """The data stage never holds a split whole: rows go to the file as they are packed, and the header written for
+    zero rows is rewritten in place with the final count; numpy reads the file back, memory-mapped or not."""
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 2**31 - 1, size=(1000, 48), dtype=np.int32)
+    path = tmp_path / "train.npy"
+    with open(path, "w+b") as f:
+        sink = NpyRows(f, 48)
+        for row in rows:
+            sink.append(row)
+        sink.finish()
+    assert sink.rows == 1000
+    assert np.array_equal(np.load(path), rows)
+    mapped = np.load(path, mmap_mode="r")
+    assert mapped.shape == (1000, 48) and mapped.dtype == np.int32 and np.array_equal(mapped, rows)
+    assert path.stat().st_size == 128 + rows.nbytes  # one header and the rows, nothing else

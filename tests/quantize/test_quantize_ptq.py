@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import pydoc_sequences
 
 from compactlm.config import ConfigError
 from compactlm.quantize.formats import check_deploy_support, check_forward_support, forward_supported, parse_sm
 from compactlm.quantize.ptq import QuantizeSpec, build_quant_cfg, check_exclude, excluded_weight_modules, quantize
-
-
-def _sequences(tokenizer, n: int, seq_len: int) -> np.ndarray:
-    """n packed sequences of real text (CPython's pydoc topics) tokenized with the tiny tokenizer."""
-    from pydoc_data.topics import topics
-
-    from compactlm.data.splits import pack
-
-    docs = (tokenizer(topics[k], add_special_tokens=False)["input_ids"] for k in sorted(topics))
-    return pack(docs, seq_len, [n])[0]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +106,7 @@ def test_fp8_fake_quant_perplexity_close_to_unquantized(tiny_llama_dir, tiny_tok
     from compactlm.model.loading import load_model
     from compactlm.quantize.verify import fake_quant_quality
 
-    calib, valid = _sequences(tiny_tokenizer, 24, 64)[:16], _sequences(tiny_tokenizer, 24, 64)[16:]
+    calib, valid = pydoc_sequences(tiny_tokenizer, 24, 64)[:16], pydoc_sequences(tiny_tokenizer, 24, 64)[16:]
     reference = load_model(tiny_llama_dir)
     model = quantize(load_model(tiny_llama_dir), calib, "fp8", True, ["*lm_head*"], 8, "cpu", progress=False)
     out = fake_quant_quality(model, valid, "fp8", 8, "cpu", reference=reference, progress=False)
@@ -138,7 +129,7 @@ def test_nvfp4_fake_quant_perplexity_on_cuda(tiny_llama_dir, tiny_tokenizer):
     from compactlm.model.loading import load_model
     from compactlm.quantize.verify import fake_quant_quality
 
-    seqs = _sequences(tiny_tokenizer, 24, 64)
+    seqs = pydoc_sequences(tiny_tokenizer, 24, 64)
     reference = load_model(tiny_llama_dir, device="cuda")
     model = quantize(load_model(tiny_llama_dir, device="cuda"), seqs[:16], "nvfp4", True, [], 8, "cuda", progress=False)
     out = fake_quant_quality(model, seqs[16:], "nvfp4", 8, "cuda", reference=reference, progress=False)

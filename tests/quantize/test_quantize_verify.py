@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
+from helpers import pydoc_sequences
 
 from compactlm.quantize.ptq import export, quantize
 from compactlm.quantize.verify import (
@@ -27,15 +27,6 @@ CASES = {
 }
 
 
-def _sequences(tokenizer, n: int, seq_len: int) -> np.ndarray:
-    from pydoc_data.topics import topics
-
-    from compactlm.data.splits import pack
-
-    docs = (tokenizer(topics[k], add_special_tokens=False)["input_ids"] for k in sorted(topics))
-    return pack(docs, seq_len, [n])[0]
-
-
 @pytest.fixture(scope="module", params=sorted(CASES))
 def exported(request, tiny_llama_dir, tiny_tokenizer, tmp_path_factory):
     """(format, kv_cache_fp8, exclude, export folder, reference state dict, export() result)."""
@@ -44,7 +35,7 @@ def exported(request, tiny_llama_dir, tiny_tokenizer, tmp_path_factory):
     fmt, kv, exclude = CASES[request.param]
     model = load_model(tiny_llama_dir)
     reference = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model = quantize(model, _sequences(tiny_tokenizer, 8, 64), fmt, kv, exclude, 4, "cpu", progress=False)
+    model = quantize(model, pydoc_sequences(tiny_tokenizer, 8, 64), fmt, kv, exclude, 4, "cpu", progress=False)
     out = tmp_path_factory.mktemp(f"export-{fmt}") / "checkpoint"
     sizes = export(model, tiny_tokenizer, out)
     return fmt, kv, exclude, out, reference, sizes
@@ -176,7 +167,7 @@ def _round_trip(model_dir, tokenizer, fmt, out, calib):
 
 def test_int8_smoothquant_round_trip(tiny_llama_dir, tiny_tokenizer, tmp_path):
     summary, report, _ = _round_trip(
-        tiny_llama_dir, tiny_tokenizer, "int8_sq", tmp_path / "int8", _sequences(tiny_tokenizer, 4, 64)
+        tiny_llama_dir, tiny_tokenizer, "int8_sq", tmp_path / "int8", pydoc_sequences(tiny_tokenizer, 4, 64)
     )
     assert summary["quant_algo"] == "W8A8_SQ_PER_CHANNEL" and summary["quantized"] == {"int8_sq": 28}
     assert report["passed"], report["failures"]
@@ -198,7 +189,7 @@ def test_int4_awq_round_trip(tiny_tokenizer, tmp_path):
         head_dim=32,
     )
     summary, report, sizes = _round_trip(
-        folder, tiny_tokenizer, "int4_awq", tmp_path / "int4", _sequences(tiny_tokenizer, 4, 32)
+        folder, tiny_tokenizer, "int4_awq", tmp_path / "int4", pydoc_sequences(tiny_tokenizer, 4, 32)
     )
     assert summary["quant_algo"] == "W4A16_AWQ" and summary["group_size"] == 128
     assert report["passed"], report["failures"]
@@ -210,7 +201,7 @@ def test_int4_awq_round_trip(tiny_tokenizer, tmp_path):
 def test_nvfp4_export_of_every_architecture(tiny_model_dir, tiny_tokenizer, tmp_path):
     """Untied heads (mistral, qwen), q/k/v biases (qwen2) and q/k norms (qwen3) keep the layout valid."""
     summary, report, _ = _round_trip(
-        tiny_model_dir, tiny_tokenizer, "nvfp4", tmp_path / "nvfp4", _sequences(tiny_tokenizer, 4, 32)
+        tiny_model_dir, tiny_tokenizer, "nvfp4", tmp_path / "nvfp4", pydoc_sequences(tiny_tokenizer, 4, 32)
     )
     assert summary["quantized"] == {"nvfp4": 28}
     assert report["passed"], report["failures"]

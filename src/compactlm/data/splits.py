@@ -13,10 +13,13 @@ import json
 import os
 import random
 from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
 from pydoc_data.topics import topics
+from typing import BinaryIO
 
 import numpy as np
+from numpy.lib import format as npformat
 from tqdm import tqdm
 
 from compactlm.config import ConfigError
@@ -159,45 +162,92 @@ def read_documents(cfg: DataConfig) -> list[str]:
     return [t for t in ds.select(range(min(limit, len(ds))))[cfg.text_field] if t and t.strip()]
 
 
-def pack(
-    token_docs: Iterable[list[int]], seq_len: int, quotas: list[int | None], doc_counts: list[int] | None = None
-) -> list[np.ndarray]:
-    """Pack tokenized documents into `len(quotas)` splits of [n, seq_len] sequences, filled in order.
+class NpyRows:
+    """Packed sequences written to an `.npy` file as they come, so no split is ever held whole in memory (a 7-11B
+    run's train split is tens of GB): the data follows a header written for no rows, which `finish` rewrites in
+    place with the final shape (numpy leaves room in the header for the first axis to grow)."""
+
+    def __init__(self, f: BinaryIO, seq_len: int):
+        self.f, self.seq_len, self.rows = f, seq_len, 0
+        self._header = self._write_header()
+
+    def _write_header(self) -> int:
+        self.f.seek(0)
+        header = {"descr": npformat.dtype_to_descr(np.dtype(np.int32)), "fortran_order": False}
+        npformat.write_array_header_1_0(self.f, {**header, "shape": (self.rows, self.seq_len)})
+        return self.f.tell()
+
+    def append(self, row: np.ndarray) -> None:
+        self.f.write(np.ascontiguousarray(row, dtype=np.int32).tobytes())
+        self.rows += 1
+
+    def finish(self) -> None:
+        end = self.f.tell()
+        if self._write_header() != self._header:
+            raise RuntimeError(f"the .npy header of {self.rows} x {self.seq_len} rows no longer fits its place")
+        self.f.seek(end)
+
+
+def pack_rows(
+    token_docs: Iterable[list[int]],
+    seq_len: int,
+    quotas: list[int | None],
+    sinks: list,
+    doc_counts: list[int] | None = None,
+) -> None:
+    """Pack tokenized documents into `len(quotas)` splits of seq_len-token sequences, filled in order, each
+    sequence handed to its split's sink (`append(row)`, counting `rows`: an :class:`NpyRows`) as soon as it is
+    complete.
 
     A split takes whole documents until it holds its quota of sequences (None: no limit); the rest of the
     document that completes a split is dropped, so no document straddles two splits. When `doc_counts` is
     given, it is filled with the number of documents each split consumed (in input order).
     """
-    splits: list[list[np.ndarray]] = [[] for _ in quotas]
     counts = [0] * len(quotas)
-    i, buf = 0, []
+    i, buf, used = 0, np.zeros(0, np.int32), 0
     for doc in token_docs:
         if i >= len(quotas):
             break
         counts[i] += 1
-        buf.extend(doc)
-        while len(buf) >= seq_len and i < len(quotas):
-            splits[i].append(np.asarray(buf[:seq_len], dtype=np.int32))
-            buf = buf[seq_len:]
-            if quotas[i] is not None and len(splits[i]) >= quotas[i]:
-                i, buf = i + 1, []
+        buf = np.concatenate([buf[used:], np.asarray(doc, dtype=np.int32)])
+        used = 0
+        while len(buf) - used >= seq_len and i < len(quotas):
+            sinks[i].append(buf[used : used + seq_len])
+            used += seq_len
+            if quotas[i] is not None and sinks[i].rows >= quotas[i]:
+                i, buf, used = i + 1, np.zeros(0, np.int32), 0
                 break
     if doc_counts is not None:
         doc_counts[:] = counts
-    return [np.stack(s) if s else np.zeros((0, seq_len), np.int32) for s in splits]
 
 
-def build_splits(cfg: DataConfig, tokenizer, seed: int) -> dict[str, np.ndarray]:
-    """Read, shuffle (seeded), tokenize and pack the source into the three splits."""
-    return build_splits_with_heldout(cfg, tokenizer, seed)[0]
-
-
-def build_splits_with_heldout(cfg: DataConfig, tokenizer, seed: int) -> tuple[dict[str, np.ndarray], list[str]]:
-    """:func:`build_splits`, plus the text of the documents the validation split was packed from.
+def write_splits(
+    cfg: DataConfig, tokenizer, seed: int, folder: Path
+) -> tuple[dict[str, str], dict[str, int], list[str]]:
+    """Read, shuffle (seeded), tokenize and pack the source into the three splits, written straight to
+    `<folder>/<split>.npy` as the sequences are packed, one sequence in memory at a time (nothing is renamed into
+    place unless every split has its sequences); returns {split: file name}, {split: sequences} and
+    the text of the documents the validation split was packed from.
 
     Those documents are held out: no token of them reaches the calibration or train split, so tasks built
     from their text (the evaluate stage's heldout_continuation) measure text no model of the run trained on.
     """
+    names = {split: f"{split}.npy" for split in SPLITS}
+    with ExitStack() as stack:
+        sinks = []
+        for split in SPLITS:
+            tmp = stack.enter_context(atomic_file(Path(folder) / names[split]))
+            f = stack.enter_context(open(tmp, "r+b", buffering=1 << 20))  # write-ok: atomic_file's new temporary
+            sinks.append(NpyRows(f, cfg.seq_len))
+        heldout = _split(cfg, tokenizer, seed, sinks)
+        for sink in sinks:
+            sink.finish()
+    return names, {split: sink.rows for split, sink in zip(SPLITS, sinks)}, heldout
+
+
+def _split(cfg: DataConfig, tokenizer, seed: int, sinks: list) -> list[str]:
+    """Read, shuffle (seeded), tokenize and pack the source into `sinks` (validation, calibration, train); returns
+    the held-out documents' text; ConfigError when a split got too few sequences."""
     docs = read_documents(cfg)
     random.Random(seed).shuffle(docs)
     if cfg.max_documents:
@@ -206,16 +256,16 @@ def build_splits_with_heldout(cfg: DataConfig, tokenizer, seed: int) -> tuple[di
     token_docs = (ids + ([eos] if eos is not None else []) for ids in _tokenize(tokenizer, docs))
     quotas = [cfg.validation_sequences, cfg.calibration_sequences, cfg.max_train_sequences]
     doc_counts: list[int] = []
-    arrays = dict(zip(SPLITS, pack(token_docs, cfg.seq_len, quotas, doc_counts)))
-    for split, want in zip(SPLITS, quotas):
-        have = len(arrays[split])
+    pack_rows(token_docs, cfg.seq_len, quotas, sinks, doc_counts)
+    for split, want, sink in zip(SPLITS, quotas, sinks):
+        have = sink.rows
         if (want is not None and have < want and split != "train") or have == 0:
             raise ConfigError(
                 f"data={cfg.name}: only {have} {split} sequences of data.seq_len={cfg.seq_len} tokens could be "
                 f"packed from {len(docs)} documents (wanted {want or 'at least 1'}); add text or lower "
                 f"data.validation_sequences / data.calibration_sequences / data.seq_len"
             )
-    return arrays, docs[: doc_counts[0]]
+    return docs[: doc_counts[0]]
 
 
 def save_heldout(docs: list[str], folder: Path) -> Path:
@@ -231,16 +281,6 @@ def _tokenize(tokenizer, docs: list[str], chunk: int = 256):
             batch = docs[start : start + chunk]
             yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
             bar.update(len(batch))
-
-
-def save_splits(arrays: dict[str, np.ndarray], folder: Path) -> dict[str, str]:
-    """Save each split as `<split>.npy`; returns {split: file name}."""
-    out = {}
-    for split, arr in arrays.items():
-        name = f"{split}.npy"
-        save_array(Path(folder) / name, arr)
-        out[split] = name
-    return out
 
 
 def save_array(path: Path, arr: np.ndarray) -> None:

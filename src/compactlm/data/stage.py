@@ -4,7 +4,7 @@ the held-out documents' text for the evaluate stage's heldout_continuation task.
 from __future__ import annotations
 
 from compactlm.data.schema import DataResult
-from compactlm.data.splits import build_splits_with_heldout, save_heldout, save_splits
+from compactlm.data.splits import save_heldout, write_splits
 from compactlm.model.loading import load_tokenizer
 from compactlm.pipeline import StageContext, StageOutput
 
@@ -16,18 +16,18 @@ class DataStage:
 
     def run(self, ctx: StageContext) -> StageOutput:
         tokenizer = load_tokenizer(ctx.upstream_output("model", "checkpoint"))
-        arrays, heldout = build_splits_with_heldout(ctx.cfg.data, tokenizer, ctx.cfg.seed)
-        outputs = save_splits(arrays, ctx.stage_dir)
+        data = ctx.cfg.data
+        outputs, sequences, heldout = write_splits(data, tokenizer, ctx.cfg.seed, ctx.stage_dir)
         outputs["heldout"] = save_heldout(heldout, ctx.stage_dir).parent.name
         result = DataResult(
-            seq_len=ctx.cfg.data.seq_len,
-            sequences={k: int(v.shape[0]) for k, v in arrays.items()},
-            tokens={k: int(v.size) for k, v in arrays.items()},
+            seq_len=data.seq_len,
+            sequences=sequences,
+            tokens={k: n * data.seq_len for k, n in sequences.items()},
             heldout_documents=len(heldout),
         )
         print(
             "[data] "
-            + ", ".join(f"{k}: {v.shape[0]} x {v.shape[1]}" for k, v in arrays.items())
+            + ", ".join(f"{k}: {n} x {data.seq_len}" for k, n in sequences.items())
             + f"; {len(heldout)} held-out documents",
             flush=True,
         )

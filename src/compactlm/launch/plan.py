@@ -514,7 +514,10 @@ def plan_data(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     train = d.max_train_sequences or _steps(ctx.conf.distill, d.seq_len) * ctx.conf.distill.global_batch_size
     tokens = (train + d.validation_sequences + d.calibration_sequences) * d.seq_len
     return (
-        {"token ids (int32 sequences + their np.stack)": 8 * tokens},
+        # the splits go to their files as they are packed (data/splits.py NpyRows); what stays is the source's text,
+        # read whole to shuffle its documents: ~4 bytes per token for ASCII text (Python keeps text with characters
+        # beyond Latin-1, Polish for one, at 2 bytes a character), more where the source outgrows the splits
+        {"source text (read whole to shuffle its documents, ~4 bytes per token)": 4 * tokens},
         {"train/validation/calibration splits (int32)": 4 * tokens},
         None,
     )
