@@ -20,7 +20,7 @@ The launch plan's memory estimate of each stage is printed next to its measured 
     python benchmarks/scale.py --sizes 3b --stages-b none      # one size, run A only
     python benchmarks/scale.py --sizes 7b --no-train --calib 2 --stages-b none   # the 7B-shaped importance + prune
 
-Checkpoints and runs go under --workdir (default /work/tmp-scalebench); each size's folder is deleted when its
+Checkpoints and runs go under --workdir (default runs/scale-bench); each size's folder is deleted when its
 row is measured (a 7B-shaped checkpoint is ~15 GB), unless --keep. Results accumulate in <workdir>/scale.json,
 so sizes run separately end up in one table.
 """
