@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from omegaconf import OmegaConf
 
 from compactlm.arch import adapter_for
 from compactlm.data.schema import DataConfig
-from compactlm.data.splits import build_splits
+from compactlm.data.splits import load_split, write_splits
 from compactlm.evaluate.quality import quality
 from compactlm.model.loading import load_model, load_tokenizer, materialize
 from compactlm.model.schema import ModelConfig
@@ -74,7 +75,9 @@ def main() -> None:
         validation_sequences=args.validation,
         calibration_sequences=args.calibration,
     )
-    splits = build_splits(data, tok, seed=1234)
+    with tempfile.TemporaryDirectory() as tmp:
+        names, _, _ = write_splits(data, tok, 1234, Path(tmp))
+        splits = {split: load_split(Path(tmp), split, mmap=False) for split in names}
     calib = batches(splits["calibration"], args.batch_size)
     teacher = load_model(folder)
     adapter = adapter_for(teacher.config.model_type)

@@ -112,7 +112,7 @@ def test_a_crashed_stage_leaves_no_manifest_and_restarts_clean(tmp_path, tiny_ll
         (run_dir / "data" / "train.npy").write_bytes(b"half-written")
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(data_mod, "save_splits", boom)
+    monkeypatch.setattr(data_mod, "write_splits", boom)
     with pytest.raises(KeyboardInterrupt):
         run_stage("data", run_dir / CONFIG_FILE)
     assert read_manifest(run_dir / "data") is None

@@ -129,7 +129,7 @@ def _check_jsonl(path: Path, text_field: str) -> bool:
 
 
 def read_documents(cfg: DataConfig) -> list[str]:
-    """All documents of the source, in a stable order (shuffling happens in :func:`build_splits`)."""
+    """All documents of the source, in a stable order (shuffling happens in :func:`write_splits`)."""
     if cfg.kind == "pydoc":
         return [topics[k] for k in sorted(topics)]
     if cfg.kind == "text":
