@@ -38,13 +38,12 @@ def results(conf: CompactLMConfig, ms: dict[str, dict | None] | None = None) -> 
     states = []
     for task in run_tasks(conf):
         folder = task.folder(conf.run_dir)
-        state = (
-            "finished"
-            if ms.get(task.name)
-            else ("stopped" if running(folder) is None else "running")
-            if folder.is_dir()
-            else "not started"
-        )
+        if ms.get(task.name):
+            state = "finished"
+        elif not folder.is_dir():
+            state = "not started"
+        else:  # a stage process holds its folder (RUNNING), or an attempt stopped there
+            state = "stopped" if running(folder) is None else "running"
         states.append(TaskState(task.stage, task.instance, task.name, state))
     return RunResults({task: result_of(task, m) for task, m in ms.items()}, states)
 
