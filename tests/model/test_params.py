@@ -87,18 +87,9 @@ def test_a_hub_id_without_sizes_is_one_configuration_line_and_no_folder(tmp_path
     assert "model.path='HuggingFaceTB/SmolLM2-135M'" in lines[0] and "model.shape lacks model_type" in lines[0]
     assert not any(tmp_path.iterdir())
 
-    # the YAML's shape is enough: the same Hub id with its sizes given on the command line is counted
-    shape = dict(
-        model_type="llama",
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-        vocab_size=49152,
-        tie_word_embeddings="true",
-    )
+    # the YAML's shape is enough: the same Hub id with SmolLM2's sizes (its preset's shape) on the command line is
+    # counted
+    shape = {k: str(v).lower() if isinstance(v, bool) else v for k, v in compose().model.shape.items()}
     proc = run_launch(
         ["recipe=params", "model=local", "model.path=HuggingFaceTB/SmolLM2-135M", "dryrun=true"]
         + [f"model.shape.{k}={v}" for k, v in shape.items()],
