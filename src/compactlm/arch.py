@@ -64,3 +64,15 @@ def adapter_for(model_type: str, key: str = "model.architecture") -> Adapter:
 def decoder_layers(model, adapter: Adapter):
     """The `nn.ModuleList` of decoder layers of a `*ForCausalLM` model."""
     return getattr(getattr(model, adapter.backbone), adapter.layers)
+
+
+def forward_blocks(model, adapter: Adapter) -> list:
+    """The modules a `*ForCausalLM` forward runs through, in order, that own parameters: the embedding, each
+    decoder layer, the final norm and the output layer (the embedding's module again when the two are tied)."""
+    backbone = getattr(model, adapter.backbone)
+    return [
+        getattr(backbone, adapter.embed),
+        *getattr(backbone, adapter.layers),
+        getattr(backbone, adapter.final_norm),
+        model.get_output_embeddings(),
+    ]

@@ -205,3 +205,31 @@ def test_nvfp4_export_of_every_architecture(tiny_model_dir, tiny_tokenizer, tmp_
     )
     assert summary["quantized"] == {"nvfp4": 28}
     assert report["passed"], report["failures"]
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "nvfp4"])
+def test_bf16_checkpoint_held_in_bf16_exports_the_float32_models_files(fmt, tiny_llama_dir, tiny_tokenizer, tmp_path):
+    """The quantize stage keeps a bf16 checkpoint in bf16 on a float32 CPU, runs each block in float32 while it
+    calibrates and quantizes each weight from float32: every exported tensor is bitwise that of the model loaded
+    whole in float32, and the parameters are bf16 again after each block."""
+    from safetensors.torch import load_file
+
+    from compactlm.model.loading import load_model
+
+    bf16 = tmp_path / "bf16"
+    load_model(tiny_llama_dir).to(torch.bfloat16).save_pretrained(bf16)
+    calib = pydoc_sequences(tiny_tokenizer, 8, 64)
+    files = {}
+    for held in (torch.float32, torch.bfloat16):
+        model = load_model(bf16, dtype=held)
+        model = quantize(model, calib, fmt, True, [], 4, "cpu", progress=False, compute_dtype=torch.float32)
+        if held == torch.bfloat16:
+            assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+        out = tmp_path / f"export-{held}"
+        export(model, None, out, compute_dtype=torch.float32)
+        files[held] = {k: v for p in sorted(out.glob("*.safetensors")) for k, v in load_file(str(p)).items()}
+    full, half = files[torch.float32], files[torch.bfloat16]
+    assert full.keys() == half.keys()
+    for k in full:
+        bits = [t.reshape(-1).view(torch.uint8) for t in (full[k], half[k])]
+        assert full[k].dtype == half[k].dtype and torch.equal(*bits), k

@@ -81,6 +81,8 @@ DEVICES = {
 DEFAULT_GPU = "h100"
 PRUNE_SHARD_BYTES = 1 << 30
 """The streamed prune's output shard size (compactlm.prune.slicing.SHARD_BYTES; that module imports torch)."""
+EXPORT_SHARD_BYTES = 2 * 10**9
+"""The quantize export's largest safetensors shard (compactlm.quantize.ptq.EXPORT_SHARD_BYTES)."""
 
 GPU_RUNTIME = 2 * GiB
 """Per GPU: CUDA context, cuBLAS workspaces, NCCL buffers and allocator slack; an allowance, not a measurement."""
@@ -558,19 +560,34 @@ def plan_prune(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     return mem, {f"pruned checkpoint ({_dtype(stored)})": out}, None
 
 
+def _quantize_source_bytes(ctx: _Ctx) -> int:
+    """Bytes per value the quantize stage holds its source in: a model trained in this run is saved in the compute
+    dtype; the teacher and a pruned checkpoint keep the teacher's stored dtype, held as stored where that is
+    narrower than the compute dtype (a bf16 checkpoint on a float32 CPU)."""
+    recipe = ctx.conf.recipe.stages
+    latest = [st for st in stages.model_labels() if st in recipe and st not in ("quantize", "ranking")]
+    trained = bool(latest) and latest[-1] not in ("model", "prune")
+    return ctx.cbytes if trained else min(ctx.cbytes, ctx.plan.stored_bytes)
+
+
 def plan_quantize(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
+    """quantize (quantize/stage.py): the source is held as :func:`_quantize_source_bytes` says, each block upcast
+    to the compute dtype only while it runs; the export converts each weight in place and safetensors serializes
+    one shard (at most 2 GB) at a time."""
     s = s or t
     q = ctx.conf.quantize
     c = ctx.cbytes
+    held = _quantize_source_bytes(ctx)
     tokens = q.batch_size * ctx.seq
-    mem = {f"model ({_dtype(c)})": c * s.total}
+    mem = {f"model ({_dtype(held)})": held * s.total}
+    if held < c:
+        mem["one block upcast (fp32)"] = c * max(s.layer, s.hf["vocab_size"] * s.hf["hidden_size"])
     if q.evaluate:
-        mem[f"reference copy ({_dtype(c)})"] = c * s.total
+        mem[f"reference copy ({_dtype(held)})"] = held * s.total
     mem["calibration forward"] = forward_working_set(s, tokens, c) + 4 * tokens * s.hf["vocab_size"]
-    # export_hf_checkpoint builds the exported state dict beside the model (benchmarks/scale.py: ~2 bytes a parameter)
-    mem["export copy (bf16)"] = 2 * s.total
     embed = s.root  # embedding and output layer stay in quantize.export_dtype
     export = int((s.total - embed) * QUANT_BITS[q.format] / 8) + 2 * embed
+    mem["export: one safetensors shard serialized"] = min(EXPORT_SHARD_BYTES, export)
     calib = (q.calibration_sequences or ctx.conf.data.calibration_sequences) * ctx.seq
     return mem, {f"{q.format} export": export}, calib * forward_flops_per_token(s.hf, ctx.seq)
 

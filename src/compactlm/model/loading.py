@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from compactlm.arch import adapter_for
+from compactlm.arch import adapter_for, forward_blocks
 from compactlm.config import ConfigError, EngineConfig, hub_id_like
 from compactlm.manifest import atomic_write_text, sha256_json, staging_dir
 from compactlm.model.config_layouts import write_both_rope_layouts
@@ -333,16 +333,20 @@ def storage_dtype(folder: str | Path, compute: str) -> str:
 
 @contextmanager
 def upcast_while_running(modules, dtype):
-    """Within the block, each module of `modules` is cast to `dtype` just before its forward and back to its
-    own dtype right after: a bf16-stored model computes exactly as if it had been loaded in float32 (bf16 ->
-    float32 is exact), while holding one float32 block at a time instead of a float32 copy of the model.
+    """Within the block, the parameters of each module of `modules` are cast to `dtype` just before its forward
+    and back to their own dtype right after: a bf16-stored model computes exactly as if it had been loaded in
+    float32 (bf16 -> float32 is exact), while holding one float32 block at a time instead of a float32 copy of the
+    model. Buffers keep their dtype, so statistics gathered during the forward (ModelOpt's calibration amax)
+    stay float32, and the Parameter objects stay the same (only their data is swapped).
 
-    modules: e.g. the embedding, every decoder layer and the final norm; their parameters must share one dtype.
+    modules: e.g. :func:`compactlm.arch.forward_blocks`; each module's parameters must share one dtype.
     """
 
     def cast(to):
         def hook(mod, *_):  # pre-hook (mod, args) and hook (mod, args, out); returns None: nothing is replaced
-            mod.to(to)
+            for p in mod.parameters():
+                if p.dtype != to:
+                    p.data = p.data.to(to)
 
         return hook
 
@@ -356,3 +360,13 @@ def upcast_while_running(modules, dtype):
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def computing_in(dtype, *models):
+    """:func:`upcast_while_running` over the forward blocks of each model (:func:`compactlm.arch.forward_blocks`):
+    a model held in its checkpoint's 16-bit dtype computes in `dtype`. A no-op where `dtype` is None or where the
+    parameters already have it."""
+    blocks = [] if dtype is None else [b for m in models for b in forward_blocks(m, adapter_for(m.config.model_type))]
+    with upcast_while_running(blocks, dtype):
+        yield

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compactlm.arch import adapter_for, decoder_layers
+from compactlm.arch import adapter_for
 from compactlm.data.splits import load_split
-from compactlm.model.loading import load_model, load_tokenizer, setup_engine, storage_dtype, upcast_while_running
+from compactlm.model.loading import computing_in, load_model, load_tokenizer, setup_engine, storage_dtype
 from compactlm.model.params import architecture, count_on_meta
 from compactlm.pipeline import StageContext, StageOutput
 from compactlm.prune.importance import ImportanceScores, add_lm_loss_scores, collect_importance
@@ -44,17 +44,11 @@ class ImportanceStage:
         # a bf16 checkpoint on a float32 CPU stays bf16 in memory; each block runs in float32 (same values)
         model = load_model(folder, device, getattr(torch, storage_dtype(folder, precision.compute)))
         adapter = adapter_for(model.config.model_type)
-        backbone = getattr(model, adapter.backbone)
-        blocks = [
-            getattr(backbone, adapter.embed),
-            *decoder_layers(model, adapter),
-            getattr(backbone, adapter.final_norm),
-        ]
         calib = load_split(ctx.upstream_output("data", "calibration").parent, "calibration")
         if ctx.cfg.importance.max_sequences:
             calib = calib[: ctx.cfg.importance.max_sequences]
         t0 = time.perf_counter()
-        with precision.autocast(), upcast_while_running(blocks, precision.frozen_dtype):
+        with precision.autocast(), computing_in(precision.frozen_dtype, model):
             scores = collect_importance(model, adapter, batches(calib, ctx.cfg.importance.batch_size))
         seconds = time.perf_counter() - t0
         scores.save(ctx.stage_dir / "scores.safetensors")

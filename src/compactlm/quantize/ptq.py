@@ -35,6 +35,7 @@ from tqdm import tqdm
 from compactlm.config import ConfigError
 from compactlm.manifest import atomic_write_text, staging_dir
 from compactlm.model.config_layouts import write_both_rope_layouts
+from compactlm.model.loading import computing_in
 from compactlm.quantize.formats import EXPORT_DTYPES, format_of
 from compactlm.quantize.schema import QuantizeConfig as QuantizeSpec  # the name kept for library users
 
@@ -93,12 +94,17 @@ def build_quant_cfg(fmt: str, kv_cache_fp8: bool, excluded_modules: list[str] = 
     return cfg
 
 
-def calibration_loop(sequences: np.ndarray, batch_size: int, device: str, progress: bool = True):
-    """A ModelOpt `forward_loop(model)` over int token ids [num_sequences, seq_len], in batches."""
+def calibration_loop(sequences: np.ndarray, batch_size: int, device: str, progress: bool = True, compute_dtype=None):
+    """A ModelOpt `forward_loop(model)` over int token ids [num_sequences, seq_len], in batches.
+
+    compute_dtype: where the model is held narrower (a bf16 checkpoint on a float32 CPU), each block runs in
+    this dtype (:func:`compactlm.model.loading.computing_in`); the hooks go on the model ModelOpt passes in,
+    after it has swapped in its quantized modules.
+    """
 
     def forward_loop(model) -> None:
         starts = range(0, len(sequences), batch_size)
-        with torch.no_grad():
+        with torch.no_grad(), computing_in(compute_dtype, model):
             for s in tqdm(starts, desc="[quantize] calibrating", unit="batch", disable=not progress, mininterval=2):
                 ids = torch.from_numpy(np.array(sequences[s : s + batch_size], dtype=np.int64)).to(device)
                 model(input_ids=ids, use_cache=False)
@@ -115,6 +121,7 @@ def quantize(
     batch_size: int,
     device: str,
     progress: bool = True,
+    compute_dtype=None,
 ):
     """Calibrate and insert ModelOpt quantizers into `model` in place; returns the fake-quantized model.
 
@@ -126,6 +133,9 @@ def quantize(
         kv_cache_fp8: also calibrate FP8 scales of the attention K and V (ModelOpt's FP8_KV_CFG).
         exclude: fnmatch patterns of module names kept in high precision (see :func:`check_exclude`),
             in addition to the recipe's own exclusions (lm_head, embeddings, MoE routers).
+        compute_dtype: the dtype the forward runs in when the model is held narrower (None: as held). A bf16
+            model calibrated with float32 computes the float32 model's statistics exactly, holding half the bytes;
+            SmoothQuant and AWQ write their rescaled weights back in the held dtype, as on a GPU.
     The result runs fake-quantized where :func:`forward_supported` says so; :func:`export` consumes it.
     """
     format_of(fmt)
@@ -145,7 +155,7 @@ def quantize(
     cfg = build_quant_cfg(fmt, kv_cache_fp8, excluded_weight_modules(model, exclude))
     if not getattr(model.config, "architectures", None):
         model.config.architectures = [type(model).__name__]  # the exporter reads it (config-built models lack it)
-    return mtq.quantize(model, cfg, calibration_loop(calib, batch_size, device, progress))
+    return mtq.quantize(model, cfg, calibration_loop(calib, batch_size, device, progress, compute_dtype))
 
 
 def quantize_from_spec(model, calib_sequences: np.ndarray, spec: QuantizeSpec, device: str, progress: bool = True):
@@ -202,13 +212,28 @@ def _cast_high_precision(folder: Path, dtype) -> None:
         atomic_write_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def export(model, tokenizer, out_dir: str | Path, dtype: str = "bfloat16") -> dict[str, Any]:
+EXPORT_SHARD_BYTES = 2 * 10**9
+"""The export's largest safetensors shard: safetensors serializes a whole shard in memory before writing it."""
+
+
+def export(
+    model,
+    tokenizer,
+    out_dir: str | Path,
+    dtype: str = "bfloat16",
+    compute_dtype=None,
+    max_shard_size: int = EXPORT_SHARD_BYTES,
+) -> dict[str, Any]:
     """Write the ModelOpt unified HF checkpoint of a quantized model to `out_dir`, atomically.
 
     `modelopt.torch.export.export_hf_checkpoint` writes into a temporary sibling folder, float32 tensors
     left in high precision are cast to `dtype`, the tokenizer is saved next to them, and the folder is
     renamed into place (an older `out_dir` is replaced). The export converts the model's weights in
     place: measure the fake-quantized model before calling this, and do not use it afterwards.
+
+    compute_dtype: the dtype the weights are quantized from (default: the model's). ModelOpt upcasts one
+    weight at a time to it, so a bf16-held model quantized with float32 gives the float32 model's export.
+    max_shard_size: bytes of the largest safetensors shard, which bounds the export's extra memory.
 
     Returns:
         {"safetensors_bytes": bytes of all *.safetensors, "parameters": unique parameter count,
@@ -222,10 +247,10 @@ def export(model, tokenizer, out_dir: str | Path, dtype: str = "bfloat16") -> di
         model.config.architectures = [type(model).__name__]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(out_dir) as tmp:
-        # quantize from the weights as loaded (fp32 on CPU): passing bf16 here would round twice
-        compute_dtype = next(model.parameters()).dtype
+        # quantize from the weights in the compute dtype (fp32 on CPU): passing bf16 here would round twice
+        compute_dtype = compute_dtype or next(model.parameters()).dtype
         with torch.inference_mode():
-            export_hf_checkpoint(model, dtype=compute_dtype, export_dir=tmp)
+            export_hf_checkpoint(model, dtype=compute_dtype, export_dir=tmp, max_shard_size=max_shard_size)
         _cast_high_precision(tmp, getattr(torch, dtype))
         write_both_rope_layouts(tmp)
         if tokenizer is not None:

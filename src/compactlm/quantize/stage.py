@@ -10,10 +10,13 @@ is measured on ModelOpt's fake-quantized model before export, where that forward
 from __future__ import annotations
 
 import copy
+import gc
+
+import torch
 
 from compactlm import stages
 from compactlm.data.splits import load_split
-from compactlm.model.loading import load_model, load_tokenizer, setup_engine
+from compactlm.model.loading import computing_in, load_model, load_tokenizer, setup_engine, storage_dtype
 from compactlm.pipeline import StageContext, StageOutput
 from compactlm.quantize.formats import forward_supported
 from compactlm.quantize.ptq import check_exclude, export, quantize
@@ -34,7 +37,11 @@ class QuantizeStage:
             -1
         ]  # the latest model of the run: distilled, else pruned, else teacher
         source_stage = next(s for s, lab in stages.model_labels().items() if lab == label)
-        model = load_model(source, device, precision.frozen_dtype)
+        # a bf16 checkpoint on a float32 CPU stays bf16 in memory; each block runs in float32 (the same values), and
+        # the export quantizes each weight from float32: the files are those of a float32-loaded model
+        held = getattr(torch, storage_dtype(source, precision.compute))
+        compute = precision.frozen_dtype if held != precision.frozen_dtype else None
+        model = load_model(source, device, held)
         check_exclude(model, q.exclude)
         data_dir = ctx.upstream_output("data", "calibration").parent
         calib = load_split(data_dir, "calibration")
@@ -43,13 +50,15 @@ class QuantizeStage:
         measure = q.evaluate and forward_supported(q.format, device)
         reference = copy.deepcopy(model) if measure else None
         with precision.autocast():
-            quantize(model, calib, q.format, q.kv_cache_fp8, list(q.exclude), q.batch_size, device)
+            quantize(
+                model, calib, q.format, q.kv_cache_fp8, list(q.exclude), q.batch_size, device, compute_dtype=compute
+            )
         quality = None
         if measure:
             val = load_split(data_dir, "validation")
             if ctx.cfg.evaluate.max_sequences:
                 val = val[: ctx.cfg.evaluate.max_sequences]
-            with precision.autocast():
+            with precision.autocast(), computing_in(compute, model, reference):
                 res = fake_quant_quality(model, val, q.format, ctx.cfg.evaluate.batch_size, device, reference)
             quality = {"reference": res["reference"], "quantized": res["quantized"]}
             del reference
@@ -62,7 +71,9 @@ class QuantizeStage:
                 flush=True,
             )
         out = ctx.stage_dir / "export"
-        sizes = export(model, load_tokenizer(source), out, dtype=q.export_dtype)
+        sizes = export(model, load_tokenizer(source), out, dtype=q.export_dtype, compute_dtype=precision.frozen_dtype)
+        del model  # the verification below reads both checkpoints tensor by tensor
+        gc.collect()
         layout = check_layout(out, q.format, kv_cache_fp8=q.kv_cache_fp8)
         verified = compare(out, source)
         if not verified["passed"]:
