@@ -1,12 +1,12 @@
-"""Peak memory of the data stage's splitting, now (each split streamed to its file as it is packed) against the
-code of an earlier commit (`--before`, default the last one that kept every split in memory and stacked it), on one
-text source, each in its own process.
+"""Peak memory of the data stage's splitting, now (the documents indexed by byte offset and read back as they are
+tokenized, each split streamed to its file as it is packed) against the code of an earlier commit (`--before`,
+default the last one that kept every split in memory and stacked it), on one text source, each in its own process.
 
 The source is CPython's pydoc topics, one paragraph a line, repeated `--copies` times (ASCII English), packed into
 `--seq-len` sequences with no train quota, so every token of the source lands in a split. For each version it
 prints the peak RSS of the process, what the process held just before splitting (Python, numpy, the tokenizer), what
 splitting added against the split files' bytes and the text's, and the launch plan's estimate for the data stage
-(`compactlm.launch.plan.plan_data`: the source text at ~4 bytes a token plus its host runtime allowance).
+(`compactlm.launch.plan.data_held` plus the host runtime allowance).
 
     python benchmarks/data_memory.py                  # 120 copies: ~54 MiB of text, 14M tokens
     python benchmarks/data_memory.py --copies 400
@@ -29,7 +29,7 @@ from pathlib import Path
 from scale import smol_tokenizer_dir
 
 from compactlm.data.schema import DataConfig
-from compactlm.launch.plan import HOST_RUNTIME
+from compactlm.launch.plan import HOST_RUNTIME, data_held
 from compactlm.model.loading import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,9 +77,12 @@ def measure(version: str, source: Path, out: Path, seq_len: int) -> dict:
         spec = importlib.util.spec_from_file_location(f"splits_{version}", module_file)
         old = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(old)
-        arrays, _ = old.build_splits_with_heldout(cfg, tokenizer, 0)
-        old.save_splits(arrays, out)
-        sequences = {k: len(v) for k, v in arrays.items()}
+        if hasattr(old, "write_splits"):  # streamed splits (from 1a6fbbf's successor on)
+            _, sequences, _ = old.write_splits(cfg, tokenizer, 0, out)
+        else:
+            arrays, _ = old.build_splits_with_heldout(cfg, tokenizer, 0)
+            old.save_splits(arrays, out)
+            sequences = {k: len(v) for k, v in arrays.items()}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"version": version, "peak": peak, "baseline": baseline, "tokens": sum(sequences.values()) * seq_len}
 
@@ -123,9 +126,11 @@ def main() -> None:
             f"{above / text:.2f} x the text's"
         )
     print(f"now / {rows[0]['version']} peak RSS: {rows[1]['peak'] / rows[0]['peak']:.2f}")
-    plan = 4 * tokens + HOST_RUNTIME
+    held = data_held(DataConfig(name="bench", kind="text", paths=[str(source)], seq_len=args.seq_len), tokens)
+    plan = sum(held.values()) + HOST_RUNTIME
+    terms = ", ".join(f"{k} {v / MIB:.1f} MiB" for k, v in held.items())
     print(
-        f"the plan's estimate ({tokens:,} tokens x 4 bytes + {HOST_RUNTIME / MIB:.0f} MiB): {plan / MIB:.1f} MiB; "
+        f"the plan's estimate ({terms}, + {HOST_RUNTIME / MIB:.0f} MiB runtime): {plan / MIB:.1f} MiB; "
         f"plan / measured peak now: {plan / rows[1]['peak']:.2f}"
     )
 

@@ -19,10 +19,11 @@ The launch plan's memory estimate of each stage is printed next to its measured 
     python benchmarks/scale.py                                 # 135m, 0.5b, 1.5b (~25 min on 2 cores)
     python benchmarks/scale.py --sizes 3b --stages-b none      # one size, run A only
     python benchmarks/scale.py --sizes 7b --no-train --calib 2 --stages-b none   # the 7B-shaped importance + prune
+    python benchmarks/scale.py --sizes 7b --calib 2 --stages-a none             # the 7B-shaped quantize + gguf
 
 Checkpoints and runs go under --workdir (default runs/scale-bench); each size's folder is deleted when its
-row is measured (a 7B-shaped checkpoint is ~15 GB), unless --keep. Results accumulate in <workdir>/scale.json,
-so sizes run separately end up in one table.
+row is measured (a 7B-shaped checkpoint is ~15 GB), unless --keep. Results accumulate in <workdir>/scale.json
+(a measured stage replaces that size's earlier row of it), so sizes and stages run separately end up in one table.
 """
 
 from __future__ import annotations
@@ -147,17 +148,21 @@ def measure_size(size: str, args, tok_dir: Path, log: Path) -> list[dict]:
     gen_s = time.time() - t0
     print(f"[scale] {size}: {shape.params() / 1e9:.2f}B parameters written in {gen_s:.0f} s", flush=True)
     runs = root / "runs"
-    stages_a = ["model", "data", "importance", "prune"] + (
-        [] if args.no_train or size not in args.train_sizes else ["distill"]
+    stages_a = [] if args.stages_a == "none" else ["model", "data", *args.stages_a.split(",")]
+    if stages_a and not args.no_train and size in args.train_sizes:
+        stages_a.append("distill")
+    runs_ab = ([stages_a] if stages_a else []) + (
+        [["model", "data", *args.stages_b.split(",")]] if args.stages_b != "none" else []
     )
-    runs_ab = [stages_a] + ([["model", "data", *args.stages_b.split(",")]] if args.stages_b != "none" else [])
     plans: dict[str, int] = {}
     for stages in runs_ab:
         cmd = overrides(ckpt, runs, size, stages, args.engine_dtype, args.calib)
         plans.update(plan_memory(cmd))
         launch(cmd, size, log)
     run_dir = runs / f"scale_{size.replace('.', 'p')}"
-    pruned = read_manifest(run_dir / "prune")["result"]["params_after"]["total"]
+    pruned = (read_manifest(run_dir / "prune") or {"result": {"params_after": {"total": 0}}})["result"]["params_after"][
+        "total"
+    ]
     rows = []
     for stage in ["model", "data", "importance", "prune", "distill", "quantize", "gguf"]:
         m = read_manifest(run_dir / stage)
@@ -301,6 +306,9 @@ def main() -> None:
     ap.add_argument(
         "--calib", type=int, default=8, help=f"calibration sequences of {SEQ_LEN} tokens (importance, quantize)"
     )
+    ap.add_argument(
+        "--stages-a", default="importance,prune", help="run A's stages after model and data (+ distill), or none"
+    )
     ap.add_argument("--stages-b", default="quantize,gguf", help="run B's stages after model and data, or none")
     ap.add_argument("--train-sizes", default="135m,0.5b", help="sizes that also distill (a few steps)")
     ap.add_argument("--no-train", action="store_true", help="never distill")
@@ -333,7 +341,8 @@ def main() -> None:
         tok_dir = smol_tokenizer_dir(args.cache_dir)
         for size in sizes:
             new = measure_size(size, args, tok_dir, work / "launch.log")
-            rows = [r for r in rows if r["size"] != size] + new
+            measured = {(r["size"], r["stage"]) for r in new}  # a size's other stages keep their earlier rows
+            rows = [r for r in rows if (r["size"], r["stage"]) not in measured] + new
             store.write_text(json.dumps(rows, indent=1))
     report(rows, work / "scale.png")
 

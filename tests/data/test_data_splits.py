@@ -70,7 +70,7 @@ def test_jsonl_reads_the_text_field_and_reports_bad_lines(tmp_path):
     with pytest.raises(ConfigError, match=r"d.jsonl:3 is not a JSON object with key data.text_field='text'"):
         read_documents(cfg)
     p.write_text(json.dumps({"text": "ala ma kota"}) + "\n")
-    assert read_documents(cfg) == ["ala ma kota"]
+    assert list(read_documents(cfg)) == ["ala ma kota"]
 
 
 def test_too_little_text_names_the_keys(tiny_tokenizer, tmp_path):
@@ -98,3 +98,43 @@ def test_splits_are_written_row_by_row_into_one_npy(tmp_path):
     mapped = np.load(path, mmap_mode="r")
     assert mapped.shape == (1000, 48) and mapped.dtype == np.int32 and np.array_equal(mapped, rows)
     assert path.stat().st_size == 128 + rows.nbytes  # one header and the rows, nothing else
+
+
+@pytest.mark.parametrize("kind", ["text", "jsonl"])
+def test_file_documents_are_the_lines_text_mode_reads(kind, tmp_path):
+    """The text / jsonl source is indexed by byte offsets and read back one document at a time: the documents are
+    those Python's text mode (universal newlines) gives, for \n, \r\n and lone \r endings, blank lines and
+    non-ASCII text."""
+    lines = ["Zażółć gęślą jaźń", "  ", "drugi\tdokument ", "", "trzeci — ostatni", "x"]
+    if kind == "jsonl":
+        lines = [json.dumps({"text": t}, ensure_ascii=False) if t.strip() else t for t in lines[:-1]]
+        lines.append(json.dumps({"text": ""}))
+    raw = "\r\n".join(lines[:3]).encode() + b"\r" + "\n".join(lines[3:]).encode()
+    (tmp_path / "a.txt").write_bytes(raw)
+    (tmp_path / "b.txt").write_bytes("ostatni plik\n".encode() if kind == "text" else b'{"text": "plik b"}\n')
+    cfg = DataConfig(name="f", kind=kind, paths=[str(tmp_path / "*.txt")])
+    expected = []
+    for path in sorted(tmp_path.glob("*.txt")):
+        for line in path.open(encoding="utf-8"):
+            text = line.strip() if kind == "text" else (json.loads(line)["text"] if line.strip() else "")
+            if text and text.strip():
+                expected.append(text)
+    docs = read_documents(cfg)
+    assert len(docs) == len(expected) >= 4
+    assert [docs[i] for i in reversed(range(len(docs)))] == expected[::-1]
+    assert list(docs) == expected
+    docs.close()
+
+
+def test_a_file_source_splits_as_a_shuffled_list_of_its_texts(tiny_tokenizer, tmp_path):
+    """Only the documents' order is shuffled (FileDocuments): the held-out documents are the first ones of the
+    seeded shuffle of the whole list of texts, as when the text was read whole and shuffled."""
+    import random
+    from pydoc_data.topics import topics
+
+    texts = [" ".join(topics[k].split()) for k in sorted(topics)]
+    (tmp_path / "docs.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    cfg = DataConfig(name="f", kind="text", paths=[str(tmp_path / "docs.txt")], seq_len=64, max_train_sequences=8)
+    _, _, heldout = write_splits(cfg, tiny_tokenizer, 3, tmp_path)
+    random.Random(3).shuffle(texts)
+    assert heldout and heldout == texts[: len(heldout)]

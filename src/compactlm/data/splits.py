@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import codecs
 import glob
+import itertools
 import json
 import os
 import random
+from array import array
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
@@ -128,30 +130,87 @@ def _check_jsonl(path: Path, text_field: str) -> bool:
     return has_text
 
 
-def read_documents(cfg: DataConfig) -> list[str]:
-    """All documents of the source, in a stable order (shuffling happens in :func:`write_splits`)."""
+def _text_lines(f: BinaryIO):
+    """(byte offset, bytes) of every line of a binary file as Python's text mode splits it (universal newlines:
+    \n, \r\n and a lone \r each end a line), without the line ending. UTF-8 never has these bytes inside a
+    character, so the bytes can be split before they are decoded."""
+    pos = 0
+    for raw in f:
+        body = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
+        start = pos
+        for part in body.split(b"\r"):
+            yield start, part
+            start += len(part) + 1
+        pos += len(raw)
+
+
+class FileDocuments:
+    """The documents of local text / jsonl files, read on demand: an index of (file, byte offset, byte length)
+    per document is kept (24 bytes a document) instead of the text, so the source can be shuffled and split
+    without holding it; ``docs[i]`` reads document i back, as the whole-text reading did."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        self.paths = expand_paths(cfg)
+        files, offsets, sizes = array("q"), array("q"), array("q")  # 8 bytes each a document while indexing
+        total = sum(p.stat().st_size for p in self.paths)
+        with tqdm(total=total, desc="[data] indexing", unit="B", unit_scale=True, mininterval=2) as bar:
+            for k, path in enumerate(self.paths):
+                with path.open("rb") as f:
+                    for n, (off, line) in enumerate(_text_lines(f), 1):
+                        if self._parse(line, path, n) is not None:
+                            files.append(k)
+                            offsets.append(off)
+                            sizes.append(len(line))
+                bar.update(path.stat().st_size)
+        self.index = np.stack([np.frombuffer(a, np.int64) for a in (files, offsets, sizes)], axis=1)
+        self._open: dict[int, BinaryIO] = {}
+
+    def _parse(self, line: bytes, path: Path, n: int) -> str | None:
+        """The document on one line, or None where the line holds none (blank, or an empty text field)."""
+        text = line.decode("utf-8")
+        if not text.strip():
+            return None
+        if self.cfg.kind == "text":
+            return text.strip()
+        try:
+            text = json.loads(text)[self.cfg.text_field]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"data.paths: {path}:{n} is not a JSON object with key data.text_field={self.cfg.text_field!r} ({e})"
+            ) from None
+        return str(text) if text and str(text).strip() else None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> str:
+        k, off, size = (int(v) for v in self.index[i])
+        if k not in self._open:
+            self._open[k] = self.paths[k].open("rb")  # read-only; closed by close()
+        f = self._open[k]
+        f.seek(off)
+        text = self._parse(f.read(size), self.paths[k], 0)
+        if text is None:
+            raise ConfigError(f"data.paths: {self.paths[k]} changed while the data stage was reading it")
+        return text
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+
+def read_documents(cfg: DataConfig):
+    """All documents of the source, in a stable order (shuffling happens in :func:`write_splits`): a list, or for
+    local text / jsonl files a :class:`FileDocuments` that reads each document when it is asked for."""
     if cfg.kind == "pydoc":
         return [topics[k] for k in sorted(topics)]
-    if cfg.kind == "text":
-        docs = []
-        for path in expand_paths(cfg):
-            docs.extend(line.strip() for line in path.open(encoding="utf-8") if line.strip())
-        return docs
-    if cfg.kind == "jsonl":
-        docs = []
-        for path in expand_paths(cfg):
-            for n, line in enumerate(path.open(encoding="utf-8"), 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)[cfg.text_field]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ConfigError(
-                        f"data.paths: {path}:{n} is not a JSON object with key data.text_field={cfg.text_field!r} ({e})"
-                    ) from None
-                if text and str(text).strip():
-                    docs.append(str(text))
-        return docs
+    if cfg.reads_files():
+        return FileDocuments(cfg)
     # kind == "hf": real datasets loading code; needs network or a local datasets cache.
     import datasets  # slow to import (pyarrow, fsspec), and only data.kind=hf uses it
 
@@ -249,11 +308,15 @@ def _split(cfg: DataConfig, tokenizer, seed: int, sinks: list) -> list[str]:
     """Read, shuffle (seeded), tokenize and pack the source into `sinks` (validation, calibration, train); returns
     the held-out documents' text; ConfigError when a split got too few sequences."""
     docs = read_documents(cfg)
-    random.Random(seed).shuffle(docs)
+    # the documents' order is shuffled, not their text: random.shuffle's permutation depends only on the length,
+    # so these are the splits a shuffled list of the texts gives
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
     if cfg.max_documents:
-        docs = docs[: cfg.max_documents]
+        order = order[: cfg.max_documents]
     eos = tokenizer.eos_token_id
-    token_docs = (ids + ([eos] if eos is not None else []) for ids in _tokenize(tokenizer, docs))
+    texts = (docs[i] for i in order)
+    token_docs = (ids + ([eos] if eos is not None else []) for ids in _tokenize(tokenizer, texts, len(order)))
     quotas = [cfg.validation_sequences, cfg.calibration_sequences, cfg.max_train_sequences]
     doc_counts: list[int] = []
     pack_rows(token_docs, cfg.seq_len, quotas, sinks, doc_counts)
@@ -262,10 +325,13 @@ def _split(cfg: DataConfig, tokenizer, seed: int, sinks: list) -> list[str]:
         if (want is not None and have < want and split != "train") or have == 0:
             raise ConfigError(
                 f"data={cfg.name}: only {have} {split} sequences of data.seq_len={cfg.seq_len} tokens could be "
-                f"packed from {len(docs)} documents (wanted {want or 'at least 1'}); add text or lower "
+                f"packed from {len(order)} documents (wanted {want or 'at least 1'}); add text or lower "
                 f"data.validation_sequences / data.calibration_sequences / data.seq_len"
             )
-    return docs[: doc_counts[0]]
+    heldout = [docs[i] for i in order[: doc_counts[0]]]
+    if isinstance(docs, FileDocuments):
+        docs.close()
+    return heldout
 
 
 def save_heldout(docs: list[str], folder: Path) -> Path:
@@ -275,10 +341,11 @@ def save_heldout(docs: list[str], folder: Path) -> Path:
     return out
 
 
-def _tokenize(tokenizer, docs: list[str], chunk: int = 256):
-    with tqdm(total=len(docs), desc="[data] tokenizing", unit="doc", mininterval=2) as bar:
-        for start in range(0, len(docs), chunk):
-            batch = docs[start : start + chunk]
+def _tokenize(tokenizer, docs: Iterable[str], total: int, chunk: int = 256):
+    """Token ids of each document, tokenized `chunk` documents at a time as they are read."""
+    it = iter(docs)
+    with tqdm(total=total, desc="[data] tokenizing", unit="doc", mininterval=2) as bar:
+        while batch := list(itertools.islice(it, chunk)):
             yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
             bar.update(len(batch))
 

@@ -35,6 +35,7 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from pydoc_data.topics import topics as pydoc_topics
 from typing import Any
 
 from compactlm import stages
@@ -511,18 +512,26 @@ def plan_model(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     return {}, {"teacher download (bf16, Hugging Face cache)": 2 * t.total}, None
 
 
+def data_held(d, tokens: int) -> dict[str, int]:
+    """What the data stage holds for `tokens` tokens of splits (d: the DataConfig); the splits themselves go to their
+    files as they are packed (data/splits.py NpyRows)."""
+    if d.reads_files():
+        # data/splits.py FileDocuments: local files are indexed (24 bytes a document) and their shuffled order kept
+        # (a Python list, ~36 bytes a document); each document is read back when it is tokenized. ~60 bytes a
+        # document is ~0.6 bytes per token for documents of 100 tokens or more
+        return {"document index and shuffled order (~60 bytes a document of >= 100 tokens)": int(0.6 * tokens)}
+    if d.kind == "pydoc":  # the bundled text, held whole (ASCII: one byte a character)
+        return {"the bundled pydoc text": sum(len(t) for t in pydoc_topics.values())}
+    # data.kind=hf holds the dataset's text column to shuffle it: ~4 bytes per token for ASCII text (Python keeps
+    # text with characters beyond Latin-1, Polish for one, at 2 bytes a character)
+    return {"source text (the dataset's text column, ~4 bytes per token)": 4 * tokens}
+
+
 def plan_data(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     d = ctx.conf.data
     train = d.max_train_sequences or _steps(ctx.conf.distill, d.seq_len) * ctx.conf.distill.global_batch_size
     tokens = (train + d.validation_sequences + d.calibration_sequences) * d.seq_len
-    return (
-        # the splits go to their files as they are packed (data/splits.py NpyRows); what stays is the source's text,
-        # read whole to shuffle its documents: ~4 bytes per token for ASCII text (Python keeps text with characters
-        # beyond Latin-1, Polish for one, at 2 bytes a character), more where the source outgrows the splits
-        {"source text (read whole to shuffle its documents, ~4 bytes per token)": 4 * tokens},
-        {"train/validation/calibration splits (int32)": 4 * tokens},
-        None,
-    )
+    return data_held(d, tokens), {"train/validation/calibration splits (int32)": 4 * tokens}, None
 
 
 def plan_importance(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
