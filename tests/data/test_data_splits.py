@@ -111,7 +111,7 @@ def test_file_documents_are_the_lines_text_mode_reads(kind, tmp_path):
         lines.append(json.dumps({"text": ""}))
     raw = "\r\n".join(lines[:3]).encode() + b"\r" + "\n".join(lines[3:]).encode()
     (tmp_path / "a.txt").write_bytes(raw)
-    (tmp_path / "b.txt").write_bytes("ostatni plik\n".encode() if kind == "text" else b'{"text": "plik b"}\n')
+    (tmp_path / "b.txt").write_bytes(b"ostatni plik\n" if kind == "text" else b'{"text": "plik b"}\n')
     cfg = DataConfig(name="f", kind=kind, paths=[str(tmp_path / "*.txt")])
     expected = []
     for path in sorted(tmp_path.glob("*.txt")):

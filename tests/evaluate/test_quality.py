@@ -39,3 +39,27 @@ def test_kl_and_perplexity_are_the_same_on_one_thread_and_on_two(threads):
             if key in got[1][label]:
                 assert got[1][label][key] == got[2][label][key], (label, key)
     assert got[1]["student"]["kl_to_teacher"] > 0
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_bf16_model_computing_in_float32_scores_as_the_float32_model(tied, tmp_path):
+    """gguf's hf_check (and quantize's fake-quant perplexity) hold a bf16 checkpoint in bf16 and run each block in
+    float32 (compactlm.model.loading.computing_in): every figure is that of the model loaded whole in float32."""
+    from transformers import AutoModelForCausalLM
+
+    from compactlm.model.loading import computing_in, load_model
+
+    torch.manual_seed(0)
+    config = tiny_config("llama", tie_word_embeddings=tied)
+    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "other")
+    ids = np.random.default_rng(0).integers(3, config.vocab_size, (4, 24)).astype(np.int32)
+    other = load_model(tmp_path / "other")
+    full = quality({"ref": load_model(tmp_path / "bf16"), "other": other}, "ref", ids, 2, "cpu", progress=False)
+    held = load_model(tmp_path / "bf16", dtype=torch.bfloat16)
+    with computing_in(torch.float32, held):
+        half = quality({"ref": held, "other": other}, "ref", ids, 2, "cpu", progress=False)
+    assert {p.dtype for p in held.parameters()} == {torch.bfloat16}
+    for label in full:
+        for key in ("loss", "kl_to_teacher", "top1_agreement"):
+            assert full[label].get(key) == half[label].get(key), (label, key)

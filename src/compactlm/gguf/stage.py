@@ -20,7 +20,7 @@ from compactlm.gguf.llamacpp import ensure
 from compactlm.gguf.measure import perplexity, serving_speed, summary_row
 from compactlm.gguf.schema import GGUFFile, GGUFResult
 from compactlm.manifest import atomic_write_text
-from compactlm.model.loading import load_model, setup_engine
+from compactlm.model.loading import computing_in, load_model, setup_engine, storage_dtype
 from compactlm.pipeline import StageContext, StageOutput
 from compactlm.results import TEACHER, ParamCounts, student_label
 
@@ -144,19 +144,26 @@ def heldout_text(folder: Path, out: Path) -> Path:
 def hf_check(ctx: StageContext, files: list[GGUFFile], source: Path, student: str) -> dict:
     """Every student file dequantized by transformers' GGUF loader, scored on the validation split against the
     student checkpoint itself: perplexity, KL(source ‖ file) and top-1 agreement per token."""
+    import torch  # heavy: only where hf_check runs
+
     device, _ = setup_engine(ctx.cfg.engine)
     val = load_split(ctx.upstream_output("data", "validation").parent, "validation")
     if ctx.cfg.evaluate.max_sequences:
         val = val[: ctx.cfg.evaluate.max_sequences]
-    reference = load_model(source, device)  # float32: the dequantized files are compared at full precision
+    # the dequantized files are compared at full precision: the reference computes in float32, held in its
+    # checkpoint's bf16 where it is stored so (each block upcast while it runs: the same values, half the bytes)
+    held = storage_dtype(source, "float32")
+    reference = load_model(source, device, getattr(torch, held))
+    upcast = torch.float32 if held != "float32" else None
     source_row = None
     for f in files:
         if f.model != student:
             continue
         model = gg.load_dequantized(ctx.stage_dir / f.file, device, source)
-        rows = quality(
-            {"source": reference, f.type: model}, "source", val, ctx.cfg.evaluate.batch_size, device, progress=False
-        )
+        with computing_in(upcast, reference):
+            rows = quality(
+                {"source": reference, f.type: model}, "source", val, ctx.cfg.evaluate.batch_size, device, progress=False
+            )
         source_row = rows["source"]
         r = rows[f.type]
         f.hf = {

@@ -569,8 +569,9 @@ def plan_prune(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     return mem, {f"pruned checkpoint ({_dtype(stored)})": out}, None
 
 
-def _quantize_source_bytes(ctx: _Ctx) -> int:
-    """Bytes per value the quantize stage holds its source in: a model trained in this run is saved in the compute
+def _source_bytes(ctx: _Ctx) -> int:
+    """Bytes per value the quantize stage (and gguf's hf_check) holds its source in: a model trained in this run is
+    saved in the compute
     dtype; the teacher and a pruned checkpoint keep the teacher's stored dtype, held as stored where that is
     narrower than the compute dtype (a bf16 checkpoint on a float32 CPU)."""
     recipe = ctx.conf.recipe.stages
@@ -580,13 +581,13 @@ def _quantize_source_bytes(ctx: _Ctx) -> int:
 
 
 def plan_quantize(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
-    """quantize (quantize/stage.py): the source is held as :func:`_quantize_source_bytes` says, each block upcast
+    """quantize (quantize/stage.py): the source is held as :func:`_source_bytes` says, each block upcast
     to the compute dtype only while it runs; the export converts each weight in place and safetensors serializes
     one shard (at most 2 GB) at a time."""
     s = s or t
     q = ctx.conf.quantize
     c = ctx.cbytes
-    held = _quantize_source_bytes(ctx)
+    held = _source_bytes(ctx)
     tokens = q.batch_size * ctx.seq
     mem = {f"model ({_dtype(held)})": held * s.total}
     if held < c:
@@ -605,12 +606,16 @@ def plan_gguf(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     g = ctx.conf.gguf
     s = s or t
     mem = {}
-    if g.hf_check:  # gguf/stage.py hf_check: the student and one dequantized file, both float32
+    if g.hf_check:  # gguf/stage.py hf_check: the student as held (computing in fp32) and one dequantized file (fp32)
         tokens = ctx.conf.evaluate.batch_size * ctx.seq
+        held = _source_bytes(ctx)
         mem = {
-            "student (fp32) + one dequantized file (fp32)": 8 * s.total,
+            f"student ({_dtype(held)})": held * s.total,
+            "one dequantized file (fp32)": 4 * s.total,
             "logits of both (fp32)": 2 * 4 * tokens * s.hf["vocab_size"],
         }
+        if held < 4:
+            mem["one block upcast (fp32)"] = 4 * max(s.layer, s.hf["vocab_size"] * s.hf["hidden_size"])
     disk = {f"student {g.outtype}": _gguf_bytes(s.total, g.outtype)}
     for typ in g.types:
         if typ != g.outtype:

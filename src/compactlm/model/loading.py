@@ -295,6 +295,42 @@ def load_model(folder: str | Path, device: str = "cpu", dtype=None):
     return model.to(device).eval()
 
 
+SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+def read_weights_unmapped(model, folder: str | Path) -> int:
+    """Give each parameter of a CPU model its own memory, read from `folder`'s safetensors files with plain reads.
+
+    Loaded in its stored dtype, a model's weights are views of the files' memory-mapped pages: they count in the
+    process's RSS once read and stay mapped while any tensor of the file lives, so replacing weights one by one (the
+    quantize export) frees nothing until the end. After this the files are no longer mapped by the model, and each
+    replaced weight's memory is returned at once. Parameters whose name, shape or dtype differ from the file's keep
+    their tensors. Returns the number of parameters read.
+    """
+    import torch  # heavy: see the module docstring
+
+    params = dict(model.named_parameters())  # a tied weight once
+    done = 0
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with open(path, "rb") as f:  # the safetensors layout: u64 header length, JSON header, then the data
+            length = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(length))
+            for name, info in header.items():
+                p = params.get(name)
+                if p is None or p.device.type != "cpu" or not isinstance(info, dict):
+                    continue
+                begin, end = info["data_offsets"]
+                dtype = getattr(torch, SAFETENSORS_DTYPES.get(info["dtype"], "uint8"))
+                if p.dtype != dtype or list(p.shape) != info["shape"] or end - begin != p.numel() * p.element_size():
+                    continue
+                data = torch.empty(p.shape, dtype=p.dtype)
+                f.seek(8 + length + begin)
+                f.readinto(data.view(-1).view(torch.uint8).numpy())
+                p.data = data
+                done += 1
+    return done
+
+
 def load_tokenizer(folder: str | Path):
     from transformers import AutoTokenizer  # heavy: see the module docstring
 
@@ -334,27 +370,32 @@ def storage_dtype(folder: str | Path, compute: str) -> str:
 @contextmanager
 def upcast_while_running(modules, dtype):
     """Within the block, the parameters of each module of `modules` are cast to `dtype` just before its forward
-    and back to their own dtype right after: a bf16-stored model computes exactly as if it had been loaded in
+    and given back their own tensors right after: a bf16-stored model computes exactly as if it had been loaded in
     float32 (bf16 -> float32 is exact), while holding one float32 block at a time instead of a float32 copy of the
-    model. Buffers keep their dtype, so statistics gathered during the forward (ModelOpt's calibration amax)
-    stay float32, and the Parameter objects stay the same (only their data is swapped).
+    model. The Parameter objects and their tensors stay the same (a checkpoint memory-mapped by the loader stays
+    mapped, never copied), and buffers keep their dtype, so statistics gathered during the forward (ModelOpt's
+    calibration amax) stay float32. A forward must not change the weights it runs with (the float32 copy is
+    dropped); ModelOpt's SmoothQuant and AWQ rescale them after the calibration forwards, outside this.
 
     modules: e.g. :func:`compactlm.arch.forward_blocks`; each module's parameters must share one dtype.
     """
+    held: dict[int, list] = {}
 
-    def cast(to):
-        def hook(mod, *_):  # pre-hook (mod, args) and hook (mod, args, out); returns None: nothing is replaced
-            for p in mod.parameters():
-                if p.dtype != to:
-                    p.data = p.data.to(to)
+    def upcast(mod, *_):  # forward pre-hook (mod, args); returns None: the inputs are not replaced
+        params = list(mod.parameters())
+        held[id(mod)] = [p.data for p in params]
+        for p in params:
+            p.data = p.data.to(dtype)
 
-        return hook
+    def restore(mod, *_):  # forward hook (mod, args, out); returns None: the output is not replaced
+        for p, data in zip(mod.parameters(), held.pop(id(mod))):
+            p.data = data
 
     handles = []
     for m in modules:
         stored = next(m.parameters()).dtype
         if stored != dtype:
-            handles += [m.register_forward_pre_hook(cast(dtype)), m.register_forward_hook(cast(stored))]
+            handles += [m.register_forward_pre_hook(upcast), m.register_forward_hook(restore)]
     try:
         yield
     finally:

@@ -16,7 +16,14 @@ import torch
 
 from compactlm import stages
 from compactlm.data.splits import load_split
-from compactlm.model.loading import computing_in, load_model, load_tokenizer, setup_engine, storage_dtype
+from compactlm.model.loading import (
+    computing_in,
+    load_model,
+    load_tokenizer,
+    read_weights_unmapped,
+    setup_engine,
+    storage_dtype,
+)
 from compactlm.pipeline import StageContext, StageOutput
 from compactlm.quantize.formats import forward_supported
 from compactlm.quantize.ptq import check_exclude, export, quantize
@@ -42,6 +49,8 @@ class QuantizeStage:
         held = getattr(torch, storage_dtype(source, precision.compute))
         compute = precision.frozen_dtype if held != precision.frozen_dtype else None
         model = load_model(source, device, held)
+        if device == "cpu":  # the export frees each weight as it converts it: only where the files are not mapped
+            read_weights_unmapped(model, source)
         check_exclude(model, q.exclude)
         data_dir = ctx.upstream_output("data", "calibration").parent
         calib = load_split(data_dir, "calibration")
