@@ -400,8 +400,6 @@ def test_streamed_prune_and_block_upcast_are_what_the_plan_holds(monkeypatch):
 def test_quantize_holds_a_bf16_source_in_bf16_and_a_trained_one_in_the_compute_dtype(monkeypatch, stages, held):
     """quantize/stage.py loads the teacher or a pruned checkpoint in its stored bf16 on a float32 machine and
     upcasts one block at a time; a model distilled in this run is saved (and held) in the compute dtype."""
-    from compactlm.quantize.ptq import EXPORT_SHARD_BYTES
-
     monkeypatch.setattr(plan_module, "checkpoint_layout", lambda conf: (2, 1000))
     extra = ["prune.model=null", "prune.export_config.num_layers=1"] if "prune" in stages else []
     conf = to_config(compose([f"recipe.stages=[{stages}]", "engine.dtype=float32", "data.seq_len=32", *extra]))
@@ -411,4 +409,3 @@ def test_quantize_holds_a_bf16_source_in_bf16_and_a_trained_one_in_the_compute_d
     assert q.memory[f"model ({name})"] == held * source.total
     assert q.memory[f"reference copy ({name})"] == held * source.total  # quantize.evaluate is on by default
     assert ("one block upcast (fp32)" in q.memory) == (held == 2)
-    assert plan_module.EXPORT_SHARD_BYTES == EXPORT_SHARD_BYTES

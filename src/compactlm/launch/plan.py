@@ -82,8 +82,6 @@ DEVICES = {
 DEFAULT_GPU = "h100"
 PRUNE_SHARD_BYTES = 1 << 30
 """The streamed prune's output shard size (compactlm.prune.slicing.SHARD_BYTES; that module imports torch)."""
-EXPORT_SHARD_BYTES = 2 * 10**9
-"""The quantize export's largest safetensors shard (compactlm.quantize.ptq.EXPORT_SHARD_BYTES)."""
 
 GPU_RUNTIME = 2 * GiB
 """Per GPU: CUDA context, cuBLAS workspaces, NCCL buffers and allocator slack; an allowance, not a measurement."""
@@ -581,9 +579,10 @@ def _source_bytes(ctx: _Ctx) -> int:
 
 
 def plan_quantize(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
-    """quantize (quantize/stage.py): the source is held as :func:`_source_bytes` says, each block upcast
-    to the compute dtype only while it runs; the export converts each weight in place and safetensors serializes
-    one shard (at most 2 GB) at a time."""
+    """quantize (quantize/stage.py): the source is held as :func:`_source_bytes` says (in the process's own memory,
+    not mapped), each block upcast to the compute dtype only while it runs. The peak is the calibration: the export
+    then converts each weight in place, freeing the high-precision one, and serializes one safetensors shard of at
+    most 2 GB (compactlm.quantize.ptq.EXPORT_SHARD_BYTES) at a time, less than the weights it freed."""
     s = s or t
     q = ctx.conf.quantize
     c = ctx.cbytes
@@ -597,7 +596,6 @@ def plan_quantize(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
     mem["calibration forward"] = forward_working_set(s, tokens, c) + 4 * tokens * s.hf["vocab_size"]
     embed = s.root  # embedding and output layer stay in quantize.export_dtype
     export = int((s.total - embed) * QUANT_BITS[q.format] / 8) + 2 * embed
-    mem["export: one safetensors shard serialized"] = min(EXPORT_SHARD_BYTES, export)
     calib = (q.calibration_sequences or ctx.conf.data.calibration_sequences) * ctx.seq
     return mem, {f"{q.format} export": export}, calib * forward_flops_per_token(s.hf, ctx.seq)
 
