@@ -175,6 +175,8 @@ def measure_size(size: str, args, tok_dir: Path, log: Path) -> list[dict]:
                 "stage": stage,
                 "seconds": m["wall_time_s"],
                 "tokens": tokens(stage, m, args.calib),
+                # quantize: the calibration forwards alone (the export and its verification grow with parameters)
+                "token_seconds": (m["result"] or {}).get("calibration_seconds"),
                 "peak_rss": m["peak_rss_bytes"],
                 "peak_rss_children": m.get("peak_rss_children_bytes", 0),
                 "held_bytes": held_bytes(stage, shape.params(), pruned),
@@ -203,12 +205,17 @@ def replan_size(size: str, args, tok_dir: Path, rows: list[dict]) -> None:
     shutil.rmtree(root)
 
 
-def exponent(rows: list[dict]) -> float | None:
+def token_seconds(r: dict) -> float:
+    """The seconds that processed the row's tokens: quantize's calibration where it was timed, else the wall time."""
+    return r.get("token_seconds") or r["seconds"]
+
+
+def exponent(rows: list[dict], per_token: bool = True) -> float | None:
     """Least-squares slope of log(seconds per token) (or log(seconds)) against log(parameters)."""
     if len({r["params"] for r in rows}) < 2:
         return None
     x = np.log([r["params"] for r in rows])
-    y = np.log([r["seconds"] / (r["tokens"] or 1) for r in rows])
+    y = np.log([token_seconds(r) / (r["tokens"] or 1) if per_token else r["seconds"] for r in rows])
     return float(np.polyfit(x, y, 1)[0])
 
 
@@ -224,13 +231,13 @@ def report(rows: list[dict], png: Path) -> None:
     )
     print(
         "(model GiB: bf16 bytes of the models the stage needs at once; target: 1.3 x those + 1.5 GiB, for stages "
-        "that do not train; children: llama.cpp's tools)"
+        "that do not train; children: llama.cpp's tools; s/ktok: quantize's from its calibration time alone)"
     )
     for r in sorted(rows, key=lambda r: (r["params"], stages.index(r["stage"]))):
         held = r["held_bytes"]
         target = TARGET_RATIO * held + TARGET_FIXED
         ratio = f"{r['peak_rss'] / held:9.2f}" if held else f"{'-':>9}"
-        per = f"{1000 * r['seconds'] / r['tokens']:8.2f}" if r["tokens"] else f"{'-':>8}"
+        per = f"{1000 * token_seconds(r) / r['tokens']:8.2f}" if r["tokens"] else f"{'-':>8}"
         # the target is for stages that do not train; a llama.cpp tool is a process of its own, held to it too
         ok = "-" if r["stage"] in TRAINS else ("yes" if max(r["peak_rss"], r["peak_rss_children"]) <= target else "NO")
         print(
@@ -245,6 +252,11 @@ def report(rows: list[dict], png: Path) -> None:
             note = "" if k <= TARGET_EXPONENT else "  ABOVE TARGET"
             per = "s/token" if any(r["tokens"] for r in rows if r["stage"] == s) else "s"
             print(f"  {s:<10} {k:5.2f}  ({per} vs params){note}")
+        timed = [r for r in rows if r["stage"] == s and r.get("token_seconds")]
+        k = exponent([{**r, "seconds": r["seconds"] - r["token_seconds"]} for r in timed], per_token=False)
+        if k is not None and len(timed) == len([r for r in rows if r["stage"] == s]):
+            note = "" if k <= TARGET_EXPONENT else "  ABOVE TARGET"
+            print(f"  {s + ', the rest':<10} {k:5.2f}  (s vs params: load, export, verification){note}")
     planned = sorted((r for r in rows if r.get("plan_bytes")), key=lambda r: (r["params"], stages.index(r["stage"])))
     if planned:
         print("\nlaunch plan's memory estimate vs measured peak RSS of the stage process (target: within +-25%):")

@@ -66,6 +66,8 @@ class QuantizeResult:
     """Dequantized export vs source weights (passed, max_rel_err, rows), from quantize.verify.compare."""
     quality: Optional[dict[str, dict[str, Any]]] = None
     """{"reference": ..., "quantized": ...} perplexities of the fake-quantized model, where its forward runs."""
+    calibration_seconds: Optional[float] = None
+    """Wall time of ModelOpt's calibration (the forwards over the calibration split and inserting the quantizers)."""
 
     def summary(self) -> str:
         ppl = f", ppl {self.quality['quantized']['perplexity']:.3f}" if self.quality else ""

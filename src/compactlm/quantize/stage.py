@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import time
 
 import torch
 
@@ -58,10 +59,12 @@ class QuantizeStage:
             calib = calib[: q.calibration_sequences]
         measure = q.evaluate and forward_supported(q.format, device)
         reference = copy.deepcopy(model) if measure else None
+        t0 = time.perf_counter()
         with precision.autocast():
             quantize(
                 model, calib, q.format, q.kv_cache_fp8, list(q.exclude), q.batch_size, device, compute_dtype=compute
             )
+        calibration_seconds = time.perf_counter() - t0
         quality = None
         if measure:
             val = load_split(data_dir, "validation")
@@ -115,5 +118,6 @@ class QuantizeStage:
             layout=layout,
             verify=verified,
             quality=quality,
+            calibration_seconds=round(calibration_seconds, 3),
         )
         return StageOutput(result, outputs={"export": "export"}, engine=precision.record())
