@@ -295,11 +295,9 @@ def load_model(folder: str | Path, device: str = "cpu", dtype=None):
     return model.to(device).eval()
 
 
-SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
-
-
 def read_weights_unmapped(model, folder: str | Path) -> int:
-    """Give each parameter of a CPU model its own memory, read from `folder`'s safetensors files with plain reads.
+    """Give each parameter of a CPU model its own memory, read from `folder`'s safetensors files with plain reads
+    (:class:`compactlm.model.tensorfile.TensorFile`).
 
     Loaded in its stored dtype, a model's weights are views of the files' memory-mapped pages: they count in the
     process's RSS once read and stay mapped while any tensor of the file lives, so replacing weights one by one (the
@@ -307,27 +305,23 @@ def read_weights_unmapped(model, folder: str | Path) -> int:
     replaced weight's memory is returned at once. Parameters whose name, shape or dtype differ from the file's keep
     their tensors. Returns the number of parameters read.
     """
-    import torch  # heavy: see the module docstring
+    from compactlm.model.tensorfile import DTYPES, TensorFile
 
     params = dict(model.named_parameters())  # a tied weight once
     done = 0
     for path in sorted(Path(folder).glob("*.safetensors")):
-        with open(path, "rb") as f:  # the safetensors layout: u64 header length, JSON header, then the data
-            length = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(length))
-            for name, info in header.items():
+        with TensorFile(path) as f:
+            for name in f.keys():
                 p = params.get(name)
-                if p is None or p.device.type != "cpu" or not isinstance(info, dict):
+                if (
+                    p is None
+                    or p.device.type != "cpu"
+                    or str(p.dtype).removeprefix("torch.") != DTYPES.get(f.dtype(name))
+                ):
                     continue
-                begin, end = info["data_offsets"]
-                dtype = getattr(torch, SAFETENSORS_DTYPES.get(info["dtype"], "uint8"))
-                if p.dtype != dtype or list(p.shape) != info["shape"] or end - begin != p.numel() * p.element_size():
-                    continue
-                data = torch.empty(p.shape, dtype=p.dtype)
-                f.seek(8 + length + begin)
-                f.readinto(data.view(-1).view(torch.uint8).numpy())
-                p.data = data
-                done += 1
+                if tuple(p.shape) == f.shape(name):
+                    p.data = f.get(name)
+                    done += 1
     return done
 
 

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors import safe_open
 
 from compactlm.evaluate.quality import quality
+from compactlm.model.tensorfile import TensorFile
 from compactlm.quantize.formats import FORMATS, check_forward_support, format_of
 
 # Relative error bound ‖w_deq − w‖ / ‖w‖ per tensor, by stored format.
@@ -87,9 +87,13 @@ class Checkpoint:
             path = self.folder / name
             if not path.is_file():
                 raise LayoutError(f"{self.folder}: shard {name} named in model.safetensors.index.json is missing")
-            self._handles[name] = safe_open(str(path), framework="pt")
+            self._handles[name] = TensorFile(path)  # plain reads: what was read is not kept resident
             for key in self._handles[name].keys():
                 self.where[key] = name
+
+    def __del__(self) -> None:  # the files are closed with the object
+        for handle in getattr(self, "_handles", {}).values():
+            handle.close()
 
     def __contains__(self, key: str) -> bool:
         return key in self.where
@@ -98,14 +102,14 @@ class Checkpoint:
         return sorted(self.where)
 
     def get(self, key: str):
-        return self._handles[self.where[key]].get_tensor(key)
+        return self._handles[self.where[key]].get(key)
 
     def dtype(self, key: str) -> str:
         """safetensors dtype code: F32, BF16, F16, F8_E4M3, U8, I8."""
-        return self._handles[self.where[key]].get_slice(key).get_dtype()
+        return self._handles[self.where[key]].dtype(key)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._handles[self.where[key]].get_slice(key).get_shape())
+        return self._handles[self.where[key]].shape(key)
 
 
 # -------------------------------------------------------------------------------------- dequantization
