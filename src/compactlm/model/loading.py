@@ -22,6 +22,7 @@ from compactlm.manifest import atomic_write_text, sha256_json, staging_dir
 from compactlm.model.config_layouts import write_both_rope_layouts
 from compactlm.model.precision import Precision, resolve_precision
 from compactlm.model.schema import ModelConfig
+from compactlm.model.tensorfile import DTYPES, TensorFile
 
 
 def read_hf_config(folder: Path, key: str = "model.path") -> dict[str, Any]:
@@ -305,8 +306,6 @@ def read_weights_unmapped(model, folder: str | Path) -> int:
     replaced weight's memory is returned at once. Parameters whose name, shape or dtype differ from the file's keep
     their tensors. Returns the number of parameters read.
     """
-    from compactlm.model.tensorfile import DTYPES, TensorFile
-
     params = dict(model.named_parameters())  # a tied weight once
     done = 0
     for path in sorted(Path(folder).glob("*.safetensors")):
