@@ -569,9 +569,8 @@ def plan_prune(ctx: _Ctx, t: ModelSizes, s: ModelSizes | None):
 
 def _source_bytes(ctx: _Ctx) -> int:
     """Bytes per value the quantize stage (and gguf's hf_check) holds its source in: a model trained in this run is
-    saved in the compute
-    dtype; the teacher and a pruned checkpoint keep the teacher's stored dtype, held as stored where that is
-    narrower than the compute dtype (a bf16 checkpoint on a float32 CPU)."""
+    saved in the compute dtype; the teacher and a pruned checkpoint keep the teacher's stored dtype, held as stored
+    where that is narrower than the compute dtype (a bf16 checkpoint on a float32 CPU)."""
     recipe = ctx.conf.recipe.stages
     latest = [st for st in stages.model_labels() if st in recipe and st not in ("quantize", "ranking")]
     trained = bool(latest) and latest[-1] not in ("model", "prune")
