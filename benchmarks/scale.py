@@ -160,9 +160,8 @@ def measure_size(size: str, args, tok_dir: Path, log: Path) -> list[dict]:
         plans.update(plan_memory(cmd))
         launch(cmd, size, log)
     run_dir = runs / f"scale_{size.replace('.', 'p')}"
-    pruned = (read_manifest(run_dir / "prune") or {"result": {"params_after": {"total": 0}}})["result"]["params_after"][
-        "total"
-    ]
+    prune = read_manifest(run_dir / "prune")  # None when run A did not prune
+    pruned = prune["result"]["params_after"]["total"] if prune else 0
     rows = []
     for stage in ["model", "data", "importance", "prune", "distill", "quantize", "gguf"]:
         m = read_manifest(run_dir / stage)

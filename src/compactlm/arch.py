@@ -68,7 +68,8 @@ def decoder_layers(model, adapter: Adapter):
 
 def forward_blocks(model, adapter: Adapter) -> list:
     """The modules a `*ForCausalLM` forward runs through, in order, that own parameters: the embedding, each
-    decoder layer, the final norm and the output layer (the embedding's module again when the two are tied)."""
+    decoder layer, the final norm and the output layer (a module of its own that shares the embedding's weight when the
+    two are tied)."""
     backbone = getattr(model, adapter.backbone)
     return [
         getattr(backbone, adapter.embed),

@@ -154,13 +154,12 @@ def hf_check(ctx: StageContext, files: list[GGUFFile], source: Path, student: st
     # checkpoint's bf16 where it is stored so (each block upcast while it runs: the same values, half the bytes)
     held = storage_dtype(source, "float32")
     reference = load_model(source, device, getattr(torch, held))
-    upcast = torch.float32 if held != "float32" else None
     source_row = None
     for f in files:
         if f.model != student:
             continue
         model = gg.load_dequantized(ctx.stage_dir / f.file, device, source)
-        with computing_in(upcast, reference):
+        with computing_in(torch.float32, reference):  # a no-op for a float32 reference
             rows = quality(
                 {"source": reference, f.type: model}, "source", val, ctx.cfg.evaluate.batch_size, device, progress=False
             )

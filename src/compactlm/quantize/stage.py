@@ -48,7 +48,7 @@ class QuantizeStage:
         # a bf16 checkpoint on a float32 CPU stays bf16 in memory; each block runs in float32 (the same values), and
         # the export quantizes each weight from float32: the files are those of a float32-loaded model
         held = getattr(torch, storage_dtype(source, precision.compute))
-        compute = precision.frozen_dtype if held != precision.frozen_dtype else None
+        compute = precision.frozen_dtype  # blocks held narrower run in it (a no-op where the model is held in it)
         model = load_model(source, device, held)
         if device == "cpu":  # the export frees each weight as it converts it: only where the files are not mapped
             read_weights_unmapped(model, source)
